@@ -1,0 +1,86 @@
+"""Read ``hubstack.yaml`` into a validated :class:`Config`, or explain what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from hubstack.config.models import Config
+
+DEFAULT_PATH = Path("hubstack.yaml")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` name each key, its value and what is allowed."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = [f"invalid config {self.source}:"] + [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = _key_path(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; check the spelling against `hubstack init`"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    value = error.get("input")
+    if isinstance(value, dict | list):
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {value!r})"
+
+
+def validate(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed data; raise :class:`ConfigError` with readable problems."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of keys to values"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load(path: Path | None = None) -> tuple[Config, Path | None]:
+    """Load the config file, or the embedded defaults when the default file is absent.
+
+    An explicitly named file that does not exist is an error; the default path is optional.
+    Returns the config and the path it came from (``None`` for embedded defaults).
+    """
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    if not path.exists():
+        if explicit:
+            raise ConfigError(str(path), ["file not found"])
+        return validate({}, "<embedded defaults>"), None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return validate(data, str(path)), path
+
+
+def dump(config: Config) -> str:
+    """The effective config as YAML, with units rendered the way an operator writes them."""
+    data = config.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
