@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Install everything hubstack needs on a Debian/Ubuntu machine, idempotently:
+#   - Debian packages: Python 3 (for the world-readable default environment), Node.js
+#     and npm (for configurable-http-proxy), e2fsprogs/util-linux (loop volumes), git;
+#     with --test also Chromium for the browser tests.
+#   - uv, configurable-http-proxy, the hub's virtualenv (.venv) and the default
+#     single-user environment under $HUBSTACK_PREFIX (default /opt/hubstack).
+# Every step checks first and does nothing when its result is already there.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+prefix=${HUBSTACK_PREFIX:-/opt/hubstack}
+uv_version=0.13.8
+chp_version=5.3.0
+with_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_test=1 ;;
+    *) echo "setup.sh: unknown option $arg (allowed: --test)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: $1 needs root; run it with sudo" >&2
+    exit 1
+  fi
+}
+
+# 1. Debian packages
+# Checked by the command each provides: Node.js may come from elsewhere (e.g. NodeSource,
+# whose nodejs package carries npm), and that must count as installed.
+needs=(/usr/bin/python3:python3 node:nodejs npm:npm mkfs.ext4:e2fsprogs losetup:mount git:git)
+[ "$with_test" = 1 ] && needs+=(chromium:chromium)
+missing=()
+for pair in "${needs[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  need_root "installing ${missing[*]}"
+  step "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# 2. uv (in its own small venv, so a system Python marked externally-managed is fine)
+uv=$(command -v uv || true)
+if [ -z "$uv" ] || ! "$uv" --version | grep -q "$uv_version"; then
+  uv="$prefix/tools/bin/uv"
+  if [ ! -x "$uv" ] || ! "$uv" --version | grep -q "$uv_version"; then
+    need_root "installing uv into $prefix/tools"
+    step "uv $uv_version"
+    /usr/bin/python3 -m venv "$prefix/tools"
+    "$prefix/tools/bin/pip" install -q --disable-pip-version-check "uv==$uv_version"
+  fi
+fi
+export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
+
+# 3. configurable-http-proxy from npm
+chp="$prefix/node/node_modules/.bin/configurable-http-proxy"
+if [ ! -x "$chp" ] || ! "$chp" --version 2>/dev/null | grep -q "$chp_version"; then
+  need_root "installing configurable-http-proxy into $prefix/node"
+  step "configurable-http-proxy $chp_version"
+  mkdir -p "$prefix/node"
+  npm install --silent --no-audit --no-fund --prefix "$prefix/node" \
+    "configurable-http-proxy@$chp_version"
+fi
+
+# 4. The hub's own virtualenv (in the checkout)
+step "hub virtualenv (.venv)"
+sync_args=(--frozen --python /usr/bin/python3)
+[ "$with_test" = 1 ] || sync_args+=(--no-dev)
+(cd "$here" && "$uv" sync -q "${sync_args[@]}")
+
+# 5. The default single-user environment, world-readable so every user account can run it
+env_dir="$prefix/envs/default"
+reqs="$here/envs/default/requirements.txt"
+stamp="$env_dir/.hubstack-requirements.sha256"
+want=$(sha256sum "$reqs" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  need_root "installing the default environment into $env_dir"
+  step "default environment ($env_dir)"
+  umask 022
+  # A venv's scripts hard-code its path, so it is built in place; the stamp, written
+  # last, marks it complete, and an unstamped directory is rebuilt from scratch.
+  rm -rf "$env_dir"
+  "$uv" venv -q --python /usr/bin/python3 "$env_dir"
+  "$uv" pip install -q --python "$env_dir/bin/python" -r "$reqs"
+  chmod -R a+rX "$prefix/envs"
+  echo "$want" > "$stamp"
+fi
+step "setup complete"

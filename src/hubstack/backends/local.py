@@ -1,0 +1,319 @@
+"""The local backend: servers as processes of per-user Unix accounts on the hub's machine.
+
+As root, every hub user gets a Unix account, a home of ``policy.storage.home`` and one
+volume of ``policy.storage.server_volume`` per server (loop-mounted ext4 images, so
+limits are hard), and each server runs in its own cgroup (or systemd scope) with the
+machine type's CPU and memory. Not as root it runs in dev mode: every server runs as the
+invoking account with no isolation, limits or volumes, and says so.
+
+Storage layout (root)::
+
+    <data_dir>/storage/homes/<account>.img            -> <home_base>/<account>
+    <data_dir>/storage/servers/<account>/<server>.img -> <home>/volumes/<server>
+    <data_dir>/logs/<account>/<server>.log             (root only; its tail explains failures)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from hubstack.backends.base import Emit, Exit, ServerSpec, Started, StartFailed
+from hubstack.config import Config
+from hubstack.config.units import format_size
+from jupyterhub.spawner import set_user_setuid
+
+from hubstack.system import SystemOpError, accounts, cgroups, volumes
+
+LOG_TAIL_LINES = 15
+STOP_GRACE_SECONDS = 5.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap(pid: int) -> int | None:
+    """Exit status of our own child ``pid`` if it has ended, else None.
+
+    After a hub restart the server is no longer our child: then only liveness is known.
+    """
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None if _alive(pid) else 0
+    if done == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalBackend:
+    """Start servers as local processes; see the module docstring for the layout."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.local = config.backend.local
+        self.root = os.geteuid() == 0
+        self.existing_accounts = config.auth.type == "pam"
+        preference = self.local.limits if self.root else "off"
+        self.enforcer = cgroups.detect(preference)
+        self.data_dir = config.hub.data_dir
+
+    def describe(self) -> str:
+        if not self.root:
+            me = accounts.current_account().name
+            return (
+                f"dev mode: not running as root, so every server runs as {me!r} with no "
+                "isolation, no CPU or memory limits and no volumes"
+            )
+        accounts_kind = "existing machine accounts" if self.existing_accounts else "hub accounts"
+        return (
+            f"local backend: servers run as {accounts_kind}, limits by {self.enforcer.name}, "
+            f"loop-mounted volumes under {self.data_dir / 'storage'}"
+        )
+
+    # -- accounts and storage -------------------------------------------------------------
+
+    def _account(self, hub_user: str) -> accounts.Account:
+        if not self.root:
+            return accounts.current_account()
+        if self.existing_accounts:
+            try:
+                pw = pwd.getpwnam(hub_user)
+            except KeyError:
+                raise StartFailed(
+                    f"There is no Unix account named {hub_user!r} on this machine.",
+                    reason="account",
+                ) from None
+            return accounts.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+        name = accounts.unix_name(hub_user, self.local.user_prefix)
+        return accounts.ensure_account(name, self.local.home_base / name)
+
+    def _server_image(self, account: str, label: str) -> Path:
+        return self.data_dir / "storage/servers" / account / f"{label}.img"
+
+    def _prepare_storage(self, account: accounts.Account, label: str) -> Path:
+        """Mount the home and this server's volume; return the volume's mount point."""
+        storage = self.config.policy.storage
+        if not self.root:
+            workdir = self.data_dir / "dev-storage" / account.name / label
+            workdir.mkdir(parents=True, exist_ok=True)
+            return workdir
+        if not self.existing_accounts:
+            home_image = self.data_dir / "storage/homes" / f"{account.name}.img"
+            volumes.create_image(home_image, storage.home, account.uid, account.gid)
+            volumes.mount(home_image, account.home, account.uid, account.gid)
+        volumes_dir = account.home / "volumes"
+        if not volumes_dir.exists():
+            volumes_dir.mkdir(mode=0o755)
+            os.chown(volumes_dir, account.uid, account.gid)
+        image = self._server_image(account.name, label)
+        mountpoint = volumes_dir / label
+        volumes.create_image(image, storage.server_volume, account.uid, account.gid)
+        volumes.mount(image, mountpoint, account.uid, account.gid)
+        return mountpoint
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _unit(self, account: str, label: str) -> str:
+        return f"hubstack-{account}-{label}"
+
+    def _limits(self, spec: ServerSpec) -> cgroups.Limits:
+        machine = spec.request.machine
+        return cgroups.Limits(cpu=machine.cpu, memory=machine.memory)
+
+    async def start(self, spec: ServerSpec, emit: Emit) -> Started:
+        machine, environment = spec.request.machine, spec.request.environment
+        emit("Preparing your account")
+        account = await asyncio.to_thread(self._account, spec.hub_user)
+        if self.root:
+            emit(f"Mounting your storage ({format_size(self.config.policy.storage.server_volume)})")
+        try:
+            volume = await asyncio.to_thread(self._prepare_storage, account, spec.label)
+        except SystemOpError as exc:
+            raise StartFailed(
+                f"Your storage could not be prepared: {exc}", reason="storage"
+            ) from None
+        unit = self._unit(account.name, spec.label)
+        limits = self._limits(spec)
+        group = await asyncio.to_thread(self.enforcer.prepare, unit, limits)
+        oom_baseline = group.oom_kills()
+
+        executable = environment.prefix / "bin/jupyterhub-singleuser"
+        cmd = self.enforcer.wrap_command(
+            unit,
+            limits,
+            [
+                str(executable),
+                f"--ServerApp.root_dir={account.home}",
+                f"--ServerApp.preferred_dir={volume}",
+            ],
+        )
+        env = {
+            **spec.env,
+            "HOME": str(account.home),
+            "USER": account.name,
+            "SHELL": "/bin/bash",
+            "PATH": f"{environment.prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "HUBSTACK_MACHINE": machine.id,
+            "HUBSTACK_ENVIRONMENT": environment.id,
+            "HUBSTACK_VOLUME": str(volume),
+        }
+        log_path = self.data_dir / "logs" / account.name / f"{spec.label}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        setuid = set_user_setuid(account.name, chdir=False) if self.root else None
+
+        def preexec() -> None:
+            group.attach_self()
+            if setuid is not None:
+                setuid()
+
+        emit(f"Starting {environment.display} on {machine.display}")
+        with log_path.open("ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    cwd=str(account.home),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=preexec,
+                    start_new_session=True,
+                )
+            except (PermissionError, FileNotFoundError) as exc:
+                group.remove()
+                raise StartFailed(
+                    f"The environment {environment.display!r} cannot be started: "
+                    f"{executable} is missing or not usable by {account.name} ({exc.strerror}).",
+                    reason="environment",
+                ) from None
+        state: dict[str, Any] = {
+            "pid": proc.pid,
+            "unit": unit,
+            "account": account.name,
+            "label": spec.label,
+            "volume": str(volume),
+            "cpu": limits.cpu,
+            "memory": limits.memory,
+            "oom_kills": oom_baseline,
+            "log": str(log_path),
+        }
+        await self._wait_listening(proc, spec.port, state, group)
+        return Started("127.0.0.1", spec.port, state)
+
+    async def _wait_listening(
+        self, proc: subprocess.Popen[bytes], port: int, state: dict[str, Any], group: Any
+    ) -> None:
+        """Return once the server accepts connections; explain it if the server dies first.
+
+        JupyterHub would only notice a dead server after its HTTP wait times out, and then
+        with a bare status; waiting here lets the user read the real cause.
+        """
+        while True:
+            status = proc.poll()
+            if status is not None:
+                reason = self._exit_reason(status, state, group)
+                await asyncio.to_thread(self._cleanup, state)
+                tail = _tail(Path(state["log"]))
+                message = f"Your server stopped while starting: {reason}."
+                if tail and "memory" not in reason:
+                    message += f"\nLast lines of its log:\n{tail}"
+                raise StartFailed(message, reason="oom" if "memory" in reason else "exited")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+            await asyncio.sleep(0.05)
+
+    def _group(self, state: dict[str, Any]) -> cgroups.Cgroup:
+        limits = cgroups.Limits(cpu=state.get("cpu"), memory=state.get("memory"))
+        return self.enforcer.prepare(state["unit"], limits)
+
+    def _exit_reason(self, status: int, state: dict[str, Any], group: Any) -> str:
+        if group.oom_kills() > state.get("oom_kills", 0):
+            memory = state.get("memory")
+            limit = f" (limit {format_size(memory)})" if memory else ""
+            return f"it ran out of memory{limit}; choose a larger machine type"
+        if status < 0:
+            return f"it was killed by signal {signal.Signals(-status).name}"
+        return f"it exited with status {status}"
+
+    def new_oom_kills(self, state: dict[str, Any]) -> int:
+        if "unit" not in state:
+            return 0
+        count = self._group(state).oom_kills()
+        new = count - state.get("oom_kills", 0)
+        state["oom_kills"] = count
+        return max(new, 0)
+
+    async def poll(self, state: dict[str, Any]) -> Exit | None:
+        pid = state.get("pid")
+        if not pid:
+            return Exit(0)
+        status = _reap(pid)
+        if status is None:
+            return None
+        group = await asyncio.to_thread(self._group, state)
+        return Exit(status, self._exit_reason(status, state, group))
+
+    async def stop(self, state: dict[str, Any]) -> Exit | None:
+        pid = state.get("pid")
+        if not pid:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        status = _reap(pid)
+        while status is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            status = _reap(pid)
+        if status is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            status = -signal.SIGKILL
+        group = await asyncio.to_thread(self._group, state)
+        reason = self._exit_reason(status, state, group)
+        await asyncio.to_thread(self._cleanup, state)
+        return Exit(status, reason)
+
+    def _cleanup(self, state: dict[str, Any]) -> None:
+        """Remove the cgroup and unmount the volume; the volume's image stays."""
+        self._group(state).remove()
+        if self.root and state.get("volume"):
+            volumes.unmount(Path(state["volume"]))
+
+    async def delete(self, hub_user: str, server_name: str) -> None:
+        if not self.root:
+            return
+        account = await asyncio.to_thread(self._account, hub_user)
+        label = server_name or "default"
+        await asyncio.to_thread(
+            volumes.remove_image,
+            self._server_image(account.name, label),
+            account.home / "volumes" / label,
+        )
+

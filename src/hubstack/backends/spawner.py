@@ -1,0 +1,206 @@
+"""The one JupyterHub spawner of hubstack, with a backend under it.
+
+The spawner turns JupyterHub's calls into launch-layer validation and backend calls:
+``options_from_form`` and ``apply_user_options`` validate what the user sent (HTTP 400 with
+a readable message on refusal), ``start`` streams progress and turns a failed start into a
+message naming the real cause, ``poll`` notices out-of-memory kills, and
+``delete_forever`` removes a deleted server's volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from datetime import UTC, datetime
+from typing import Any
+
+from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.utils import random_port
+from tornado import web
+from traitlets import Unicode, default
+
+from hubstack.backends.base import Backend, ServerSpec, StartFailed
+from hubstack.backends.local import LocalBackend
+from hubstack.config import Config
+from hubstack.config.units import format_size
+from hubstack.launch import (
+    InvalidLaunch,
+    LaunchRequest,
+    options_from_form,
+    render_options_form,
+    resolve,
+)
+
+MAX_NOTICES = 10
+
+
+@functools.cache
+def config_from_json(text: str) -> Config:
+    """One parsed Config per hub (traitlets deep-copies config values per spawner)."""
+    return Config.model_validate_json(text)
+
+
+@functools.cache
+def backend_for(text: str) -> Backend:
+    """One backend per hub, shared by every spawner (it holds the limits enforcer)."""
+    config = config_from_json(text)
+    return LocalBackend(config)
+
+
+def apply_launch(spawner: HubstackSpawner, user_options: dict[str, Any] | None) -> None:
+    """``Spawner.apply_user_options``: validate against the config, then apply."""
+    try:
+        request = resolve(spawner.hubstack, user_options)
+    except InvalidLaunch as exc:
+        raise web.HTTPError(400, exc.message) from None
+    spawner.apply_request(request)
+
+
+class HubstackSpawner(Spawner):
+    """Servers on the configured backend, with profiles, limits, storage and notices."""
+
+    hubstack_config = Unicode(help="The validated hubstack config, as JSON.").tag(config=True)
+
+    @property
+    def hubstack(self) -> Config:
+        return config_from_json(self.hubstack_config)
+
+    @property
+    def backend(self) -> Backend:
+        return backend_for(self.hubstack_config)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backend_state: dict[str, Any] = {}
+        self.notices: list[dict[str, str]] = []
+        self.request: LaunchRequest | None = None
+        self._events: list[dict[str, Any]] = []
+        self._events_changed = asyncio.Event()
+
+    # -- options --------------------------------------------------------------------------
+
+    @default("options_form")
+    def _options_form_default(self) -> Any:
+        return self._render_form
+
+    def _render_form(self, _spawner: Spawner) -> str:
+        return render_options_form(
+            self.hubstack, self.user_options, [n["message"] for n in self.notices]
+        )
+
+    @default("options_from_form")
+    def _options_from_form_default(self) -> Any:
+        return self._from_form
+
+    def _from_form(self, formdata: dict[str, list[Any]]) -> dict[str, str]:
+        try:
+            return options_from_form(formdata)
+        except InvalidLaunch as exc:
+            raise web.HTTPError(400, exc.message) from None
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self) -> Any:
+        return apply_launch
+
+    def apply_request(self, request: LaunchRequest) -> None:
+        """Record a validated request and the JupyterHub traits that describe it."""
+        self.request = request
+        self.user_options = request.as_user_options()
+        self.orm_spawner.user_options = self.user_options
+        self.mem_limit = request.machine.memory
+        self.cpu_limit = request.machine.cpu
+        self.default_url = request.environment.default_url
+
+    # -- state ------------------------------------------------------------------------------
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.backend_state = dict(state.get("backend", {}))
+        self.notices = list(state.get("notices", []))
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.backend_state:
+            state["backend"] = self.backend_state
+        if self.notices:
+            state["notices"] = self.notices
+        return state
+
+    def clear_state(self) -> None:
+        """Forget the stopped server; notices stay so the user can read why it stopped."""
+        super().clear_state()
+        self.backend_state = {}
+
+    def add_notice(self, message: str) -> None:
+        self.notices = [
+            *self.notices[-(MAX_NOTICES - 1) :],
+            {"time": datetime.now(UTC).isoformat(timespec="seconds"), "message": message},
+        ]
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    def _server_label(self) -> str:
+        return f"'{self.name}'" if self.name else "(default)"
+
+    def check_memory(self) -> None:
+        """Turn out-of-memory kills since the last check into a notice."""
+        if self.backend_state and self.backend.new_oom_kills(self.backend_state):
+            memory = self.backend_state.get("memory")
+            limit = f" (limit {format_size(memory)})" if memory else ""
+            self.add_notice(
+                f"A process in your server {self._server_label()} was killed because the "
+                f"server ran out of memory{limit}."
+            )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _emit(self, message: str) -> None:
+        step = len(self._events) + 1
+        self._events.append({"progress": min(10 + 20 * step, 90), "message": message})
+        self._events_changed.set()
+
+    async def progress(self) -> Any:
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            self._events_changed.clear()
+            await self._events_changed.wait()
+
+    async def start(self) -> tuple[str, int]:
+        request = self.request or resolve(self.hubstack, self.user_options)
+        self._events = []
+        self.port = random_port()
+        spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port)
+        try:
+            started = await self.backend.start(spec, self._emit)
+        except StartFailed as exc:
+            self.add_notice(exc.message)
+            raise SpawnException(exc.message, reason=exc.reason, status_code=500) from None
+        self.backend_state = started.state
+        return started.ip, started.port
+
+    async def poll(self) -> int | None:
+        if not self.backend_state:
+            return 0
+        self.check_memory()
+        ended = await self.backend.poll(self.backend_state)
+        if ended is None:
+            return None
+        if ended.reason:
+            self.add_notice(f"Your server {self._server_label()} stopped: {ended.reason}.")
+        return ended.status
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.backend_state:
+            return
+        self.check_memory()
+        await self.backend.stop(self.backend_state)
+        self.backend_state = {}
+
+    async def delete_forever(self) -> None:
+        """A deleted server's volume goes with it; stopping keeps it."""
+        await self.backend.delete(self.user.name, self.name)
+        self.notices = []

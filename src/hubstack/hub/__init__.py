@@ -1,0 +1,1 @@
+"""JupyterHub itself: its configuration from ours, accounts, and running it."""

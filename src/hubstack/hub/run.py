@@ -1,0 +1,40 @@
+"""Run JupyterHub in this process with the configuration built from ours."""
+
+from __future__ import annotations
+
+import logging
+
+from hubstack.backends.spawner import backend_for
+from hubstack.config import Config
+from hubstack.hub import accounts
+from hubstack.hub.settings import db_url, jupyterhub_config
+
+log = logging.getLogger("hubstack")
+
+
+def announce_admins(config: Config) -> None:
+    """Create missing admin accounts and print each new password once."""
+    if config.auth.type != "native":
+        return
+    for name, password in accounts.ensure_admins(db_url(config), config.hub.admin_users).items():
+        print(
+            f"\n  Created the admin account {name!r} with password: {password}\n"
+            f"  It is shown only this once; `hubstack reset-password {name}` sets a new one.\n",
+            flush=True,
+        )
+
+
+def run(config: Config) -> int:
+    from jupyterhub.app import JupyterHub
+
+    announce_admins(config)
+    c = jupyterhub_config(config)
+    # Only our config: never pick up a stray jupyterhub_config.py from the working directory.
+    empty = config.hub.data_dir / "jupyterhub_config.py"
+    empty.write_text("# Intentionally empty: hubstack configures JupyterHub from its YAML file.\n")
+    c.JupyterHub.config_file = str(empty)
+    backend = backend_for(c.HubstackSpawner.hubstack_config)
+    print(f"hubstack: {backend.describe()}", flush=True)
+    JupyterHub.instance(config=c)
+    JupyterHub.launch_instance([])
+    return 0

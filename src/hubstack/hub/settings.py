@@ -1,0 +1,105 @@
+"""Turn a validated hubstack config into JupyterHub's traitlets config.
+
+This is the only module that knows JupyterHub's configuration names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from traitlets.config import Config as TraitletsConfig
+
+from hubstack.config import Config
+from hubstack.config.models import DEFAULT_PREFIX
+from hubstack.hub.policy import named_server_policy
+
+TEMPLATES = Path(__file__).with_name("templates")
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def db_url(config: Config) -> str:
+    return f"sqlite:///{config.hub.data_dir / 'jupyterhub.sqlite'}"
+
+
+def proxy_command() -> str:
+    """configurable-http-proxy as installed by scripts/setup.sh, else from PATH."""
+    installed = DEFAULT_PREFIX / "node/node_modules/.bin/configurable-http-proxy"
+    if installed.exists():
+        return str(installed)
+    return shutil.which("configurable-http-proxy") or "configurable-http-proxy"
+
+
+def culler_service(config: Config) -> dict[str, Any]:
+    """jupyterhub-idle-culler as a hub-managed service: stops (never deletes) idle servers."""
+    timeout = config.policy.idle_timeout
+    every = max(5, min(timeout // 2, 300))
+    return {
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={timeout}",
+            f"--cull-every={every}",
+            "--remove-named-servers=False",
+        ],
+    }
+
+
+def jupyterhub_config(config: Config) -> TraitletsConfig:
+    """The complete JupyterHub configuration for ``config``."""
+    hub = config.hub
+    c = TraitletsConfig()
+    data = hub.data_dir
+
+    c.JupyterHub.ip = hub.ip
+    c.JupyterHub.port = hub.port
+    c.JupyterHub.base_url = hub.base_url
+    # Fixed neighbours of the public port, so several hubs can share a machine.
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = hub.port + 2
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.port + 1}"
+    c.ConfigurableHTTPProxy.command = [proxy_command()]
+    c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
+    c.JupyterHub.db_url = db_url(config)
+    c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
+
+    if config.auth.type == "native":
+        c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackNativeAuthenticator"
+        c.NativeAuthenticator.open_signup = config.auth.open_signup
+        c.NativeAuthenticator.enable_signup = config.auth.open_signup
+    else:
+        c.JupyterHub.authenticator_class = "pam"
+        c.Authenticator.blocked_users = {"root"}
+    # Native accounts are authorized in their own table; PAM admits the machine's accounts.
+    c.Authenticator.allow_all = True
+    c.Authenticator.admin_users = set(hub.admin_users)
+
+    c.JupyterHub.spawner_class = "hubstack.backends.spawner.HubstackSpawner"
+    c.HubstackSpawner.hubstack_config = config.model_dump_json()
+    # Frequent polls are cheap here (a waitpid and a cgroup read) and surface OOM kills fast.
+    c.HubstackSpawner.poll_interval = 10
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = named_server_policy(config)
+
+    c.JupyterHub.services = [culler_service(config)]
+    c.JupyterHub.load_roles = [
+        {"name": "idle-culler", "scopes": CULLER_SCOPES, "services": ["idle-culler"]}
+    ]
+
+    if os.geteuid() != 0:
+        c.JupyterHub.template_vars = {
+            "announcement": "Dev mode: this hub is not running as root, so every server runs "
+            "as one account with no isolation, no CPU or memory limits and no volumes."
+        }
+
+    for class_name, traits in config.extra_jupyterhub_config.items():
+        for trait, value in traits.items():
+            c[class_name][trait] = value
+    return c

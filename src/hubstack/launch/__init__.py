@@ -1,0 +1,31 @@
+"""From what a user sends to a validated launch: profiles, server-name policy, options form.
+
+Pure functions over the config and plain data, so every refusal a user can meet is unit
+tested here; the spawner only wires them to JupyterHub.
+"""
+
+from hubstack.launch.form import machine_summary, render_options_form
+from hubstack.launch.policy import NAME_RE, PolicyViolation, check_new_server, check_server_name
+from hubstack.launch.profiles import (
+    FIELDS,
+    InvalidLaunch,
+    LaunchRequest,
+    options_from_form,
+    quote_untrusted,
+    resolve,
+)
+
+__all__ = [
+    "FIELDS",
+    "NAME_RE",
+    "InvalidLaunch",
+    "LaunchRequest",
+    "PolicyViolation",
+    "check_new_server",
+    "check_server_name",
+    "machine_summary",
+    "options_from_form",
+    "quote_untrusted",
+    "render_options_form",
+    "resolve",
+]

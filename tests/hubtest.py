@@ -1,0 +1,359 @@
+"""Drive a real hubstack hub from tests and benchmarks: start it, log in, spawn, run code.
+
+Everything here talks to real processes over loopback: ``hubstack up`` (JupyterHub with
+configurable-http-proxy), single-user servers and their kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+import websocket
+import yaml
+
+T = TypeVar("T")
+DEFAULT_ENV = Path("/opt/hubstack/envs/default")
+TEST_ROOT = Path("/srv/hubstack-test")
+
+
+class Abort(Exception):
+    """Raised by a condition to stop waiting at once (the thing waited for cannot happen)."""
+
+
+def wait_for(
+    check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Abort:
+            raise
+        except Exception as exc:  # the condition may raise while the thing starts
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def free_port_block(size: int = 3) -> int:
+    """A port whose ``size`` consecutive neighbours are free (the hub uses port..port+2)."""
+    for _ in range(200):
+        base = random.randint(20000, 50000)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + size):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free block of ports")
+
+
+@dataclass
+class Session:
+    """A logged-in browser-like session of one hub user, plus an API token."""
+
+    hub: Hub
+    name: str
+    http: requests.Session
+    token: str
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(
+            method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
+        )
+
+    def server_path(self, server: str = "") -> str:
+        return f"/users/{self.name}/servers/{server}" if server else f"/users/{self.name}/server"
+
+    def start(self, server: str = "", options: dict[str, Any] | None = None) -> requests.Response:
+        """POST to start a server with ``user_options`` (JupyterHub 6 body form)."""
+        return self.api("POST", self.server_path(server), json={"user_options": options or {}})
+
+    def model(self, server: str = "") -> dict[str, Any] | None:
+        user = self.api("GET", f"/users/{self.name}").json()
+        return user.get("servers", {}).get(server)
+
+    def wait_ready(self, server: str = "", timeout: float = 120) -> dict[str, Any]:
+        """Follow the progress event stream until ready; raise with its message if failed."""
+        events = self.progress(server, timeout)
+        last = events[-1] if events else {}
+        if not last.get("ready"):
+            raise AssertionError(f"server {server!r} did not become ready: {events}")
+        return last
+
+    def progress(self, server: str = "", timeout: float = 120) -> list[dict[str, Any]]:
+        path = self.server_path(server) + "/progress" if server else self.server_path() + "/progress"
+        events: list[dict[str, Any]] = []
+        with self.api("GET", path, stream=True, timeout=timeout) as resp:
+            resp.raise_for_status()
+            for line in resp.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("ready") or event.get("failed"):
+                        break
+        return events
+
+    def stop(self, server: str = "", remove: bool = False) -> None:
+        resp = self.api("DELETE", self.server_path(server), json={"remove": remove})
+        assert resp.status_code in (202, 204), resp.text
+        wait_for(lambda: self.model(server) is None, 60, f"server {server!r} to stop")
+
+    def server_url(self, server: str = "") -> str:
+        suffix = f"{server}/" if server else ""
+        return f"{self.hub.url}/user/{self.name}/{suffix}"
+
+    def run_code(self, code: str, server: str = "", timeout: float = 90) -> Execution:
+        """Start a kernel on the server through the proxy, run ``code``, return its output."""
+        base = self.server_url(server)
+        headers = {"Authorization": f"token {self.token}"}
+        kernel = requests.post(f"{base}api/kernels", headers=headers, json={}, timeout=60)
+        kernel.raise_for_status()
+        kernel_id = kernel.json()["id"]
+        try:
+            return execute(base, kernel_id, self.token, code, timeout)
+        finally:
+            with contextlib.suppress(requests.RequestException):
+                requests.delete(f"{base}api/kernels/{kernel_id}", headers=headers, timeout=30)
+
+
+@dataclass
+class Execution:
+    """What a kernel did with one cell."""
+
+    status: str  # "ok", "error" or "died"
+    stdout: str = ""
+    error: str = ""
+
+
+def execute(base: str, kernel_id: str, token: str, code: str, timeout: float) -> Execution:
+    ws_url = base.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels"
+    ws = websocket.create_connection(
+        ws_url, header=[f"Authorization: token {token}"], timeout=timeout
+    )
+    msg_id = uuid.uuid4().hex
+    ws.send(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "msg_type": "execute_request",
+                    "version": "5.3",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "content": {"code": code, "silent": False, "store_history": False},
+                "channel": "shell",
+            }
+        )
+    )
+    result = Execution("ok")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            kind = msg.get("msg_type") or msg["header"]["msg_type"]
+            content = msg.get("content", {})
+            if kind == "status" and content.get("execution_state") in ("restarting", "dead"):
+                return Execution("died", result.stdout, content["execution_state"])
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if kind == "stream":
+                result.stdout += content.get("text", "")
+            elif kind == "error":
+                result.status = "error"
+                result.error = f"{content.get('ename')}: {content.get('evalue')}"
+            elif kind == "execute_reply":
+                return result
+    except websocket.WebSocketConnectionClosedException:
+        return Execution("died", result.stdout, "connection closed")
+    finally:
+        ws.close()
+    raise TimeoutError(f"no execute_reply within {timeout}s")
+
+
+@dataclass
+class Hub:
+    """One ``hubstack up`` process with its own config, data dir, ports and accounts."""
+
+    root: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    admin_password: str = ""
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port_block()
+        self.prefix = "t" + secrets.token_hex(2) + "-"
+        self.data_dir = self.root / "data"
+        self.home_base = self.root / "home"
+        self.home_base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        self.config_path = self.root / "hubstack.yaml"
+        self.log_path = self.root / "hub.log"
+        self.write_config()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "hub": {"bind": f"127.0.0.1:{self.port}", "data_dir": str(self.data_dir)},
+            "backend": {
+                "local": {"user_prefix": self.prefix, "home_base": str(self.home_base)}
+            },
+            "machines": [
+                {"id": "small", "display": "Small", "cpu": 1, "memory": "1G"},
+                {"id": "tiny", "display": "Tiny", "cpu": 0.5, "memory": "400M"},
+            ],
+            "environments": [
+                {"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)},
+            ],
+            "policy": {
+                "named_servers": {"max": 2},
+                "storage": {"server_volume": "64M", "home": "128M"},
+            },
+        }
+        return merge(base, self.overrides)
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config()))
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hubstack.cli", *args, "--config", str(self.config_path)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def start(self) -> Hub:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hubstack.cli", "up", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            start_new_session=True,
+        )
+        wait_for(self._up, 90, f"the hub at {self.url} (log: {self.log_path})")
+        match = re.search(r"admin account 'admin' with password: (\S+)", self.log())
+        if match:
+            self.admin_password = match.group(1)
+        return self
+
+    def _up(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise Abort(f"hub exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return requests.get(f"{self.url}/hub/api/", timeout=5).status_code == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def add_user(self, name: str) -> str:
+        result = self.cli("add-user", name)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.rsplit(": ", 1)[1].strip()
+
+    def login(self, name: str, password: str) -> Session:
+        """Log in through the login form, then make an API token with that session."""
+        http = requests.Session()
+        page = http.get(f"{self.url}/hub/login", timeout=30)
+        page.raise_for_status()
+        xsrf = http.cookies.get("_xsrf", path="/hub/")
+        resp = http.post(
+            f"{self.url}/hub/login",
+            data={"username": name, "password": password, "_xsrf": xsrf},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert resp.status_code == 302, f"login failed for {name}: {resp.status_code}"
+        xsrf = http.cookies.get("_xsrf", path="/hub/") or xsrf
+        token = http.post(
+            f"{self.url}/hub/api/users/{name}/tokens",
+            json={"note": "tests"},
+            headers={"X-XSRFToken": xsrf},
+            timeout=30,
+        )
+        assert token.status_code == 201, token.text
+        return Session(self, name, http, token.json()["token"])
+
+    def new_user(self, name: str) -> Session:
+        return self.login(name, self.add_user(name))
+
+    def cleanup(self) -> None:
+        """Stop the hub, then undo everything it did to the machine."""
+        self.stop()
+        for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            mountpoint = line.split()[1]
+            if mountpoint.startswith(str(self.root)):
+                subprocess.run(["umount", "-l", mountpoint], check=False)
+        for line in Path("/etc/passwd").read_text().splitlines():
+            name = line.split(":", 1)[0]
+            if name.startswith(self.prefix):
+                subprocess.run(["userdel", name], check=False, capture_output=True)
+        if not os.environ.get("HUBSTACK_KEEP_TEST_ROOT"):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into a copy of ``base`` (lists and scalars replace)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def running_hub(overrides: dict[str, Any] | None = None) -> Iterator[Hub]:
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(TEST_ROOT, 0o755)
+    root = TEST_ROOT / secrets.token_hex(4)
+    root.mkdir()
+    hub = Hub(root, overrides or {})
+    try:
+        yield hub.start()
+    finally:
+        hub.cleanup()
