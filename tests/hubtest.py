@@ -28,6 +28,8 @@ import requests
 import websocket
 import yaml
 
+from hubstack.system import volumes
+
 T = TypeVar("T")
 DEFAULT_ENV = Path("/opt/hubstack/envs/default")
 TEST_ROOT = Path("/srv/hubstack-test")
@@ -37,9 +39,7 @@ class Abort(Exception):
     """Raised by a condition to stop waiting at once (the thing waited for cannot happen)."""
 
 
-def wait_for(
-    check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
-) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -83,9 +83,8 @@ class Session:
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
-        return requests.request(
-            method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
-        )
+        kwargs.setdefault("timeout", 60)
+        return requests.request(method, f"{self.hub.url}/hub/api{path}", headers=headers, **kwargs)
 
     def server_path(self, server: str = "") -> str:
         return f"/users/{self.name}/servers/{server}" if server else f"/users/{self.name}/server"
@@ -94,8 +93,9 @@ class Session:
         """POST to start a server with ``user_options`` (JupyterHub 6 body form)."""
         return self.api("POST", self.server_path(server), json={"user_options": options or {}})
 
-    def model(self, server: str = "") -> dict[str, Any] | None:
-        user = self.api("GET", f"/users/{self.name}").json()
+    def model(self, server: str = "", include_stopped: bool = False) -> dict[str, Any] | None:
+        query = "?include_stopped_servers" if include_stopped else ""
+        user = self.api("GET", f"/users/{self.name}{query}").json()
         return user.get("servers", {}).get(server)
 
     def wait_ready(self, server: str = "", timeout: float = 120) -> dict[str, Any]:
@@ -107,7 +107,7 @@ class Session:
         return last
 
     def progress(self, server: str = "", timeout: float = 120) -> list[dict[str, Any]]:
-        path = self.server_path(server) + "/progress" if server else self.server_path() + "/progress"
+        path = self.server_path(server) + "/progress"
         events: list[dict[str, Any]] = []
         with self.api("GET", path, stream=True, timeout=timeout) as resp:
             resp.raise_for_status()
@@ -123,6 +123,13 @@ class Session:
         resp = self.api("DELETE", self.server_path(server), json={"remove": remove})
         assert resp.status_code in (202, 204), resp.text
         wait_for(lambda: self.model(server) is None, 60, f"server {server!r} to stop")
+        if remove:
+            # JupyterHub answers the DELETE before it has finished deleting the server.
+            wait_for(
+                lambda: self.model(server, include_stopped=True) is None,
+                60,
+                f"server {server!r} to be deleted",
+            )
 
     def server_url(self, server: str = "") -> str:
         suffix = f"{server}/" if server else ""
@@ -227,9 +234,7 @@ class Hub:
     def config(self) -> dict[str, Any]:
         base: dict[str, Any] = {
             "hub": {"bind": f"127.0.0.1:{self.port}", "data_dir": str(self.data_dir)},
-            "backend": {
-                "local": {"user_prefix": self.prefix, "home_base": str(self.home_base)}
-            },
+            "backend": {"local": {"user_prefix": self.prefix, "home_base": str(self.home_base)}},
             "machines": [
                 {"id": "small", "display": "Small", "cpu": 1, "memory": "1G"},
                 {"id": "tiny", "display": "Tiny", "cpu": 0.5, "memory": "400M"},
@@ -326,7 +331,7 @@ class Hub:
         for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
             mountpoint = line.split()[1]
             if mountpoint.startswith(str(self.root)):
-                subprocess.run(["umount", "-l", mountpoint], check=False)
+                volumes.unmount(Path(mountpoint))
         for line in Path("/etc/passwd").read_text().splitlines():
             name = line.split(":", 1)[0]
             if name.startswith(self.prefix):

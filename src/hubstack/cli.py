@@ -110,9 +110,7 @@ def parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("name", help="hub user name")
-        p.add_argument(
-            "--password-stdin", action="store_true", help="read the password from stdin"
-        )
+        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
         p.set_defaults(func=func, verbose_source=False)
     return top
 

@@ -69,7 +69,8 @@ print(type(error).__name__, len(children))
 
 LEAVE_ORPHAN = """
 import subprocess
-subprocess.Popen(["sleep", "300"], start_new_session=True)
+quiet = subprocess.DEVNULL
+subprocess.Popen(["sleep", "300"], start_new_session=True, stdout=quiet, stderr=quiet)
 """
 
 

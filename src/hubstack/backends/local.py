@@ -22,15 +22,16 @@ import pwd
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from jupyterhub.spawner import set_user_setuid
+
 from hubstack.backends.base import Emit, Exit, ServerSpec, Started, StartFailed
 from hubstack.config import Config
 from hubstack.config.units import format_size
-from jupyterhub.spawner import set_user_setuid
-
 from hubstack.system import SystemOpError, accounts, cgroups, volumes
 
 LOG_TAIL_LINES = 15
@@ -83,6 +84,7 @@ class LocalBackend:
         preference = self.local.limits if self.root else "off"
         self.enforcer = cgroups.detect(preference)
         self.data_dir = config.hub.data_dir
+        self._locks: dict[str, threading.Lock] = {}
 
     def describe(self) -> str:
         if not self.root:
@@ -117,8 +119,15 @@ class LocalBackend:
     def _server_image(self, account: str, label: str) -> Path:
         return self.data_dir / "storage/servers" / account / f"{label}.img"
 
+    def _account_lock(self, account: str) -> threading.Lock:
+        return self._locks.setdefault(account, threading.Lock())
+
     def _prepare_storage(self, account: accounts.Account, label: str) -> Path:
         """Mount the home and this server's volume; return the volume's mount point."""
+        with self._account_lock(account.name):
+            return self._mount_storage(account, label)
+
+    def _mount_storage(self, account: accounts.Account, label: str) -> Path:
         storage = self.config.policy.storage
         if not self.root:
             workdir = self.data_dir / "dev-storage" / account.name / label
@@ -301,10 +310,19 @@ class LocalBackend:
         return Exit(status, reason)
 
     def _cleanup(self, state: dict[str, Any]) -> None:
-        """Remove the cgroup and unmount the volume; the volume's image stays."""
+        """Remove the cgroup and unmount the volume (its image stays).
+
+        The home is unmounted too when this was the account's last running server.
+        """
         self._group(state).remove()
-        if self.root and state.get("volume"):
-            volumes.unmount(Path(state["volume"]))
+        if not self.root or not state.get("volume"):
+            return
+        volume = Path(state["volume"])
+        with self._account_lock(state["account"]):
+            volumes.unmount(volume)
+            others = [p for p in volume.parent.iterdir() if volumes.is_mounted(p)]
+            if not others and not self.existing_accounts:
+                volumes.unmount(volume.parent.parent)
 
     async def delete(self, hub_user: str, server_name: str) -> None:
         if not self.root:
@@ -316,4 +334,3 @@ class LocalBackend:
             self._server_image(account.name, label),
             account.home / "volumes" / label,
         )
-

@@ -61,6 +61,10 @@ def mount(image: Path, mountpoint: Path, uid: int, gid: int, mode: int = 0o700) 
         return
     if mounted_at:
         raise SystemOpError(f"{image} is already mounted at {', '.join(mounted_at)}")
+    if _loop_devices(image):
+        # A lazily unmounted volume stays open until its last process exits; a second
+        # mount of the same file system then would corrupt it.
+        raise SystemOpError(f"{image} is still in use by a process that has not exited yet")
     if is_mounted(mountpoint):
         raise SystemOpError(f"cannot mount {image} at {target}: something else is mounted there")
     _make_dirs(Path(target), 0o755)
