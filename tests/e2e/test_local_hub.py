@@ -84,6 +84,8 @@ def test_spawn_through_the_form_runs_as_the_users_account_with_limits(
     assert int((memory / "memory.limit_in_bytes").read_text()) == 400 * 2**20
     cpu = cgroup_dir("cpu", hub, "alice", "viaform")
     assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50000
+    pids = cgroup_dir("pids", hub, "alice", "viaform")
+    assert (pids / "pids.max").read_text().strip() == "1024"
     alice.stop("viaform", remove=True)
     assert not memory.exists(), "the server's cgroup must go when it stops"
 

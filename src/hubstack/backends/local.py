@@ -154,7 +154,7 @@ class LocalBackend:
 
     def _limits(self, spec: ServerSpec) -> cgroups.Limits:
         machine = spec.request.machine
-        return cgroups.Limits(cpu=machine.cpu, memory=machine.memory)
+        return cgroups.Limits(cpu=machine.cpu, memory=machine.memory, pids=self.local.max_processes)
 
     async def start(self, spec: ServerSpec, emit: Emit) -> Started:
         machine, environment = spec.request.machine, spec.request.environment
@@ -230,6 +230,7 @@ class LocalBackend:
             "volume": str(volume),
             "cpu": limits.cpu,
             "memory": limits.memory,
+            "pids": limits.pids,
             "oom_kills": oom_baseline,
             "log": str(log_path),
         }
@@ -259,7 +260,9 @@ class LocalBackend:
             await asyncio.sleep(0.05)
 
     def _group(self, state: dict[str, Any]) -> cgroups.Cgroup:
-        limits = cgroups.Limits(cpu=state.get("cpu"), memory=state.get("memory"))
+        limits = cgroups.Limits(
+            cpu=state.get("cpu"), memory=state.get("memory"), pids=state.get("pids")
+        )
         return self.enforcer.prepare(state["unit"], limits)
 
     def _exit_reason(self, status: int, state: dict[str, Any], group: Any) -> str:

@@ -8,7 +8,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from hubstack.config.models import Config
+from hubstack.config.models import BASE_URL, BIND, SLUG, URL_PATH, Config
+
+# pydantic names a pattern by its regex; say what it means instead.
+PATTERN_MEANING = {
+    SLUG: "use 1-30 lowercase letters, digits and hyphens, starting with a letter",
+    BIND: "use address:port, e.g. 127.0.0.1:8000 or 0.0.0.0:80",
+    BASE_URL: "use a URL path that starts and ends with /, e.g. /hub-prefix/",
+    URL_PATH: "use a URL path starting with /, e.g. /lab",
+}
 
 DEFAULT_PATH = Path("hubstack.yaml")
 
@@ -43,6 +51,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key; check the spelling against `hubstack init`"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
+    if error["type"] == "string_pattern_mismatch":
+        pattern = error.get("ctx", {}).get("pattern", "")
+        message = PATTERN_MEANING.get(pattern, f"must match the pattern {pattern}")
     value = error.get("input")
     if isinstance(value, dict | list):
         return f"{key}: {message}"

@@ -9,11 +9,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hubstack.config.units import Duration, Size
 
 SLUG = r"^[a-z][a-z0-9-]{0,29}$"
+BIND = r"^[^:\s]*:\d{1,5}$"
+BASE_URL = r"^/([A-Za-z0-9._~-]+/)*$"
+URL_PATH = r"^/[A-Za-z0-9/_.-]*$"
 DEFAULT_PREFIX = Path("/opt/hubstack")
 
 
@@ -31,10 +34,10 @@ class Strict(BaseModel):
 
 
 class Hub(Strict):
-    bind: str = Field("127.0.0.1:8000", pattern=r"^[^:\s]*:\d{1,5}$")
+    bind: str = Field("127.0.0.1:8000", pattern=BIND)
     data_dir: Path = Field(default_factory=default_data_dir)
     admin_users: list[str] = Field(default_factory=lambda: ["admin"])
-    base_url: str = Field("/", pattern=r"^/([A-Za-z0-9._~-]+/)*$")
+    base_url: str = Field("/", pattern=BASE_URL)
 
     @property
     def ip(self) -> str:
@@ -70,6 +73,7 @@ class LocalBackend(Strict):
     user_prefix: str = Field("hs-", pattern=r"^[a-z][a-z0-9-]{0,9}$")
     home_base: Path = Path("/home")
     limits: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "off"] = "auto"
+    max_processes: int = Field(1024, ge=16, description="per server: a guard against fork bombs")
 
 
 class Backend(Strict):
@@ -90,7 +94,7 @@ class Environment(Strict):
     display: str
     description: str = ""
     prefix: Path = Field(description="a Python environment whose bin/ has jupyterhub-singleuser")
-    default_url: str = Field("/lab", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    default_url: str = Field("/lab", pattern=URL_PATH)
 
     @field_validator("prefix")
     @classmethod
@@ -143,15 +147,15 @@ class Config(Strict):
     policy: Policy = Field(default_factory=Policy)
     extra_jupyterhub_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> Config:
-        for key in ("machines", "environments"):
-            seen: set[str] = set()
-            for item in getattr(self, key):
-                if item.id in seen:
-                    raise ValueError(f"{key}: id {item.id!r} is used twice; ids must be unique")
-                seen.add(item.id)
-        return self
+    @field_validator("machines", "environments")
+    @classmethod
+    def _unique_ids(cls, items: list[Machine] | list[Environment]) -> list[Any]:
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"id {item.id!r} is used twice; ids must be unique")
+            seen.add(item.id)
+        return items
 
     @field_validator("extra_jupyterhub_config")
     @classmethod

@@ -1,0 +1,105 @@
+"""In a real browser: log in, pick a machine on the spawn form, start, land in JupyterLab.
+
+Drives Debian's Chromium through Playwright against a real ``hubstack up`` hub, so the
+login page, our options form inside JupyterHub's spawn page, the spawn-pending redirect and
+the single-user OAuth round trip are all exercised as a user meets them. Screenshots go to
+``artifacts/browser/`` for people to look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import needs_default_env, needs_root
+from hubtest import DEFAULT_ENV, Hub, running_hub
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parents[2] / "artifacts" / "browser"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # we run as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SPAWN_TIMEOUT_MS = 120_000
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"Debian's chromium is not installed at {CHROMIUM}"
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, needs_root, needs_default_env, needs_chromium]
+
+# Written out here rather than relying on hubtest's defaults: the test clicks "Tiny".
+OVERRIDES = {
+    "machines": [
+        {"id": "small", "display": "Small", "cpu": 1, "memory": "1G"},
+        {"id": "tiny", "display": "Tiny", "cpu": 0.5, "memory": "400M"},
+    ],
+    "environments": [{"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)}],
+}
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    with running_hub(OVERRIDES) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, with a fresh temporary profile (launch makes one)."""
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def test_login_pick_tiny_and_land_in_jupyterlab(hub: Hub, page: Page) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    password = hub.add_user("carol")
+    api = hub.login("carol", password)  # a separate session, only for its API token
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("#username_input", "carol")
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+
+        page.wait_for_url("**/hub/spawn")
+        expect(page.get_by_text("Machine type")).to_be_visible()
+        page.get_by_text("Tiny", exact=True).click()
+        expect(page.locator("#hs-machine-tiny")).to_be_checked()
+        expect(page.locator("#hs-machine-small")).not_to_be_checked()
+        expect(page.locator("#hs-environment-python")).to_be_checked()
+        page.screenshot(path=str(ARTIFACTS / "spawn-form.png"), full_page=True)
+
+        page.get_by_role("button", name="Start").click()
+        page.wait_for_url("**/user/carol/lab**", timeout=SPAWN_TIMEOUT_MS)
+        expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+        expect(page.locator(".jp-Launcher").first).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"), full_page=True)
+
+        model = api.model()
+        assert model is not None and model["ready"], model
+        assert model["user_options"] == {"machine": "tiny", "environment": "python"}
+    finally:
+        if api.model() is not None:
+            api.stop()
