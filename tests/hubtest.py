@@ -215,6 +215,8 @@ class Hub:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     admin_password: str = ""
+    python: str = sys.executable
+    run_as: str | None = None  # a Unix account to run the hub as (dev mode), else root
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port_block()
@@ -254,7 +256,8 @@ class Hub:
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "hubstack.cli", *args, "--config", str(self.config_path)],
+            [self.python, "-m", "hubstack.cli", *args, "--config", str(self.config_path)],
+            user=self.run_as,
             input=stdin,
             capture_output=True,
             text=True,
@@ -264,7 +267,8 @@ class Hub:
     def start(self) -> Hub:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubstack.cli", "up", "--config", str(self.config_path)],
+            [self.python, "-m", "hubstack.cli", "up", "--config", str(self.config_path)],
+            user=self.run_as,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,
@@ -351,13 +355,19 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def running_hub(overrides: dict[str, Any] | None = None) -> Iterator[Hub]:
+def new_test_root() -> Path:
+    """A fresh directory that other accounts can traverse (pytest's tmp_path is 0700)."""
     TEST_ROOT.mkdir(parents=True, exist_ok=True)
     os.chmod(TEST_ROOT, 0o755)
     root = TEST_ROOT / secrets.token_hex(4)
-    root.mkdir()
-    hub = Hub(root, overrides or {})
+    root.mkdir(mode=0o755)
+    return root
+
+
+@contextlib.contextmanager
+def running_hub(overrides: dict[str, Any] | None = None, **options: Any) -> Iterator[Hub]:
+    """A started hub that is stopped and cleaned up afterwards; options go to :class:`Hub`."""
+    hub = Hub(new_test_root(), overrides or {}, **options)
     try:
         yield hub.start()
     finally:
