@@ -48,6 +48,7 @@ class Exit:
 
     status: int
     reason: str | None = None
+    out_of_memory: bool = False
 
 
 @dataclass

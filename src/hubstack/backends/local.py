@@ -228,17 +228,15 @@ class LocalBackend:
             "account": account.name,
             "label": spec.label,
             "volume": str(volume),
-            "cpu": limits.cpu,
             "memory": limits.memory,
-            "pids": limits.pids,
             "oom_kills": oom_baseline,
             "log": str(log_path),
         }
-        await self._wait_listening(proc, spec.port, state, group)
+        await self._wait_listening(proc, spec.port, state)
         return Started("127.0.0.1", spec.port, state)
 
     async def _wait_listening(
-        self, proc: subprocess.Popen[bytes], port: int, state: dict[str, Any], group: Any
+        self, proc: subprocess.Popen[bytes], port: int, state: dict[str, Any]
     ) -> None:
         """Return once the server accepts connections; explain it if the server dies first.
 
@@ -248,31 +246,30 @@ class LocalBackend:
         while True:
             status = proc.poll()
             if status is not None:
-                reason = self._exit_reason(status, state, group)
+                ended = self._ended(status, state)
                 await asyncio.to_thread(self._cleanup, state)
+                message = f"Your server stopped while starting: {ended.reason}."
                 tail = _tail(Path(state["log"]))
-                message = f"Your server stopped while starting: {reason}."
-                if tail and "memory" not in reason:
+                if tail and not ended.out_of_memory:
                     message += f"\nLast lines of its log:\n{tail}"
-                raise StartFailed(message, reason="oom" if "memory" in reason else "exited")
+                raise StartFailed(message, reason="oom" if ended.out_of_memory else "exited")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 return
             await asyncio.sleep(0.05)
 
     def _group(self, state: dict[str, Any]) -> cgroups.Cgroup:
-        limits = cgroups.Limits(
-            cpu=state.get("cpu"), memory=state.get("memory"), pids=state.get("pids")
-        )
-        return self.enforcer.prepare(state["unit"], limits)
+        return self.enforcer.open(state["unit"])
 
-    def _exit_reason(self, status: int, state: dict[str, Any], group: Any) -> str:
-        if group.oom_kills() > state.get("oom_kills", 0):
+    def _ended(self, status: int, state: dict[str, Any]) -> Exit:
+        """Why the server ended, in words: the OOM killer, a signal or its exit status."""
+        if self._group(state).oom_kills() > state.get("oom_kills", 0):
             memory = state.get("memory")
             limit = f" (limit {format_size(memory)})" if memory else ""
-            return f"it ran out of memory{limit}; choose a larger machine type"
+            reason = f"it ran out of memory{limit}; choose a larger machine type"
+            return Exit(status, reason, out_of_memory=True)
         if status < 0:
-            return f"it was killed by signal {signal.Signals(-status).name}"
-        return f"it exited with status {status}"
+            return Exit(status, f"it was killed by signal {signal.Signals(-status).name}")
+        return Exit(status, f"it exited with status {status}")
 
     def new_oom_kills(self, state: dict[str, Any]) -> int:
         if "unit" not in state:
@@ -289,8 +286,7 @@ class LocalBackend:
         status = _reap(pid)
         if status is None:
             return None
-        group = await asyncio.to_thread(self._group, state)
-        return Exit(status, self._exit_reason(status, state, group))
+        return self._ended(status, state)
 
     async def stop(self, state: dict[str, Any]) -> Exit | None:
         pid = state.get("pid")
@@ -307,10 +303,9 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             status = -signal.SIGKILL
-        group = await asyncio.to_thread(self._group, state)
-        reason = self._exit_reason(status, state, group)
+        ended = self._ended(status, state)
         await asyncio.to_thread(self._cleanup, state)
-        return Exit(status, reason)
+        return ended
 
     def _cleanup(self, state: dict[str, Any]) -> None:
         """Remove the cgroup and unmount the volume (its image stays).

@@ -267,6 +267,14 @@ class Enforcer(ABC):
     def prepare(self, unit: str, limits: Limits) -> Cgroup:
         """Create (or reuse) the group for ``unit`` and (re)write its limits."""
 
+    @abstractmethod
+    def open(self, unit: str) -> Cgroup:
+        """A handle on ``unit``'s group that changes nothing: for polls and clean-up.
+
+        Rewriting limits on every poll would briefly lift them (v1 must raise memsw
+        before it can lower the memory limit), so watching never goes through prepare.
+        """
+
     def wrap_command(self, unit: str, limits: Limits, cmd: list[str]) -> list[str]:
         """The command line to launch; cgroupfs enforcers use ``attach_self`` instead."""
         check_unit(unit)
@@ -315,7 +323,6 @@ class CgroupV1Enforcer(Enforcer):
         if memsw.exists():
             _write(memsw, value)
 
-        cpu = None
         if cpu_root is not None:
             cpu = cpu_root / self.parent / unit
             _mkdir(cpu)
@@ -323,12 +330,22 @@ class CgroupV1Enforcer(Enforcer):
             quota = -1 if limits.cpu is None else _quota_us(limits.cpu)
             _write(cpu / "cpu.cfs_quota_us", str(quota))
 
-        pids = None
         if pids_root is not None:
             pids = pids_root / self.parent / unit
             _mkdir(pids)
             _write(pids / "pids.max", "max" if limits.pids is None else str(limits.pids))
-        return CgroupV1(unit, memory=memory, cpu=cpu, pids=pids)
+        return self.open(unit)
+
+    def open(self, unit: str) -> Cgroup:
+        check_unit(unit)
+        cpu_root = self._cpu_root()
+        pids_root = self.root / "pids"
+        return CgroupV1(
+            unit,
+            memory=self.root / "memory" / self.parent / unit,
+            cpu=cpu_root / self.parent / unit if cpu_root is not None else None,
+            pids=pids_root / self.parent / unit if (pids_root / "cgroup.procs").exists() else None,
+        )
 
 
 class CgroupV2Enforcer(Enforcer):
@@ -367,7 +384,10 @@ class CgroupV2Enforcer(Enforcer):
             _write(group / "cpu.max", f"{quota} {CPU_PERIOD_US}")
         if "pids" in enable:
             _write(group / "pids.max", "max" if limits.pids is None else str(limits.pids))
-        return CgroupV2(unit, group)
+        return self.open(unit)
+
+    def open(self, unit: str) -> Cgroup:
+        return CgroupV2(unit, self.root / self.parent / check_unit(unit))
 
 
 def _enable_controllers(group: Path, controllers: Sequence[str]) -> None:
@@ -388,6 +408,9 @@ class SystemdEnforcer(Enforcer):
 
     def prepare(self, unit: str, limits: Limits) -> Cgroup:
         """Nothing to create: systemd-run makes the scope; return a handle to where it will be."""
+        return self.open(unit)
+
+    def open(self, unit: str) -> Cgroup:
         return SystemdScope(unit, self.root / "system.slice" / f"{check_unit(unit)}.scope")
 
     def wrap_command(self, unit: str, limits: Limits, cmd: list[str]) -> list[str]:
@@ -408,6 +431,9 @@ class NoLimits(Enforcer):
     name = "off"
 
     def prepare(self, unit: str, limits: Limits) -> Cgroup:
+        return self.open(unit)
+
+    def open(self, unit: str) -> Cgroup:
         return _NullCgroup(check_unit(unit))
 
 
