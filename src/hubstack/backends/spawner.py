@@ -178,7 +178,10 @@ class HubstackSpawner(Spawner):
             started = await self.backend.start(spec, self._emit)
         except StartFailed as exc:
             self.add_notice(exc.message)
-            raise SpawnException(exc.message, reason=exc.reason, status_code=500) from None
+            error = SpawnException(exc.message, reason=exc.reason, status_code=500)
+            # The spawn-pending page shows only ``jupyterhub_message`` of a failed spawn.
+            error.jupyterhub_message = exc.message
+            raise error from None
         self.backend_state = started.state
         return started.ip, started.port
 
