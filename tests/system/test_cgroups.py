@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubtest import wait_for
 
 from hubstack.system import SystemOpError
 from hubstack.system.cgroups import (
@@ -72,16 +72,6 @@ import subprocess
 quiet = subprocess.DEVNULL
 subprocess.Popen(["sleep", "300"], start_new_session=True, stdout=quiet, stderr=quiet)
 """
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return bool(condition())
-        time.sleep(0.05)
-    return True
 
 
 def run_in(cg: Cgroup, code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -162,6 +152,18 @@ def test_v1_prepare_writes_and_rewrites_limits(v1: CgroupV1Enforcer) -> None:
 
 @needs_root
 @needs_v1
+def test_v1_open_watches_without_rewriting_limits(v1: CgroupV1Enforcer) -> None:
+    cg = v1.prepare("hstest-watch", Limits(cpu=0.5, memory=64 * MiB, pids=20))
+    limit = CGROUP_ROOT / "memory" / v1.parent / "hstest-watch" / "memory.limit_in_bytes"
+    limit.write_text(str(96 * MiB))
+    watched = v1.open("hstest-watch")
+    assert watched.read_limits() == Limits(cpu=0.5, memory=96 * MiB, pids=20)
+    assert watched.oom_kills() == 0
+    cg.remove()
+    assert not limit.parent.exists()
+    assert v1.open("hstest-watch").oom_kills() == 0, "a vanished group reads as no kills"
+
+
 def test_v1_memory_limit_oom_kills_the_hog_only(v1: CgroupV1Enforcer) -> None:
     cg = v1.prepare("hstest-oom", Limits(cpu=None, memory=64 * MiB))
     assert cg.oom_kills() == 0
@@ -198,11 +200,11 @@ def test_v1_pids_limit_stops_a_fork_bomb(v1: CgroupV1Enforcer) -> None:
 def test_v1_leftovers_are_found_and_killed(v1: CgroupV1Enforcer) -> None:
     cg = v1.prepare("hstest-reap", Limits(cpu=None, memory=64 * MiB))
     assert run_in(cg, LEAVE_ORPHAN).returncode == 0
-    assert wait_for(lambda: len(cg.pids()) == 1), cg.pids()
+    wait_for(lambda: len(cg.pids()) == 1, 10, "the orphan to be in the group")
     orphan = cg.pids()[0]
     assert Path(f"/proc/{orphan}/comm").read_text().strip() == "sleep"
     cg.kill_all(signal.SIGTERM)
-    assert wait_for(lambda: cg.pids() == []), "leftover survived kill_all"
+    wait_for(lambda: cg.pids() == [], 10, "kill_all to empty the group")
 
     sleeper = subprocess.Popen(["sleep", "300"], preexec_fn=cg.attach_self)
     assert cg.pids() == [sleeper.pid]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hubtest import wait_for
 
 from hubstack.system import SystemOpError
 from hubstack.system.volumes import create_image, is_mounted, mount, remove_image, unmount, usage
@@ -50,16 +50,6 @@ def loop_devices_of(image: Path) -> str:
 def mount_count(mountpoint: Path) -> int:
     with open("/proc/self/mountinfo") as f:
         return sum(line.split(" ")[4] == str(mountpoint) for line in f)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return bool(condition())
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture
@@ -206,4 +196,4 @@ def test_busy_unmount_falls_back_to_lazy(volume: tuple[Path, Path, int]) -> None
     finally:
         holder.kill()
         holder.wait()
-    assert wait_for(lambda: loop_devices_of(image) == ""), "loop device not released"
+    wait_for(lambda: loop_devices_of(image) == "", 10, "the loop device to be released")
