@@ -155,9 +155,9 @@ def test_v1_prepare_writes_and_rewrites_limits(v1: CgroupV1Enforcer) -> None:
 def test_v1_open_watches_without_rewriting_limits(v1: CgroupV1Enforcer) -> None:
     cg = v1.prepare("hstest-watch", Limits(cpu=0.5, memory=64 * MiB, pids=20))
     limit = CGROUP_ROOT / "memory" / v1.parent / "hstest-watch" / "memory.limit_in_bytes"
-    limit.write_text(str(96 * MiB))
+    limit.write_text(str(32 * MiB))  # below memsw, which v1 requires
     watched = v1.open("hstest-watch")
-    assert watched.read_limits() == Limits(cpu=0.5, memory=96 * MiB, pids=20)
+    assert watched.read_limits() == Limits(cpu=0.5, memory=32 * MiB, pids=20)
     assert watched.oom_kills() == 0
     cg.remove()
     assert not limit.parent.exists()
