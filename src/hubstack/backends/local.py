@@ -157,9 +157,41 @@ class LocalBackend:
         return cgroups.Limits(cpu=machine.cpu, memory=machine.memory, pids=self.local.max_processes)
 
     async def start(self, spec: ServerSpec, emit: Emit) -> Started:
-        machine, environment = spec.request.machine, spec.request.environment
         emit("Preparing your account")
         account = await asyncio.to_thread(self._account, spec.hub_user)
+        limits = self._limits(spec)
+        state: dict[str, Any] = {
+            "unit": self._unit(account.name, spec.label),
+            "account": account.name,
+            "label": spec.label,
+            "memory": limits.memory,
+            "log": str(self.data_dir / "logs" / account.name / f"{spec.label}.log"),
+        }
+        if self.root:
+            state["volume"] = str(account.home / "volumes" / spec.label)
+        try:
+            await self._launch(spec, account, limits, state, emit)
+        except BaseException:
+            # A failed, timed-out or cancelled start leaves nothing behind: no process,
+            # no cgroup, no mount. Shielded, so a second cancellation cannot cut it short.
+            await asyncio.shield(asyncio.to_thread(self._abandon, state))
+            raise
+        return Started("127.0.0.1", spec.port, state)
+
+    async def _launch(
+        self,
+        spec: ServerSpec,
+        account: accounts.Account,
+        limits: cgroups.Limits,
+        state: dict[str, Any],
+        emit: Emit,
+    ) -> None:
+        """Mount storage, create the cgroup, start the server and wait until it listens.
+
+        Everything acquired is recorded in ``state`` as it happens, so that
+        :meth:`_abandon` can release exactly that when the start does not complete.
+        """
+        machine, environment = spec.request.machine, spec.request.environment
         if self.root:
             emit(f"Mounting your storage ({format_size(self.config.policy.storage.server_volume)})")
         try:
@@ -168,14 +200,12 @@ class LocalBackend:
             raise StartFailed(
                 f"Your storage could not be prepared: {exc}", reason="storage"
             ) from None
-        unit = self._unit(account.name, spec.label)
-        limits = self._limits(spec)
-        group = await asyncio.to_thread(self.enforcer.prepare, unit, limits)
-        oom_baseline = group.oom_kills()
+        group = await asyncio.to_thread(self.enforcer.prepare, state["unit"], limits)
+        state["oom_kills"] = group.oom_kills()
 
         executable = environment.prefix / "bin/jupyterhub-singleuser"
         cmd = self.enforcer.wrap_command(
-            unit,
+            state["unit"],
             limits,
             [
                 str(executable),
@@ -193,7 +223,7 @@ class LocalBackend:
             "HUBSTACK_ENVIRONMENT": environment.id,
             "HUBSTACK_VOLUME": str(volume),
         }
-        log_path = self.data_dir / "logs" / account.name / f"{spec.label}.log"
+        log_path = Path(state["log"])
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         setuid = set_user_setuid(account.name, chdir=False) if self.root else None
 
@@ -216,24 +246,13 @@ class LocalBackend:
                     start_new_session=True,
                 )
             except (PermissionError, FileNotFoundError) as exc:
-                group.remove()
                 raise StartFailed(
                     f"The environment {environment.display!r} cannot be started: "
                     f"{executable} is missing or not usable by {account.name} ({exc.strerror}).",
                     reason="environment",
                 ) from None
-        state: dict[str, Any] = {
-            "pid": proc.pid,
-            "unit": unit,
-            "account": account.name,
-            "label": spec.label,
-            "volume": str(volume),
-            "memory": limits.memory,
-            "oom_kills": oom_baseline,
-            "log": str(log_path),
-        }
+        state["pid"] = proc.pid
         await self._wait_listening(proc, spec.port, state)
-        return Started("127.0.0.1", spec.port, state)
 
     async def _wait_listening(
         self, proc: subprocess.Popen[bytes], port: int, state: dict[str, Any]
@@ -247,7 +266,6 @@ class LocalBackend:
             status = proc.poll()
             if status is not None:
                 ended = self._ended(status, state)
-                await asyncio.to_thread(self._cleanup, state)
                 message = f"Your server stopped while starting: {ended.reason}."
                 tail = _tail(Path(state["log"]))
                 if tail and not ended.out_of_memory:
@@ -307,6 +325,16 @@ class LocalBackend:
         await asyncio.to_thread(self._cleanup, state)
         return ended
 
+    def _abandon(self, state: dict[str, Any]) -> None:
+        """Undo a start that did not complete: kill what it started, then clean up."""
+        pid = state.get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self._cleanup(state)
+
     def _cleanup(self, state: dict[str, Any]) -> None:
         """Remove the cgroup and unmount the volume (its image stays).
 
@@ -318,7 +346,8 @@ class LocalBackend:
         volume = Path(state["volume"])
         with self._account_lock(state["account"]):
             volumes.unmount(volume)
-            others = [p for p in volume.parent.iterdir() if volumes.is_mounted(p)]
+            siblings = volume.parent.iterdir() if volume.parent.is_dir() else ()
+            others = [p for p in siblings if volumes.is_mounted(p)]
             if not others and not self.existing_accounts:
                 volumes.unmount(volume.parent.parent)
 
