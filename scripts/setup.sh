@@ -2,9 +2,11 @@
 # Install everything hubstack needs on a Debian/Ubuntu machine, idempotently:
 #   - Debian packages: Python 3 (for the world-readable default environment), Node.js
 #     and npm (for configurable-http-proxy), e2fsprogs/util-linux (loop volumes), git;
-#     with --test also Chromium for the browser tests.
+#     with --test also Chromium for the browser tests and the local Slurm cluster's
+#     packages (scripts/slurm-cluster.sh install).
 #   - uv, configurable-http-proxy, the hub's virtualenv (.venv) and the default
-#     single-user environment under $HUBSTACK_PREFIX (default /opt/hubstack).
+#     single-user environment with its site config (envs/default/etc) under
+#     $HUBSTACK_PREFIX (default /opt/hubstack).
 # Every step checks first and does nothing when its result is already there.
 set -euo pipefail
 
@@ -72,7 +74,8 @@ fi
 # 4. The hub's own virtualenv (in the checkout)
 step "hub virtualenv (.venv)"
 sync_args=(--frozen --python /usr/bin/python3)
-[ "$with_test" = 1 ] || sync_args+=(--no-dev)
+# Without --test, leave test tools a developer already has in place (--inexact).
+[ "$with_test" = 1 ] || sync_args+=(--no-dev --inexact)
 (cd "$here" && "$uv" sync -q "${sync_args[@]}")
 
 # 5. The default single-user environment, world-readable so every user account can run it
@@ -91,5 +94,34 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$uv" pip install -q --python "$env_dir/bin/python" -r "$reqs"
   chmod -R a+rX "$prefix/envs"
   echo "$want" > "$stamp"
+fi
+
+# 6. The default environment's site config (envs/default/etc, e.g. ipyparallel's Slurm
+# settings in etc/ipython), copied over the environment's own etc. Its stamp is the
+# checksum list of the shipped files, so a changed file is copied again without rebuilding
+# the environment, and a file no longer shipped is removed.
+etc_src="$here/envs/default/etc"
+etc_stamp="$env_dir/.hubstack-etc.sha256"
+want_etc=$(cd "$etc_src" && find . -type f ! -name '*.pyc' | LC_ALL=C sort | xargs -r sha256sum)
+if [ ! -f "$etc_stamp" ] || [ "$(cat "$etc_stamp")" != "$want_etc" ]; then
+  need_root "installing the default environment's site config into $env_dir/etc"
+  step "default environment site config ($env_dir/etc)"
+  umask 022
+  if [ -f "$etc_stamp" ]; then
+    while read -r _ file; do rm -f "$env_dir/etc/$file"; done < "$etc_stamp"
+  fi
+  while read -r _ file; do
+    [ -z "$file" ] || install -D -m 644 "$etc_src/$file" "$env_dir/etc/$file"
+  done <<< "$want_etc"
+  chmod -R a+rX "$env_dir/etc"
+  echo "$want_etc" > "$etc_stamp"
+fi
+
+# 7. With --test, the packages of the local Slurm cluster the Slurm tests run on
+# (slurm-cluster.sh installs only what is missing).
+if [ "$with_test" = 1 ]; then
+  need_root "installing the local Slurm cluster's packages"
+  step "local Slurm cluster packages"
+  "$here/scripts/slurm-cluster.sh" install
 fi
 step "setup complete"

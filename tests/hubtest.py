@@ -249,6 +249,10 @@ class Hub:
                 "storage": {"server_volume": "64M", "home": "128M"},
             },
         }
+        if self.overrides.get("backend", {}).get("type") == "slurm":
+            # The local cluster's node is this machine: its "shared" paths are local ones.
+            shared = {"home_base": str(self.home_base), "volumes": str(self.root / "volumes")}
+            base["backend"]["slurm"] = {"shared": shared}
         return merge(base, self.overrides)
 
     def write_config(self) -> None:

@@ -6,8 +6,10 @@ a backend only knows how to start, watch, stop and delete one server where it ru
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from hubstack.config import Config
@@ -15,6 +17,23 @@ from hubstack.launch import LaunchRequest
 
 Emit = Callable[[str], None]
 """Report one step of a start to the user's progress stream."""
+
+Record = Callable[[dict[str, Any]], None]
+"""Save a start's state in the hub database before the start completes."""
+
+LOG_TAIL_LINES = 15
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a server's log: they usually say why it failed."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class StartFailed(Exception):
@@ -65,7 +84,15 @@ class Backend(Protocol):
 
     config: Config
 
-    async def start(self, spec: ServerSpec, emit: Emit) -> Started: ...
+    async def start(
+        self, spec: ServerSpec, emit: Emit, record: Record, resume: dict[str, Any] | None = None
+    ) -> Started:
+        """Start a server; ``resume`` is the state of a start a hub restart interrupted."""
+        ...
+
+    def is_starting(self, state: dict[str, Any]) -> bool:
+        """Whether ``state`` is a start still under way (one a hub restart can resume)."""
+        ...
 
     async def poll(self, state: dict[str, Any]) -> Exit | None: ...
 

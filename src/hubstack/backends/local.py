@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -29,12 +28,20 @@ from typing import Any
 
 from jupyterhub.spawner import set_user_setuid
 
-from hubstack.backends.base import Emit, Exit, ServerSpec, Started, StartFailed
+from hubstack.backends.accounts import account_for
+from hubstack.backends.base import (
+    Emit,
+    Exit,
+    Record,
+    ServerSpec,
+    Started,
+    StartFailed,
+    log_tail,
+)
 from hubstack.config import Config
 from hubstack.config.units import format_size
 from hubstack.system import SystemOpError, accounts, cgroups, volumes
 
-LOG_TAIL_LINES = 15
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -60,17 +67,6 @@ def _reap(pid: int) -> int | None:
     if done == 0:
         return None
     return os.waitstatus_to_exitcode(status)
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class LocalBackend:
@@ -102,19 +98,13 @@ class LocalBackend:
     # -- accounts and storage -------------------------------------------------------------
 
     def _account(self, hub_user: str) -> accounts.Account:
-        if not self.root:
-            return accounts.current_account()
-        if self.existing_accounts:
-            try:
-                pw = pwd.getpwnam(hub_user)
-            except KeyError:
-                raise StartFailed(
-                    f"There is no Unix account named {hub_user!r} on this machine.",
-                    reason="account",
-                ) from None
-            return accounts.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
-        name = accounts.unix_name(hub_user, self.local.user_prefix)
-        return accounts.ensure_account(name, self.local.home_base / name)
+        return account_for(
+            hub_user,
+            root=self.root,
+            existing=self.existing_accounts,
+            prefix=self.local.user_prefix,
+            home_base=self.local.home_base,
+        )
 
     def _server_image(self, account: str, label: str) -> Path:
         return self.data_dir / "storage/servers" / account / f"{label}.img"
@@ -156,7 +146,13 @@ class LocalBackend:
         machine = spec.request.machine
         return cgroups.Limits(cpu=machine.cpu, memory=machine.memory, pids=self.local.max_processes)
 
-    async def start(self, spec: ServerSpec, emit: Emit) -> Started:
+    def is_starting(self, state: dict[str, Any]) -> bool:
+        """A local start never outlives the hub process that began it."""
+        return False
+
+    async def start(
+        self, spec: ServerSpec, emit: Emit, record: Record, resume: dict[str, Any] | None = None
+    ) -> Started:
         emit("Preparing your account")
         account = await asyncio.to_thread(self._account, spec.hub_user)
         limits = self._limits(spec)
@@ -267,7 +263,7 @@ class LocalBackend:
             if status is not None:
                 ended = self._ended(status, state)
                 message = f"Your server stopped while starting: {ended.reason}."
-                tail = _tail(Path(state["log"]))
+                tail = log_tail(Path(state["log"]))
                 if tail and not ended.out_of_memory:
                     message += f"\nLast lines of its log:\n{tail}"
                 raise StartFailed(message, reason="oom" if ended.out_of_memory else "exited")

@@ -10,17 +10,21 @@ message naming the real cause, ``poll`` notices out-of-memory kills, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from jupyterhub.utils import random_port
+from jupyterhub.utils import random_port, url_escape_path, url_path_join
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Unicode, default
 
 from hubstack.backends.base import Backend, ServerSpec, StartFailed
 from hubstack.backends.local import LocalBackend
+from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
 from hubstack.config.units import format_size
 from hubstack.launch import (
@@ -32,6 +36,7 @@ from hubstack.launch import (
 )
 
 MAX_NOTICES = 10
+RESUME_ATTEMPTS = 120
 
 
 @functools.cache
@@ -42,8 +47,10 @@ def config_from_json(text: str) -> Config:
 
 @functools.cache
 def backend_for(text: str) -> Backend:
-    """One backend per hub, shared by every spawner (it holds the limits enforcer)."""
+    """One backend per hub, shared by every spawner (it holds the limits or the job poller)."""
     config = config_from_json(text)
+    if config.backend.type == "slurm":
+        return SlurmBackend(config)
     return LocalBackend(config)
 
 
@@ -76,6 +83,8 @@ class HubstackSpawner(Spawner):
         self.request: LaunchRequest | None = None
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
+        self._resuming = False
+        self._resume_task: asyncio.Future[None] | None = None
 
     # -- options --------------------------------------------------------------------------
 
@@ -94,7 +103,7 @@ class HubstackSpawner(Spawner):
 
     def _from_form(self, formdata: dict[str, list[Any]]) -> dict[str, str]:
         try:
-            return options_from_form(formdata)
+            return options_from_form(formdata, self.hubstack)
         except InvalidLaunch as exc:
             raise web.HTTPError(400, exc.message) from None
 
@@ -127,9 +136,19 @@ class HubstackSpawner(Spawner):
         return state
 
     def clear_state(self) -> None:
-        """Forget the stopped server; notices stay so the user can read why it stopped."""
+        """Forget the stopped server; notices stay so the user can read why it stopped.
+
+        A start to be resumed after a hub restart keeps its state (its job).
+        """
         super().clear_state()
-        self.backend_state = {}
+        if not self._resuming:
+            self.backend_state = {}
+
+    def _record(self, state: dict[str, Any]) -> None:
+        """Save a start's state now (e.g. a job id), so a hub restart can find it again."""
+        self.backend_state = state
+        self.orm_spawner.state = self.get_state()
+        self.db.commit()
 
     def add_notice(self, message: str) -> None:
         self.notices = [
@@ -172,10 +191,16 @@ class HubstackSpawner(Spawner):
     async def start(self) -> tuple[str, int]:
         request = self.request or resolve(self.hubstack, self.user_options)
         self._events = []
+        resume = None
+        if self.backend_state and self.backend.is_starting(self.backend_state):
+            resume = self.backend_state
+            # The server in the resumed job authenticates with the token it started with.
+            self.api_token = resume["api_token"]
+        self._resuming = self.will_resume = False
         self.port = random_port()
         spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port)
         try:
-            started = await self.backend.start(spec, self._emit)
+            started = await self.backend.start(spec, self._emit, self._record, resume)
         except StartFailed as exc:
             self.add_notice(exc.message)
             error = SpawnException(exc.message, reason=exc.reason, status_code=500)
@@ -185,8 +210,55 @@ class HubstackSpawner(Spawner):
         self.backend_state = started.state
         return started.ip, started.port
 
+    def address_reported(self, host: str, port: int) -> None:
+        """The server of a start under way says where it listens (see hub.address)."""
+        self.backend.address_reported(self.backend_state, host, port)  # type: ignore[attr-defined]
+        self._record(self.backend_state)
+
+    async def _resume_after_restart(self) -> None:
+        """Start this server again through the hub's own API once the hub is up.
+
+        JupyterHub checks servers before it serves requests and would stop one that is
+        still starting; hubstack lets that check see it stopped, keeps its job, and starts
+        it again here, where :meth:`start` takes the job back instead of submitting a new one.
+        """
+        client = AsyncHTTPClient()
+        api = self.hub.api_url.rstrip("/")
+        for _ in range(RESUME_ATTEMPTS):
+            with contextlib.suppress(OSError, HTTPClientError):
+                await client.fetch(f"{api}/", request_timeout=5)
+                break
+            await asyncio.sleep(1)
+        scope = f"servers!server={self.user.name}/{self.name}"
+        token = self.user.new_api_token(
+            note="hubstack: resume a start", expires_in=300, scopes=[scope]
+        )
+        path = url_path_join(
+            api, "users", self.user.escaped_name, "servers", url_escape_path(self.name)
+        )
+        try:
+            await client.fetch(
+                path,
+                method="POST",
+                body=json.dumps(self.orm_spawner.user_options or {}),
+                headers={"Authorization": f"token {token}"},
+                request_timeout=60,
+            )
+        except (OSError, HTTPClientError) as exc:
+            self.log.error("Could not resume the start of %s: %s", self._log_name, exc)
+            self.add_notice(
+                f"Your server {self._server_label()} could not be started again after a "
+                f"hub restart: {exc}"
+            )
+
     async def poll(self) -> int | None:
         if not self.backend_state:
+            return 0
+        if self._check_pending and self.backend.is_starting(self.backend_state):
+            # The hub restarted while this server was starting: see _resume_after_restart.
+            self._resuming = True
+            self.will_resume = True  # JupyterHub keeps the token the job's server holds
+            self._resume_task = asyncio.ensure_future(self._resume_after_restart())
             return 0
         self.check_memory()
         ended = await self.backend.poll(self.backend_state)
@@ -197,7 +269,7 @@ class HubstackSpawner(Spawner):
         return ended.status
 
     async def stop(self, now: bool = False) -> None:
-        if not self.backend_state:
+        if not self.backend_state or self._resuming:
             return
         self.check_memory()
         await self.backend.stop(self.backend_state)

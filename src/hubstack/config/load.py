@@ -8,7 +8,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from hubstack.config.models import BASE_URL, BIND, SLUG, URL_PATH, Config
+from hubstack.config.models import (
+    BASE_URL,
+    BIND,
+    HTTP_URL,
+    SAFE_TOKEN,
+    SBATCH_OPTION,
+    SLUG,
+    URL_PATH,
+    Config,
+)
 
 # pydantic names a pattern by its regex; say what it means instead.
 PATTERN_MEANING = {
@@ -16,7 +25,12 @@ PATTERN_MEANING = {
     BIND: "use address:port, e.g. 127.0.0.1:8000 or 0.0.0.0:80",
     BASE_URL: "use a URL path that starts and ends with /, e.g. /hub-prefix/",
     URL_PATH: "use a URL path starting with /, e.g. /lab",
+    HTTP_URL: "use an http or https URL, e.g. http://hub.example:8081/hub/api",
+    SAFE_TOKEN: "use only letters, digits and . _ : , = @ + / % - (no spaces or quotes)",
+    SBATCH_OPTION: "use a long sbatch option, e.g. --constraint",
 }
+# A value longer than this is cut in a message (a job script template can be long).
+SHOWN_MAX = 60
 
 DEFAULT_PATH = Path("hubstack.yaml")
 
@@ -44,8 +58,16 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else f"{text[: SHOWN_MAX - 4]}...{text[-1]}"
+
+
 def _describe(error: dict[str, Any]) -> str:
-    key = _key_path(error["loc"])
+    # A check across keys (models.problem) says which key and value it is about.
+    context = error.get("ctx", {})
+    key = _key_path((*error["loc"], *context.get("hubstack_at", ())))
+    value = context.get("hubstack_got", error.get("input"))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key; check the spelling against `hubstack init`"
@@ -54,10 +76,9 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "string_pattern_mismatch":
         pattern = error.get("ctx", {}).get("pattern", "")
         message = PATTERN_MEANING.get(pattern, f"must match the pattern {pattern}")
-    value = error.get("input")
     if isinstance(value, dict | list):
         return f"{key}: {message}"
-    return f"{key}: {message} (got {value!r})"
+    return f"{key}: {message} (got {_shown(value)})"
 
 
 def validate(data: Any, source: str = "<config>") -> Config:

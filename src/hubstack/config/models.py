@@ -5,19 +5,55 @@ These names are the operator's interface; later features extend them, never rena
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from hubstack.config.units import Duration, Size
+from hubstack.config.script import check_script
+from hubstack.config.units import Duration, Size, format_size
 
 SLUG = r"^[a-z][a-z0-9-]{0,29}$"
 BIND = r"^[^:\s]*:\d{1,5}$"
 BASE_URL = r"^/([A-Za-z0-9._~-]+/)*$"
 URL_PATH = r"^/[A-Za-z0-9/_.-]*$"
+HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+# Values that end up on an ``#SBATCH`` line: no whitespace, quotes, ``#``, ``$`` or line
+# breaks, so none can end the line, start another option or reach the shell.
+SAFE_TOKEN = r"^[A-Za-z0-9._:,=@+/%-]+$"
+SBATCH_OPTION = r"^--[a-z][a-z-]*$"
 DEFAULT_PREFIX = Path("/opt/hubstack")
+
+# The user_options keys of the spawn form besides the extras; an extra may not reuse one.
+BUILTIN_FIELDS = frozenset(
+    {"machine", "environment", "partition", "account", "qos", "reservation"}
+    | {"walltime", "cores", "memory", "gpus"}
+)
+# sbatch options hubstack sets itself, or that would change what a hubstack job is (one
+# task of one user, its output in the one log the hub reads); extras may not set them,
+# nor abbreviate them (sbatch takes any unambiguous prefix of a long option).
+RESERVED_SBATCH = frozenset(
+    {"--job-name", "--output", "--error", "--input", "--open-mode", "--chdir"}
+    | {"--export", "--export-file", "--get-user-env", "--uid", "--gid", "--wrap"}
+    | {"--partition", "--account", "--qos", "--reservation", "--time", "--time-min"}
+    | {"--cpus-per-task", "--mem", "--mem-per-cpu", "--mem-per-gpu", "--gres", "--gpus"}
+    | {"--gpus-per-node", "--gpus-per-task", "--cpus-per-gpu", "--ntasks", "--nodes"}
+    | {"--ntasks-per-node", "--array", "--wait", "--parsable", "--hold", "--test-only"}
+)
 
 
 def default_data_dir() -> Path:
@@ -31,6 +67,46 @@ class Strict(BaseModel):
     """Unknown keys are errors: a typo in the config must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def problem(at: tuple[str | int, ...], message: str, value: object) -> PydanticCustomError:
+    """An error found by a check across keys, reported at key ``at`` (relative to the model
+    that checks) with ``value``, so that load.py names it like any other bad key."""
+    return PydanticCustomError("hubstack_key", message, {"hubstack_at": at, "hubstack_got": value})
+
+
+def _absolute(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError(f"{str(value)!r} is not an absolute path")
+    return value
+
+
+def _split_command(value: object) -> object:
+    """A command line written as one string is split the way a shell would split it."""
+    if not isinstance(value, str):
+        return value
+    try:
+        args = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"not a command line: {exc}") from None
+    if not args:
+        raise ValueError("the command is empty")
+    return args
+
+
+def _port_range(value: str) -> str:
+    match = re.fullmatch(r"([0-9]{4,5})-([0-9]{4,5})", value)
+    if match and 1024 <= int(match[1]) <= int(match[2]) <= 65535:
+        return value
+    raise ValueError("not a port range; use LOW-HIGH within 1024-65535, e.g. 40000-49999")
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+Command = Annotated[
+    list[str], BeforeValidator(_split_command), PlainSerializer(shlex.join, return_type=str)
+]
+PortRange = Annotated[str, AfterValidator(_port_range)]
+SafeToken = Annotated[str, Field(pattern=SAFE_TOKEN)]
 
 
 class Hub(Strict):
@@ -76,9 +152,185 @@ class LocalBackend(Strict):
     max_processes: int = Field(1024, ge=16, description="per server: a guard against fork bombs")
 
 
+class Choice(Strict):
+    """A value the user picks from ``choices``; no choices means the field is not offered."""
+
+    choices: list[SafeToken] = Field(default_factory=list)
+    default: SafeToken | None = Field(None, description="null: the first choice")
+
+    @model_validator(mode="after")
+    def _default_is_a_choice(self) -> Self:
+        if self.default is not None and self.default not in self.choices:
+            allowed = ", ".join(self.choices) or "(none)"
+            raise problem(("default",), f"must be one of the choices: {allowed}", self.default)
+        return self
+
+    @property
+    def initial(self) -> str | None:
+        """What a user who does not choose gets: the default, else the first choice."""
+        if self.default is not None:
+            return self.default
+        return self.choices[0] if self.choices else None
+
+
+class Extra(Choice):
+    """A site's own sbatch option offered on the form, e.g. a node feature."""
+
+    choices: list[SafeToken] = Field(min_length=1)
+    id: str = Field(pattern=SLUG)
+    display: str
+    sbatch: str = Field(pattern=SBATCH_OPTION)
+
+    @field_validator("id")
+    @classmethod
+    def _not_builtin(cls, value: str) -> str:
+        if value in BUILTIN_FIELDS:
+            raise ValueError(f"{value!r} is a field hubstack has itself; choose another id")
+        return value
+
+    @field_validator("sbatch")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        clash = sorted(option for option in RESERVED_SBATCH if option.startswith(value))
+        if clash:
+            raise ValueError(f"{value} is or abbreviates {clash[0]}, which hubstack sets itself")
+        return value
+
+
+class Range(Strict):
+    """A number the user sets between ``min`` and ``max``; a null default (where allowed)
+    means the machine type's value."""
+
+    default: int | None = None
+    min: int
+    max: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        shown = self.model_dump(mode="json")
+        if self.min > self.max:
+            raise problem(("min",), f"must not be more than max {shown['max']}", shown["min"])
+        if self.default is not None and not self.min <= self.default <= self.max:
+            raise problem(
+                ("default",),
+                f"must be between min {shown['min']} and max {shown['max']}",
+                shown["default"],
+            )
+        return self
+
+
+class CoresRange(Range):
+    default: int | None = Field(None, ge=1)
+    min: int = Field(1, ge=1)
+    max: int = Field(8, ge=1)
+
+
+class MemoryRange(Range):
+    default: Size | None = None
+    min: Size = "256M"  # type: ignore[assignment]
+    max: Size = "64G"  # type: ignore[assignment]
+
+
+class GpusRange(Range):
+    default: int = Field(0, ge=0)
+    min: int = Field(0, ge=0)
+    max: int = Field(ge=0)
+
+
+class WalltimeRange(Range):
+    default: Duration = "1h"  # type: ignore[assignment]
+    min: Duration = "1m"  # type: ignore[assignment]
+    max: Duration = "8h"  # type: ignore[assignment]
+
+
+class SlurmFields(Strict):
+    """What the spawn form offers; a choice without choices or a null range is not offered."""
+
+    partition: Choice = Field(default_factory=Choice)
+    account: Choice = Field(default_factory=Choice)
+    qos: Choice = Field(default_factory=Choice)
+    reservation: Choice = Field(default_factory=Choice)
+    walltime: WalltimeRange = Field(default_factory=WalltimeRange)
+    cores: CoresRange | None = Field(default_factory=CoresRange)
+    memory: MemoryRange | None = Field(default_factory=MemoryRange)
+    gpus: GpusRange | None = None
+    extras: list[Extra] = Field(default_factory=list)
+
+    @field_validator("extras")
+    @classmethod
+    def _unique(cls, extras: list[Extra]) -> list[Extra]:
+        for index, extra in enumerate(extras):
+            if any(other.id == extra.id for other in extras[:index]):
+                raise problem((index, "id"), "is used twice; ids must be unique", extra.id)
+            if any(other.sbatch == extra.sbatch for other in extras[:index]):
+                raise problem((index, "sbatch"), "is set by another extra already", extra.sbatch)
+        return extras
+
+
+class PartitionLimits(Strict):
+    """Maxima of one partition, checked before a job is submitted; null: no own limit."""
+
+    max_walltime: Duration | None = None
+    max_cores: int | None = Field(None, ge=1)
+    max_memory: Size | None = None
+    max_gpus: int | None = Field(None, ge=0)
+
+
+class SlurmShared(Strict):
+    """Storage every node sees at the same path."""
+
+    home_base: AbsolutePath = Path("/home")
+    volumes: AbsolutePath | None = Field(
+        None, description="per-server volumes at <volumes>/<account>/<server>; null: none"
+    )
+
+
+class SlurmBackend(Strict):
+    """Servers run as batch jobs of their user, on the nodes of a Slurm cluster."""
+
+    submit_as: Literal["runuser", "sudo", "su"] = "runuser"
+    bin_dir: AbsolutePath = Path("/usr/bin")
+    script: str | None = Field(None, description="a job script template; null: the built-in one")
+    prologue: str = ""
+    port_range: PortRange = Field("40000-49999", description="LOW-HIGH: ports a server may use")
+    hub_url: str | None = Field(None, pattern=HTTP_URL)
+    poll_interval: Duration = "10s"  # type: ignore[assignment]
+    pending_poll_interval: Duration = "2s"  # type: ignore[assignment]
+    unknown_grace: Duration = "5m"  # type: ignore[assignment]
+    start_timeout: Duration = "1h"  # type: ignore[assignment]
+    shared: SlurmShared = Field(default_factory=SlurmShared)
+    containers: dict[str, Command] = Field(default_factory=dict)
+    fields: SlurmFields = Field(default_factory=SlurmFields)
+    partitions: dict[str, PartitionLimits] = Field(default_factory=dict)
+
+    @field_validator("script")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return None if value is None else check_script(value)
+
+    @model_validator(mode="after")
+    def _partitions_are_offered(self) -> Self:
+        choices = self.fields.partition.choices
+        for name in self.partitions:
+            if not choices:
+                raise problem(
+                    ("partitions", name),
+                    "per-partition limits need the partitions listed in fields.partition.choices",
+                    name,
+                )
+            if name not in choices:
+                raise problem(
+                    ("partitions", name),
+                    f"is not among fields.partition.choices: {', '.join(choices)}",
+                    name,
+                )
+        return self
+
+
 class Backend(Strict):
-    type: Literal["local"] = "local"
+    type: Literal["local", "slurm"] = "local"
     local: LocalBackend = Field(default_factory=LocalBackend)
+    slurm: SlurmBackend = Field(default_factory=SlurmBackend)
 
 
 class Machine(Strict):
@@ -93,15 +345,10 @@ class Environment(Strict):
     id: str = Field(pattern=SLUG)
     display: str
     description: str = ""
-    prefix: Path = Field(description="a Python environment whose bin/ has jupyterhub-singleuser")
+    prefix: AbsolutePath = Field(
+        description="a Python environment whose bin/ has jupyterhub-singleuser"
+    )
     default_url: str = Field("/lab", pattern=URL_PATH)
-
-    @field_validator("prefix")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"{str(value)!r} is not an absolute path")
-        return value
 
 
 class NamedServers(Strict):
@@ -166,6 +413,40 @@ class Config(Strict):
                     f"{name!r} is not a configurable class name (e.g. JupyterHub, Spawner)"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _containers_are_environments(self) -> Self:
+        ids = [e.id for e in self.environments]
+        for env_id in self.backend.slurm.containers:
+            if env_id not in ids:
+                raise problem(
+                    ("backend", "slurm", "containers", env_id),
+                    f"is not an environment id; environments: {', '.join(ids)}",
+                    env_id,
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _machines_fit_the_slurm_ranges(self) -> Self:
+        """A range without a default takes the machine type's value, which must fit it."""
+        if self.backend.type != "slurm":
+            return self
+        fields = self.backend.slurm.fields
+        for name, limits, needs, shown in (
+            ("cores", fields.cores, lambda m: math.ceil(m.cpu), int),
+            ("memory", fields.memory, lambda m: m.memory, format_size),
+        ):
+            if limits is None or limits.default is not None:
+                continue
+            for machine in self.machines:
+                if not limits.min <= needs(machine) <= limits.max:
+                    raise problem(
+                        ("backend", "slurm", "fields", name),
+                        f"machine type {machine.id!r} needs a value outside min {shown(limits.min)}"
+                        f" to max {shown(limits.max)}; set a default or widen the range",
+                        shown(needs(machine)),
+                    )
+        return self
 
     def machine(self, machine_id: str) -> Machine | None:
         return next((m for m in self.machines if m.id == machine_id), None)

@@ -9,6 +9,7 @@ seconds.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -18,6 +19,13 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+
+
+def _whole(value: object, number: float) -> int:
+    """``int(number)``, refusing the infinity that a number too long for a float becomes."""
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is too large")
+    return int(number)
 
 
 def parse_size(value: object) -> int:
@@ -32,7 +40,7 @@ def parse_size(value: object) -> int:
     if not match:
         raise ValueError(f"{value!r} is not a size; use a number with K, M, G or T, e.g. 2G")
     number, unit = match.groups()
-    size = int(float(number) * _SIZE_UNITS[unit.upper()])
+    size = _whole(value, float(number) * _SIZE_UNITS[unit.upper()])
     if size <= 0:
         raise ValueError(f"{value!r} is not a positive size")
     return size
@@ -61,7 +69,7 @@ def parse_duration(value: object) -> int:
             parts = _DURATION_RE.findall(text)
             if not parts or _DURATION_RE.sub("", text).strip():
                 raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 30m, 2h or 1d")
-            seconds = int(sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
+            seconds = _whole(value, sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
     if seconds <= 0:
         raise ValueError(f"{value!r} is not a positive duration")
     return seconds

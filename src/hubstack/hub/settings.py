@@ -15,6 +15,7 @@ from traitlets.config import Config as TraitletsConfig
 
 from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
+from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.policy import named_server_policy
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -87,6 +88,14 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
     c.HubstackSpawner.poll_interval = 10
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_policy(config)
+
+    if config.backend.type == "slurm":
+        # Jobs outlive the hub: a restart takes them back instead of cancelling them.
+        c.JupyterHub.cleanup_servers = False
+        # Deprecated in JupyterHub but supported; a service could not see spawner state.
+        c.JupyterHub.extra_handlers = [(ROUTE, ServerAddressHandler)]
+        # Starting a job includes its time in the queue: waiting there is not a failure.
+        c.HubstackSpawner.start_timeout = config.backend.slurm.start_timeout
 
     c.JupyterHub.services = [culler_service(config)]
     c.JupyterHub.load_roles = [

@@ -1,4 +1,5 @@
-"""From what a user sends to a validated launch: profiles, server-name policy, options form.
+"""From what a user sends to a validated launch: profiles, server-name policy, options form,
+Slurm job fields and job scripts.
 
 Pure functions over the config and plain data, so every refusal a user can meet is unit
 tested here; the spawner only wires them to JupyterHub.
@@ -8,12 +9,13 @@ from hubstack.launch.form import machine_summary, render_options_form
 from hubstack.launch.policy import NAME_RE, PolicyViolation, check_new_server, check_server_name
 from hubstack.launch.profiles import (
     FIELDS,
-    InvalidLaunch,
     LaunchRequest,
+    allowed_fields,
     options_from_form,
-    quote_untrusted,
     resolve,
 )
+from hubstack.launch.slurm import SlurmRequest
+from hubstack.launch.untrusted import InvalidLaunch, quote_untrusted
 
 __all__ = [
     "FIELDS",
@@ -21,6 +23,8 @@ __all__ = [
     "InvalidLaunch",
     "LaunchRequest",
     "PolicyViolation",
+    "SlurmRequest",
+    "allowed_fields",
     "check_new_server",
     "check_server_name",
     "machine_summary",

@@ -1,4 +1,5 @@
-"""Render the spawn options form: the choices the operator configured, as radio cards.
+"""Render the spawn options form: the choices the operator configured, as radio cards,
+and on Slurm the job fields the config offers.
 
 The result is a fragment JupyterHub places inside its own ``<form>`` (which has the
 submit button); autoescaping is on because every text in it comes from the config or,
@@ -12,9 +13,19 @@ from typing import Any
 
 import jinja2
 
-from hubstack.config.models import Config, Environment, Machine
+from hubstack.config.models import Choice, Config, Environment, Machine, PartitionLimits, Range
+from hubstack.launch.slurm import (
+    NUMBER_FIELDS,
+    capitalized,
+    number_text,
+    slurm_fields,
+    slurm_label,
+)
 
 _UNITS = (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024))
+# What a user may type in a Slurm text field, and what a field without default follows.
+_EXAMPLES = {"walltime": "e.g. 2h, 90m or 1:30:00; ", "memory": "e.g. 4G or 512M; "}
+_FROM_MACHINE = {"cores": "CPUs", "memory": "memory"}
 
 _jinja = jinja2.Environment(
     loader=jinja2.PackageLoader("hubstack.launch", "templates"),
@@ -62,17 +73,94 @@ def _choices(
     ]
 
 
+def _partition_limits(partitions: Mapping[str, PartitionLimits]) -> str:
+    """``Partition limits: debug at most 1:00:00 wall time, 2 cores; long ...`` or ``""``."""
+    described = []
+    for name, limits in partitions.items():
+        maxima = [
+            f"{number_text(field, value)}{unit}"
+            for field, value, unit in (
+                ("walltime", limits.max_walltime, " wall time"),
+                ("cores", limits.max_cores, " cores"),
+                ("memory", limits.max_memory, " memory"),
+                ("gpus", limits.max_gpus, " GPUs"),
+            )
+            if value is not None
+        ]
+        if maxima:
+            described.append(f"{name} at most {', '.join(maxima)}")
+    return f"Partition limits: {'; '.join(described)}." if described else ""
+
+
+def _select(choice: Choice, previous: object, hint: str = "") -> dict[str, Any]:
+    """A choice field; the previous choice if still offered, else the default."""
+    chosen = previous if previous in choice.choices else choice.initial
+    return {
+        "kind": "select",
+        "options": [{"value": c, "selected": c == chosen} for c in choice.choices],
+        "hint": hint,
+    }
+
+
+def _number(name: str, limits: Range, previous: object) -> dict[str, Any]:
+    """A number field with its range as hint text, pre-filled with the previous value, else
+    the default; one without a default, left empty, follows the machine type."""
+    counted = name in ("cores", "gpus")
+    low, high = number_text(name, limits.min), number_text(name, limits.max)
+    hint = f"{_EXAMPLES.get(name, '')}{low} to {high}"
+    if limits.default is None:
+        hint += f"; empty: the machine type's {_FROM_MACHINE[name]}"
+        value = ""
+    else:
+        value = number_text(name, limits.default)
+    return {
+        "kind": "number" if counted else "text",
+        "value": previous if isinstance(previous, str) else value,
+        "min": limits.min if counted else None,
+        "max": limits.max if counted else None,
+        "placeholder": "from the machine type" if limits.default is None else "",
+        "hint": hint,
+    }
+
+
+def _slurm_rows(config: Config, current: Mapping[str, object]) -> list[dict[str, Any]]:
+    """Template rows for the Slurm fields the config offers, in the order of the form."""
+    slurm = config.backend.slurm
+    fields = slurm.fields
+    extras = {extra.id: extra for extra in fields.extras}
+    rows = []
+    for name in slurm_fields(config):
+        previous = current.get(name)
+        if name in extras:
+            row = _select(extras[name], previous)
+        elif name == "partition":
+            row = _select(fields.partition, previous, _partition_limits(slurm.partitions))
+        elif name in NUMBER_FIELDS:
+            row = _number(name, getattr(fields, name), previous)
+        else:
+            row = _select(getattr(fields, name), previous)
+        row |= {
+            "name": name,
+            "input_id": f"hs-slurm-{name}",
+            "label": capitalized(slurm_label(config, name)),
+        }
+        rows.append(row)
+    return rows
+
+
 def render_options_form(
-    config: Config, current: Mapping[str, str] | None = None, notices: Sequence[str] = ()
+    config: Config, current: Mapping[str, object] | None = None, notices: Sequence[str] = ()
 ) -> str:
     """The options form fragment, pre-selecting ``current`` (the user's last options).
 
     ``notices`` are shown above the choices, e.g. to say why a previous choice that
-    the operator has since removed is no longer selected.
+    the operator has since removed is no longer selected. On Slurm, the job fields the
+    config offers follow, pre-filled with the user's previous values or the defaults.
     """
     current = current or {}
     return _jinja.get_template("options_form.html").render(
         machines=_choices("machine", config.machines, current.get("machine")),
         environments=_choices("environment", config.environments, current.get("environment")),
+        slurm=_slurm_rows(config, current),
         notices=list(notices),
     )

@@ -11,7 +11,7 @@ import re
 from collections.abc import Collection
 
 from hubstack.config.models import NamedServers
-from hubstack.launch.profiles import quote_untrusted
+from hubstack.launch.untrusted import quote_untrusted
 
 # Lowercase ASCII letters and digits, single hyphens between them, starting with a letter.
 NAME_RE = re.compile(r"\A[a-z](?:-?[a-z0-9])*\Z")

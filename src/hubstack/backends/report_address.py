@@ -1,0 +1,69 @@
+"""Run inside a Slurm job: pick a free port on the node and tell the hub where to connect.
+
+Only the standard library: this runs with the environment's own Python on a compute node,
+where hubstack is not installed. The job script passes this file's text to ``python -c``
+and reads the chosen port from stdout. The hub's route accepts the report only with the
+server's own API token (from the job's environment) and only for that server.
+"""
+
+import json
+import os
+import random
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ATTEMPTS = 200
+RETRY_FOR_SECONDS = 600
+
+
+def free_port(low: int, high: int) -> int:
+    """A port in [low, high] nobody listens on now (the server binds it right after)."""
+    candidates = list(range(low, high + 1))
+    random.shuffle(candidates)
+    for port in candidates[:ATTEMPTS]:
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    sys.exit(f"hubstack: no free port in {low}-{high} on {socket.gethostname()}")
+
+
+def report(url: str, token: str, host: str, port: int) -> None:
+    """POST the address; retry while the hub is unreachable (it may be restarting)."""
+    body = json.dumps({"host": host, "port": port}).encode()
+    deadline = time.monotonic() + RETRY_FOR_SECONDS
+    while True:
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30):
+                return
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            sys.exit(f"hubstack: the hub refused this server's address: {exc.code} {detail}")
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                sys.exit(f"hubstack: cannot reach the hub at {url}: {exc}")
+            print(f"hubstack: hub not reachable ({exc}); retrying", file=sys.stderr)
+            time.sleep(5)
+
+
+def main() -> None:
+    low, high = (int(p) for p in os.environ["HUBSTACK_PORT_RANGE"].split("-"))
+    port = free_port(low, high)
+    host = os.environ.get("HUBSTACK_NODE_ADDRESS") or socket.gethostname()
+    report(os.environ["HUBSTACK_REPORT_URL"], os.environ["JUPYTERHUB_API_TOKEN"], host, port)
+    print(port)
+
+
+if __name__ == "__main__":
+    main()

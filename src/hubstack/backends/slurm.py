@@ -1,0 +1,350 @@
+"""The Slurm backend: each server is a batch job of its user, watched by one shared poller.
+
+A start renders the site's job script, submits it as the user and records the job id at
+once (so a hub restart finds the job again), then streams the scheduler's view of it
+(queued where, why, in which position, expected when) until the server on the compute node
+reports its address to the hub. How a job ended is read from ``sacct`` when accounting is
+on, else from the job's own log, and told to the user in words.
+
+Storage: the user's home is the site's shared home (``backend.slurm.shared.home_base``);
+with ``shared.volumes`` set, each server also gets its own directory there, removed when
+the server is deleted. Hard size limits on those are the shared filesystem's quotas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hubstack.backends.accounts import account_for
+from hubstack.backends.base import Emit, Exit, Record, ServerSpec, Started, StartFailed, log_tail
+from hubstack.backends.jobs import JobWatcher, Tracked
+from hubstack.config import Config
+from hubstack.launch.jobscript import JobScript, JobScriptError, render_job_script
+from hubstack.system import accounts
+from hubstack.system.slurm import JobEnd, Slurm, SlurmError, reason_from_log
+
+REPORT_ROUTE = "hubstack/server-address"
+"""The hub API route (under ``/hub/api/``) a job reports its server's address to."""
+
+STOP_WAIT_SECONDS = 60.0
+SACCT_WAIT_SECONDS = 15.0
+FIRST_ANSWER_WAIT_SECONDS = 30.0
+
+_REPORTER = resources.files("hubstack.backends").joinpath("report_address.py").read_text()
+
+
+def _job_name(account: str, label: str) -> str:
+    return f"hubstack-{account}-{label}"
+
+
+def _when(moment: datetime) -> str:
+    """``14:05`` today, ``Nov 23 14:05`` on another day: how a person reads a start time."""
+    if moment.date() == datetime.now(moment.tzinfo).date():
+        return moment.strftime("%H:%M")
+    return moment.strftime("%b %d %H:%M")
+
+
+def describe_job(tracked: Tracked) -> str:
+    """The scheduler's view of a waiting job, in one sentence for the progress stream."""
+    info, job = tracked.info, tracked.job_id
+    if info is None:
+        if tracked.unknown_since is not None:
+            return f"Job {job} is submitted; the scheduler is not answering right now"
+        return f"Job {job} is submitted"
+    if tracked.unknown_since is not None:
+        return f"The scheduler is not answering; job {job} was last seen {info.state}"
+    if info.state == "PENDING":
+        words = [f"Job {job} is queued on partition {info.partition}"]
+        details = []
+        if info.reason and info.reason != "None":
+            details.append(f"reason {info.reason}")
+        if info.position:
+            details.append(f"position {info.position}")
+        if info.start_time:
+            details.append(f"expected start {_when(info.start_time)}")
+        return ", ".join([*words, *details])
+    if info.state == "RUNNING":
+        return f"Job {job} is running on {info.nodes}; waiting for the server to start"
+    return f"Job {job} is {info.state}"
+
+
+class SlurmBackend:
+    """Start servers as Slurm jobs; see the module docstring."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.backend.slurm
+        self.root = os.geteuid() == 0
+        self.existing_accounts = config.auth.type == "pam"
+        self.slurm = Slurm(self.settings.bin_dir, self.settings.submit_as)
+        self.watcher = JobWatcher(
+            self.slurm,
+            self.settings.poll_interval,
+            self.settings.pending_poll_interval,
+            self.settings.unknown_grace,
+        )
+        self._addresses: dict[str, asyncio.Future[None]] = {}
+
+    def describe(self) -> str:
+        accounts_kind = "existing machine accounts" if self.existing_accounts else "hub accounts"
+        return (
+            f"slurm backend: servers run as batch jobs of {accounts_kind}, submitted with "
+            f"{self.settings.submit_as}; one squeue every {self.settings.poll_interval:g} s "
+            f"for all jobs ({self.settings.pending_poll_interval:g} s while any is queued)"
+        )
+
+    # -- accounts and storage ---------------------------------------------------------------
+
+    def _account(self, hub_user: str) -> accounts.Account:
+        account = account_for(
+            hub_user,
+            root=self.root,
+            existing=self.existing_accounts,
+            prefix=self.config.backend.local.user_prefix,
+            home_base=self.settings.shared.home_base,
+        )
+        for directory in (account.home, account.home / ".hubstack/jobs"):
+            self._own_dir(directory, account)
+        return account
+
+    def _own_dir(self, path: Path, account: accounts.Account) -> None:
+        """Create ``path`` for ``account`` (private) unless it exists."""
+        if path.exists():
+            return
+        path.mkdir(mode=0o700, parents=True)
+        if self.root:
+            os.chown(path, account.uid, account.gid)
+
+    def _volume(self, account: accounts.Account, label: str) -> Path:
+        """The server's own directory, reached as ``~/volumes/<server>`` as on the local backend.
+
+        The link keeps it inside the server's root directory (the home), which Jupyter
+        requires of the directory it opens first.
+        """
+        base = self.settings.shared.volumes
+        if base is None:
+            return account.home
+        volume = base / account.name / label
+        self._own_dir(volume.parent, account)
+        self._own_dir(volume, account)
+        link = account.home / "volumes" / label
+        self._own_dir(link.parent, account)
+        if not link.is_symlink():
+            link.symlink_to(volume)
+            if self.root:
+                os.lchown(link, account.uid, account.gid)
+        return link
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def is_starting(self, state: dict[str, Any]) -> bool:
+        """A job was submitted but its server has not reported where it listens yet."""
+        return bool(state.get("job_id")) and not state.get("host")
+
+    async def start(
+        self, spec: ServerSpec, emit: Emit, record: Record, resume: dict[str, Any] | None = None
+    ) -> Started:
+        if resume:
+            state = resume
+            emit(f"Found your job {state['job_id']} again after a hub restart")
+        else:
+            state = await self._submit(spec, emit)
+            record(state)
+        tracked = self.watcher.track(state["job_id"])
+        tracked.starting = True
+        try:
+            await self._wait_for_address(state, tracked, emit)
+            await self._wait_listening(state, tracked)
+        finally:
+            tracked.starting = False
+        return Started(state["host"], state["port"], state)
+
+    async def _submit(self, spec: ServerSpec, emit: Emit) -> dict[str, Any]:
+        emit("Preparing your account")
+        account = await asyncio.to_thread(self._account, spec.hub_user)
+        volume = await asyncio.to_thread(self._volume, account, spec.label)
+        request, environment = spec.request, spec.request.environment
+        assert request.slurm is not None, "the launch layer resolves Slurm fields"
+        container = list(self.settings.containers.get(environment.id, []))
+        python = [*container, str(environment.prefix / "bin/python3")]
+        job = JobScript(
+            job_name=_job_name(account.name, spec.label),
+            output=str(account.home / ".hubstack/jobs" / f"{spec.label}-%j.log"),
+            workdir=str(account.home),
+            request=request.slurm,
+            prologue=self.settings.prologue,
+            reporter=(
+                f"port=$({shlex.join([*python, '-c', _REPORTER])})\n"
+                # The server learns its own address from this (known only on the node).
+                'export JUPYTERHUB_SERVICE_URL="http://0.0.0.0:${port}${JUPYTERHUB_SERVICE_PREFIX}"'
+            ),
+            command=[
+                *container,
+                str(environment.prefix / "bin/jupyterhub-singleuser"),
+                "--ip=0.0.0.0",
+                f"--ServerApp.root_dir={account.home}",
+                f"--ServerApp.preferred_dir={volume}",
+            ],
+        )
+        try:
+            script = render_job_script(self.settings.script, job)
+        except JobScriptError as exc:
+            raise StartFailed(
+                f"The job script cannot be written: {exc.message}", reason="slurm"
+            ) from None
+        api_url = self.settings.hub_url or spec.env["JUPYTERHUB_API_URL"]
+        env = {
+            **{k: v for k, v in spec.env.items() if k != "JUPYTERHUB_SERVICE_URL"},
+            "JUPYTERHUB_API_URL": api_url,
+            "HUBSTACK_REPORT_URL": f"{api_url.rstrip('/')}/{REPORT_ROUTE}",
+            "HUBSTACK_PORT_RANGE": self.settings.port_range,
+            "HOME": str(account.home),
+            "USER": account.name,
+            "PATH": f"{environment.prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "HUBSTACK_MACHINE": request.machine.id,
+            "HUBSTACK_ENVIRONMENT": environment.id,
+            "HUBSTACK_VOLUME": str(volume),
+        }
+        emit(f"Submitting a job to partition {request.slurm.partition or '(default)'}")
+        try:
+            job_id = await self.slurm.submit(script, account.name, env, account.home)
+        except SlurmError as exc:
+            raise StartFailed(f"Slurm refused the job: {exc}", reason="slurm") from None
+        return {
+            "job_id": job_id,
+            "account": account.name,
+            "label": spec.label,
+            "volume": str(volume),
+            "log": job.output.replace("%j", job_id),
+            # Kept so a start interrupted by a hub restart can take its job back: the
+            # server in that job authenticates with this token. The hub database holding
+            # it is readable by root only, like the hub's own secrets.
+            "api_token": spec.env["JUPYTERHUB_API_TOKEN"],
+        }
+
+    def address_reported(self, state: dict[str, Any], host: str, port: int) -> None:
+        """The job's server said where it listens (through the hub's authenticated route)."""
+        if not self.is_starting(state):
+            raise ValueError("this server is not waiting for its address")
+        state["host"], state["port"] = host, port
+        waiter = self._addresses.get(state["job_id"])
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _fail_if_ended(self, state: dict[str, Any], tracked: Tracked) -> None:
+        """Raise the job's end, in words with its log's last lines, if it is no longer active."""
+        if tracked.active:
+            return
+        ended = await self._why_ended(state, tracked)
+        message = f"Your job {state['job_id']} ended before the server started: {ended}."
+        tail = log_tail(Path(state["log"]))
+        if tail:
+            message += f"\nLast lines of its log:\n{tail}"
+        raise StartFailed(message, reason="slurm")
+
+    async def _wait_listening(self, state: dict[str, Any], tracked: Tracked) -> None:
+        """Return once the reported address accepts connections, or say why the job ended.
+
+        Without this, a server dying right after its report would surface only as
+        JupyterHub's bare HTTP timeout.
+        """
+        while True:
+            await self._fail_if_ended(state, tracked)
+            with contextlib.suppress(OSError, TimeoutError):
+                connecting = asyncio.open_connection(state["host"], state["port"])
+                _, writer = await asyncio.wait_for(connecting, 2)
+                writer.close()
+                return
+            await asyncio.sleep(0.2)
+
+    async def _wait_for_address(self, state: dict[str, Any], tracked: Tracked, emit: Emit) -> None:
+        """Stream the job's progress until its server reports its address, or the job ends."""
+        job_id = state["job_id"]
+        waiter = self._addresses[job_id] = asyncio.get_running_loop().create_future()
+        said = ""
+        try:
+            while not state.get("host"):
+                await self._fail_if_ended(state, tracked)
+                sentence = describe_job(tracked)
+                if sentence != said:
+                    emit(sentence)
+                    said = sentence
+                tracked.changed.clear()
+                changed = asyncio.ensure_future(tracked.changed.wait())
+                try:
+                    await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+        finally:
+            self._addresses.pop(job_id, None)
+        emit(f"Job {job_id}: the server listens on {state['host']}:{state['port']}")
+
+    async def _why_ended(self, state: dict[str, Any], tracked: Tracked) -> str:
+        """How the job ended, in words: sacct first (it lags squeue a little), then its log."""
+        job_id = state["job_id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SACCT_WAIT_SECONDS
+        end: JobEnd | None = None
+        while end is None and loop.time() < deadline:
+            with contextlib.suppress(SlurmError):
+                end = await self.slurm.ended(job_id)
+            if end is None or end.state in ("PENDING", "RUNNING"):
+                end = None
+                await asyncio.sleep(1)
+        if end is None:
+            end = reason_from_log(log_tail(Path(state["log"]), lines=200))
+        if end is not None:
+            return end.reason
+        last = tracked.info.state if tracked.info else "unknown"
+        return f"it left the queue (last seen {last})"
+
+    async def poll(self, state: dict[str, Any]) -> Exit | None:
+        job_id = state.get("job_id")
+        if not job_id:
+            return Exit(0)
+        tracked = self.watcher.track(job_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tracked.first_answer.wait(), FIRST_ANSWER_WAIT_SECONDS)
+        if tracked.active:
+            return None
+        reason = await self._why_ended(state, tracked)
+        self.watcher.forget(job_id)
+        return Exit(1, reason, out_of_memory="memory" in reason)
+
+    async def stop(self, state: dict[str, Any]) -> Exit | None:
+        job_id = state.get("job_id")
+        if not job_id:
+            return None
+        tracked = self.watcher.track(job_id)
+        with contextlib.suppress(SlurmError):
+            await self.slurm.cancel(job_id)
+        self.watcher.wake()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT_SECONDS
+        while tracked.active and loop.time() < deadline:
+            tracked.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tracked.changed.wait(), 2)
+        self.watcher.forget(job_id)
+        return Exit(0)
+
+    def new_oom_kills(self, state: dict[str, Any]) -> int:
+        """Slurm reports a job killed for memory as its end state; nothing to count here."""
+        return 0
+
+    async def delete(self, hub_user: str, server_name: str) -> None:
+        base = self.settings.shared.volumes
+        if base is None:
+            return
+        account = await asyncio.to_thread(self._account, hub_user)
+        label = server_name or "default"
+        await asyncio.to_thread(shutil.rmtree, base / account.name / label, ignore_errors=True)
+        (account.home / "volumes" / label).unlink(missing_ok=True)

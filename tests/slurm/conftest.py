@@ -1,0 +1,137 @@
+"""Fixtures for tests against the local Slurm cluster (scripts/slurm-cluster.sh).
+
+Other people use the same cluster at the same time: these fixtures only ever run the
+script's ``start`` (idempotent) and ``add-user``, and cancel only jobs of their own accounts.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hubtest import wait_for
+
+REPO = Path(__file__).parents[2]
+CLUSTER_SCRIPT = REPO / "scripts/slurm-cluster.sh"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The running local cluster: its summary line and where its configuration is."""
+
+    summary: str
+    conf: Path
+
+    @property
+    def accounting(self) -> bool:
+        return "accounting on" in self.summary
+
+    def conf_with(self, directory: Path, **settings: str) -> Path:
+        """A copy of slurm.conf with ``settings`` (e.g. SlurmctldPort="6999") put in.
+
+        Pointing a client command at it (``SLURM_CONF``) shows how the command fails when the
+        controller or the accounting daemon cannot be reached, without touching the cluster.
+        """
+        text = self.conf.read_text()
+        for key, value in settings.items():
+            line = f"{key}={value}"
+            text, count = re.subn(rf"(?m)^{key}=.*$", line, text)
+            if not count:
+                text += f"\n{line}\n"
+        path = directory / "slurm.conf"
+        path.write_text(text)
+        return path
+
+
+@dataclass(frozen=True)
+class User:
+    """A throwaway Unix account known to Slurm's accounting (account research)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+
+def cluster_script(*args: str) -> str:
+    """Run scripts/slurm-cluster.sh and return its stdout."""
+    proc = subprocess.run(
+        [str(CLUSTER_SCRIPT), *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"slurm-cluster.sh {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def queued_jobs(user: str) -> list[str]:
+    """The ids of ``user``'s jobs still in the queue, finished ones left out."""
+    out = subprocess.run(
+        ["squeue", "--noheader", f"--user={user}", "--format=%i"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Cluster:
+    """The local cluster, started if it is not running."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root")
+    summary = cluster_script("start").strip()
+    return Cluster(summary, Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")))
+
+
+@pytest.fixture(scope="module")
+def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
+    """A fresh ``ts-xxxx`` account with a world-traversable home, gone after the module.
+
+    Teardown cancels whatever jobs it left, then removes it from the machine and from
+    Slurm's accounting.
+    """
+    name = f"ts-{secrets.token_hex(2)}"
+    while _exists(name):
+        name = f"ts-{secrets.token_hex(2)}"
+    base = Path(tempfile.mkdtemp(prefix="hubstack-slurm-"))
+    base.chmod(0o711)
+    home = base / name
+    try:
+        subprocess.run(
+            ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+            check=True,
+            capture_output=True,
+        )
+        home.chmod(0o711)
+        cluster_script("add-user", name)
+        entry = pwd.getpwnam(name)
+        yield User(name, entry.pw_uid, entry.pw_gid, home)
+    finally:
+        if _exists(name):
+            subprocess.run(["scancel", f"--user={name}"], check=False, capture_output=True)
+            try:
+                wait_for(lambda: not queued_jobs(name), 60, f"{name}'s jobs to leave the queue")
+            finally:
+                subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
+                subprocess.run(
+                    ["sacctmgr", "-i", "delete", "user", name], check=False, capture_output=True
+                )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

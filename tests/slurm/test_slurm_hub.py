@@ -1,0 +1,323 @@
+"""End to end on the local Slurm cluster: a real hub whose servers are Slurm jobs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import needs_default_env, needs_root
+from hubtest import DEFAULT_ENV, Hub, Session, new_test_root, running_hub, wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def slurm_hub_overrides(hungry: Path) -> dict[str, Any]:
+    return {
+        "backend": {
+            "type": "slurm",
+            "slurm": {
+                "poll_interval": "3s",
+                "pending_poll_interval": "1s",
+                "fields": {
+                    "partition": {"choices": ["debug", "long"], "default": "debug"},
+                    "walltime": {"default": "20m", "min": "1m", "max": "4h"},
+                    "cores": {"min": 1, "max": 2},
+                    "memory": {"min": "64M", "max": "2G"},
+                },
+                "partitions": {"debug": {"max_walltime": "1h"}},
+            },
+        },
+        "policy": {"named_servers": {"max": 20}},
+        "machines": [{"id": "small", "display": "Small", "cpu": 1, "memory": "1G"}],
+        "environments": [
+            {"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)},
+            {"id": "hungry", "display": "Hungry", "prefix": str(hungry)},
+        ],
+        "extra_jupyterhub_config": {"HubstackSpawner": {"poll_interval": 2}},
+    }
+
+
+@pytest.fixture(scope="module")
+def hungry_env() -> Iterator[Path]:
+    """An environment whose server allocates far more memory than its job may use."""
+    prefix = new_test_root() / "hungry"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin/python3").symlink_to(DEFAULT_ENV / "bin/python3")
+    server = prefix / "bin/jupyterhub-singleuser"
+    server.write_text(
+        "#!/bin/sh\nexec python3 -c 'import time; x = b\"x\" * (1 << 30); time.sleep(60)'\n"
+    )
+    server.chmod(0o755)
+    for path in (prefix.parent, prefix, prefix / "bin"):
+        path.chmod(0o755)
+    yield prefix
+    shutil.rmtree(prefix.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(slurm_cluster: Any, hungry_env: Path) -> Iterator[Hub]:
+    with running_hub(slurm_hub_overrides(hungry_env)) as running:
+        yield running
+        # No orphans: every job the hub submitted ends with its server.
+        for name in ("alice", "bob"):
+            account = running.prefix + name
+            for job in jobs_of(account):
+                subprocess.run(["scancel", job], check=False)
+
+
+@pytest.fixture(scope="module")
+def alice(hub: Hub) -> Session:
+    return hub.new_user("alice")
+
+
+def squeue(*args: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def jobs_of(account: str) -> list[str]:
+    """Active jobs of ``account`` (pending or running), oldest first."""
+    return squeue("-u", account, "-t", "PD,R,CG", "-o", "%i").split()
+
+
+def job_of(hub: Hub, user: str, server: str) -> str:
+    name = f"hubstack-{hub.prefix}{user}-{server}"
+    jobs = squeue("-u", hub.prefix + user, "-n", name, "-t", "PD,R", "-o", "%i").split()
+    assert len(jobs) == 1, f"expected one job named {name}, found {jobs}"
+    return jobs[0]
+
+
+def batch_script(job_id: str) -> str:
+    return subprocess.run(
+        ["scontrol", "write", "batch_script", job_id, "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def stream_progress(
+    session: Session, server: str, on_event: Callable[[dict[str, Any]], None], timeout: float
+) -> list[dict[str, Any]]:
+    """Read the progress stream until ready or failed, calling ``on_event`` for each event."""
+    events: list[dict[str, Any]] = []
+    path = session.server_path(server) + "/progress"
+    with session.api("GET", path, stream=True, timeout=timeout) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                events.append(event)
+                on_event(event)
+                if event.get("ready") or event.get("failed"):
+                    break
+    return events
+
+
+class Blocker:
+    """A job that takes the whole node, so that the next job has to wait (reason Resources)."""
+
+    def __init__(self) -> None:
+        self.job = subprocess.run(
+            [
+                *[
+                    "sbatch",
+                    "--parsable",
+                    "--exclusive",
+                    "-p",
+                    "debug",
+                    "-t",
+                    "10",
+                    "-o",
+                    "/dev/null",
+                ],
+                "--wrap=sleep 600",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        wait_for(lambda: squeue("-j", self.job, "-o", "%T") == "RUNNING", 60, "the blocker")
+
+    def release(self) -> None:
+        subprocess.run(["scancel", self.job], check=False)
+
+
+def messages(events: list[dict[str, Any]]) -> str:
+    return "\n".join(str(e.get("message", "")) for e in events)
+
+
+def test_spawn_through_the_api_runs_a_job_of_the_user(hub: Hub, alice: Session) -> None:
+    options = {"partition": "debug", "walltime": "30m", "cores": 1, "memory": "512M"}
+    assert alice.start("api", options).status_code in (201, 202)
+    events = alice.progress("api", timeout=180)
+    assert events[-1].get("ready"), events
+    job = job_of(hub, "alice", "api")
+    run = alice.run_code(
+        "import os, pwd; print(os.environ['SLURM_JOB_ID'], pwd.getpwuid(os.getuid()).pw_name)",
+        "api",
+    )
+    assert run.stdout.split() == [job, hub.prefix + "alice"], run
+    lines = [line for line in batch_script(job).splitlines() if line.startswith("#SBATCH")]
+    options_set = {line.split()[1].split("=")[0] for line in lines}
+    assert "#SBATCH --partition=debug" in lines
+    assert "#SBATCH --cpus-per-task=1" in lines
+    assert options_set <= {
+        "--job-name",
+        "--output",
+        "--partition",
+        "--time",
+        "--cpus-per-task",
+        "--mem",
+        "--export",
+    }, lines
+    alice.stop("api")
+    assert job not in jobs_of(hub.prefix + "alice"), "stop cancels the job"
+
+
+def test_spawn_through_the_form_on_another_partition(hub: Hub, alice: Session) -> None:
+    url = f"{hub.url}/hub/spawn/alice/viaform"
+    page = alice.http.get(url, timeout=30)
+    assert page.status_code == 200
+    assert 'name="partition"' in page.text and 'name="walltime"' in page.text
+    xsrf = alice.http.cookies.get("_xsrf", path="/hub/")
+    form = {
+        "machine": "small",
+        "environment": "python",
+        "partition": "long",
+        "walltime": "15m",
+        "cores": "1",
+        "memory": "256M",
+        "_xsrf": xsrf,
+    }
+    resp = alice.http.post(url, data=form, allow_redirects=False, timeout=60)
+    assert resp.status_code == 302, resp.text
+    alice.wait_ready("viaform", timeout=180)
+    job = job_of(hub, "alice", "viaform")
+    assert squeue("-j", job, "-o", "%P %l %m") == "long 15:00 256M"
+    alice.stop("viaform")
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"partition": "debug\n#SBATCH --uid=0"}, "partition"),
+        ({"partition": "$(id)"}, "partition"),
+        ({"walltime": "1:00:00\n#SBATCH --uid=0"}, "wall time"),
+        ({"memory": "1G; touch /tmp/hubstack-pwned"}, "memory"),
+        ({"cores": "1 --uid=0"}, "cores"),
+        ({"cores": 64}, "between 1 and 2"),
+        ({"walltime": "2h"}, "limit of partition debug"),
+        ({"uid": "0"}, "Unknown option"),
+    ],
+)
+def test_bad_fields_are_refused_before_anything_is_submitted(
+    hub: Hub, alice: Session, options: dict[str, Any], words: str
+) -> None:
+    before = jobs_of(hub.prefix + "alice")
+    resp = alice.start("tampered", options)
+    assert resp.status_code == 400, resp.text
+    assert words.lower() in resp.json()["message"].lower()
+    assert jobs_of(hub.prefix + "alice") == before
+    assert not Path("/tmp/hubstack-pwned").exists()
+
+
+def test_a_queued_job_says_why_it_waits_then_starts(hub: Hub, alice: Session) -> None:
+    blocker = Blocker()
+    try:
+        assert alice.start("queued").status_code in (201, 202)
+
+        def release_when_queued(event: dict[str, Any]) -> None:
+            if "queued on partition debug" in str(event.get("message")):
+                blocker.release()
+
+        events = stream_progress(alice, "queued", release_when_queued, timeout=240)
+    finally:
+        blocker.release()
+    assert events[-1].get("ready"), events
+    queued = [e["message"] for e in events if "queued on partition debug" in e["message"]]
+    assert queued and "reason Resources" in queued[0], messages(events)
+    alice.stop("queued")
+
+
+def test_a_job_cancelled_outside_the_hub_is_noticed_and_explained(hub: Hub, alice: Session) -> None:
+    assert alice.start("victim").status_code in (201, 202)
+    alice.wait_ready("victim", timeout=180)
+    subprocess.run(["scancel", job_of(hub, "alice", "victim")], check=True)
+    wait_for(lambda: alice.model("victim") is None, 60, "the hub to notice the cancelled job")
+    home = alice.http.get(f"{hub.url}/hub/home", timeout=30).content.decode()
+    assert "stopped: it was cancelled" in home
+
+
+def test_a_job_killed_for_memory_says_so(hub: Hub, alice: Session) -> None:
+    resp = alice.start("hungry", {"environment": "hungry", "memory": "128M"})
+    assert resp.status_code in (201, 202, 500), resp.text
+    message = resp.json()["message"] if resp.status_code == 500 else ""
+    if not message:
+        events = alice.progress("hungry", timeout=180)
+        assert events[-1].get("failed"), events
+        message = events[-1]["message"]
+    assert "ran out of memory" in message, message
+
+
+def test_a_job_at_its_wall_time_is_stopped_and_the_user_told(hub: Hub, alice: Session) -> None:
+    assert alice.start("short", {"walltime": "1m"}).status_code in (201, 202)
+    alice.wait_ready("short", timeout=180)
+    wait_for(lambda: alice.model("short") is None, 180, "the job to reach its wall time")
+    home = alice.http.get(f"{hub.url}/hub/home", timeout=30).content.decode()
+    assert "wall time" in home
+
+
+def test_a_scheduler_outage_does_not_drop_a_running_server(hub: Hub, alice: Session) -> None:
+    assert alice.start("steady").status_code in (201, 202)
+    alice.wait_ready("steady", timeout=180)
+    failures = hub.log().count("squeue failed")
+    subprocess.run(["pkill", "-TERM", "-x", "slurmctld"], check=True)
+    try:
+        wait_for(
+            lambda: hub.log().count("squeue failed") >= failures + 3,
+            90,
+            "the hub to meet the scheduler outage three times",
+        )
+        assert alice.model("steady")["ready"], "the server is kept while slurmctld is down"
+        assert alice.run_code("print(6 * 7)", "steady").stdout.strip() == "42"
+    finally:
+        subprocess.run([str(REPO / "scripts/slurm-cluster.sh"), "start"], check=True)
+    alice.stop("steady")
+
+
+def test_a_hub_restart_keeps_running_and_queued_servers(hub: Hub, alice: Session) -> None:
+    account = hub.prefix + "alice"
+    assert alice.start("kept").status_code in (201, 202)
+    alice.wait_ready("kept", timeout=180)
+    running = job_of(hub, "alice", "kept")
+
+    blocker = Blocker()
+    try:
+        assert alice.start("waiting").status_code in (201, 202)
+
+        def queued() -> bool:
+            return squeue("-u", account, "-t", "PD", "-o", "%j") == f"hubstack-{account}-waiting"
+
+        wait_for(queued, 60, "the second server's job to queue")
+        pending = job_of(hub, "alice", "waiting")
+        hub.stop()
+        hub.start()
+        assert alice.model("kept")["ready"], "the running server is adopted again"
+        assert alice.run_code("print('still here')", "kept").stdout.strip() == "still here"
+    finally:
+        blocker.release()
+    wait_for(lambda: (alice.model("waiting") or {}).get("ready"), 180, "the queued job to start")
+    assert sorted(jobs_of(account)) == sorted([running, pending]), "no job was submitted twice"
+    assert alice.run_code("print('resumed')", "waiting").stdout.strip() == "resumed"
+    for server in ("kept", "waiting"):
+        alice.stop(server)
+    assert jobs_of(account) == []
