@@ -26,8 +26,9 @@ def slurm_hub_overrides(hungry: Path) -> dict[str, Any]:
                 "poll_interval": "3s",
                 "pending_poll_interval": "1s",
                 "fields": {
-                    "partition": {"choices": ["debug", "long"], "default": "debug"},
-                    "walltime": {"default": "20m", "min": "1m", "max": "4h"},
+                    "partition": {"choices": ["debug", "long", "gpu"], "default": "debug"},
+                    "account": {"choices": ["research", "teaching"]},
+                    "walltime": {"default": "20m", "min": "1m", "max": "3d"},
                     "cores": {"min": 1, "max": 2},
                     "memory": {"min": "64M", "max": "2G"},
                 },
@@ -70,10 +71,17 @@ def hub(slurm_cluster: Any, hungry_env: Path) -> Iterator[Hub]:
             account = running.prefix + name
             for job in jobs_of(account):
                 subprocess.run(["scancel", job], check=False)
+            subprocess.run(["sacctmgr", "-i", "delete", "user", account], capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def alice(hub: Hub) -> Session:
+    """Alice may charge the Slurm account research, not teaching."""
+    subprocess.run(
+        [str(REPO / "scripts/slurm-cluster.sh"), "add-user", hub.prefix + "alice", "research"],
+        check=True,
+        capture_output=True,
+    )
     return hub.new_user("alice")
 
 
@@ -123,27 +131,21 @@ def stream_progress(
 
 
 class Blocker:
-    """A job that takes the whole node, so that the next job has to wait (reason Resources)."""
+    """A job on every idle CPU, so that the next job has to wait (reason Resources)."""
 
     def __init__(self) -> None:
+        idle = int(
+            subprocess.run(
+                ["sinfo", "-h", "-p", "debug", "-o", "%C"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split("/")[1]
+        )
+        assert idle > 0, "the node has no idle CPU to fill"
+        command = f"sbatch --parsable -pdebug -t10 -c{idle} --mem=64M -o/dev/null"
         self.job = subprocess.run(
-            [
-                *[
-                    "sbatch",
-                    "--parsable",
-                    "--exclusive",
-                    "-p",
-                    "debug",
-                    "-t",
-                    "10",
-                    "-o",
-                    "/dev/null",
-                ],
-                "--wrap=sleep 600",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+            [*command.split(), "--wrap=sleep 600"], capture_output=True, text=True, check=True
         ).stdout.strip()
         wait_for(lambda: squeue("-j", self.job, "-o", "%T") == "RUNNING", 60, "the blocker")
 
@@ -174,6 +176,7 @@ def test_spawn_through_the_api_runs_a_job_of_the_user(hub: Hub, alice: Session) 
         "--job-name",
         "--output",
         "--partition",
+        "--account",
         "--time",
         "--cpus-per-task",
         "--mem",
@@ -216,6 +219,9 @@ def test_spawn_through_the_form_on_another_partition(hub: Hub, alice: Session) -
         ({"cores": "1 --uid=0"}, "cores"),
         ({"cores": 64}, "between 1 and 2"),
         ({"walltime": "2h"}, "limit of partition debug"),
+        ({"partition": "gpu"}, "does not exist on the cluster"),
+        ({"partition": "long", "walltime": "2-00:00:00"}, "1-00:00:00 limit of partition long"),
+        ({"account": "teaching"}, "your accounts are: research"),
         ({"uid": "0"}, "Unknown option"),
     ],
 )

@@ -90,6 +90,10 @@ class Backend(Protocol):
         """Start a server; ``resume`` is the state of a start a hub restart interrupted."""
         ...
 
+    async def check_request(self, hub_user: str, request: LaunchRequest) -> str | None:
+        """Why the place servers run cannot take ``request`` now (live data), else None."""
+        ...
+
     def is_starting(self, state: dict[str, Any]) -> bool:
         """Whether ``state`` is a start still under way (one a hub restart can resume)."""
         ...

@@ -40,6 +40,7 @@ from hubstack.backends.base import (
 )
 from hubstack.config import Config
 from hubstack.config.units import format_size
+from hubstack.launch import LaunchRequest
 from hubstack.system import SystemOpError, accounts, cgroups, volumes
 
 STOP_GRACE_SECONDS = 5.0
@@ -145,6 +146,10 @@ class LocalBackend:
     def _limits(self, spec: ServerSpec) -> cgroups.Limits:
         machine = spec.request.machine
         return cgroups.Limits(cpu=machine.cpu, memory=machine.memory, pids=self.local.max_processes)
+
+    async def check_request(self, hub_user: str, request: LaunchRequest) -> str | None:
+        """The config is all there is to check against on this machine."""
+        return None
 
     def is_starting(self, state: dict[str, Any]) -> bool:
         """A local start never outlives the hub process that began it."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import shutil
@@ -27,9 +28,13 @@ from hubstack.backends.accounts import account_for
 from hubstack.backends.base import Emit, Exit, Record, ServerSpec, Started, StartFailed, log_tail
 from hubstack.backends.jobs import JobWatcher, Tracked
 from hubstack.config import Config
+from hubstack.launch import LaunchRequest
 from hubstack.launch.jobscript import JobScript, JobScriptError, render_job_script
+from hubstack.launch.slurm import slurm_time
 from hubstack.system import accounts
 from hubstack.system.slurm import JobEnd, Slurm, SlurmError, reason_from_log
+
+log = logging.getLogger("hubstack.slurm")
 
 REPORT_ROUTE = "hubstack/server-address"
 """The hub API route (under ``/hub/api/``) a job reports its server's address to."""
@@ -144,6 +149,46 @@ class SlurmBackend:
         return link
 
     # -- lifecycle ----------------------------------------------------------------------------
+
+    def _unix_name(self, hub_user: str) -> str:
+        if self.existing_accounts:
+            return hub_user
+        return accounts.unix_name(hub_user, self.config.backend.local.user_prefix)
+
+    async def check_request(self, hub_user: str, request: LaunchRequest) -> str | None:
+        """Check the choice against the scheduler's own view (cached), before submitting.
+
+        The config says what the site offers; the scheduler says what exists now and what
+        this user may charge. If it cannot be asked, the config alone decides, and sbatch's
+        own answer reaches the user if the job is refused.
+        """
+        wanted = request.slurm
+        if wanted is None:
+            return None
+        try:
+            partitions = await self.slurm.partitions()
+            member_of = await self.slurm.user_accounts(self._unix_name(hub_user))
+        except SlurmError as exc:
+            log.warning("cannot check a request against the scheduler: %s", exc)
+            return None
+        if wanted.partition is not None:
+            partition = partitions.get(wanted.partition)
+            if partition is None:
+                known = ", ".join(sorted(partitions)) or "none"
+                return (
+                    f"Partition {wanted.partition} does not exist on the cluster (it has: {known})."
+                )
+            if partition.max_time is not None and wanted.walltime > partition.max_time:
+                return (
+                    f"Wall time {slurm_time(wanted.walltime)} is longer than the "
+                    f"{slurm_time(partition.max_time)} limit of partition {partition.name}."
+                )
+        if wanted.account is not None and member_of and wanted.account not in member_of:
+            return (
+                f"You cannot charge Slurm account {wanted.account}; "
+                f"your accounts are: {', '.join(member_of)}."
+            )
+        return None
 
     def is_starting(self, state: dict[str, Any]) -> bool:
         """A job was submitted but its server has not reported where it listens yet."""

@@ -54,12 +54,15 @@ def backend_for(text: str) -> Backend:
     return LocalBackend(config)
 
 
-def apply_launch(spawner: HubstackSpawner, user_options: dict[str, Any] | None) -> None:
-    """``Spawner.apply_user_options``: validate against the config, then apply."""
+async def apply_launch(spawner: HubstackSpawner, user_options: dict[str, Any] | None) -> None:
+    """``Spawner.apply_user_options``: validate against the config and the backend, then apply."""
     try:
         request = resolve(spawner.hubstack, user_options)
     except InvalidLaunch as exc:
         raise web.HTTPError(400, exc.message) from None
+    refusal = await spawner.backend.check_request(spawner.user.name, request)
+    if refusal:
+        raise web.HTTPError(400, refusal)
     spawner.apply_request(request)
 
 
@@ -240,7 +243,7 @@ class HubstackSpawner(Spawner):
             await client.fetch(
                 path,
                 method="POST",
-                body=json.dumps(self.orm_spawner.user_options or {}),
+                body=json.dumps({"user_options": self.orm_spawner.user_options or {}}),
                 headers={"Authorization": f"token {token}"},
                 request_timeout=60,
             )

@@ -1,0 +1,82 @@
+"""The pure parts of the Slurm backend: the report route's input rules, progress sentences."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from tornado import web
+
+from hubstack.backends.jobs import Tracked
+from hubstack.backends.slurm import describe_job
+from hubstack.hub.address import parse_address
+from hubstack.system.slurm import JobInfo
+
+RANGE = "40000-49999"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"host": "node-12.cluster.example", "port": 40000}, ("node-12.cluster.example", 40000)),
+        ({"host": "10.1.2.3", "port": 49999}, ("10.1.2.3", 49999)),
+        ({"host": "vm", "port": 41234}, ("vm", 41234)),
+    ],
+)
+def test_a_report_names_a_host_and_a_port_in_range(body: object, expected: object) -> None:
+    assert parse_address(body, RANGE) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"host": "vm"}, "exactly the fields"),
+        ({"host": "vm", "port": 40000, "ip": "10.0.0.1"}, "exactly the fields"),
+        (["vm", 40000], "exactly the fields"),
+        ({"host": "evil.example/../admin", "port": 40000}, "host must be"),
+        ({"host": "vm\r\nX-Injected: 1", "port": 40000}, "host must be"),
+        ({"host": "", "port": 40000}, "host must be"),
+        ({"host": "-vm", "port": 40000}, "host must be"),
+        ({"host": 12, "port": 40000}, "host must be"),
+        ({"host": "vm", "port": 22}, "40000-49999"),
+        ({"host": "vm", "port": "40000"}, "40000-49999"),
+        ({"host": "vm", "port": True}, "40000-49999"),
+        ({"host": "vm", "port": 40000.5}, "40000-49999"),
+    ],
+)
+def test_anything_else_is_refused_with_400(body: object, words: str) -> None:
+    with pytest.raises(web.HTTPError) as refused:
+        parse_address(body, RANGE)
+    assert refused.value.status_code == 400
+    assert words in str(refused.value.log_message)
+
+
+def job(state: str, **fields: object) -> Tracked:
+    info = {"reason": None, "nodes": None, "start_time": None, "position": None, **fields}
+    tracked = Tracked("812")
+    tracked.info = JobInfo(job_id="812", state=state, partition="gpu", **info)  # type: ignore[arg-type]
+    return tracked
+
+
+def test_a_queued_job_is_described_with_reason_position_and_expected_start() -> None:
+    start = datetime.now().replace(hour=14, minute=5, second=0, microsecond=0)
+    sentence = describe_job(job("PENDING", reason="Resources", position=3, start_time=start))
+    assert sentence == (
+        "Job 812 is queued on partition gpu, reason Resources, position 3, expected start 14:05"
+    )
+
+
+def test_a_start_on_another_day_names_the_day() -> None:
+    start = datetime.now() + timedelta(days=2)
+    sentence = describe_job(job("PENDING", reason="Priority", start_time=start))
+    assert sentence.endswith(f"expected start {start.strftime('%b %d %H:%M')}")
+
+
+def test_running_submitted_and_unanswered_jobs_are_described() -> None:
+    assert describe_job(job("RUNNING", nodes="node7")) == (
+        "Job 812 is running on node7; waiting for the server to start"
+    )
+    assert describe_job(Tracked("812")) == "Job 812 is submitted"
+    silent = job("PENDING", reason="Resources")
+    silent.unknown_since = 1.0
+    assert describe_job(silent) == ("The scheduler is not answering; job 812 was last seen PENDING")
