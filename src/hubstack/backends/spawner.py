@@ -18,6 +18,7 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import random_port, url_escape_path, url_path_join
+from sqlalchemy.orm import object_session
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Unicode, default
@@ -132,10 +133,12 @@ class HubstackSpawner(Spawner):
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
+        # Copies: the database column only notices a change if the new value differs
+        # from the old one, which would be the very same (since mutated) dict.
         if self.backend_state:
-            state["backend"] = self.backend_state
+            state["backend"] = dict(self.backend_state)
         if self.notices:
-            state["notices"] = self.notices
+            state["notices"] = list(self.notices)
         return state
 
     def clear_state(self) -> None:
@@ -150,17 +153,26 @@ class HubstackSpawner(Spawner):
     def _record(self, state: dict[str, Any]) -> None:
         """Save a start's state now (e.g. a job id), so a hub restart can find it again."""
         self.backend_state = state
+        self._save_state()
+
+    def _save_state(self) -> None:
+        """Write the state to the database at once, not at JupyterHub's next commit.
+
+        Through the spawner's own row's session: ``Spawner.db`` is deprecated.
+        """
+        if self.orm_spawner is None:
+            return
         self.orm_spawner.state = self.get_state()
-        self.db.commit()
+        session = object_session(self.orm_spawner)
+        if session is not None:
+            session.commit()
 
     def add_notice(self, message: str) -> None:
         self.notices = [
             *self.notices[-(MAX_NOTICES - 1) :],
             {"time": datetime.now(UTC).isoformat(timespec="seconds"), "message": message},
         ]
-        if self.orm_spawner is not None:
-            self.orm_spawner.state = self.get_state()
-            self.db.commit()
+        self._save_state()
 
     def _server_label(self) -> str:
         return f"'{self.name}'" if self.name else "(default)"
