@@ -197,7 +197,7 @@ def slurm_config(**slurm: object) -> dict:
 def test_slurm_defaults_offer_wall_time_cores_and_memory() -> None:
     slurm = validate({}).backend.slurm
     assert slurm.submit_as == "runuser"
-    assert slurm.port_range == "40000-49999"
+    assert slurm.port_range == "20000-29999"
     assert (slurm.poll_interval, slurm.pending_poll_interval, slurm.unknown_grace) == (10, 2, 300)
     assert slurm.fields.partition.choices == [] and slurm.fields.partition.initial is None
     assert (slurm.fields.walltime.default, slurm.fields.walltime.max) == (3600, 8 * 3600)

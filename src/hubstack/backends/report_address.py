@@ -19,9 +19,23 @@ ATTEMPTS = 200
 RETRY_FOR_SECONDS = 600
 
 
+def ephemeral_ports() -> range:
+    """Ports the node hands out to outgoing connections: one could take ours any moment."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first, last = (int(p) for p in f.read().split())
+    except (OSError, ValueError):
+        return range(0)
+    return range(first, last + 1)
+
+
 def free_port(low: int, high: int) -> int:
-    """A port in [low, high] nobody listens on now (the server binds it right after)."""
-    candidates = list(range(low, high + 1))
+    """A port in [low, high], outside the ephemeral range, that nobody listens on now."""
+    ephemeral = ephemeral_ports()
+    candidates = [p for p in range(low, high + 1) if p not in ephemeral]
+    if not candidates:
+        print(f"hubstack: {low}-{high} is all in the ephemeral port range", file=sys.stderr)
+        candidates = list(range(low, high + 1))
     random.shuffle(candidates)
     for port in candidates[:ATTEMPTS]:
         with socket.socket() as s:

@@ -130,6 +130,7 @@ class HubstackSpawner(Spawner):
         super().load_state(state)
         self.backend_state = dict(state.get("backend", {}))
         self.notices = list(state.get("notices", []))
+        self._resuming = bool(state.get("resuming"))
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -139,6 +140,10 @@ class HubstackSpawner(Spawner):
             state["backend"] = dict(self.backend_state)
         if self.notices:
             state["notices"] = list(self.notices)
+        # Persisted, because JupyterHub replaces this object after stopping it and
+        # clears the state of the new one before the start that resumes the job.
+        if self._resuming:
+            state["resuming"] = True
         return state
 
     def clear_state(self) -> None:
@@ -207,7 +212,7 @@ class HubstackSpawner(Spawner):
         request = self.request or resolve(self.hubstack, self.user_options)
         self._events = []
         resume = None
-        if self.backend_state and self.backend.is_starting(self.backend_state):
+        if self._resuming and self.backend_state:
             resume = self.backend_state
             # The server in the resumed job authenticates with the token it started with.
             self.api_token = resume["api_token"]

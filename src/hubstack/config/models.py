@@ -98,7 +98,7 @@ def _port_range(value: str) -> str:
     match = re.fullmatch(r"([0-9]{4,5})-([0-9]{4,5})", value)
     if match and 1024 <= int(match[1]) <= int(match[2]) <= 65535:
         return value
-    raise ValueError("not a port range; use LOW-HIGH within 1024-65535, e.g. 40000-49999")
+    raise ValueError("not a port range; use LOW-HIGH within 1024-65535, e.g. 20000-29999")
 
 
 AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
@@ -292,7 +292,7 @@ class SlurmBackend(Strict):
     bin_dir: AbsolutePath = Path("/usr/bin")
     script: str | None = Field(None, description="a job script template; null: the built-in one")
     prologue: str = ""
-    port_range: PortRange = Field("40000-49999", description="LOW-HIGH: ports a server may use")
+    port_range: PortRange = Field("20000-29999", description="LOW-HIGH: ports a server may use")
     hub_url: str | None = Field(None, pattern=HTTP_URL)
     poll_interval: Duration = "10s"  # type: ignore[assignment]
     pending_poll_interval: Duration = "2s"  # type: ignore[assignment]

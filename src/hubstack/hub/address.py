@@ -51,7 +51,10 @@ class ServerAddressHandler(APIHandler):
         token = self.get_auth_token()
         if user is None or not token or not hasattr(user, "spawners"):
             raise web.HTTPError(403, "Only a server's own token can report its address.")
-        spawner = next((s for s in user.spawners.values() if _token_matches(s, token)), None)
+        # Every server of the user, also one whose spawner object JupyterHub has not
+        # recreated yet after a hub restart (indexing ``spawners`` recreates it).
+        candidates = (user.spawners[name] for name in user.orm_user.orm_spawners)
+        spawner = next((s for s in candidates if _token_matches(s, token)), None)
         if spawner is None:
             raise web.HTTPError(403, "This token does not belong to a server that is starting.")
         host, port = parse_address(self.get_json_body(), spawner.hubstack.backend.slurm.port_range)
