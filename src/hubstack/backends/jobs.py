@@ -30,13 +30,13 @@ ACTIVE_STATES = frozenset(
 class Tracked:
     """What the watcher knows of one job; ``changed`` fires after every query.
 
-    ``starting`` (set by the backend until the server listens) polls as often as pending.
+    ``urgent`` (set by the backend while a server starts or stops) polls as often as pending.
     """
 
     job_id: str
     info: JobInfo | None = None
     gone: bool = False
-    starting: bool = False
+    urgent: bool = False
     unknown_since: float | None = None
     first_answer: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,11 +68,15 @@ class JobWatcher:
         self._task: asyncio.Task[None] | None = None
 
     def track(self, job_id: str) -> Tracked:
-        """Start (or keep) watching ``job_id``; the next query happens right away."""
+        """Start (or keep) watching ``job_id``; a new job is queried right away.
+
+        Tracking a known job changes nothing: spawners call this on every poll, and
+        those polls must not turn into scheduler queries.
+        """
         tracked = self.jobs.get(job_id)
         if tracked is None:
             tracked = self.jobs[job_id] = Tracked(job_id)
-        self.wake()
+            self.wake()
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         return tracked
@@ -88,7 +92,7 @@ class JobWatcher:
         while self.jobs:
             self._wake.clear()
             await self.refresh()
-            pending = any(t.pending or t.starting or t.info is None for t in self.jobs.values())
+            pending = any(t.pending or t.urgent or t.info is None for t in self.jobs.values())
             delay = self.pending_interval if pending else self.interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)

@@ -121,10 +121,11 @@ class SlurmBackend:
         return account
 
     def _own_dir(self, path: Path, account: accounts.Account) -> None:
-        """Create ``path`` for ``account`` (private) unless it exists."""
-        if path.exists():
+        """Create ``path`` for ``account`` (private) unless it exists (two starts may race)."""
+        try:
+            path.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
             return
-        path.mkdir(mode=0o700, parents=True)
         if self.root:
             os.chown(path, account.uid, account.gid)
 
@@ -142,10 +143,12 @@ class SlurmBackend:
         self._own_dir(volume, account)
         link = account.home / "volumes" / label
         self._own_dir(link.parent, account)
-        if not link.is_symlink():
+        try:
             link.symlink_to(volume)
-            if self.root:
-                os.lchown(link, account.uid, account.gid)
+        except FileExistsError:
+            return link
+        if self.root:
+            os.lchown(link, account.uid, account.gid)
         return link
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -204,12 +207,12 @@ class SlurmBackend:
             state = await self._submit(spec, emit)
             record(state)
         tracked = self.watcher.track(state["job_id"])
-        tracked.starting = True
+        tracked.urgent = True
         try:
             await self._wait_for_address(state, tracked, emit)
             await self._wait_listening(state, tracked)
         finally:
-            tracked.starting = False
+            tracked.urgent = False
         return Started(state["host"], state["port"], state)
 
     async def _submit(self, spec: ServerSpec, emit: Emit) -> dict[str, Any]:
@@ -369,6 +372,7 @@ class SlurmBackend:
         if not job_id:
             return None
         tracked = self.watcher.track(job_id)
+        tracked.urgent = True
         with contextlib.suppress(SlurmError):
             await self.slurm.cancel(job_id)
         self.watcher.wake()
