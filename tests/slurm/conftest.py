@@ -6,6 +6,7 @@ script's ``start`` (idempotent) and ``add-user``, and cancel only jobs of their 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -93,12 +94,12 @@ def slurm_cluster() -> Cluster:
     return Cluster(summary, Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")))
 
 
-@pytest.fixture(scope="module")
-def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
-    """A fresh ``ts-xxxx`` account with a world-traversable home, gone after the module.
+@contextlib.contextmanager
+def new_slurm_user(*accounts: str) -> Iterator[User]:
+    """A fresh ``ts-xxxx`` account with a world-traversable home, in Slurm ``accounts``.
 
-    Teardown cancels whatever jobs it left, then removes it from the machine and from
-    Slurm's accounting.
+    Afterwards it cancels whatever jobs the account left, then removes it from the machine
+    and from Slurm's accounting.
     """
     name = f"ts-{secrets.token_hex(2)}"
     while _exists(name):
@@ -113,7 +114,7 @@ def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
             capture_output=True,
         )
         home.chmod(0o711)
-        cluster_script("add-user", name)
+        cluster_script("add-user", name, *accounts)
         entry = pwd.getpwnam(name)
         yield User(name, entry.pw_uid, entry.pw_gid, home)
     finally:
@@ -127,6 +128,13 @@ def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
                     ["sacctmgr", "-i", "delete", "user", name], check=False, capture_output=True
                 )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
+    """A throwaway account in the Slurm account research, gone after the module."""
+    with new_slurm_user() as user:
+        yield user
 
 
 def _exists(name: str) -> bool:

@@ -9,21 +9,14 @@ that the engines were that account's jobs, with the settings the site config pro
 from __future__ import annotations
 
 import json
-import pwd
-import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hubtest import DEFAULT_ENV, wait_for
 
-REPO = Path(__file__).parents[2]
-CLUSTER_SCRIPT = REPO / "scripts/slurm-cluster.sh"
+from .conftest import Cluster, User, new_slurm_user, queued_jobs
 
 pytestmark = [
     pytest.mark.slurm,
@@ -55,64 +48,11 @@ print(json.dumps({"total": total, "engines": engines, "launcher": launcher}))
 """
 
 
-@dataclass
-class User:
-    """A throwaway Unix account known to Slurm's accounting."""
-
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-
-def cluster_script(*args: str) -> None:
-    """Run scripts/slurm-cluster.sh (only ``start`` and ``add-user``: others share the cluster)."""
-    subprocess.run([str(CLUSTER_SCRIPT), *args], check=True, capture_output=True, timeout=300)
-
-
-def jobs_of(user: str) -> list[str]:
-    """The user's jobs still in the queue (any state, including completing)."""
-    out = subprocess.run(
-        ["squeue", "--noheader", "--user", user, "--format", "%i %T"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.splitlines()
-
-
 @pytest.fixture(scope="module")
-def slurm_user() -> Iterator[User]:
-    """A running cluster and a fresh account in the accounts research (its default) and teaching.
-
-    The home is world-traversable, under a temporary directory; teardown cancels whatever
-    jobs the account left and removes it from the machine and from Slurm's accounting.
-    """
-    cluster_script("start")
-    name = f"ts-{secrets.token_hex(2)}"
-    base = Path(tempfile.mkdtemp(prefix="hubstack-ipp-"))
-    base.chmod(0o711)
-    home = base / name
-    try:
-        subprocess.run(
-            ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
-            check=True,
-            capture_output=True,
-        )
-        home.chmod(0o711)
-        cluster_script("add-user", name, "research", "teaching")
-        entry = pwd.getpwnam(name)
-        yield User(name, entry.pw_uid, entry.pw_gid, home)
-    finally:
-        subprocess.run(["scancel", "--user", name], check=False, capture_output=True)
-        try:
-            wait_for(lambda: not jobs_of(name), 60, f"{name}'s jobs to leave the queue")
-        finally:
-            subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
-            subprocess.run(
-                ["sacctmgr", "-i", "delete", "user", name], check=False, capture_output=True
-            )
-            shutil.rmtree(base, ignore_errors=True)
+def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
+    """A fresh account in the Slurm accounts research (its default) and teaching."""
+    with new_slurm_user("research", "teaching") as user:
+        yield user
 
 
 def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -174,7 +114,7 @@ def test_notebook_runs_engines_as_its_users_slurm_jobs(slurm_user: User) -> None
     assert len(job_ids) == 2, f"one single-CPU job per engine expected: {engines}"
 
     # Stopping the cluster cancels the engines' jobs: none of the user's is left.
-    wait_for(lambda: not jobs_of(user.name), 60, f"{user.name}'s jobs to leave the queue")
+    wait_for(lambda: not queued_jobs(user.name), 60, f"{user.name}'s jobs to leave the queue")
     records = wait_for(lambda: accounting(job_ids), 60, f"sacct's records of jobs {job_ids}")
     for job in job_ids:
         assert records[job]["User"] == user.name

@@ -12,10 +12,10 @@ from datetime import datetime
 
 import pytest
 
+from hubstack.config.units import slurm_time
 from hubstack.system.slurm import (
     SlurmError,
     describe_end,
-    format_duration,
     normalise_state,
     parse_duration,
     parse_sacct,
@@ -60,7 +60,7 @@ def test_other_times_are_refused(text: str) -> None:
     [(60, "0:01:00"), (1800, "0:30:00"), (3600, "1:00:00"), (86400, "1-00:00:00")],
 )
 def test_durations_are_written_the_way_slurm_writes_them(seconds: int, text: str) -> None:
-    assert format_duration(seconds) == text
+    assert slurm_time(seconds) == text
     assert parse_duration(text) == seconds
 
 

@@ -28,9 +28,9 @@ from hubstack.backends.accounts import account_for
 from hubstack.backends.base import Emit, Exit, Record, ServerSpec, Started, StartFailed, log_tail
 from hubstack.backends.jobs import JobWatcher, Tracked
 from hubstack.config import Config
+from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
 from hubstack.launch.jobscript import JobScript, JobScriptError, render_job_script
-from hubstack.launch.slurm import slurm_time
 from hubstack.system import accounts
 from hubstack.system.slurm import JobEnd, Slurm, SlurmError, reason_from_log
 

@@ -89,3 +89,13 @@ Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, 
 Duration = Annotated[
     int, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
+
+
+def slurm_time(seconds: int) -> str:
+    """Slurm's ``[D-]H:MM:SS``, as sbatch takes it and squeue shows it (``1-02:00:00``)."""
+    minutes, secs = divmod(seconds, 60)
+    hours, mins = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}-{hours:02}:{mins:02}:{secs:02}"
+    return f"{hours}:{mins:02}:{secs:02}"

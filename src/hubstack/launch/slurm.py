@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hubstack.config.models import Choice, Config, Machine, PartitionLimits, Range, SlurmFields
-from hubstack.config.units import format_size, parse_duration, parse_size
+from hubstack.config.units import format_size, parse_duration, parse_size, slurm_time
 from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, shown
 
 CHOICE_FIELDS = ("partition", "account", "qos", "reservation")
@@ -28,16 +28,6 @@ _SLURM_TIME = re.compile(
 )
 _COUNT = re.compile(r"[0-9]{1,9}")
 _LABELS = {"qos": "QOS", "walltime": "wall time", "gpus": "GPUs"}
-
-
-def slurm_time(seconds: int) -> str:
-    """Slurm's ``[D-]H:MM:SS``, as sbatch takes it and squeue shows it (``1-02:00:00``)."""
-    minutes, secs = divmod(seconds, 60)
-    hours, mins = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}-{hours:02}:{mins:02}:{secs:02}"
-    return f"{hours}:{mins:02}:{secs:02}"
 
 
 def parse_walltime(text: str) -> int:

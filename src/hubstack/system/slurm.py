@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from hubstack.config.units import slurm_time
 from hubstack.system import SystemOpError
 
 SubmitAs = Literal["runuser", "sudo", "su"]
@@ -462,7 +463,7 @@ def describe_end(
     if state == "COMPLETED":
         return "it exited"
     if state == "TIMEOUT":
-        limit = f" ({format_duration(time_limit)})" if time_limit is not None else ""
+        limit = f" ({slurm_time(time_limit)})" if time_limit is not None else ""
         return f"it reached its wall time limit{limit}"
     if state == "OUT_OF_MEMORY":
         return "it ran out of memory" + (f" (limit {memory})" if memory else "")
@@ -521,16 +522,6 @@ def parse_duration(text: str) -> int | None:
     if min(days, hours, minutes, seconds) < 0:
         raise ValueError(f"not a Slurm time: {text!r}")
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
-def format_duration(seconds: int) -> str:
-    """``H:MM:SS``, or ``D-HH:MM:SS`` from a day on: Slurm's own notation, never ambiguous."""
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def parse_time(text: str) -> datetime | None:
