@@ -311,7 +311,7 @@ class SlurmBackend:
                 _, writer = await asyncio.wait_for(connecting, 2)
                 writer.close()
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
 
     async def _wait_for_address(self, state: dict[str, Any], tracked: Tracked, emit: Emit) -> None:
         """Stream the job's progress until its server reports its address, or the job ends."""
