@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from hubtest import DEFAULT_ENV, Hub, Session, running_hub
 
+pytest_plugins = ["gitserver"]
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the local backend isolates as root")
 needs_default_env = pytest.mark.skipif(
     not (DEFAULT_ENV / "bin/jupyterhub-singleuser").exists(),

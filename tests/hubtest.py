@@ -57,8 +57,8 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
-def free_port_block(size: int = 3) -> int:
-    """A port whose ``size`` consecutive neighbours are free (the hub uses port..port+2)."""
+def free_port_block(size: int = 4) -> int:
+    """A port whose ``size`` consecutive neighbours are free (the hub uses port..port+3)."""
     for _ in range(200):
         base = random.randint(20000, 50000)
         try:
@@ -247,6 +247,13 @@ class Hub:
             "policy": {
                 "named_servers": {"max": 2},
                 "storage": {"server_volume": "64M", "home": "128M"},
+            },
+            # Repositories come from git servers on loopback (tests/gitserver.py).
+            "binder": {
+                "root": str(self.root / "binder"),
+                "allowed_hosts": ["127.0.0.1:*"],
+                "allowed_schemes": ["git", "http"],
+                "build_account": f"{self.prefix}build",
             },
         }
         if self.overrides.get("backend", {}).get("type") == "slurm":

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubstack.config import Config, ConfigError, dump, load
+from hubstack.config.units import format_duration, format_size, parse_duration
+
+if TYPE_CHECKING:
+    from hubstack.envs.cache import EnvCache
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -79,6 +86,97 @@ def cmd_reset_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _environments(args: argparse.Namespace) -> tuple[Config, EnvCache]:
+    from hubstack.envs.cache import EnvCache
+
+    config = _load(args)
+    return config, EnvCache(config.binder.root)
+
+
+def cmd_env_list(args: argparse.Namespace) -> int:
+    from hubstack.envs.cache import describe
+
+    _, cache = _environments(args)
+    envs = cache.list()
+    if args.json:
+        print(json.dumps([describe(env) for env in envs], indent=1))
+        return 0
+    if not envs:
+        print(f"no environments built from repositories in {cache.root}")
+        return 0
+    rows = [("KEY", "REPOSITORY", "REF", "COMMIT", "PYTHON", "SIZE", "BUILT", "LAST USED")]
+    for env in envs:
+        rows.append(
+            (
+                env.key[:12],
+                env.repo,
+                env.ref,
+                env.commit[:10],
+                env.python,
+                format_size(env.size),
+                _when(env.built_at),
+                _when(env.last_used),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_env_rebuild(args: argparse.Namespace) -> int:
+    """Build one environment again from its repository at the commit it was built from."""
+    import asyncio
+
+    from hubstack.envs.repository import PrepareFailed, Repositories
+    from hubstack.launch.repo import repo_source
+    from hubstack.system import cgroups
+
+    config, cache = _environments(args)
+    env = cache.find(args.key)
+    source = repo_source(env.repo, env.ref, config.binder)
+    repositories = Repositories(config, cgroups.detect(config.backend.local.limits))
+    print(f"rebuilding {env.key[:12]} from {env.repo} at {env.commit}")
+    lock = cache.acquire_build_lock()
+    try:
+        cache.remove(env.key)
+    finally:
+        lock.close()
+    try:
+        built = asyncio.run(
+            repositories.prepare(source, lambda _phase, line: print(line), pin=env.commit)
+        )
+    except PrepareFailed as exc:
+        print(f"hubstack: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"built {built.env.key[:12]} ({format_size(built.env.size)})")
+    return 0
+
+
+def cmd_env_prune(args: argparse.Namespace) -> int:
+    _, cache = _environments(args)
+    removed = cache.prune(args.unused_for, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for env in removed:
+        print(
+            f"{verb} {env.key[:12]} {env.repo} ({format_size(env.size)}, last used "
+            f"{_when(env.last_used)})"
+        )
+    print(f"{verb} {len(removed)} environment(s) unused for {format_duration(args.unused_for)}")
+    return 0
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="hubstack",
@@ -112,6 +210,25 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("name", help="hub user name")
         p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
         p.set_defaults(func=func, verbose_source=False)
+
+    env = sub.add_parser("env", help="environments built from repositories: list, rebuild, prune")
+    env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+    p = env_sub.add_parser("list", parents=[common], help="built environments, size and last use")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_env_list, verbose_source=False)
+    p = env_sub.add_parser("rebuild", parents=[common], help="build one environment again")
+    p.add_argument("key", help="the environment's key, or its start as `env list` shows it")
+    p.set_defaults(func=cmd_env_rebuild, verbose_source=False)
+    p = env_sub.add_parser("prune", parents=[common], help="remove environments nobody uses")
+    p.add_argument(
+        "--unused-for",
+        type=_duration,
+        default=30 * 86400,
+        metavar="DURATION",
+        help="remove those not launched for this long (default 30d)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(func=cmd_env_prune, verbose_source=False)
     return top
 
 

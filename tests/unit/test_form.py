@@ -61,7 +61,7 @@ def test_every_choice_is_a_radio_with_a_label() -> None:
     radios = [(i["name"], i["value"]) for i in page.inputs if i["type"] == "radio"]
     assert radios == [("machine", m["id"]) for m in MACHINES] + [
         ("environment", e["id"]) for e in ENVIRONMENTS
-    ]
+    ] + [("environment", "repository")]
     ids = [i["id"] for i in page.inputs]
     assert len(set(ids)) == len(ids)
     assert all(i and i.startswith("hs-") for i in ids)
@@ -71,7 +71,16 @@ def test_every_choice_is_a_radio_with_a_label() -> None:
 def test_fragment_has_no_form_or_submit_button() -> None:
     page = parse(render_options_form(make_config()))
     assert not page.tags & {"form", "button"}
-    assert {i["type"] for i in page.inputs} == {"radio"}
+    assert {i["type"] for i in page.inputs} == {"radio", "url", "text"}
+
+
+def test_repository_fields_are_offered_only_with_binder() -> None:
+    names = {i["name"] for i in parse(render_options_form(make_config())).inputs}
+    assert {"repo", "ref"} <= names
+    config = make_config()
+    config.binder.enabled = False
+    names = {i["name"] for i in parse(render_options_form(config)).inputs}
+    assert not {"repo", "ref"} & names
 
 
 def test_texts_are_shown() -> None:

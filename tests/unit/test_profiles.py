@@ -82,7 +82,7 @@ def test_resource_overrides_are_refused_not_applied(
     config: Config, options: dict[str, object], name: str
 ) -> None:
     assert refusal(config, options) == (
-        f"Unknown option '{name}'. Allowed options: machine, environment."
+        f"Unknown option '{name}'. Allowed options: machine, environment, repo, ref, commit."
     )
 
 
@@ -94,7 +94,7 @@ def test_unknown_machine_lists_the_choices(config: Config) -> None:
 
 def test_unknown_environment_lists_the_choices(config: Config) -> None:
     assert refusal(config, {"environment": "julia"}) == (
-        "Unknown environment 'julia'. Choose one of: python, r."
+        "Unknown environment 'julia'. Choose one of: python, r, repository."
     )
 
 
@@ -129,7 +129,8 @@ def test_non_string_environment_is_refused(config: Config) -> None:
 @pytest.mark.parametrize("options", [["machine"], "small", 5])
 def test_options_that_are_not_an_object_are_refused(config: Config, options: object) -> None:
     assert refusal(config, options).startswith(
-        "Launch options must be an object with the keys: machine, environment; got "
+        "Launch options must be an object with the keys: "
+        "machine, environment, repo, ref, commit; got "
     )
 
 
@@ -143,7 +144,7 @@ def test_long_values_are_cut_in_the_message(config: Config) -> None:
 def test_long_unknown_keys_are_cut_in_the_message(config: Config) -> None:
     message = refusal(config, {"k" * 500: "small"})
     assert "k" * 56 not in message
-    assert message.endswith("...'. Allowed options: machine, environment.")
+    assert message.endswith("...'. Allowed options: machine, environment, repo, ref, commit.")
 
 
 @pytest.mark.parametrize("value", ["\x1b[2J\x1b[31mred", "a\nb\rc\x00d", "evil\u202etxt.exe"])

@@ -47,7 +47,10 @@ FIELDS_OFFERED = {
         }
     ],
 }
-ALLOWED = "machine, environment, partition, account, walltime, cores, memory, gpus, feature"
+ALLOWED = (
+    "machine, environment, repo, ref, commit, "
+    "partition, account, walltime, cores, memory, gpus, feature"
+)
 
 
 def make_config(**fields: Any) -> Config:
@@ -96,10 +99,10 @@ def refusal(config: Config, options: Any) -> str:
 
 def test_local_backend_has_no_slurm_fields() -> None:
     config = validate({"backend": {"slurm": {"fields": FIELDS_OFFERED}}})
-    assert allowed_fields(config) == FIELDS
+    assert allowed_fields(config) == (*FIELDS, "repo", "ref", "commit")
     assert resolve(config, None).slurm is None
     assert refusal(config, {"partition": "debug"}) == (
-        "Unknown option 'partition'. Allowed options: machine, environment."
+        "Unknown option 'partition'. Allowed options: machine, environment, repo, ref, commit."
     )
 
 
@@ -490,7 +493,7 @@ def test_form_has_no_slurm_fieldset_on_the_local_backend() -> None:
 def test_form_shows_the_offered_fields_after_machine_and_environment(config: Config) -> None:
     html = render_options_form(config)
     page = parse(html)
-    assert list(page.controls) == list(allowed_fields(config)[2:])
+    assert list(page.controls) == list(allowed_fields(config)[5:])
     assert html.index("Environment") < html.index("Slurm job")
     for name, control in page.controls.items():
         assert control["id"] in page.labels, f"{name} has a label"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hubstack.config import Config
+from hubstack.envs.checkout import Content
 from hubstack.launch import LaunchRequest
 
 Emit = Callable[[str], None]
@@ -54,6 +55,7 @@ class ServerSpec:
     request: LaunchRequest
     env: dict[str, str]
     port: int
+    content: Content | None = None  # a repository's files, for an environment built from it
 
     @property
     def label(self) -> str:

@@ -38,6 +38,7 @@ from hubstack.backends.base import (
     StartFailed,
     log_tail,
 )
+from hubstack.backends.server import place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import format_size
 from hubstack.launch import LaunchRequest
@@ -205,24 +206,22 @@ class LocalBackend:
         state["oom_kills"] = group.oom_kills()
 
         executable = environment.prefix / "bin/jupyterhub-singleuser"
+        workdir, server = await place_content(
+            spec, volume, account if self.root else None, [str(executable)]
+        )
         cmd = self.enforcer.wrap_command(
             state["unit"],
             limits,
             [
-                str(executable),
-                f"--ServerApp.root_dir={account.home}",
-                f"--ServerApp.preferred_dir={volume}",
+                *server,
+                f"--ServerApp.root_dir={workdir or account.home}",
+                f"--ServerApp.preferred_dir={workdir or volume}",
             ],
         )
         env = {
             **spec.env,
-            "HOME": str(account.home),
-            "USER": account.name,
+            **server_environment(spec, account, volume, workdir),
             "SHELL": "/bin/bash",
-            "PATH": f"{environment.prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "HUBSTACK_MACHINE": machine.id,
-            "HUBSTACK_ENVIRONMENT": environment.id,
-            "HUBSTACK_VOLUME": str(volume),
         }
         log_path = Path(state["log"])
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -239,7 +238,7 @@ class LocalBackend:
                 proc = subprocess.Popen(
                     cmd,
                     env=env,
-                    cwd=str(account.home),
+                    cwd=str(workdir or account.home),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ from typing import Any
 from hubstack.backends.accounts import account_for
 from hubstack.backends.base import Emit, Exit, Record, ServerSpec, Started, StartFailed, log_tail
 from hubstack.backends.jobs import JobWatcher, Tracked
+from hubstack.backends.server import place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
@@ -223,10 +224,16 @@ class SlurmBackend:
         assert request.slurm is not None, "the launch layer resolves Slurm fields"
         container = list(self.settings.containers.get(environment.id, []))
         python = [*container, str(environment.prefix / "bin/python3")]
+        workdir, server = await place_content(
+            spec,
+            volume,
+            account if self.root else None,
+            [*container, str(environment.prefix / "bin/jupyterhub-singleuser")],
+        )
         job = JobScript(
             job_name=_job_name(account.name, spec.label),
             output=str(account.home / ".hubstack/jobs" / f"{spec.label}-%j.log"),
-            workdir=str(account.home),
+            workdir=str(workdir or account.home),
             request=request.slurm,
             prologue=self.settings.prologue,
             reporter=(
@@ -235,11 +242,10 @@ class SlurmBackend:
                 'export JUPYTERHUB_SERVICE_URL="http://0.0.0.0:${port}${JUPYTERHUB_SERVICE_PREFIX}"'
             ),
             command=[
-                *container,
-                str(environment.prefix / "bin/jupyterhub-singleuser"),
+                *server,
                 "--ip=0.0.0.0",
-                f"--ServerApp.root_dir={account.home}",
-                f"--ServerApp.preferred_dir={volume}",
+                f"--ServerApp.root_dir={workdir or account.home}",
+                f"--ServerApp.preferred_dir={workdir or volume}",
             ],
         )
         try:
@@ -254,12 +260,7 @@ class SlurmBackend:
             "JUPYTERHUB_API_URL": api_url,
             "HUBSTACK_REPORT_URL": f"{api_url.rstrip('/')}/{REPORT_ROUTE}",
             "HUBSTACK_PORT_RANGE": self.settings.port_range,
-            "HOME": str(account.home),
-            "USER": account.name,
-            "PATH": f"{environment.prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "HUBSTACK_MACHINE": request.machine.id,
-            "HUBSTACK_ENVIRONMENT": environment.id,
-            "HUBSTACK_VOLUME": str(volume),
+            **server_environment(spec, account, volume, workdir),
         }
         emit(f"Submitting a job to partition {request.slurm.partition or '(default)'}")
         try:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
+import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +31,8 @@ from hubstack.backends.local import LocalBackend
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
 from hubstack.config.units import format_size
+from hubstack.envs.checkout import Content
+from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.launch import (
     InvalidLaunch,
     LaunchRequest,
@@ -35,8 +40,10 @@ from hubstack.launch import (
     render_options_form,
     resolve,
 )
+from hubstack.system import cgroups
 
 MAX_NOTICES = 10
+ENV_MARK_INTERVAL = 600
 RESUME_ATTEMPTS = 120
 
 
@@ -44,6 +51,14 @@ RESUME_ATTEMPTS = 120
 def config_from_json(text: str) -> Config:
     """One parsed Config per hub (traitlets deep-copies config values per spawner)."""
     return Config.model_validate_json(text)
+
+
+@functools.cache
+def repositories_for(text: str) -> Repositories:
+    """One cache and builder per hub: launches of one environment share its build."""
+    config = config_from_json(text)
+    preference = config.backend.local.limits if os.geteuid() == 0 else "off"
+    return Repositories(config, cgroups.detect(preference))
 
 
 @functools.cache
@@ -80,6 +95,10 @@ class HubstackSpawner(Spawner):
     def backend(self) -> Backend:
         return backend_for(self.hubstack_config)
 
+    @property
+    def repositories(self) -> Repositories:
+        return repositories_for(self.hubstack_config)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backend_state: dict[str, Any] = {}
@@ -89,6 +108,8 @@ class HubstackSpawner(Spawner):
         self._events_changed = asyncio.Event()
         self._resuming = False
         self._resume_task: asyncio.Future[None] | None = None
+        self.env_key: str | None = None  # the repository environment the server runs
+        self._env_marked = 0.0
 
     # -- options --------------------------------------------------------------------------
 
@@ -123,6 +144,10 @@ class HubstackSpawner(Spawner):
         self.mem_limit = request.machine.memory
         self.cpu_limit = request.machine.cpu
         self.default_url = request.environment.default_url
+        if request.repo is not None:
+            # A start may include fetching and building: each has the build time limit.
+            limit = 2 * self.hubstack.binder.limits.time + 120
+            self.start_timeout = max(self.start_timeout, limit)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -131,6 +156,7 @@ class HubstackSpawner(Spawner):
         self.backend_state = dict(state.get("backend", {}))
         self.notices = list(state.get("notices", []))
         self._resuming = bool(state.get("resuming"))
+        self.env_key = state.get("env_key")
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -144,6 +170,8 @@ class HubstackSpawner(Spawner):
         # clears the state of the new one before the start that resumes the job.
         if self._resuming:
             state["resuming"] = True
+        if self.env_key:
+            state["env_key"] = self.env_key
         return state
 
     def clear_state(self) -> None:
@@ -154,6 +182,7 @@ class HubstackSpawner(Spawner):
         super().clear_state()
         if not self._resuming:
             self.backend_state = {}
+            self.env_key = None
 
     def _record(self, state: dict[str, Any]) -> None:
         """Save a start's state now (e.g. a job id), so a hub restart can find it again."""
@@ -194,10 +223,46 @@ class HubstackSpawner(Spawner):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _emit(self, message: str) -> None:
+    def _emit(self, message: str, phase: str | None = None) -> None:
+        """One progress event; ``phase`` (BinderHub's names) marks the steps of a
+        repository's environment, which the binder service relays as they are."""
         step = len(self._events) + 1
-        self._events.append({"progress": min(10 + 20 * step, 90), "message": message})
+        event: dict[str, Any] = {"progress": min(10 + 5 * step, 90), "message": message}
+        if phase is not None:
+            event["phase"] = phase
+        self._events.append(event)
         self._events_changed.set()
+
+    def _phase(self, phase: str, message: str) -> None:
+        self._emit(message, phase)
+
+    async def _prepare_repository(self, request: LaunchRequest) -> tuple[LaunchRequest, Content]:
+        """Build (or find) the environment of the request's repository, and pin its commit
+        in the server's options, so that starting this server again gives the same files."""
+        assert request.repo is not None
+        prepared = await self.repositories.prepare(request.repo, self._phase, pin=request.commit)
+        environment = request.environment.model_copy(update={"prefix": prepared.env.prefix})
+        request = dataclasses.replace(request, environment=environment, commit=prepared.commit)
+        self.apply_request(request)
+        self.env_key = prepared.env.key
+        self._env_marked = time.monotonic()
+        content = Content(
+            name=request.repo.name,
+            url=request.repo.url,
+            commit=prepared.commit,
+            mirror=prepared.mirror,
+            snapshot=prepared.env.snapshot,
+            start=prepared.start,
+        )
+        self._emit(f"Launching a server with the environment of {request.repo.url}", "launching")
+        return request, content
+
+    def _spawn_error(self, message: str, reason: str) -> SpawnException:
+        self.add_notice(message)
+        error = SpawnException(message, reason=reason, status_code=500)
+        # The spawn-pending page shows only ``jupyterhub_message`` of a failed spawn.
+        error.jupyterhub_message = message
+        return error
 
     async def progress(self) -> Any:
         sent = 0
@@ -217,16 +282,18 @@ class HubstackSpawner(Spawner):
             # The server in the resumed job authenticates with the token it started with.
             self.api_token = resume["api_token"]
         self._resuming = self.will_resume = False
+        content = None
+        if request.repo is not None and resume is None:
+            try:
+                request, content = await self._prepare_repository(request)
+            except PrepareFailed as exc:
+                raise self._spawn_error(exc.message, "environment") from None
         self.port = random_port()
-        spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port)
+        spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port, content)
         try:
             started = await self.backend.start(spec, self._emit, self._record, resume)
         except StartFailed as exc:
-            self.add_notice(exc.message)
-            error = SpawnException(exc.message, reason=exc.reason, status_code=500)
-            # The spawn-pending page shows only ``jupyterhub_message`` of a failed spawn.
-            error.jupyterhub_message = exc.message
-            raise error from None
+            raise self._spawn_error(exc.message, exc.reason) from None
         self.backend_state = started.state
         return started.ip, started.port
 
@@ -281,12 +348,20 @@ class HubstackSpawner(Spawner):
             self._resume_task = asyncio.ensure_future(self._resume_after_restart())
             return 0
         self.check_memory()
+        await self._mark_env_used()
         ended = await self.backend.poll(self.backend_state)
         if ended is None:
             return None
         if ended.reason:
             self.add_notice(f"Your server {self._server_label()} stopped: {ended.reason}.")
         return ended.status
+
+    async def _mark_env_used(self) -> None:
+        """A running server keeps its environment "used", so ``env prune`` spares it."""
+        if self.env_key and time.monotonic() - self._env_marked > ENV_MARK_INTERVAL:
+            self._env_marked = time.monotonic()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.repositories.cache.touch, self.env_key)
 
     async def stop(self, now: bool = False) -> None:
         if not self.backend_state or self._resuming:

@@ -37,6 +37,8 @@ HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 SAFE_TOKEN = r"^[A-Za-z0-9._:,=@+/%-]+$"
 SBATCH_OPTION = r"^--[a-z][a-z-]*$"
 DEFAULT_PREFIX = Path("/opt/hubstack")
+# The spawn form's environment choice meaning "built from the repository given with it".
+REPOSITORY_ENVIRONMENT = "repository"
 
 # The user_options keys of the spawn form besides the extras; an extra may not reuse one.
 BUILTIN_FIELDS = frozenset(
@@ -351,6 +353,71 @@ class Environment(Strict):
     default_url: str = Field("/lab", pattern=URL_PATH)
 
 
+def default_binder_root() -> Path:
+    """World-readable, so every user account (and, on Slurm, every node) can run the envs."""
+    if os.geteuid() == 0:
+        return DEFAULT_PREFIX / "binder"
+    return default_data_dir() / "binder"
+
+
+def _host_pattern(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9*?.\[\]-]+(:[0-9*?]+)?", value):
+        raise ValueError(
+            f"{value!r} is not a host pattern; use a lowercase host name or address, "
+            "optionally with :port, where * matches any part "
+            "(e.g. *.example.org, gitlab.example.org:8443)"
+        )
+    return value
+
+
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
+
+
+class BuildLimits(Strict):
+    """What one environment build may use; a build over a limit is stopped and removed."""
+
+    time: Duration = "15m"  # type: ignore[assignment]
+    cpu: float = Field(2, gt=0, le=1024)
+    memory: Size = "4G"  # type: ignore[assignment]
+    size: Size = Field("5G", description="the environment and the repository's files")  # type: ignore[assignment]
+    processes: int = Field(512, ge=16)
+    repository_size: Size = "1G"  # type: ignore[assignment]
+
+
+class Binder(Strict):
+    """Environments built from a git repository (Binder-style launches)."""
+
+    enabled: bool = True
+    root: AbsolutePath = Field(
+        default_factory=default_binder_root,
+        description="built environments and repository mirrors; on Slurm a path every node sees",
+    )
+    allowed_hosts: list[HostPattern] = Field(
+        default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org", "codeberg.org"]
+    )
+    allowed_schemes: list[Literal["https", "http", "git"]] = Field(
+        default_factory=lambda: ["https"], min_length=1
+    )
+    build_account: str = Field("hubstack-build", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    limits: BuildLimits = Field(default_factory=BuildLimits)
+    pythons: dict[str, AbsolutePath] = Field(
+        default_factory=dict,
+        description="Python versions builds may use, e.g. {'3.12': /usr/bin/python3.12}; "
+        "empty: the python3.X found in /usr/local/bin and /usr/bin",
+    )
+    token_lifetime: Duration = Field(
+        "1d", description="how long the token handed to a Binder API client works"
+    )  # type: ignore[assignment]
+
+    @field_validator("pythons")
+    @classmethod
+    def _versions(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for version in value:
+            if not re.fullmatch(r"3\.[0-9]{1,2}", version):
+                raise ValueError(f"{version!r} is not a Python version like 3.12")
+        return value
+
+
 class NamedServers(Strict):
     max: int = Field(5, ge=0, le=100)
     name_max_length: int = Field(20, ge=1, le=30)
@@ -392,6 +459,7 @@ class Config(Strict):
     machines: list[Machine] = Field(default_factory=default_machines, min_length=1)
     environments: list[Environment] = Field(default_factory=default_environments, min_length=1)
     policy: Policy = Field(default_factory=Policy)
+    binder: Binder = Field(default_factory=Binder)
     extra_jupyterhub_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("machines", "environments")
@@ -413,6 +481,17 @@ class Config(Strict):
                     f"{name!r} is not a configurable class name (e.g. JupyterHub, Spawner)"
                 )
         return value
+
+    @field_validator("environments")
+    @classmethod
+    def _not_reserved(cls, items: list[Environment]) -> list[Environment]:
+        for item in items:
+            if item.id == REPOSITORY_ENVIRONMENT:
+                raise ValueError(
+                    f"environment id {item.id!r} is reserved for environments built from a "
+                    "repository; choose another id"
+                )
+        return items
 
     @model_validator(mode="after")
     def _containers_are_environments(self) -> Self:

@@ -20,6 +20,10 @@ from hubstack.hub.policy import named_server_policy
 
 TEMPLATES = Path(__file__).with_name("templates")
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+# The binder service starts and stops users' repository servers and hands Binder API
+# clients a token for the one server launched.
+BINDER_SCOPES = ["read:users", "admin:servers", "tokens"]
+BINDER_SERVICE = "binder"
 
 
 def db_url(config: Config) -> str:
@@ -51,6 +55,19 @@ def culler_service(config: Config) -> dict[str, Any]:
     }
 
 
+def binder_service(config: Config) -> dict[str, Any]:
+    """The launch page and BinderHub's build API, as a hub-managed service on the port
+    after the hub's own (see ``jupyterhub_config``)."""
+    return {
+        "name": BINDER_SERVICE,
+        "display": True,
+        "url": f"http://127.0.0.1:{config.hub.port + 3}",
+        "command": [sys.executable, "-m", "hubstack.services.binder"],
+        "environment": {"HUBSTACK_CONFIG_JSON": config.model_dump_json()},
+        "oauth_no_confirm": True,
+    }
+
+
 def jupyterhub_config(config: Config) -> TraitletsConfig:
     """The complete JupyterHub configuration for ``config``."""
     hub = config.hub
@@ -60,7 +77,8 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
     c.JupyterHub.ip = hub.ip
     c.JupyterHub.port = hub.port
     c.JupyterHub.base_url = hub.base_url
-    # Fixed neighbours of the public port, so several hubs can share a machine.
+    # Fixed neighbours of the public port (proxy API, hub, binder service), so several
+    # hubs can share a machine.
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = hub.port + 2
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.port + 1}"
@@ -101,6 +119,13 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
     c.JupyterHub.load_roles = [
         {"name": "idle-culler", "scopes": CULLER_SCOPES, "services": ["idle-culler"]}
     ]
+    if config.binder.enabled:
+        c.JupyterHub.services.append(binder_service(config))
+        c.JupyterHub.load_roles += [
+            {"name": "binder", "scopes": BINDER_SCOPES, "services": [BINDER_SERVICE]},
+            # Every user may open the launch page (JupyterHub's default user role is "self").
+            {"name": "user", "scopes": ["self", f"access:services!service={BINDER_SERVICE}"]},
+        ]
 
     if os.geteuid() != 0:
         c.JupyterHub.template_vars = {

@@ -14,6 +14,15 @@ from hubstack.launch.profiles import (
     options_from_form,
     resolve,
 )
+from hubstack.launch.repo import (
+    RepoSource,
+    check_ref,
+    repo_source,
+    server_name,
+    server_path,
+    share_links,
+    source_from_spec,
+)
 from hubstack.launch.slurm import SlurmRequest
 from hubstack.launch.untrusted import InvalidLaunch, quote_untrusted
 
@@ -23,13 +32,20 @@ __all__ = [
     "InvalidLaunch",
     "LaunchRequest",
     "PolicyViolation",
+    "RepoSource",
     "SlurmRequest",
     "allowed_fields",
     "check_new_server",
+    "check_ref",
     "check_server_name",
     "machine_summary",
     "options_from_form",
     "quote_untrusted",
     "render_options_form",
+    "repo_source",
     "resolve",
+    "server_name",
+    "server_path",
+    "share_links",
+    "source_from_spec",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from hubstack.config.models import Choice, Config, Environment, Machine, PartitionLimits, Range
+from hubstack.launch.profiles import repository_environment
 from hubstack.launch.slurm import (
     NUMBER_FIELDS,
     capitalized,
@@ -158,9 +159,17 @@ def render_options_form(
     config offers follow, pre-filled with the user's previous values or the defaults.
     """
     current = current or {}
+    environments = list(config.environments)
+    if config.binder.enabled:
+        environments.append(repository_environment(config))
+    repo = {
+        key: current.get(key) if isinstance(current.get(key), str) else ""
+        for key in ("repo", "ref")
+    }
     return _jinja.get_template("options_form.html").render(
         machines=_choices("machine", config.machines, current.get("machine")),
-        environments=_choices("environment", config.environments, current.get("environment")),
+        environments=_choices("environment", environments, current.get("environment")),
+        repository=repo if config.binder.enabled else None,
         slurm=_slurm_rows(config, current),
         notices=list(notices),
     )

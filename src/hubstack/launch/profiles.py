@@ -8,17 +8,29 @@ rather than ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from hubstack.config.models import Config, Environment, Machine
+from hubstack.config.models import REPOSITORY_ENVIRONMENT, Config, Environment, Machine
+from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.launch.slurm import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
 from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
 
 FIELDS = ("machine", "environment")
+# With environment "repository": the repository, the ref asked for, and (set by the hub
+# once resolved, so a restart of the server gets the same files) the commit.
+REPO_FIELDS = ("repo", "ref", "commit")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 XSRF_FIELD = "_xsrf"
 
-_LABELS = {"machine": "machine type", "environment": "environment"}
+_LABELS = {
+    "machine": "machine type",
+    "environment": "environment",
+    "repo": "repository",
+    "ref": "branch, tag or commit",
+    "commit": "commit",
+}
 
 
 @dataclass(frozen=True)
@@ -28,19 +40,36 @@ class LaunchRequest:
     machine: Machine
     environment: Environment
     slurm: SlurmRequest | None = None
+    repo: RepoSource | None = None
+    commit: str | None = None
 
     def as_user_options(self) -> dict[str, str]:
         """What JupyterHub stores and shows back, resolvable again later: ids and the
         canonical values of the Slurm fields."""
         options = {"machine": self.machine.id, "environment": self.environment.id}
+        if self.repo is not None:
+            options.update(repo=self.repo.url, ref=self.repo.ref)
+        if self.commit is not None:
+            options["commit"] = self.commit
         if self.slurm is not None:
             options.update(self.slurm.as_user_options())
         return options
 
 
+def repository_environment(config: Config, source: RepoSource | None = None) -> Environment:
+    """The environment choice "from a repository"; its prefix is known once it is built."""
+    return Environment(
+        id=REPOSITORY_ENVIRONMENT,
+        display=f"{source.name} (from a repository)" if source else "Other… (from a repository)",
+        description=source.url if source else "An environment built from a git repository",
+        prefix=config.binder.root,
+    )
+
+
 def allowed_fields(config: Config) -> tuple[str, ...]:
     """The user_options keys this config accepts: its spawn form's fields."""
-    return FIELDS + slurm_fields(config)
+    repo = REPO_FIELDS if config.binder.enabled else ()
+    return FIELDS + repo + slurm_fields(config)
 
 
 def _label(config: Config | None, field: str) -> str:
@@ -73,6 +102,8 @@ def resolve(config: Config, user_options: Mapping[str, object] | None) -> Launch
             raise _unknown_option(key, allowed)
     machines = {m.id: m for m in config.machines}
     environments = {e.id: e for e in config.environments}
+    if config.binder.enabled:
+        environments[REPOSITORY_ENVIRONMENT] = repository_environment(config)
     machine_id = choose(
         _LABELS["machine"], user_options.get("machine", config.machines[0].id), machines
     )
@@ -85,7 +116,27 @@ def resolve(config: Config, user_options: Mapping[str, object] | None) -> Launch
     slurm = None
     if config.backend.type == "slurm":
         slurm = resolve_slurm(config, machine, user_options)
-    return LaunchRequest(machine=machine, environment=environments[env_id], slurm=slurm)
+    if env_id != REPOSITORY_ENVIRONMENT:
+        for key in REPO_FIELDS:
+            if key in user_options:
+                raise InvalidLaunch(
+                    f"The {_LABELS[key]} is only used with the environment "
+                    f"{REPOSITORY_ENVIRONMENT!r} (from a repository)."
+                )
+        return LaunchRequest(machine=machine, environment=environments[env_id], slurm=slurm)
+    if "repo" not in user_options:
+        raise InvalidLaunch("Give the URL of the git repository to build the environment from.")
+    source = repo_source(user_options["repo"], user_options.get("ref"), config.binder)
+    commit = user_options.get("commit")
+    if commit is not None and not (isinstance(commit, str) and COMMIT.fullmatch(commit)):
+        raise InvalidLaunch("The commit must be a full 40-character commit id (hexadecimal).")
+    return LaunchRequest(
+        machine=machine,
+        environment=repository_environment(config, source),
+        slurm=slurm,
+        repo=source,
+        commit=commit,
+    )
 
 
 def _form_text(label: str, value: object) -> str:
@@ -112,6 +163,12 @@ def options_from_form(
     """
     allowed = FIELDS if config is None else allowed_fields(config)
     options: dict[str, str] = {}
+    chosen = formdata.get("environment")
+    from_repository = (
+        bool(chosen)
+        and _form_text("environment", chosen[0] if not isinstance(chosen, str | bytes) else chosen)
+        == REPOSITORY_ENVIRONMENT
+    )
     for key, raw in formdata.items():
         if key == XSRF_FIELD:
             continue
@@ -122,4 +179,8 @@ def options_from_form(
         if len(values) != 1:
             raise InvalidLaunch(f"Choose exactly one {label}; the form sent {len(values)} values.")
         options[key] = _form_text(label, values[0])
+    # The form always posts its repository fields; they count only with that choice.
+    for key in REPO_FIELDS:
+        if not from_repository and not options.get(key, "x").strip():
+            options.pop(key)
     return options

@@ -1,0 +1,213 @@
+"""The cache of environments built from repositories, addressed by content.
+
+Layout under ``binder.root`` (world-readable, on Slurm a path every node sees)::
+
+    envs/<key>/env/        the environment (a uv virtualenv), root-owned and read-only
+    envs/<key>/repo/       the repository as its postBuild left it (only with a postBuild)
+    envs/<key>/meta.json   written last: an entry without it is not complete and never used
+    builds/<key>.img       a build's size-limited scratch file system, only while it builds
+    mirrors/<hash>.git     bare mirrors of the repositories, fetched by the hub
+    logs/<key>.log         the last build log of each environment
+    used/<key>             its modification time is the environment's last launch
+    locks/                 one lock for builds, so a CLI rebuild and the hub never race
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class BuiltEnv:
+    """One complete environment, as ``hubstack env list`` and the champion page show it."""
+
+    key: str
+    path: Path
+    repo: str
+    ref: str
+    commit: str
+    python: str
+    kind: str
+    size: int
+    built_at: float
+    last_used: float
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> Path:
+        return self.path / "env"
+
+    @property
+    def snapshot(self) -> Path | None:
+        """The repository as postBuild left it, if the build ran one."""
+        repo = self.path / "repo"
+        return repo if repo.is_dir() else None
+
+
+def tree_size(path: Path) -> int:
+    """Bytes used by the files under ``path`` (not following links)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+class EnvCache:
+    """Paths, metadata and clean-up of the cache; building is :mod:`hubstack.envs.builder`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.envs = root / "envs"
+        self.builds = root / "builds"
+        self.mirrors = root / "mirrors"
+        self.logs = root / "logs"
+        self.used = root / "used"
+        self.locks = root / "locks"
+
+    def create(self) -> None:
+        """Make the directories: the ones users' servers read are world-readable."""
+        for path, mode in (
+            (self.root, 0o755),
+            (self.envs, 0o755),
+            (self.builds, 0o755),
+            (self.mirrors, 0o700),
+            (self.logs, 0o700),
+            (self.used, 0o700),
+            (self.locks, 0o700),
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, mode)
+
+    def path(self, key: str) -> Path:
+        return self.envs / key
+
+    def mirror(self, url: str) -> Path:
+        return self.mirrors / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}.git"
+
+    def log(self, key: str) -> Path:
+        return self.logs / f"{key}.log"
+
+    def get(self, key: str) -> BuiltEnv | None:
+        """The complete environment ``key``, or None (absent, or a build that never finished)."""
+        path = self.path(key)
+        try:
+            meta = json.loads((path / META).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            last_used = (self.used / key).stat().st_mtime
+        except OSError:
+            last_used = meta.get("built_at", 0.0)
+        return BuiltEnv(
+            key=key,
+            path=path,
+            repo=meta["repo"],
+            ref=meta["ref"],
+            commit=meta["commit"],
+            python=meta["python"],
+            kind=meta["kind"],
+            size=meta["size"],
+            built_at=meta["built_at"],
+            last_used=last_used,
+            notices=list(meta.get("notices", [])),
+        )
+
+    def complete(self, key: str, meta: dict[str, Any]) -> BuiltEnv:
+        """Mark ``key`` complete: its metadata is written last, atomically."""
+        path = self.path(key)
+        meta = {**meta, "size": tree_size(path), "built_at": time.time()}
+        tmp = path / f".{META}.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o644)
+        tmp.rename(path / META)
+        self.touch(key)
+        env = self.get(key)
+        assert env is not None
+        return env
+
+    def touch(self, key: str) -> None:
+        """Record a launch of ``key`` (for ``env list`` and ``env prune``)."""
+        mark = self.used / key
+        mark.touch()
+        os.utime(mark)
+
+    def list(self) -> list[BuiltEnv]:
+        """Every complete environment, most recently used first."""
+        if not self.envs.is_dir():
+            return []
+        found = [self.get(p.name) for p in self.envs.iterdir() if not p.name.startswith(".")]
+        return sorted((e for e in found if e), key=lambda e: e.last_used, reverse=True)
+
+    def incomplete(self) -> list[Path]:
+        """Entries without metadata: builds that failed or a crash interrupted."""
+        if not self.envs.is_dir():
+            return []
+        return [p for p in self.envs.iterdir() if not (p / META).is_file()]
+
+    def remove(self, key: str) -> None:
+        """Delete one environment (its metadata first, so it is never half-used)."""
+        path = self.path(key)
+        with contextlib.suppress(FileNotFoundError):
+            (path / META).unlink()
+        shutil.rmtree(path, ignore_errors=True)
+        (self.used / key).unlink(missing_ok=True)
+
+    def find(self, prefix: str) -> BuiltEnv:
+        """The one environment whose key starts with ``prefix`` (as ``env list`` shows it)."""
+        matches = [env for env in self.list() if env.key.startswith(prefix)] if prefix else []
+        if len(matches) != 1:
+            found = "no environment" if not matches else f"{len(matches)} environments"
+            raise ValueError(
+                f"{found} with a key starting with {prefix!r}; see `hubstack env list`"
+            )
+        return matches[0]
+
+    def prune(self, unused_for: float, *, dry_run: bool = False) -> list[BuiltEnv]:
+        """Remove the environments nobody launched for ``unused_for`` seconds (a running
+        server counts as a launch: the hub marks its environment used while it runs), and
+        what failed builds left. Waits for a build under way, so none is cut short."""
+        cutoff = time.time() - unused_for
+        old = [env for env in self.list() if env.last_used < cutoff]
+        if dry_run:
+            return old
+        lock = self.acquire_build_lock()
+        try:
+            for env in old:
+                self.remove(env.key)
+            for leftover in self.incomplete():
+                shutil.rmtree(leftover, ignore_errors=True)
+        finally:
+            lock.close()
+        return old
+
+    def acquire_build_lock(self) -> IO[str]:
+        """Wait for the cache's build lock; closing the returned file releases it.
+
+        Builds run one at a time on a hub: they share one unprivileged account, and one
+        build must never be able to touch another's files. The lock is a file lock, so a
+        rebuild from the command line waits for the hub's build and the other way round.
+        """
+        self.locks.mkdir(parents=True, exist_ok=True)
+        lock = (self.locks / "build.lock").open("a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return lock
+
+
+def describe(env: BuiltEnv) -> dict[str, Any]:
+    """A JSON-able summary (CLI ``--json`` and the champion page)."""
+    data = asdict(env)
+    data["path"] = str(env.path)
+    return data

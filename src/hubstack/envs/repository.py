@@ -1,0 +1,225 @@
+"""From a repository and a ref to a built environment, as a server start needs it.
+
+The hub does this inside a server's start, so its progress stream is the build's event
+stream (the binder service relays it with BinderHub's phase names): resolve the ref, fetch
+into the hub's mirror, read the spec at that commit, compute the content key, and either
+find the environment in the cache or build it. Launches that need the same environment
+share one build, whoever asked first; builds of different environments queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hubstack.config import Config
+from hubstack.envs.builder import (
+    BASE_REQUIREMENTS,
+    BUILDER_VERSION,
+    Builder,
+    BuildFailed,
+    BuildJob,
+)
+from hubstack.envs.cache import BuiltEnv, EnvCache
+from hubstack.envs.git import GitError, export, fetch, resolve_ref
+from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
+from hubstack.launch.repo import RepoSource
+from hubstack.system import cgroups
+
+Phase = Callable[[str, str], None]
+"""Report a step: BinderHub's phase name and a message."""
+
+LOG_REPLAY = 100
+PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
+PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
+
+
+class PrepareFailed(Exception):
+    """The repository cannot give an environment; ``message`` says why, for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A built environment and the repository content a server of it gets."""
+
+    env: BuiltEnv
+    source: RepoSource
+    commit: str
+    mirror: Path
+    start: str | None
+    notices: tuple[str, ...] = ()
+
+
+@dataclass
+class _Build:
+    """A build under way, with the log lines seen so far for launches that join late."""
+
+    task: asyncio.Task[BuiltEnv]
+    lines: list[str] = field(default_factory=list)
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def line(self, text: str) -> None:
+        self.lines = [*self.lines[-(LOG_REPLAY - 1) :], text]
+        for listener in list(self.listeners):
+            listener(text)
+
+
+def available_pythons(configured: dict[str, Path]) -> dict[str, Path]:
+    """Python versions a build may use: the configured ones, else ``python3.X`` on the host.
+
+    Only world-executable interpreters count, since servers run them as users' accounts.
+    """
+    if configured:
+        return dict(configured)
+    found: dict[str, Path] = {}
+    for folder in PYTHON_DIRS:
+        with contextlib.suppress(OSError):
+            for path in folder.iterdir():
+                match = PYTHON_NAME.fullmatch(path.name)
+                if match and match[1] not in found and path.stat().st_mode & 0o001:
+                    found[match[1]] = path
+    return found
+
+
+def _newest(versions: dict[str, Path]) -> str:
+    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+class Repositories:
+    """One per hub: the cache, the builder and the builds under way."""
+
+    def __init__(self, config: Config, enforcer: cgroups.Enforcer) -> None:
+        self.binder = config.binder
+        self.cache = EnvCache(self.binder.root)
+        self.builder = Builder(self.binder, self.cache, enforcer)
+        self.pythons = available_pythons(self.binder.pythons)
+        self._builds: dict[str, _Build] = {}
+        self._one_build = asyncio.Lock()
+        self._fetches: dict[Path, asyncio.Lock] = {}
+
+    async def prepare(self, source: RepoSource, phase: Phase, pin: str | None = None) -> Prepared:
+        """Resolve, fetch, inspect and (if needed) build; raise :class:`PrepareFailed`."""
+        await asyncio.to_thread(self.cache.create)
+        try:
+            commit = pin or await self._resolve(source, phase)
+            mirror = await self._fetch(source, commit, phase)
+            spec, key, python = await self._inspect(mirror, commit)
+        except (GitError, SpecError) as exc:
+            raise PrepareFailed(exc.message) from None
+        for notice in spec.notices:
+            phase("fetching", f"Note: {notice}")
+        env = self.cache.get(key)
+        if env is None:
+            job = BuildJob(
+                key=key, spec=spec, python=self.pythons[python], mirror=mirror, commit=commit
+            )
+            env = await self._build(job, source, python, phase)
+        else:
+            phase("built", f"Found the environment {key[:12]}, built before")
+        await asyncio.to_thread(self.cache.touch, key)
+        return Prepared(env, source, commit, mirror, spec.start, spec.notices)
+
+    async def _resolve(self, source: RepoSource, phase: Phase) -> str:
+        phase("fetching", f"Resolving {source.ref} in {source.url}")
+        return await resolve_ref(
+            source.url, source.ref, schemes=self.binder.allowed_schemes, timeout=60
+        )
+
+    async def _fetch(self, source: RepoSource, commit: str, phase: Phase) -> Path:
+        mirror = self.cache.mirror(source.url)
+        lock = self._fetches.setdefault(mirror, asyncio.Lock())
+        async with lock:
+            phase("fetching", f"Fetching commit {commit[:12]}")
+            await fetch(
+                source.url,
+                source.ref,
+                commit,
+                mirror,
+                schemes=self.binder.allowed_schemes,
+                max_size=self.binder.limits.repository_size,
+                timeout=self.binder.limits.time,
+                user=None,
+                log=lambda line: phase("fetching", line),
+            )
+        return mirror
+
+    async def _inspect(self, mirror: Path, commit: str) -> tuple[EnvSpec, str, str]:
+        """Read the spec at ``commit`` from a private export (root's own, so nothing a
+        build runs can change it while it is read) and compute the environment's key."""
+        work = Path(tempfile.mkdtemp(prefix="inspect-", dir=self.cache.builds))
+        try:
+            await export(mirror, commit, work / "repo", user=None)
+            return await asyncio.to_thread(self._key, work / "repo")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    def _key(self, tree: Path) -> tuple[EnvSpec, str, str]:
+        if not self.pythons:
+            raise SpecError("This hub has no Python interpreter for building environments.")
+        spec = detect(tree, self.pythons)
+        python = spec.python or _newest(self.pythons)
+        salt = f"{BUILDER_VERSION}\n{python}\n{BASE_REQUIREMENTS.read_text()}"
+        return spec, environment_key(tree, spec, salt), python
+
+    async def _build(
+        self, job: BuildJob, source: RepoSource, python: str, phase: Phase
+    ) -> BuiltEnv:
+        """Join the build of ``job.key`` if one is under way, else start it."""
+        build = self._builds.get(job.key)
+        if build is None:
+            build = _Build(asyncio.ensure_future(self._run(job, source, python)))
+            self._builds[job.key] = build
+            build.task.add_done_callback(lambda _: self._builds.pop(job.key, None))
+        else:
+            phase("building", "Another launch is building this environment: following its log")
+            for line in build.lines:
+                phase("building", line)
+
+        def follow(line: str) -> None:
+            phase("building", line)
+
+        build.listeners.append(follow)
+        try:
+            # Shielded: a launch given up by its user must not stop a build others await.
+            env = await asyncio.shield(build.task)
+        except BuildFailed as exc:
+            raise PrepareFailed(exc.message) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                build.listeners.remove(follow)
+        phase("built", f"Built the environment {job.key[:12]}")
+        return env
+
+    async def _run(self, job: BuildJob, source: RepoSource, python: str) -> BuiltEnv:
+        build = self._builds[job.key]
+        if self._one_build.locked():
+            build.line("Waiting for another environment's build to finish")
+        async with self._one_build:
+            lock = await asyncio.to_thread(self.cache.acquire_build_lock)
+            try:
+                existing = self.cache.get(job.key)  # built meanwhile, e.g. by the CLI
+                if existing is not None:
+                    return existing
+                build.line(f"Building the environment {job.key[:12]} for {source.url}")
+                await self.builder.build(job, build.line)
+                meta = {
+                    "repo": source.url,
+                    "ref": source.ref,
+                    "commit": job.commit,
+                    "python": python,
+                    "kind": job.spec.kind,
+                    "notices": list(job.spec.notices),
+                }
+                return await asyncio.to_thread(self.cache.complete, job.key, meta)
+            finally:
+                lock.close()

@@ -1,0 +1,441 @@
+"""The binder service: the launch page, BinderHub's ``/v2`` share links and ``/build`` API.
+
+Runs as a hub-managed service (``python -m hubstack.services.binder``) behind the proxy at
+``/services/binder/``. Browsers log in through the hub with OAuth; Binder API clients send
+a hub API token (``Authorization: token ...`` or ``?token=``, since an EventSource cannot
+send headers). The launches themselves are the hub's: see :mod:`hubstack.services.relay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import jinja2
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
+from pydantic import ValidationError
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.httputil import url_concat
+from tornado.iostream import StreamClosedError
+from tornado.log import app_log, enable_pretty_logging
+from tornado.web import Application, HTTPError, RedirectHandler, RequestHandler, authenticated
+
+from hubstack.config.models import Config
+from hubstack.launch.repo import (
+    RepoSource,
+    repo_source,
+    server_name,
+    server_path,
+    share_links,
+    source_from_spec,
+)
+from hubstack.launch.untrusted import InvalidLaunch, choose
+from hubstack.services.relay import (
+    KEEPALIVE,
+    ClientGone,
+    Event,
+    HubClient,
+    Launch,
+    failed_event,
+    sse,
+)
+
+BADGE = (Path(__file__).with_name("static") / "badge_logo.svg").read_bytes()
+KEEPALIVE_INTERVAL = 25.0
+# BinderHub's answer to EventSource reconnecting by itself: keep the finished stream open
+# until the client closes it, at most this long.
+HOLD_OPEN = 60.0
+PATH_ARGUMENTS = ("urlpath", "labpath", "filepath")
+MAX_HUB_CONNECTIONS = 1000  # each launch being followed holds one progress stream
+HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+PHASES = (
+    ("waiting", "Waiting", "Waiting for the hub..."),
+    ("fetching", "Fetching", "Fetching the repository..."),
+    ("building", "Building", "Building the environment..."),
+    ("built", "Built", "The environment is built."),
+    ("launching", "Launching", "Starting your server..."),
+    ("ready", "Ready", "Ready: opening your server..."),
+)
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("hubstack.services", "templates"),
+    autoescape=jinja2.select_autoescape(default=True),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(template: str, **context: Any) -> str:
+    return _templates.get_template(template).render(**context)
+
+
+def content_security_policy(nonce: str) -> str:
+    """Only this page's own inline style and script run; requests go to this origin only."""
+    return (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "
+        "img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'self'"
+    )
+
+
+def _first(value: str | None) -> str:
+    """The first of a comma-separated header (proxies append their own value)."""
+    return (value or "").split(",", 1)[0].strip()
+
+
+def public_origin(headers: Mapping[str, str], fallback_host: str) -> str:
+    """The hub's public ``scheme://host[:port]`` as the client reached it.
+
+    The proxy keeps the client's Host and adds X-Forwarded-*; a proxy in front of it may
+    set X-Forwarded-Host/Proto. A value that is not a plain host is ignored, so nothing a
+    client sends can put more than a host into the links it is shown.
+    """
+    proto = _first(headers.get("X-Forwarded-Proto")).lower()
+    scheme = proto if proto in ("http", "https") else "http"
+    for host in (_first(headers.get("X-Forwarded-Host")), headers.get("Host", "")):
+        if HOST.fullmatch(host):
+            return f"{scheme}://{host}"
+    return f"{scheme}://{fallback_host}"
+
+
+def split_spec(path: str, prefix: str) -> tuple[str, str]:
+    """``<provider>/<spec>`` after ``prefix`` in a raw (still %-escaped) request path."""
+    provider, _, spec = path.removeprefix(prefix).partition("/")
+    return provider, spec
+
+
+def _error_message(error: BaseException | None, reason: str) -> str:
+    """The sentence of an HTTPError raised on purpose; for anything else, only the reason."""
+    if isinstance(error, HTTPError) and error.log_message:
+        return error.log_message % error.args if error.args else error.log_message
+    return reason
+
+
+@dataclass(frozen=True)
+class Service:
+    """What every handler needs: the config, where the service lives, and the hub."""
+
+    config: Config
+    prefix: str  # JUPYTERHUB_SERVICE_PREFIX: /<hub base>services/binder/
+    hub: HubClient
+    page_auth: HubOAuth
+    api_auth: HubOAuth
+
+    @property
+    def relay_timeout(self) -> float:
+        """Longest a launch may take: a build at its time limit, plus a queued Slurm job."""
+        queue = (
+            self.config.backend.slurm.start_timeout if self.config.backend.type == "slurm" else 0
+        )
+        return float(self.config.binder.limits.time + queue + 600)
+
+
+class ServiceHandler(HubOAuthenticated, RequestHandler):
+    """Pages of the service, for users logged in to the hub."""
+
+    def initialize(self, service: Service) -> None:
+        self.service = service
+        self.hub_auth = service.page_auth
+        self.nonce = secrets.token_urlsafe(16)
+
+    async def prepare(self) -> None:
+        """Identify the user here, asynchronously: the mixin's own lookup blocks the loop."""
+        self.current_user = None  # also for error pages, should the lookup fail
+        model = await self.hub_auth.get_user(self, sync=False)
+        if model is None:
+            return
+        try:
+            self.current_user = self.check_hub_user(model)
+        except UserNotAllowed:
+            raise HTTPError(403, "Your account may not use the launch service.") from None
+
+    def origin(self) -> str:
+        return public_origin(self.request.headers, self.service.config.hub.bind)
+
+    def service_url(self) -> str:
+        return self.origin() + self.service.prefix
+
+    def server_for(self, source: RepoSource) -> str:
+        return server_name(source, self.service.config.policy.named_servers.name_max_length)
+
+    def page(self, template: str, status: int = 200, **context: Any) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Content-Security-Policy", content_security_policy(self.nonce))
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        user = self.current_user
+        self.finish(
+            render(
+                template,
+                nonce=self.nonce,
+                prefix=self.service.prefix,
+                hub_home=f"{self.service.config.hub.base_url}hub/home",
+                user=user["name"] if user else "",
+                **context,
+            )
+        )
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A short page with the reason, never a traceback."""
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        message = _error_message(error, self._reason)
+        self.page("error.html", status_code, title=self._reason, message=message)
+
+
+class LaunchPageHandler(ServiceHandler):
+    """The form: repository, ref and path in; share link, badges and a Launch button out."""
+
+    @authenticated
+    async def get(self) -> None:
+        form = {name: self.get_argument(name, "") for name in ("repo", "ref", "path", "pathtype")}
+        form["pathtype"] = form["pathtype"] or "file"
+        if not form["repo"]:
+            self.page("launch.html", form=form, error=None, links=None)
+            return
+        try:
+            source = repo_source(form["repo"], form["ref"] or None, self.service.config.binder)
+            kind = choose("path type", form["pathtype"], ("file", "url"))
+            path = form["path"] or None
+            urlpath = server_path(
+                path if kind == "url" else None, path if kind == "file" else None, None
+            )
+            links = share_links(self.service_url(), source, urlpath)
+        except InvalidLaunch as exc:
+            self.page("launch.html", 400, form=form, error=exc.message, links=None)
+            return
+        self.page(
+            "launch.html",
+            form=form,
+            error=None,
+            links=links,
+            source=source,
+            server=self.server_for(source),
+        )
+
+
+class ShareLinkHandler(ServiceHandler):
+    """``/v2/<provider>/<spec>``: follow one launch live, then open the server."""
+
+    @authenticated
+    async def get(self) -> None:
+        provider, spec = split_spec(self.request.path, self.service.prefix + "v2/")
+        try:
+            source = source_from_spec(provider, spec, self.service.config.binder)
+            urlpath = server_path(*(self.get_argument(name, None) for name in PATH_ARGUMENTS))
+            links = share_links(self.service_url(), source, urlpath)
+        except InvalidLaunch as exc:
+            self.page(
+                "error.html", 400, title="This launch link cannot be used", message=exc.message
+            )
+            return
+        build = f"{self.service.prefix}build/{source.provider}/{source.spec}"
+        self.page(
+            "v2.html",
+            source=source,
+            server=self.server_for(source),
+            phases=PHASES,
+            build_url=url_concat(build, {"_xsrf": self.xsrf_token.decode()}),
+            urlpath=urlpath,
+            links=links,
+        )
+
+
+class BuildHandler(ServiceHandler):
+    """BinderHub's build API: ``GET build/<provider>/<spec>`` as a stream of JSON events."""
+
+    def initialize(self, service: Service) -> None:
+        super().initialize(service)
+        self.hub_auth = service.api_auth
+        self.gone = asyncio.Event()
+        self.write_lock = asyncio.Lock()
+
+    def on_connection_close(self) -> None:
+        self.gone.set()
+
+    async def get(self) -> None:
+        if "text/event-stream" not in self.request.headers.get("Accept", ""):
+            self.set_status(400)
+            self.set_header("Content-Type", "text/plain; charset=UTF-8")
+            self.finish("This is an event stream: request it with 'Accept: text/event-stream'.\n")
+            return
+        user = self.current_user
+        if user is None:
+            self.refuse(403, "Log in to the hub, or send a hub API token of yours.")
+            return
+        if user.get("kind", "user") != "user":
+            self.refuse(403, "A launch starts a user's server: use a user's token.")
+            return
+        provider, spec = split_spec(self.request.path, self.service.prefix + "build/")
+        config = self.service.config
+        try:
+            source = source_from_spec(provider, spec, config.binder)
+        except InvalidLaunch as exc:
+            self.refuse(400, exc.message)
+            return
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        launch = Launch(
+            hub=self.service.hub,
+            user=user["name"],
+            server=self.server_for(source),
+            source=source,
+            hub_origin=self.origin(),
+            service_url=self.service_url(),
+            token_lifetime=config.binder.token_lifetime,
+            relay_timeout=self.service.relay_timeout,
+            emit=self.emit,
+            gone=self.gone,
+        )
+        keepalive = asyncio.ensure_future(self.keepalive())
+        try:
+            with contextlib.suppress(ClientGone):
+                await launch.run()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gone.wait(), HOLD_OPEN)
+        finally:
+            keepalive.cancel()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors before the stream started (e.g. the hub cannot check the token) as an event."""
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        self.refuse(status_code, _error_message(error, self._reason))
+
+    def refuse(self, status: int, message: str) -> None:
+        """Refuse before anything was streamed: the HTTP status says it, and the body too."""
+        self.set_status(status)
+        self.set_header("Content-Type", "text/event-stream")
+        self.finish(sse(failed_event(message, status)))
+
+    async def emit(self, event: Event) -> None:
+        await self.send(sse(event))
+
+    async def send(self, text: str) -> None:
+        if self.gone.is_set():
+            raise ClientGone
+        async with self.write_lock:
+            try:
+                self.write(text)
+                await self.flush()
+            except StreamClosedError:
+                self.gone.set()
+                raise ClientGone from None
+
+    async def keepalive(self) -> None:
+        """A comment now and then, so that proxies keep a quiet stream open."""
+        while not self.gone.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gone.wait(), KEEPALIVE_INTERVAL)
+                return
+            with contextlib.suppress(ClientGone):
+                await self.send(KEEPALIVE)
+
+
+class BadgeHandler(RequestHandler):
+    """The badge for READMEs: public, since forges fetch it without anyone's login."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "image/svg+xml")
+        self.set_header("Cache-Control", "public, max-age=86400")
+        self.finish(BADGE)
+
+    head = get
+
+
+class NotFoundHandler(ServiceHandler):
+    async def prepare(self) -> None:
+        self.current_user = None
+        raise HTTPError(404, "There is no such page in the launch service.")
+
+
+def make_app(service: Service) -> Application:
+    prefix = re.escape(service.prefix)
+    kwargs = {"service": service}
+    return Application(
+        [
+            (prefix, LaunchPageHandler, kwargs),
+            (prefix + "oauth_callback", HubOAuthCallbackHandler),
+            (prefix + "v2/.*", ShareLinkHandler, kwargs),
+            (prefix + "build/.*", BuildHandler, kwargs),
+            (prefix + r"badge(?:_logo)?\.svg", BadgeHandler),
+            (prefix.removesuffix("/"), RedirectHandler, {"url": service.prefix}),
+        ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kwargs,
+        # OAuth cookies last as long as this process; after a restart, users pass through
+        # the hub's OAuth again without noticing.
+        cookie_secret=secrets.token_bytes(32),
+        log_function=_log_request,
+    )
+
+
+def _log_request(handler: RequestHandler) -> None:
+    """Access log without query strings: ``?token=`` must not end up in the log."""
+    status = handler.get_status()
+    log = app_log.warning if status >= 400 else app_log.info
+    request = handler.request
+    log("%d %s %s %.0fms", status, request.method, request.path, 1000 * request.request_time())
+
+
+async def serve(config: Config, environ: Mapping[str, str]) -> None:
+    url = urlparse(environ["JUPYTERHUB_SERVICE_URL"])
+    page_auth = HubOAuth.instance()
+    service = Service(
+        config=config,
+        prefix=environ["JUPYTERHUB_SERVICE_PREFIX"],
+        hub=HubClient(
+            environ["JUPYTERHUB_API_URL"],
+            environ["JUPYTERHUB_API_TOKEN"],
+            AsyncHTTPClient(force_instance=True, max_clients=MAX_HUB_CONNECTIONS),
+        ),
+        page_auth=page_auth,
+        # Binder clients open the stream with EventSource, which cannot send headers.
+        api_auth=HubOAuth(allow_token_in_url=True),
+    )
+    server = HTTPServer(make_app(service))
+    server.listen(url.port or 80, url.hostname or "127.0.0.1")
+    app_log.info(
+        "binder service listening on %s%s", environ["JUPYTERHUB_SERVICE_URL"], service.prefix
+    )
+    # The hub stops its services with SIGINT, then SIGTERM: both end the service quietly.
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    server.stop()
+    app_log.info("binder service stopped")
+
+
+def main() -> None:
+    enable_pretty_logging()
+    app_log.setLevel(logging.INFO)
+    try:
+        config = Config.model_validate_json(os.environ["HUBSTACK_CONFIG_JSON"])
+    except KeyError:
+        sys.exit("HUBSTACK_CONFIG_JSON is not set: the hub starts this service with its config")
+    except ValidationError as exc:
+        sys.exit(f"HUBSTACK_CONFIG_JSON is not a valid hubstack config:\n{exc}")
+    asyncio.run(serve(config, os.environ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Servers with environments built from repositories, end to end on a real hub: the REST
+API and the spawn form, the progress stream with BinderHub's phases, the repository's
+files and ``start`` script in the running server, the cache, and refusals."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import needs_default_env, needs_root
+from gitserver import GitDaemon, add_commit, make_repo
+from hubtest import Hub, Session, running_hub
+
+pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
+
+START = '#!/bin/bash\nexport HUBSTACK_PROBE="set by start"\nexec "$@"\n'
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    with running_hub({"policy": {"named_servers": {"max": 4}}}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def git(hub: Hub) -> Iterator[GitDaemon]:
+    with GitDaemon(hub.root / "git") as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def carol(hub: Hub) -> Session:
+    return hub.new_user("carol")
+
+
+def repo(git: GitDaemon, files: dict[str, str], executable: tuple[str, ...] = ()) -> str:
+    name = f"r{secrets.token_hex(3)}"
+    make_repo(git.base / name, files, executable=executable)
+    return name
+
+
+def options(git: GitDaemon, name: str, ref: str = "main") -> dict[str, Any]:
+    return {"environment": "repository", "repo": git.url(name), "ref": ref}
+
+
+def phases(events: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(e["phase"] for e in events if "phase" in e))
+
+
+def test_launch_through_the_api_builds_and_runs_the_repository(
+    hub: Hub, git: GitDaemon, carol: Session
+) -> None:
+    files = {
+        "binder/requirements.txt": "tabulate==0.9.0\n",
+        "binder/start": START,
+        "notebooks/intro.ipynb": '{"cells": [], "metadata": {}, "nbformat": 4, '
+        '"nbformat_minor": 5}\n',
+    }
+    name = repo(git, files, executable=("binder/start",))
+    resp = carol.start("repo1", options(git, name))
+    assert resp.status_code in (201, 202), resp.text
+    events = carol.progress("repo1", timeout=600)
+    assert events[-1].get("ready"), events
+    assert phases(events) == ["fetching", "building", "built", "launching"]
+
+    model = carol.model("repo1")
+    assert model is not None
+    commit = model["user_options"]["commit"]
+    assert len(commit) == 40
+    run = carol.run_code(
+        "import os, tabulate\n"
+        "print(tabulate.__version__)\n"
+        "print(os.environ['HUBSTACK_PROBE'])\n"
+        "print(os.environ['REPO_DIR'] == os.getcwd())\n"
+        "print(sorted(os.listdir('notebooks')))",
+        "repo1",
+    )
+    assert run.status == "ok", run
+    assert run.stdout.splitlines() == ["0.9.0", "set by start", "True", "['intro.ipynb']"]
+    # The server's root is the repository, so launch links are relative to it.
+    contents = carol.http.get(
+        f"{carol.server_url('repo1')}api/contents/notebooks",
+        headers={"Authorization": f"token {carol.token}"},
+        timeout=30,
+    )
+    assert contents.status_code == 200
+    assert [c["name"] for c in contents.json()["content"]] == ["intro.ipynb"]
+
+    # Started again with its options, it finds its environment and keeps its commit.
+    add_commit(git.base / name, {"README.md": "new\n"})
+    carol.stop("repo1")
+    assert carol.start("repo1", model["user_options"]).status_code in (201, 202)
+    events = carol.progress("repo1", timeout=300)
+    assert events[-1].get("ready"), events
+    assert "building" not in phases(events)
+    model = carol.model("repo1")
+    assert model is not None and model["user_options"]["commit"] == commit
+    carol.stop("repo1", remove=True)
+
+
+def test_files_a_user_changed_survive_a_new_commit(
+    hub: Hub, git: GitDaemon, carol: Session
+) -> None:
+    name = repo(git, {"data.txt": "v1\n"})
+    assert carol.start("keep", options(git, name)).status_code in (201, 202)
+    carol.wait_ready("keep", timeout=600)
+    run = carol.run_code("open('data.txt', 'w').write('mine\\n')", "keep")
+    assert run.status == "ok", run
+    carol.stop("keep")
+
+    add_commit(git.base / name, {"data.txt": "v2\n"})
+    assert carol.start("keep", options(git, name)).status_code in (201, 202)
+    carol.wait_ready("keep", timeout=600)
+    run = carol.run_code(
+        "import os\nprint(open('data.txt').read().strip())\n"
+        f"print(open(os.path.join('..', {name + '.previous'!r}, 'data.txt')).read().strip())",
+        "keep",
+    )
+    assert run.stdout.split() == ["v2", "mine"], run
+    carol.stop("keep", remove=True)
+
+
+def test_launch_through_the_spawn_form(hub: Hub, git: GitDaemon, carol: Session) -> None:
+    name = repo(git, {"requirements.txt": "tabulate==0.9.0\n"})
+    url = f"{hub.url}/hub/spawn/carol/viaform"
+    page = carol.http.get(url, timeout=30)
+    assert "Other… (from a repository)" in page.content.decode()
+    resp = carol.http.post(
+        url,
+        data={
+            "machine": "small",
+            "environment": "repository",
+            "repo": git.url(name),
+            "ref": "main",
+            "_xsrf": carol.http.cookies.get("_xsrf", path="/hub/"),
+        },
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert resp.status_code == 302, resp.text[-2000:]
+    carol.wait_ready("viaform", timeout=600)
+    assert carol.run_code(
+        "import tabulate; print(tabulate.__version__)", "viaform"
+    ).stdout.strip() == ("0.9.0")
+    carol.stop("viaform", remove=True)
+
+
+@pytest.mark.parametrize(
+    ("sent", "says"),
+    [
+        ({"repo": "ext::sh -c touch% /tmp/pwned"}, "not allowed"),
+        ({"repo": "file:///etc"}, "not allowed"),
+        ({"repo": "http://evil.example/org/repo"}, "evil.example"),
+        ({"ref": "--upload-pack=touch /tmp/pwned"}, "-"),
+        ({"commit": "main"}, "40-character"),
+    ],
+)
+def test_bad_repository_options_are_refused_with_400(
+    hub: Hub, git: GitDaemon, carol: Session, sent: dict[str, str], says: str
+) -> None:
+    resp = carol.start("bad", {**options(git, "whatever"), **sent})
+    assert resp.status_code == 400, resp.text
+    assert says in resp.json()["message"]
+
+
+def test_repository_fields_need_the_repository_environment(hub: Hub, carol: Session) -> None:
+    resp = carol.start("bad", {"environment": "python", "repo": "git://127.0.0.1/x"})
+    assert resp.status_code == 400
+    assert "only used with the environment 'repository'" in resp.json()["message"]
+
+
+def test_a_build_that_cannot_work_tells_the_user_why(
+    hub: Hub, git: GitDaemon, carol: Session
+) -> None:
+    name = repo(git, {"environment.yml": "dependencies:\n  - r-base\n"})
+    resp = carol.start("conda", options(git, name))
+    if resp.status_code >= 400:  # failed within JupyterHub's wait for the POST
+        message = resp.json()["message"]
+    else:
+        events = carol.progress("conda", timeout=300)
+        assert events[-1].get("failed"), events
+        message = events[-1]["message"]
+    assert "r-base" in message
+    carol.api("DELETE", "/users/carol/servers/conda", json={"remove": True})

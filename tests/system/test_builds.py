@@ -1,0 +1,374 @@
+"""Environments built from repositories, for real: a git server on loopback, uv, the build
+account, its limits, and the content-addressed cache. Each supported file and each
+precedence rule has its own small repository; the tests look at what the environment can
+import, not at how it was built."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gitserver import GitDaemon, add_commit, make_repo
+from hubtest import new_test_root
+
+from hubstack.config.models import Config
+from hubstack.envs.repository import Prepared, PrepareFailed, Repositories
+from hubstack.launch.repo import repo_source
+from hubstack.system import cgroups, volumes
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds run as their own account")
+
+TABULATE = "tabulate==0.9.0"
+TERMCOLOR = "termcolor==2.4.0"
+
+
+@dataclass
+class Site:
+    """A hub's build setup without the hub: config, cache root and a git server."""
+
+    root: Path
+    git: GitDaemon
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, **limits: Any) -> Config:
+        binder = {
+            "root": str(self.root / "binder"),
+            "allowed_hosts": ["127.0.0.1:*"],
+            "allowed_schemes": ["git"],
+            "build_account": self.account,
+            "limits": {"time": "5m", "size": "1G", **limits},
+        }
+        return Config.model_validate({"binder": binder})
+
+    @property
+    def account(self) -> str:
+        return f"hsb-{self.root.name[:6]}"
+
+    def repo(self, files: dict[str, str], executable: tuple[str, ...] = ()) -> str:
+        name = f"r{secrets.token_hex(4)}"
+        make_repo(self.git.base / name, files, executable=executable)
+        return name
+
+    def prepare(self, name: str, **limits: Any) -> tuple[Prepared, list[tuple[str, str]]]:
+        config = self.config(**limits)
+        repositories = Repositories(config, cgroups.detect())
+        source = repo_source(self.git.url(name), "main", config.binder)
+        events: list[tuple[str, str]] = []
+        prepared = asyncio.run(repositories.prepare(source, lambda p, m: events.append((p, m))))
+        return prepared, events
+
+    def entries(self) -> set[str]:
+        envs = self.root / "binder/envs"
+        return {p.name for p in envs.iterdir()} if envs.is_dir() else set()
+
+    def refused(self, name: str, **limits: Any) -> str:
+        """The message of a launch that fails; it must leave nothing behind: no entry in
+        the cache, no scratch image, no mount."""
+        before = self.entries()
+        with pytest.raises(PrepareFailed) as info:
+            self.prepare(name, **limits)
+        assert self.entries() == before
+        assert list((self.root / "binder/builds").glob("*.img")) == []
+        assert str(self.root / "binder/envs") not in Path("/proc/self/mounts").read_text()
+        return info.value.message
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    root = new_test_root()
+    with GitDaemon(root / "git") as git:
+        made = Site(root, git)
+        try:
+            yield made
+        finally:
+            for line in Path("/proc/self/mounts").read_text().splitlines():
+                if line.split()[1].startswith(str(root)):
+                    volumes.unmount(Path(line.split()[1]))
+            subprocess.run(["userdel", made.account], check=False, capture_output=True)
+            subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def python(prepared: Prepared, code: str) -> str:
+    """Run ``code`` with the environment's Python, as nobody (as users' servers would)."""
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            str(prepared.env.prefix / "bin/python"),
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def has(prepared: Prepared, module: str) -> bool:
+    code = f"import importlib.util as u; print(u.find_spec({module!r}) is not None)"
+    return python(prepared, code) == "True"
+
+
+def version(prepared: Prepared, dist: str) -> str:
+    return python(prepared, f"import importlib.metadata as m; print(m.version({dist!r}))")
+
+
+def phases(events: list[tuple[str, str]]) -> list[str]:
+    return list(dict.fromkeys(phase for phase, _ in events))
+
+
+# -- what each file does --------------------------------------------------------------------
+
+
+def test_requirements_txt_is_installed_with_the_server(site: Site) -> None:
+    prepared, events = site.prepare(site.repo({"requirements.txt": f"{TABULATE}\n"}))
+    assert version(prepared, "tabulate") == "0.9.0"
+    assert (prepared.env.prefix / "bin/jupyterhub-singleuser").exists()
+    assert phases(events) == ["fetching", "building", "built"]
+    assert prepared.env.snapshot is None  # no postBuild: content comes from the commit
+
+
+def test_an_empty_repository_gets_the_default_environment(site: Site) -> None:
+    prepared, _ = site.prepare(site.repo({}))
+    assert has(prepared, "jupyterlab") and has(prepared, "ipykernel")
+    assert not has(prepared, "tabulate")
+
+
+def test_environment_yml_pip_section_and_pypi_dependencies(site: Site) -> None:
+    env = (
+        "dependencies:\n  - python=3.11\n  - tabulate=0.9\n"
+        "  - pip\n  - pip:\n    - termcolor==2.4.0\n"
+    )
+    prepared, _ = site.prepare(site.repo({"environment.yml": env}))
+    assert version(prepared, "tabulate") == "0.9.0"
+    assert version(prepared, "termcolor") == "2.4.0"
+
+
+def test_environment_yml_needing_conda_is_refused_naming_the_packages(site: Site) -> None:
+    env = "dependencies:\n  - r-base=4.3\n  - tabulate\n"
+    message = site.refused(site.repo({"environment.yml": env}))
+    assert "r-base" in message
+
+
+def test_runtime_txt_with_a_python_this_host_lacks_is_refused(site: Site) -> None:
+    message = site.refused(site.repo({"runtime.txt": "python-3.7\n"}))
+    assert "3.7" in message and "3.11" in message
+
+
+def test_runtime_txt_with_the_hosts_python(site: Site) -> None:
+    files = {"runtime.txt": "python-3.11\n", "requirements.txt": f"{TABULATE}\n"}
+    prepared, _ = site.prepare(site.repo(files))
+    assert python(prepared, "import sys; print(sys.version_info[:2])") == "(3, 11)"
+    assert has(prepared, "tabulate")
+
+
+def test_pipfile(site: Site) -> None:
+    pipfile = '[packages]\ntabulate = "==0.9.0"\n\n[dev-packages]\ntermcolor = "==2.4.0"\n'
+    prepared, _ = site.prepare(site.repo({"Pipfile": pipfile}))
+    assert version(prepared, "tabulate") == "0.9.0"
+    assert version(prepared, "termcolor") == "2.4.0"
+
+
+def test_pipfile_lock_wins_over_pipfile(site: Site) -> None:
+    lock = {
+        "_meta": {"requires": {"python_version": "3.11"}},
+        "default": {"tabulate": {"version": "==0.9.0"}},
+        "develop": {},
+    }
+    files = {"Pipfile": '[packages]\ntabulate = "==0.8.10"\n', "Pipfile.lock": json.dumps(lock)}
+    prepared, _ = site.prepare(site.repo(files))
+    assert version(prepared, "tabulate") == "0.9.0"
+
+
+def test_pipfile_wins_over_requirements_txt(site: Site) -> None:
+    files = {"Pipfile": '[packages]\ntabulate = "*"\n', "requirements.txt": f"{TERMCOLOR}\n"}
+    prepared, _ = site.prepare(site.repo(files))
+    assert has(prepared, "tabulate") and not has(prepared, "termcolor")
+
+
+def test_environment_yml_wins_over_requirements_txt(site: Site) -> None:
+    files = {
+        "environment.yml": "dependencies:\n  - tabulate\n",
+        "requirements.txt": f"{TERMCOLOR}\n",
+    }
+    prepared, _ = site.prepare(site.repo(files))
+    assert has(prepared, "tabulate") and not has(prepared, "termcolor")
+
+
+SETUP_PY = (
+    "from setuptools import setup\n"
+    "setup(name='hubstack-probe', version='0.3', py_modules=['hubstack_probe'])\n"
+)
+
+
+def test_setup_py_installs_the_repository(site: Site) -> None:
+    files = {"setup.py": SETUP_PY, "hubstack_probe.py": "ANSWER = 42\n"}
+    prepared, _ = site.prepare(site.repo(files))
+    assert python(prepared, "import hubstack_probe; print(hubstack_probe.ANSWER)") == "42"
+
+
+def test_pyproject_toml_installs_the_repository(site: Site) -> None:
+    pyproject = (
+        '[project]\nname = "hubstack-probe"\nversion = "0.4"\ndependencies = ["tabulate"]\n'
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        "[tool.setuptools]\npy-modules = ['hubstack_probe']\n"
+    )
+    files = {"pyproject.toml": pyproject, "hubstack_probe.py": "ANSWER = 43\n"}
+    prepared, _ = site.prepare(site.repo(files))
+    assert version(prepared, "hubstack-probe") == "0.4"
+    assert has(prepared, "tabulate")
+
+
+def test_a_binder_folder_hides_the_root_files(site: Site) -> None:
+    files = {
+        "binder/requirements.txt": f"{TABULATE}\n",
+        "requirements.txt": f"{TERMCOLOR}\n",
+        "setup.py": SETUP_PY,
+        "hubstack_probe.py": "ANSWER = 1\n",
+    }
+    prepared, _ = site.prepare(site.repo(files))
+    assert has(prepared, "tabulate")
+    assert not has(prepared, "termcolor") and not has(prepared, "hubstack_probe")
+
+
+def test_dot_binder_folder_counts_too(site: Site) -> None:
+    prepared, _ = site.prepare(site.repo({".binder/requirements.txt": f"{TABULATE}\n"}))
+    assert has(prepared, "tabulate")
+
+
+def test_binder_and_dot_binder_together_are_refused(site: Site) -> None:
+    files = {"binder/requirements.txt": "tabulate\n", ".binder/requirements.txt": "termcolor\n"}
+    message = site.refused(site.repo(files))
+    assert "binder" in message and ".binder" in message
+
+
+def test_post_build_changes_reach_the_launch_and_run_as_the_build_account(site: Site) -> None:
+    post_build = "#!/bin/bash\nset -e\necho downloaded > data.txt\nid -un > builder.txt\n"
+    prepared, events = site.prepare(
+        site.repo({"postBuild": post_build, "README.md": "hi\n"}, executable=("postBuild",))
+    )
+    snapshot = prepared.env.snapshot
+    assert snapshot is not None
+    assert (snapshot / "data.txt").read_text() == "downloaded\n"
+    assert (snapshot / "builder.txt").read_text().strip() == site.account
+    assert any("Running postBuild" in message for _, message in events)
+    # Built, it belongs to root: no later build (running as that account) can change it.
+    assert (snapshot / "data.txt").stat().st_uid == 0
+    assert prepared.env.prefix.stat().st_uid == 0
+
+
+def test_apt_txt_and_dockerfile_are_named_not_ignored(site: Site) -> None:
+    files = {
+        "apt.txt": "cowsay\n",
+        "Dockerfile": "FROM scratch\n",
+        "requirements.txt": "tabulate\n",
+    }
+    _, events = site.prepare(site.repo(files))
+    notes = " ".join(message for _, message in events if message.startswith("Note:"))
+    assert "apt.txt" in notes and "cowsay" in notes
+    assert "Dockerfile" in notes
+
+
+# -- the cache --------------------------------------------------------------------------------
+
+
+def test_a_second_launch_and_a_readme_commit_do_not_rebuild(site: Site) -> None:
+    name = site.repo({"requirements.txt": f"{TABULATE}\n", "README.md": "v1\n"})
+    first, _ = site.prepare(name)
+    again, events = site.prepare(name)
+    assert again.env.key == first.env.key
+    assert "building" not in phases(events)
+    assert ("built", f"Found the environment {first.env.key[:12]}, built before") in events
+
+    add_commit(site.git.base / name, {"README.md": "v2\n", "intro.ipynb": "{}"})
+    readme, events = site.prepare(name)
+    assert readme.commit != first.commit
+    assert readme.env.key == first.env.key
+    assert "building" not in phases(events)
+
+    add_commit(site.git.base / name, {"requirements.txt": f"{TABULATE}\n{TERMCOLOR}\n"})
+    changed, events = site.prepare(name)
+    assert changed.env.key != first.env.key
+    assert "building" in phases(events)
+    assert has(changed, "termcolor")
+
+
+def test_a_post_build_makes_every_file_count(site: Site) -> None:
+    name = site.repo(
+        {"postBuild": "#!/bin/sh\ncat README.md\n", "README.md": "v1\n"}, executable=("postBuild",)
+    )
+    first, _ = site.prepare(name)
+    add_commit(site.git.base / name, {"README.md": "v2\n"})
+    second, _ = site.prepare(name)
+    assert second.env.key != first.env.key
+
+
+def test_two_concurrent_launches_build_once(site: Site) -> None:
+    name = site.repo({"requirements.txt": f"{TABULATE}\n# concurrent\n"})
+    config = site.config()
+    repositories = Repositories(config, cgroups.detect())
+    source = repo_source(site.git.url(name), "main", config.binder)
+    logs: list[list[tuple[str, str]]] = [[], []]
+
+    async def both() -> list[Prepared]:
+        return await asyncio.gather(
+            *(
+                repositories.prepare(source, lambda p, m, i=i: logs[i].append((p, m)))
+                for i in range(2)
+            )
+        )
+
+    first, second = asyncio.run(both())
+    assert first.env.key == second.env.key
+    joined = [log for log in logs if any("Another launch is building" in m for _, m in log)]
+    assert len(joined) == 1
+    started = [m for log in logs for _, m in log if m.startswith("Building the environment")]
+    assert len(started) == 2  # one build, whose log both launches follow
+
+
+# -- limits: each stopped with a message, nothing left in the cache ---------------------------
+
+
+def test_a_post_build_that_loops_is_stopped_at_the_time_limit(site: Site) -> None:
+    name = site.repo({"postBuild": "#!/bin/sh\nwhile :; do :; done\n"}, executable=("postBuild",))
+    message = site.refused(name, time="20s")
+    assert "took longer than the limit of 20s" in message
+
+
+def test_a_post_build_that_fills_the_disk_is_stopped_at_the_size_limit(site: Site) -> None:
+    fill = "#!/bin/sh\nset -e\ndd if=/dev/zero of=big bs=1M count=2000 status=none\n"
+    name = site.repo({"postBuild": fill}, executable=("postBuild",))
+    message = site.refused(name, size="500M")
+    assert "size limit of 500M" in message
+
+
+def test_a_post_build_that_forks_without_end_is_stopped(site: Site) -> None:
+    bomb = "#!/bin/bash\nbomb() { bomb | bomb & }; bomb\nwait\n"
+    name = site.repo({"postBuild": bomb}, executable=("postBuild",))
+    message = site.refused(name, time="30s", processes=64)
+    assert "more than 64 processes" in message
+    running = subprocess.run(
+        ["pgrep", "--runstates", "RSDT", "-u", site.account], check=False, capture_output=True
+    )
+    assert running.returncode == 1, running.stdout
+
+
+def test_a_post_build_that_uses_too_much_memory_is_stopped(site: Site) -> None:
+    hog = "#!/bin/sh\npython3 -c 'x = bytearray(2 * 1024**3); print(len(x))'\n"
+    name = site.repo({"postBuild": hog}, executable=("postBuild",))
+    message = site.refused(name, memory="600M")
+    assert "ran out of memory (limit 600M)" in message
