@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import needs_default_env, needs_root
+from gitserver import GitDaemon, make_repo
 from hubtest import DEFAULT_ENV, Hub, Session, new_test_root, running_hub, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
@@ -184,6 +185,38 @@ def test_spawn_through_the_api_runs_a_job_of_the_user(hub: Hub, alice: Session) 
     }, lines
     alice.stop("api")
     assert job not in jobs_of(hub.prefix + "alice"), "stop cancels the job"
+
+
+def test_an_environment_from_a_repository_runs_as_a_job(hub: Hub, alice: Session) -> None:
+    """The hub builds into the shared path; the job runs that environment on its node,
+    in the repository's files, through the repository's ``start`` script."""
+    with GitDaemon(hub.root / "git") as git:
+        make_repo(
+            git.base / "slurmrepo",
+            {
+                "requirements.txt": "tabulate==0.9.0\n",
+                "start": '#!/bin/sh\nexport PROBE=started\nexec "$@"\n',
+                "data.csv": "a,b\n",
+            },
+            executable=("start",),
+        )
+        options = {"environment": "repository", "repo": git.url("slurmrepo"), "ref": "main"}
+        assert alice.start("fromrepo", options).status_code in (201, 202)
+        events = alice.progress("fromrepo", timeout=600)
+    assert events[-1].get("ready"), events
+    assert [e["phase"] for e in events if "phase" in e][-1] == "launching"
+    job = job_of(hub, "alice", "fromrepo")
+    run = alice.run_code(
+        "import os, tabulate\n"
+        "print(os.environ['SLURM_JOB_ID'], tabulate.__version__, os.environ['PROBE'])\n"
+        "print(sorted(os.listdir('.')))",
+        "fromrepo",
+    )
+    assert run.stdout.split("\n")[:2] == [
+        f"{job} 0.9.0 started",
+        "['data.csv', 'requirements.txt', 'start']",
+    ], run
+    alice.stop("fromrepo", remove=True)
 
 
 def test_spawn_through_the_form_on_another_partition(hub: Hub, alice: Session) -> None:

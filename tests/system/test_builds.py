@@ -10,6 +10,8 @@ import json
 import os
 import secrets
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from gitserver import GitDaemon, add_commit, make_repo
 from hubtest import new_test_root
 
 from hubstack.config.models import Config
+from hubstack.envs.cache import EnvCache
 from hubstack.envs.repository import Prepared, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
 from hubstack.system import cgroups, volumes
@@ -372,3 +375,49 @@ def test_a_post_build_that_uses_too_much_memory_is_stopped(site: Site) -> None:
     name = site.repo({"postBuild": hog}, executable=("postBuild",))
     message = site.refused(name, memory="600M")
     assert "ran out of memory (limit 600M)" in message
+
+
+# -- the champion's command line ---------------------------------------------------------------
+
+
+def hubstack(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    config = site.root / "hubstack.yaml"
+    config.write_text(json.dumps(site.config().model_dump(mode="json")))
+    return subprocess.run(
+        [sys.executable, "-m", "hubstack.cli", "env", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_env_list_rebuild_and_prune(site: Site) -> None:
+    prepared, _ = site.prepare(site.repo({"requirements.txt": f"{TABULATE}\n# cli\n"}))
+    key = prepared.env.key
+
+    listed = hubstack(site, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    entry = next(e for e in json.loads(listed.stdout) if e["key"] == key)
+    assert entry["commit"] == prepared.commit and entry["size"] > 10_000_000
+    table = hubstack(site, "list")
+    assert key[:12] in table.stdout and "REPOSITORY" in table.stdout
+
+    rebuilt = hubstack(site, "rebuild", key[:12])
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "Installing requirements.txt" in rebuilt.stdout
+    again = EnvCache(site.root / "binder").get(key)
+    assert again is not None and again.built_at > prepared.env.built_at
+    assert hubstack(site, "rebuild", "nothing-like-this").returncode == 1
+
+    kept = hubstack(site, "prune", "--unused-for", "30d")
+    assert kept.returncode == 0 and key[:12] not in kept.stdout
+    month_ago = time.time() - 31 * 86400
+    os.utime(site.root / "binder/used" / key, (month_ago, month_ago))
+    shown = hubstack(site, "prune", "--unused-for", "30d", "--dry-run")
+    assert f"would remove {key[:12]}" in shown.stdout
+    assert EnvCache(site.root / "binder").get(key) is not None
+    pruned = hubstack(site, "prune", "--unused-for", "30d")
+    assert f"removed {key[:12]}" in pruned.stdout
+    assert EnvCache(site.root / "binder").get(key) is None
+    assert not (site.root / "binder/envs" / key).exists()

@@ -216,3 +216,66 @@ def test_form_bytes_that_are_not_utf8_are_refused() -> None:
 def test_form_values_that_are_not_text_are_refused() -> None:
     with pytest.raises(InvalidLaunch, match=r"^The environment must be sent as text, not a number"):
         options_from_form({"environment": [3]})  # type: ignore[list-item]
+
+
+# -- environments from a repository -----------------------------------------------------------
+
+REPO = "https://github.com/org/analysis"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_repository_launch_resolves_to_its_source(config: Config) -> None:
+    request = resolve(config, {"environment": "repository", "repo": REPO, "ref": "v2"})
+    assert request.repo is not None
+    assert (request.repo.provider, request.repo.url, request.repo.ref) == ("gh", REPO, "v2")
+    assert request.environment.id == "repository"
+    assert request.commit is None
+    assert request.as_user_options() == {
+        "machine": "small",
+        "environment": "repository",
+        "repo": REPO,
+        "ref": "v2",
+    }
+
+
+def test_a_pinned_commit_round_trips(config: Config) -> None:
+    options = {"environment": "repository", "repo": REPO, "ref": "main", "commit": COMMIT}
+    request = resolve(config, options)
+    assert request.commit == COMMIT
+    assert resolve(config, request.as_user_options()) == request
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"environment": "repository"}, "Give the URL of the git repository"),
+        ({"environment": "repository", "repo": 5}, "must be text"),
+        ({"environment": "repository", "repo": "file:///etc"}, "not allowed"),
+        ({"environment": "repository", "repo": REPO, "ref": "-x"}, "-"),
+        ({"environment": "repository", "repo": REPO, "commit": "abc"}, "40-character"),
+        ({"environment": "python", "repo": REPO}, "only used with the environment"),
+        ({"environment": "python", "commit": COMMIT}, "only used with the environment"),
+    ],
+)
+def test_repository_options_are_checked(config: Config, options: Any, says: str) -> None:
+    assert says in refusal(config, options)
+
+
+def test_without_binder_there_is_no_repository_choice(config: Config) -> None:
+    config.binder.enabled = False
+    assert "Unknown option 'repo'" in refusal(config, {"repo": REPO})
+    assert "Unknown environment 'repository'" in refusal(config, {"environment": "repository"})
+
+
+def test_the_form_drops_empty_repository_fields_for_other_environments(config: Config) -> None:
+    form = {"environment": ["python"], "repo": [""], "ref": [""]}
+    assert options_from_form(form, config) == {"environment": "python"}
+    form = {"environment": ["repository"], "repo": [REPO], "ref": [""]}
+    assert options_from_form(form, config) == {"environment": "repository", "repo": REPO, "ref": ""}
+
+
+def test_the_environment_id_repository_is_reserved() -> None:
+    from hubstack.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="reserved"):
+        validate({"environments": [{"id": "repository", "display": "X", "prefix": "/opt/x"}]})

@@ -48,7 +48,7 @@ def refused(call, *args: object) -> str:
         ("https://github.com:443/org/repo", "gh", "https://github.com/org/repo"),
         ("https://github.com/org/repo.git", "gh", "https://github.com/org/repo.git"),
         ("https://github.com/org/repo/tree/main", "git", "https://github.com/org/repo/tree/main"),
-        ("https://gitlab.com/group/project", "gl", "https://gitlab.com/group/project"),
+        ("https://gitlab.com/group/project", "gl", "https://gitlab.com/group/project.git"),
         ("https://gitlab.com/g/sub/project.git", "gl", "https://gitlab.com/g/sub/project.git"),
         ("https://codeberg.org/org/my_repo.v2", "git", "https://codeberg.org/org/my_repo.v2"),
         ("https://bitbucket.org/~user/repo+x", "git", "https://bitbucket.org/~user/repo+x"),
@@ -335,14 +335,14 @@ def test_ref_of_255_characters_is_allowed() -> None:
         (
             "gl",
             "group%2Fproject/main",
-            RepoSource("gl", "https://gitlab.com/group/project", "main"),
+            RepoSource("gl", "https://gitlab.com/group/project.git", "main"),
         ),
         (
             "gl",
             "group%2Fsub%2Fproject/v1/x",
-            RepoSource("gl", "https://gitlab.com/group/sub/project", "v1/x"),
+            RepoSource("gl", "https://gitlab.com/group/sub/project.git", "v1/x"),
         ),
-        ("gl", "group%2fproject", RepoSource("gl", "https://gitlab.com/group/project", "HEAD")),
+        ("gl", "group%2fproject", RepoSource("gl", "https://gitlab.com/group/project.git", "HEAD")),
         (
             "git",
             "https%3A%2F%2Fcodeberg.org%2Forg%2Frepo.git/main",
@@ -428,7 +428,7 @@ def test_spec_must_be_text() -> None:
         ("https://github.com/org/repo", "main", "org/repo/main"),
         ("https://github.com/org/repo", "feature/x y", None),
         ("https://github.com/org/repo", "a#b%c&d", "org/repo/a%23b%25c%26d"),
-        ("https://gitlab.com/group/sub/p", "v1/x", "group%2Fsub%2Fp/v1/x"),
+        ("https://gitlab.com/group/sub/p", "v1/x", "group%2Fsub%2Fp.git/v1/x"),
         ("https://codeberg.org/o/r.git", "main", "https%3A%2F%2Fcodeberg.org%2Fo%2Fr.git/main"),
     ],
 )
@@ -629,7 +629,7 @@ def test_share_link_and_badges_for_github() -> None:
 def test_share_link_adds_a_missing_slash() -> None:
     source = repo_source("https://gitlab.com/g/p", None, DEFAULT)
     links = share_links("https://hub.example.org/services/binder", source, None)
-    assert links.url == "https://hub.example.org/services/binder/v2/gl/g%2Fp/HEAD"
+    assert links.url == "https://hub.example.org/services/binder/v2/gl/g%2Fp.git/HEAD"
     assert "(https://hub.example.org/services/binder/badge_logo.svg)" in links.markdown
 
 

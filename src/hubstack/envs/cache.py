@@ -177,8 +177,9 @@ class EnvCache:
 
     def prune(self, unused_for: float, *, dry_run: bool = False) -> list[BuiltEnv]:
         """Remove the environments nobody launched for ``unused_for`` seconds (a running
-        server counts as a launch: the hub marks its environment used while it runs), and
-        what failed builds left. Waits for a build under way, so none is cut short."""
+        server counts as a launch: the hub marks its environment used while it runs), the
+        mirrors only they came from, and what failed builds left. Waits for a build under
+        way, so none is cut short."""
         cutoff = time.time() - unused_for
         old = [env for env in self.list() if env.last_used < cutoff]
         if dry_run:
@@ -187,11 +188,23 @@ class EnvCache:
         try:
             for env in old:
                 self.remove(env.key)
-            for leftover in self.incomplete():
+            kept = {self.mirror(env.repo) for env in self.list()}
+            for leftover in [*self.incomplete(), *self._stale_work(kept, cutoff)]:
                 shutil.rmtree(leftover, ignore_errors=True)
         finally:
             lock.close()
         return old
+
+    def _stale_work(self, kept: set[Path], cutoff: float) -> list[Path]:
+        """Mirrors no environment comes from any more, and what interrupted fetches and
+        inspections left (the hub's fetch works beside the mirror, as ``.<name>.*.fetch``)."""
+        stale = [p for p in self.builds.glob("inspect-*") if p.stat().st_mtime < cutoff]
+        if self.mirrors.is_dir():
+            for path in self.mirrors.iterdir():
+                unused = path.name.startswith(".") or path not in kept
+                if unused and path.stat().st_mtime < cutoff:
+                    stale.append(path)
+        return stale
 
     def acquire_build_lock(self) -> IO[str]:
         """Wait for the cache's build lock; closing the returned file releases it.

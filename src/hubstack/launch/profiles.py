@@ -163,12 +163,6 @@ def options_from_form(
     """
     allowed = FIELDS if config is None else allowed_fields(config)
     options: dict[str, str] = {}
-    chosen = formdata.get("environment")
-    from_repository = (
-        bool(chosen)
-        and _form_text("environment", chosen[0] if not isinstance(chosen, str | bytes) else chosen)
-        == REPOSITORY_ENVIRONMENT
-    )
     for key, raw in formdata.items():
         if key == XSRF_FIELD:
             continue
@@ -179,8 +173,10 @@ def options_from_form(
         if len(values) != 1:
             raise InvalidLaunch(f"Choose exactly one {label}; the form sent {len(values)} values.")
         options[key] = _form_text(label, values[0])
-    # The form always posts its repository fields; they count only with that choice.
-    for key in REPO_FIELDS:
-        if not from_repository and not options.get(key, "x").strip():
-            options.pop(key)
+    # The form always posts its repository fields; left empty, they mean nothing unless
+    # the environment is "from a repository" (where resolve() says what is missing).
+    if options.get("environment") != REPOSITORY_ENVIRONMENT:
+        for key in REPO_FIELDS:
+            if key in options and not options[key].strip():
+                del options[key]
     return options

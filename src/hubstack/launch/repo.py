@@ -98,7 +98,11 @@ def repo_source(url: object, ref: object, binder: Binder) -> RepoSource:
     forms where they exist.
     """
     canonical = _check_url(url, binder)
-    return RepoSource(_provider_for(canonical), canonical, _ref_or_default(ref))
+    provider = _provider_for(canonical)
+    if provider == "gl":
+        # gitlab.com redirects a path without .git, and fetches follow no redirects.
+        canonical = f"{canonical.removesuffix('.git')}.git"
+    return RepoSource(provider, canonical, _ref_or_default(ref))
 
 
 def source_from_spec(provider: object, spec: object, binder: Binder) -> RepoSource:
@@ -129,7 +133,7 @@ def source_from_spec(provider: object, spec: object, binder: Binder) -> RepoSour
         if provider == "gl":
             if "/" not in target.strip("/") or ":" in target:
                 raise _bad_spec(provider, spec)
-            url = f"https://{GITLAB}/{target}"
+            url = f"https://{GITLAB}/{target.strip('/').removesuffix('.git')}.git"
         elif "://" in target or _looks_like_other_source(target):
             url = target  # checked below as any clone URL, with a reason when refused
         else:
