@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hubstack.config import Config, ConfigError, dump, load
 from hubstack.config.units import format_duration, format_size, parse_duration
+from hubstack.launch.untrusted import InvalidLaunch
 
 if TYPE_CHECKING:
     from hubstack.envs.cache import EnvCache
@@ -133,23 +134,14 @@ def cmd_env_rebuild(args: argparse.Namespace) -> int:
     import asyncio
 
     from hubstack.envs.repository import PrepareFailed, Repositories
-    from hubstack.launch.repo import repo_source
     from hubstack.system import cgroups
 
     config, cache = _environments(args)
     env = cache.find(args.key)
-    source = repo_source(env.repo, env.ref, config.binder)
     repositories = Repositories(config, cgroups.detect(config.backend.local.limits))
     print(f"rebuilding {env.key[:12]} from {env.repo} at {env.commit}")
-    lock = cache.acquire_build_lock()
     try:
-        cache.remove(env.key)
-    finally:
-        lock.close()
-    try:
-        built = asyncio.run(
-            repositories.prepare(source, lambda _phase, line: print(line), pin=env.commit)
-        )
+        built = asyncio.run(repositories.rebuild(env, lambda _phase, line: print(line)))
     except PrepareFailed as exc:
         print(f"hubstack: {exc.message}", file=sys.stderr)
         return 1
@@ -239,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hubstack: {exc}", file=sys.stderr)
         return 2
+    except InvalidLaunch as exc:  # e.g. a repository the config no longer allows
+        print(f"hubstack: {exc.message}", file=sys.stderr)
+        return 1
     except ValueError as exc:  # account errors and other refusals with a message
         print(f"hubstack: {exc}", file=sys.stderr)
         return 1

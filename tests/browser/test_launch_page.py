@@ -8,6 +8,7 @@ badge must load from the service. Screenshots go to ``artifacts/browser/``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -129,6 +130,10 @@ def test_a_share_link_builds_and_opens_jupyterlab_at_the_notebook(
     page.wait_for_url(link)
     expect(page.get_by_role("heading", name="Launching")).to_contain_text(git.url("paper"))
     expect(page.locator("#hs-log")).to_contain_text("Resolving main")
+    # Past waiting: the spawner's own phases (fetching, building) are being shown.
+    expect(page.locator('#hs-phases [data-phase="waiting"]')).to_have_class(
+        re.compile("hs-done"), timeout=LAUNCH_TIMEOUT_MS
+    )
     page.screenshot(path=str(ARTIFACTS / "binder-launch-progress.png"), full_page=True)
 
     page.wait_for_url("**/user/emil/**/lab/tree/notebooks/intro.ipynb", timeout=LAUNCH_TIMEOUT_MS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import requests
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, add_commit, make_repo, tag
-from hubtest import Hub, Session, running_hub
+from hubtest import Hub, Session, running_hub, wait_for
 
 from hubstack.config.models import Binder
 from hubstack.launch.repo import repo_source, server_name
@@ -279,12 +280,14 @@ def test_a_launch_through_the_build_api(hub: Hub, git: GitDaemon, bob: Session) 
     )
     assert status.status_code == 200, status.text
     assert [item["name"] for item in status.json()["content"]] == ["intro.ipynb"]
-    user = requests.get(
-        f"{hub.url}/hub/api/users/bob",
-        headers={"Authorization": f"token {ready['token']}"},
-        timeout=60,
-    )
-    assert user.status_code == 403
+    for method, path in (("DELETE", f"servers/{server}"), ("POST", "tokens")):
+        resp = requests.request(
+            method,
+            f"{hub.url}/hub/api/users/bob/{path}",
+            headers={"Authorization": f"token {ready['token']}"},
+            timeout=60,
+        )
+        assert resp.status_code == 403, (method, path, resp.text)
 
     # The same repository and ref again: the running server, at once.
     again = events(build(bob, hub, git_spec(url, "main")))
@@ -330,3 +333,54 @@ def test_the_hubs_refusal_is_a_failed_event(hub: Hub, git: GitDaemon) -> None:
     assert seen[-1]["phase"] == "failed", seen
     assert seen[-1]["status_code"] == 400
     assert "You already have 2 named servers" in seen[-1]["message"]
+
+
+def test_the_champions_page_lists_rebuilds_and_removes(
+    hub: Hub, git: GitDaemon, bob: Session
+) -> None:
+    name = new_repo(git, {"requirements.txt": "tabulate==0.9.0\n# champions\n"})
+    seen = events(build(bob, hub, git_spec(git.url(name), "main")))
+    assert seen[-1]["phase"] == "ready", seen
+    bob.stop(seen[-1]["url"].rstrip("/").rsplit("/", 1)[1], remove=True)
+
+    assert page(bob, "environments").status_code == 403  # admins only
+    admin = hub.login("admin", hub.admin_password)
+    listing = page(admin, "environments")
+    assert listing.status_code == 200
+    rows = dict(re.findall(r'<tr data-key="([0-9a-f]{64})">(.*?)</tr>', listing.text, re.S))
+    key = next(key for key, row in rows.items() if git.url(name) in row)
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', listing.text)
+    assert xsrf is not None
+
+    meta = hub.root / "binder/envs" / key / "meta.json"
+    built_at = json.loads(meta.read_text())["built_at"]
+    rebuild = admin.http.post(
+        f"{hub.url}{SERVICE}environments",
+        data={"action": "rebuild", "key": key[:12], "_xsrf": xsrf.group(1)},
+        timeout=60,
+    )
+    assert rebuild.status_code == 200 and f"Rebuilding {key[:12]}" in text(rebuild)
+
+    def rebuilt() -> bool:
+        return meta.exists() and json.loads(meta.read_text())["built_at"] > built_at
+
+    wait_for(rebuilt, 300, "the rebuild to finish")
+
+    forged = admin.http.post(
+        f"{hub.url}{SERVICE}environments", data={"action": "remove", "key": key}, timeout=60
+    )
+    assert forged.status_code == 403  # no XSRF token: a request from another site
+    removed = admin.http.post(
+        f"{hub.url}{SERVICE}environments",
+        data={"action": "remove", "key": key, "_xsrf": xsrf.group(1)},
+        timeout=60,
+    )
+    assert removed.status_code == 200 and f"Removed {key[:12]}" in text(removed)
+    assert f'data-key="{key}"' not in removed.text
+    assert not (hub.root / "binder/envs" / key).exists()
+    unknown = admin.http.post(
+        f"{hub.url}{SERVICE}environments",
+        data={"action": "rebuild", "key": "nothing", "_xsrf": xsrf.group(1)},
+        timeout=60,
+    )
+    assert unknown.status_code == 400 and "no environment" in text(unknown)

@@ -3,9 +3,12 @@ events in BinderHub's phases, the ``ready`` event, public URLs and the rendered 
 
 from __future__ import annotations
 
+import asyncio
 import html
+import socket
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from hubstack.config.models import Binder
 from hubstack.launch.repo import repo_source, share_links
@@ -18,6 +21,8 @@ from hubstack.services.binder import (
 )
 from hubstack.services.relay import (
     EventParser,
+    HubClient,
+    HubError,
     binder_event,
     describe,
     failed_event,
@@ -126,7 +131,10 @@ def test_ready_for_other_forges_and_without_a_known_commit() -> None:
     gitlab = repo_source("https://gitlab.com/group/sub/repo", "v1", BINDER)
     event = ready_event(gitlab, server_url="u", token="t", commit=COMMIT, service_url=SERVICE)
     assert event["binder_ref_url"] == f"https://gitlab.com/group/sub/repo/-/tree/{COMMIT}"
-    assert event["binder_persistent_request"] == f"v2/gl/group%2Fsub%2Frepo/{COMMIT}"
+    assert event["binder_request"] == f"v2/gl/{gitlab.spec}"
+    assert event["binder_persistent_request"] == event["binder_request"].replace(
+        "/v1", f"/{COMMIT}"
+    )
 
     plain = repo_source("git://127.0.0.1:9419/tools.git", "feature/x", BINDER)
     event = ready_event(plain, server_url="u", token="t", commit=None, service_url=SERVICE)
@@ -249,3 +257,16 @@ def test_pages_allow_only_their_own_inline_code() -> None:
     assert "default-src 'none'" in policy
     assert "script-src 'nonce-abc'" in policy and "style-src 'nonce-abc'" in policy
     assert "connect-src 'self'" in policy and "form-action 'self'" in policy
+
+
+def test_a_hub_that_does_not_answer_is_a_hub_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        hub = HubClient(
+            f"http://127.0.0.1:{port}/hub/api", "token", AsyncHTTPClient(force_instance=True)
+        )
+        with pytest.raises(HubError) as refused:
+            asyncio.run(hub.server("ada", "repo-abc123"))
+    assert refused.value.status == 502
+    assert refused.value.message.startswith("The hub did not answer:")

@@ -29,7 +29,7 @@ from hubstack.envs.builder import (
 from hubstack.envs.cache import BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
-from hubstack.launch.repo import RepoSource
+from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.system import cgroups
 
 Phase = Callable[[str, str], None]
@@ -128,6 +128,17 @@ class Repositories:
             phase("built", f"Found the environment {key[:12]}, built before")
         await asyncio.to_thread(self.cache.touch, key)
         return Prepared(env, source, commit, mirror, spec.start, spec.notices)
+
+    async def rebuild(self, env: BuiltEnv, phase: Phase) -> Prepared:
+        """Build ``env`` again, from its repository at the commit it was built from (for
+        champions: after a fix of the site's index, or to pick up a changed base)."""
+        source = repo_source(env.repo, env.ref, self.binder)
+        lock = await asyncio.to_thread(self.cache.acquire_build_lock)
+        try:
+            await asyncio.to_thread(self.cache.remove, env.key)
+        finally:
+            lock.close()
+        return await self.prepare(source, phase, pin=env.commit)
 
     async def _resolve(self, source: RepoSource, phase: Phase) -> str:
         phase("fetching", f"Resolving {source.ref} in {source.url}")

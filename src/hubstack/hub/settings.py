@@ -15,6 +15,7 @@ from traitlets.config import Config as TraitletsConfig
 
 from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
+from hubstack.envs.builder import PASSED_ENV
 from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.policy import named_server_policy
 
@@ -63,7 +64,12 @@ def binder_service(config: Config) -> dict[str, Any]:
         "display": True,
         "url": f"http://127.0.0.1:{config.hub.port + 3}",
         "command": [sys.executable, "-m", "hubstack.services.binder"],
-        "environment": {"HUBSTACK_CONFIG_JSON": config.model_dump_json()},
+        # JupyterHub gives services a bare environment; rebuilds from the champions' page
+        # need the site's index, proxy and CA settings, as the hub's own builds have them.
+        "environment": {
+            "HUBSTACK_CONFIG_JSON": config.model_dump_json(),
+            **{name: os.environ[name] for name in PASSED_ENV if name in os.environ},
+        },
         "oauth_no_confirm": True,
     }
 

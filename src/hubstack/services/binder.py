@@ -17,7 +17,8 @@ import secrets
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +39,9 @@ from tornado.log import app_log, enable_pretty_logging
 from tornado.web import Application, HTTPError, RedirectHandler, RequestHandler, authenticated
 
 from hubstack.config.models import Config
+from hubstack.config.units import format_duration, format_size, parse_duration
+from hubstack.envs.cache import BuiltEnv
+from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.launch.repo import (
     RepoSource,
     repo_source,
@@ -56,6 +60,7 @@ from hubstack.services.relay import (
     failed_event,
     sse,
 )
+from hubstack.system import cgroups
 
 BADGE = (Path(__file__).with_name("static") / "badge_logo.svg").read_bytes()
 KEEPALIVE_INTERVAL = 25.0
@@ -138,6 +143,27 @@ class Service:
     hub: HubClient
     page_auth: HubOAuth
     api_auth: HubOAuth
+    environments: Repositories
+    rebuilding: dict[str, str] = field(default_factory=dict)
+    tasks: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def rebuild(self, env: BuiltEnv) -> None:
+        """Rebuild in the background; the build lock makes it wait for the hub's builds."""
+        if env.key in self.rebuilding:
+            return
+        self.rebuilding[env.key] = f"{env.key[:12]} {env.repo} at {env.commit[:10]}"
+
+        async def run() -> None:
+            try:
+                await self.environments.rebuild(env, lambda _phase, _line: None)
+            except PrepareFailed as exc:
+                app_log.warning("The rebuild of %s failed: %s", env.key[:12], exc.message)
+            finally:
+                self.rebuilding.pop(env.key, None)
+
+        task = asyncio.ensure_future(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     @property
     def relay_timeout(self) -> float:
@@ -309,7 +335,11 @@ class BuildHandler(ServiceHandler):
         keepalive = asyncio.ensure_future(self.keepalive())
         try:
             with contextlib.suppress(ClientGone):
-                await launch.run()
+                try:
+                    await launch.run()
+                except Exception:
+                    app_log.exception("The launch of %s for %s failed", source.url, user["name"])
+                    await self.emit(failed_event("The launch service failed; see its log.", 500))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.gone.wait(), HOLD_OPEN)
         finally:
@@ -350,6 +380,74 @@ class BuildHandler(ServiceHandler):
                 await self.send(KEEPALIVE)
 
 
+class EnvironmentsHandler(ServiceHandler):
+    """The champions' page: the built environments, their size and last use; rebuild one,
+    remove one, or remove those nobody launched for a while. Admins only."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        user = self.current_user
+        if user is not None and not await self.service.hub.is_admin(user["name"]):
+            raise HTTPError(403, "Only the hub's admins manage the built environments.")
+
+    @authenticated
+    async def get(self) -> None:
+        cache = self.service.environments.cache
+        envs = await asyncio.to_thread(cache.list)
+        self.page(
+            "environments.html",
+            envs=[
+                {
+                    "key": env.key,
+                    "repo": env.repo,
+                    "ref": env.ref,
+                    "commit": env.commit,
+                    "python": env.python,
+                    "size": format_size(env.size),
+                    "built": _when(env.built_at),
+                    "last_used": _when(env.last_used),
+                }
+                for env in envs
+            ],
+            total=format_size(sum(env.size for env in envs)),
+            root=cache.root,
+            notice=self.get_argument("notice", ""),
+            rebuilding=sorted(self.service.rebuilding.values()),
+            xsrf=self.xsrf_token.decode(),
+        )
+
+    @authenticated
+    async def post(self) -> None:
+        self.check_xsrf_cookie()
+        cache = self.service.environments.cache
+        action = self.get_argument("action", "")
+        try:
+            if action == "prune":
+                unused_for = parse_duration(self.get_argument("unused_for", ""))
+                removed = await asyncio.to_thread(cache.prune, unused_for)
+                unused = format_duration(unused_for)
+                notice = f"Removed {len(removed)} environment(s) unused for {unused}."
+            elif action in ("rebuild", "remove"):
+                env = await asyncio.to_thread(cache.find, self.get_argument("key", ""))
+                notice = await self._act(action, env)
+            else:
+                raise HTTPError(400, "Choose rebuild, remove or prune.")
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
+        self.redirect(url_concat(f"{self.service.prefix}environments", {"notice": notice}))
+
+    async def _act(self, action: str, env: BuiltEnv) -> str:
+        if action == "remove":
+            await asyncio.to_thread(self.service.environments.cache.remove, env.key)
+            return f"Removed {env.key[:12]} ({env.repo})."
+        self.service.rebuild(env)
+        return f"Rebuilding {env.key[:12]} ({env.repo}); its log is in the hub's build logs."
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment).strftime("%Y-%m-%d %H:%M")
+
+
 class BadgeHandler(RequestHandler):
     """The badge for READMEs: public, since forges fetch it without anyone's login."""
 
@@ -377,6 +475,7 @@ def make_app(service: Service) -> Application:
             (prefix + "v2/.*", ShareLinkHandler, kwargs),
             (prefix + "build/.*", BuildHandler, kwargs),
             (prefix + r"badge(?:_logo)?\.svg", BadgeHandler),
+            (prefix + "environments", EnvironmentsHandler, kwargs),
             (prefix.removesuffix("/"), RedirectHandler, {"url": service.prefix}),
         ],
         default_handler_class=NotFoundHandler,
@@ -410,6 +509,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
         page_auth=page_auth,
         # Binder clients open the stream with EventSource, which cannot send headers.
         api_auth=HubOAuth(allow_token_in_url=True),
+        environments=Repositories(config, cgroups.detect(config.backend.local.limits)),
     )
     server = HTTPServer(make_app(service))
     server.listen(url.port or 80, url.hostname or "127.0.0.1")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urljoin
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from hubstack.config.models import REPOSITORY_ENVIRONMENT
 from hubstack.launch.repo import RepoSource
@@ -29,6 +29,9 @@ RELAYED_PHASES = frozenset({"waiting", "fetching", "building", "built", "launchi
 KEEPALIVE = ":keepalive\n\n"
 STOP_TIMEOUT = 120.0
 POLL_INTERVAL = 0.5
+# While a start is being sent: the hub marks it pending within milliseconds, and every
+# moment waited here is added to the launch.
+PENDING_POLL_INTERVAL = 0.05
 API_TIMEOUT = 60.0
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -124,7 +127,7 @@ def ref_page(source: RepoSource, commit: str | None) -> str | None:
     if source.provider == "gh":
         return f"{source.url}/tree/{commit}"
     if source.provider == "gl":
-        return f"{source.url}/-/tree/{commit}"
+        return f"{source.url.removesuffix('.git')}/-/tree/{commit}"
     return None
 
 
@@ -178,8 +181,6 @@ def _hub_message(response: HTTPResponse) -> str:
         message = None
     if isinstance(message, str) and message:
         return message
-    if response.code == 599:
-        return f"The hub did not answer ({response.error})."
     return f"The hub answered {response.code} {response.reason}."
 
 
@@ -202,11 +203,19 @@ class HubClient:
             **kwargs,
         )
 
+    async def _fetch(self, request: HTTPRequest) -> HTTPResponse:
+        """The hub's answer, an error status included; no answer at all is a HubError too."""
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as exc:
+            raise HubError(502, f"The hub did not answer: {exc}.") from None
+        if response.code >= 400:
+            raise HubError(response.code, _hub_message(response))
+        return response
+
     async def _call(self, method: str, *parts: str, body: object = None) -> Any:
         data = None if body is None else json.dumps(body)
-        response = await self.http.fetch(self._request(method, parts, body=data), raise_error=False)
-        if response.code >= 400 or response.code == 599:
-            raise HubError(response.code, _hub_message(response))
+        response = await self._fetch(self._request(method, parts, body=data))
         return json.loads(response.body) if response.body else None
 
     async def server(self, user: str, server: str) -> dict[str, Any] | None:
@@ -217,6 +226,10 @@ class HubClient:
             if exc.status == 404:
                 return None
             raise
+
+    async def is_admin(self, user: str) -> bool:
+        """Whether ``user`` is one of the hub's admins (the champions' page is theirs)."""
+        return bool((await self._call("GET", "users", user)).get("admin"))
 
     async def start(self, user: str, server: str, options: dict[str, str]) -> None:
         await self._call("POST", "users", user, "servers", server, body={"user_options": options})
@@ -239,9 +252,7 @@ class HubClient:
             streaming_callback=on_chunk,
             request_timeout=timeout,
         )
-        response = await self.http.fetch(request, raise_error=False)
-        if response.code >= 400 or response.code == 599:
-            raise HubError(response.code, _hub_message(response))
+        await self._fetch(request)
 
 
 # One decision at a time per server, so two launches of the same repository start it once.
@@ -348,7 +359,7 @@ class Launch:
             model = await self.hub.server(self.user, self.server)
             if model is not None and model.get("pending") == "spawn":
                 return
-            await asyncio.wait({start}, timeout=POLL_INTERVAL)
+            await asyncio.wait({start}, timeout=PENDING_POLL_INTERVAL)
         try:
             start.result()
         except HubError as exc:
