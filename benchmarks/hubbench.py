@@ -29,7 +29,7 @@ import requests
 from hubtest import DEFAULT_ENV, Abort, free_port_block, running_hub, wait_for
 
 from hubstack.hub.settings import proxy_command
-from hubstack.system.accounts import unix_name
+from hubstack.system.accounts import kill_processes_of, unix_name
 
 SINGLEUSER = DEFAULT_ENV / "bin/jupyterhub-singleuser"
 SERVER_PATH = f"{DEFAULT_ENV / 'bin'}:/usr/local/bin:/usr/bin:/bin"
@@ -217,31 +217,6 @@ def unix_account(name: str) -> Iterator[pwd.struct_passwd]:
     finally:
         kill_processes_of(entry.pw_uid)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
-
-
-def processes_of(uid: int) -> list[int]:
-    pids: list[int] = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
-                pids.append(int(entry.name))
-    return pids
-
-
-def kill_processes_of(uid: int) -> None:
-    """SIGKILL what still runs as ``uid`` and wait until it is gone, so userdel can work.
-
-    Only servers this run started run as these accounts. A hub that is stopped while a
-    spawn is pending does not stop that server, so such leftovers do happen.
-    """
-    for _ in range(100):
-        pids = processes_of(uid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import IO
 from urllib.parse import unquote
 
 import pytest
-from hubtest import Abort, free_port_block, wait_for
+from hubtest import Abort, Hub, free_port_block, wait_for
 
 # Fixed identities and dates: the same files and messages always give the same commits.
 _GIT_ENV = {
@@ -404,3 +404,10 @@ def git_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHttp]:
     """A smart HTTP git server for the test session; make repositories in ``git_http.base``."""
     with GitHttp(tmp_path_factory.mktemp("git-http")) as server:
         yield server
+
+
+@pytest.fixture(scope="module", name="git")
+def hub_git_daemon(hub: Hub) -> Iterator[GitDaemon]:
+    """A git daemon beside the test module's hub (its ``hub`` fixture), for its repositories."""
+    with GitDaemon(hub.root / "git") as daemon:
+        yield daemon

@@ -9,29 +9,14 @@ the single-user OAuth round trip are all exercised as a user meets them. Screens
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from chromium import ARTIFACTS, chromium, needs_chromium
 from conftest import needs_default_env, needs_root
 from hubtest import DEFAULT_ENV, Hub, running_hub
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parents[2] / "artifacts" / "browser"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # we run as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SPAWN_TIMEOUT_MS = 120_000
-
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"Debian's chromium is not installed at {CHROMIUM}"
-)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, needs_root, needs_default_env, needs_chromium]
 
@@ -53,15 +38,8 @@ def hub() -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, with a fresh temporary profile (launch makes one)."""
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

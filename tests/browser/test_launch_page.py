@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from chromium import ARTIFACTS, chromium, needs_chromium
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, make_repo
 from hubtest import Hub, running_hub
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, needs_root, needs_default_env, needs_chromium]
 
@@ -39,22 +39,9 @@ def hub() -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module")
-def git(hub: Hub) -> Iterator[GitDaemon]:
-    (hub.root / "git").mkdir()
-    with GitDaemon(hub.root / "git") as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -41,13 +41,6 @@ def hub() -> Iterator[Hub]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def git(hub: Hub) -> Iterator[GitDaemon]:
-    (hub.root / "git").mkdir()
-    with GitDaemon(hub.root / "git") as daemon:
-        yield daemon
-
-
 def page(session: Session, where: str = "", /, **params: str) -> requests.Response:
     """A service page in the user's browser session (the OAuth round trip included)."""
     return session.http.get(f"{session.hub.url}{SERVICE}{where}", params=params, timeout=60)

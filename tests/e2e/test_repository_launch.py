@@ -25,12 +25,6 @@ def hub() -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module")
-def git(hub: Hub) -> Iterator[GitDaemon]:
-    with GitDaemon(hub.root / "git") as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
 def carol(hub: Hub) -> Session:
     return hub.new_user("carol")
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from hubstack.config import Config
 from hubstack.envs.checkout import Content
+from hubstack.errors import Explained
 from hubstack.launch import LaunchRequest
 
 Emit = Callable[[str], None]
@@ -37,12 +38,11 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class StartFailed(Exception):
+class StartFailed(Explained):
     """A start that failed for a reason the user should read (OOM, exit, quota, ...)."""
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
-        self.message = message
         self.reason = reason
 
 

@@ -24,7 +24,6 @@ import os
 import shlex
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,9 @@ from hubstack.config.units import format_duration, format_size
 from hubstack.envs.cache import EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
+from hubstack.errors import Explained
 from hubstack.system import SystemOpError, cgroups, run, volumes
-from hubstack.system.accounts import Account, ensure_account
+from hubstack.system.accounts import Account, ensure_account, kill_processes_of
 
 BASE_REQUIREMENTS = Path(__file__).with_name("base-requirements.txt")
 # Part of every environment key: a change to how environments are built rebuilds them.
@@ -59,34 +59,11 @@ PASSED_ENV = (
     "UV_NATIVE_TLS",
 )
 LOG_TAIL = 12
-END_ATTEMPTS = 200
 SCRATCH = ".hubstack-build"
 
 
-def _live_processes(uid: int) -> list[int]:
-    """Processes of ``uid`` that still run (zombies only wait to be reaped)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get(
-            "State", ""
-        ).strip().startswith("Z"):
-            pids.append(int(entry.name))
-    return pids
-
-
-class BuildFailed(Exception):
+class BuildFailed(Explained):
     """A build that did not produce an environment; ``message`` says why, for the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -288,18 +265,8 @@ class Builder:
         the build account runs nothing but builds, so all of its processes go."""
         with contextlib.suppress(SystemOpError):
             group.remove()
-        if account is None:
-            return
-        for _ in range(END_ATTEMPTS):
-            alive = _live_processes(account.uid)
-            if not alive:
-                break
-            for pid in alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        else:
-            raise SystemOpError(f"processes of {account.name} survive SIGKILL: {alive}")
+        if account is not None:
+            kill_processes_of(account.uid)
         group.remove()
 
     def _why(self, status: int | None, oom: int, tail: list[str]) -> str:

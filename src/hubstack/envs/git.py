@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hubstack.config.units import format_size
+from hubstack.errors import Explained
 from hubstack.launch.untrusted import quote_untrusted
 from hubstack.system.accounts import Account
 
@@ -69,12 +70,8 @@ _FETCH = (
 )
 
 
-class GitError(Exception):
+class GitError(Explained):
     """A repository could not be resolved, fetched or exported; ``message`` is for the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass

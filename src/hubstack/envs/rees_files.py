@@ -22,6 +22,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from hubstack.errors import Explained
 from hubstack.launch.untrusted import json_kind, quote_untrusted
 
 CONFIG_MAX = 1 << 20
@@ -79,12 +80,8 @@ _MARKER_KEYS = (
 )  # fmt: skip
 
 
-class SpecError(Exception):
+class SpecError(Explained):
     """A repository's environment cannot be built; ``message`` names the file and the problem."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def listing(values: Iterable[str]) -> str:

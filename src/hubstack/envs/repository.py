@@ -29,6 +29,7 @@ from hubstack.envs.builder import (
 from hubstack.envs.cache import BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
+from hubstack.errors import Explained
 from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.system import cgroups
 
@@ -40,12 +41,8 @@ PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
 PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
 
 
-class PrepareFailed(Exception):
+class PrepareFailed(Explained):
     """The repository cannot give an environment; ``message`` says why, for the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from hubstack.config.models import SAFE_TOKEN, SBATCH_OPTION
 from hubstack.config.script import script_environment
+from hubstack.errors import Explained
 from hubstack.launch.slurm import SlurmRequest
 from hubstack.launch.untrusted import quote_untrusted
 
@@ -41,12 +42,8 @@ _SBATCH_OPTION = re.compile(SBATCH_OPTION)
 _environment = script_environment()
 
 
-class JobScriptError(ValueError):
+class JobScriptError(Explained, ValueError):
     """The job script cannot be rendered; ``message`` names the value or template at fault."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)

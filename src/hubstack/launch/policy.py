@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection
 
 from hubstack.config.models import NamedServers
+from hubstack.errors import Explained
 from hubstack.launch.untrusted import quote_untrusted
 
 # Lowercase ASCII letters and digits, single hyphens between them, starting with a letter.
@@ -19,12 +20,8 @@ NAME_RE = re.compile(r"\A[a-z](?:-?[a-z0-9])*\Z")
 RESERVED_NAMES = frozenset({"default"})
 
 
-class PolicyViolation(ValueError):
+class PolicyViolation(Explained, ValueError):
     """A request broke the hub's policy; ``message`` is a sentence to show the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def check_server_name(name: str, policy: NamedServers) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from hubstack.errors import Explained
+
 ECHO_MAX = 60
 
 _JSON_KINDS: dict[type, str] = {
@@ -21,12 +23,8 @@ _JSON_KINDS: dict[type, str] = {
 }
 
 
-class InvalidLaunch(ValueError):
+class InvalidLaunch(Explained, ValueError):
     """A launch request was refused; ``message`` is a sentence to show the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def quote_untrusted(text: str) -> str:

@@ -21,6 +21,7 @@ from urllib.parse import quote, urljoin
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from hubstack.config.models import REPOSITORY_ENVIRONMENT
+from hubstack.errors import Explained
 from hubstack.launch.repo import RepoSource
 from hubstack.launch.untrusted import quote_untrusted
 
@@ -43,22 +44,20 @@ class ClientGone(Exception):
     """The client closed the event stream; nothing more can be told to it."""
 
 
-class HubError(Exception):
+class HubError(Explained):
     """The hub refused or failed an API request; ``message`` is the hub's own sentence."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
 
 
-class LaunchFailed(Exception):
+class LaunchFailed(Explained):
     """The launch cannot go on; ``message`` is shown to the user as the ``failed`` event."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
 
 
 def sse(event: Mapping[str, Any]) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import grp
 import hashlib
 import os
 import pwd
 import re
+import signal
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +117,35 @@ def _ensure_group(group: str) -> None:
 def current_account() -> Account:
     """The account running this process, used when the hub spawns servers as itself (dev mode)."""
     return _account(pwd.getpwuid(os.getuid()))
+
+
+def running_processes_of(uid: int) -> list[int]:
+    """Processes of ``uid`` that still run (a zombie only waits for its parent to reap it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        running = not fields.get("State", "").strip().startswith("Z")
+        if running and fields.get("Uid", "").split()[:1] == [str(uid)]:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_of(uid: int, attempts: int = 200) -> None:
+    """SIGKILL everything ``uid`` runs until nothing is left, for accounts that run only
+    what hubstack started (a build account, a benchmark's). Keeps killing, since a process
+    may fork between two rounds (a fork bomb does nothing else)."""
+    for _ in range(attempts):
+        alive = running_processes_of(uid)
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise SystemOpError(f"processes of uid {uid} survive SIGKILL: {running_processes_of(uid)}")
