@@ -24,6 +24,7 @@ from hubstack.launch.repo import repo_source, server_name
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
 SERVICE = "/services/binder/"
+DOCS_SITE = "https://docs.example.org"  # a site whose pages run a Binder client (thebe)
 STREAM = {"Accept": "text/event-stream"}
 LAUNCH_TIMEOUT = 600
 
@@ -34,6 +35,7 @@ def hub() -> Iterator[Hub]:
         "binder": {
             "allowed_hosts": ["github.com", "gitlab.com", "127.0.0.1:*"],
             "allowed_schemes": ["https", "http", "git"],
+            "cors_origins": [DOCS_SITE],
         },
         "policy": {"named_servers": {"max": 2}},
     }
@@ -247,6 +249,27 @@ def test_build_api_needs_the_event_stream_and_a_user(hub: Hub, alice: Session) -
     assert resp.status_code == 403
 
 
+def test_only_listed_sites_may_use_the_build_api_from_their_pages(hub: Hub, alice: Session) -> None:
+    url = f"{hub.url}{SERVICE}build/gh/org/repo/-x"
+    preflight = {"Access-Control-Request-Method": "GET"}
+    allowed = requests.options(url, headers={"Origin": DOCS_SITE, **preflight}, timeout=60)
+    assert allowed.status_code == 204
+    assert allowed.headers["Access-Control-Allow-Origin"] == DOCS_SITE
+    assert "Authorization" in allowed.headers["Access-Control-Allow-Headers"]
+    other = requests.options(
+        url, headers={"Origin": "https://evil.example", **preflight}, timeout=60
+    )
+    assert other.status_code == 403
+    assert "Access-Control-Allow-Origin" not in other.headers
+    refused = requests.get(
+        url,
+        headers={**STREAM, "Origin": DOCS_SITE, "Authorization": f"token {alice.token}"},
+        timeout=60,
+    )
+    assert refused.status_code == 400  # the client can read why
+    assert refused.headers["Access-Control-Allow-Origin"] == DOCS_SITE
+
+
 def test_a_launch_through_the_build_api(hub: Hub, git: GitDaemon, bob: Session) -> None:
     name = new_repo(git, {"requirements.txt": "six==1.16.0\n", "notebooks/intro.ipynb": "{}\n"})
     url = git.url(name)
@@ -273,6 +296,14 @@ def test_a_launch_through_the_build_api(hub: Hub, git: GitDaemon, bob: Session) 
     )
     assert status.status_code == 200, status.text
     assert [item["name"] for item in status.json()["content"]] == ["intro.ipynb"]
+    # A Binder client on a listed site may use the server from its pages, others not.
+    for origin, allowed in ((DOCS_SITE, True), ("https://evil.example", False)):
+        api = requests.get(
+            f"{ready['url']}api/status",
+            headers={"Authorization": f"token {ready['token']}", "Origin": origin},
+            timeout=60,
+        )
+        assert (api.headers.get("Access-Control-Allow-Origin") == origin) is allowed
     for method, path in (("DELETE", f"servers/{server}"), ("POST", "tokens")):
         resp = requests.request(
             method,

@@ -178,3 +178,19 @@ def test_a_build_that_cannot_work_tells_the_user_why(
         message = events[-1]["message"]
     assert "r-base" in message
     carol.api("DELETE", "/users/carol/servers/conda", json={"remove": True})
+
+
+def test_a_launch_gets_the_repository_as_post_build_left_it(
+    hub: Hub, git: GitDaemon, carol: Session
+) -> None:
+    post_build = "#!/bin/sh\nset -e\necho downloaded > data/fetched.csv\n"
+    name = repo(git, {"postBuild": post_build, "data/README": "data\n"}, executable=("postBuild",))
+    assert carol.start("postbuild", options(git, name)).status_code in (201, 202)
+    carol.wait_ready("postbuild", timeout=600)
+    run = carol.run_code(
+        "import os\nprint(open('data/fetched.csv').read().strip())\n"
+        "print(os.stat('data/fetched.csv').st_uid == os.getuid())",
+        "postbuild",
+    )
+    assert run.stdout.split() == ["downloaded", "True"], run
+    carol.stop("postbuild", remove=True)

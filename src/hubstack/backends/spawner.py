@@ -253,6 +253,7 @@ class HubstackSpawner(Spawner):
             mirror=prepared.mirror,
             snapshot=prepared.env.snapshot,
             start=prepared.start,
+            allow_origins=tuple(self.hubstack.binder.cors_origins),
         )
         self._emit(f"Launching a server with the environment of {request.repo.url}", "launching")
         return request, content

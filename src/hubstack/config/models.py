@@ -32,6 +32,7 @@ BIND = r"^[^:\s]*:\d{1,5}$"
 BASE_URL = r"^/([A-Za-z0-9._~-]+/)*$"
 URL_PATH = r"^/[A-Za-z0-9/_.-]*$"
 HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+ORIGIN = r"^https?://[a-z0-9.-]+(:[0-9]{1,5})?$"
 # Values that end up on an ``#SBATCH`` line: no whitespace, quotes, ``#``, ``$`` or line
 # breaks, so none can end the line, start another option or reach the shell.
 SAFE_TOKEN = r"^[A-Za-z0-9._:,=@+/%-]+$"
@@ -408,6 +409,11 @@ class Binder(Strict):
     token_lifetime: Duration = Field(
         "1d", description="how long the token handed to a Binder API client works"
     )  # type: ignore[assignment]
+    cors_origins: list[Annotated[str, Field(pattern=ORIGIN)]] = Field(
+        default_factory=list,
+        description="web sites whose pages may launch and use servers (Binder clients such "
+        "as thebe), e.g. https://docs.example.org",
+    )
 
     @field_validator("pythons")
     @classmethod

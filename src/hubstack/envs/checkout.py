@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class Content:
     mirror: Path
     snapshot: Path | None = None
     start: str | None = None
+    # Web sites whose pages may use the server (Binder clients such as thebe run there).
+    allow_origins: tuple[str, ...] = ()
 
 
 def _mark(volume: Path, name: str) -> Path:
@@ -83,7 +86,10 @@ async def check_out(content: Content, volume: Path, account: Account | None) -> 
 
 def start_command(workdir: Path, content: Content, command: list[str]) -> list[str]:
     """``command`` run through the repository's ``start`` script, if it has one (which
-    ends with ``exec "$@"``, as the specification asks)."""
+    ends with ``exec "$@"``, as the specification asks), and open to the allowed sites."""
+    if content.allow_origins:
+        pattern = "|".join(re.escape(origin) for origin in content.allow_origins)
+        command = [*command, f"--ServerApp.allow_origin_pat=^({pattern})$"]
     if content.start is None:
         return command
     return [

@@ -297,7 +297,28 @@ class BuildHandler(ServiceHandler):
     def on_connection_close(self) -> None:
         self.gone.set()
 
+    def allow_origin(self) -> bool:
+        """Let a page of a site the config lists (a Binder client such as thebe) read the
+        stream; browsers keep every other site's pages from reading it."""
+        origin = self.request.headers.get("Origin", "")
+        self.set_header("Vary", "Origin")
+        if origin not in self.service.config.binder.cors_origins:
+            return False
+        self.set_header("Access-Control-Allow-Origin", origin)
+        return True
+
+    async def options(self) -> None:
+        """The browser's preflight of a cross-site request with a token header."""
+        if not self.allow_origin():
+            raise HTTPError(403, "Pages of this site may not launch servers here.")
+        self.set_header("Access-Control-Allow-Methods", "GET")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Accept, Cache-Control")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
     async def get(self) -> None:
+        self.allow_origin()
         if "text/event-stream" not in self.request.headers.get("Accept", ""):
             self.set_status(400)
             self.set_header("Content-Type", "text/plain; charset=UTF-8")
@@ -352,6 +373,7 @@ class BuildHandler(ServiceHandler):
 
     def refuse(self, status: int, message: str) -> None:
         """Refuse before anything was streamed: the HTTP status says it, and the body too."""
+        self.allow_origin()
         self.set_status(status)
         self.set_header("Content-Type", "text/event-stream")
         self.finish(sse(failed_event(message, status)))

@@ -1,0 +1,82 @@
+"""The shell a build runs and the command a repository's server starts with: every value
+from a repository reaches the shell quoted."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from hubstack.envs.builder import build_script
+from hubstack.envs.checkout import Content, start_command
+from hubstack.envs.spec import EnvSpec
+
+TARGET = Path("/srv/binder/envs/abc")
+
+
+def spec(**changes: object) -> EnvSpec:
+    fields: dict[str, object] = {
+        "binder_dir": "",
+        "kind": "requirements",
+        "python": None,
+        "requirements": (),
+        "requirement_files": (),
+        "install_project": False,
+        "post_build": None,
+        "start": None,
+        "defining_files": (),
+        "whole_tree": False,
+        "notices": (),
+    }
+    return EnvSpec(**(fields | changes))  # type: ignore[arg-type]
+
+
+def test_the_base_goes_in_first_then_the_repositorys_files_from_their_folders() -> None:
+    script = build_script(
+        spec(requirement_files=("binder/requirements.txt",), install_project=True),
+        TARGET,
+        Path("/usr/bin/python3.11"),
+        "/opt/uv",
+    )
+    lines = script.splitlines()
+    base = next(i for i, line in enumerate(lines) if "base-requirements.txt" in line)
+    own = next(i for i, line in enumerate(lines) if "-r requirements.txt" in line)
+    assert base < own
+    assert f"(cd {TARGET}/repo/binder && /opt/uv pip install" in lines[own]
+    assert lines[-2].endswith(" .")  # the package install, from the repository's root
+
+
+def test_names_from_the_repository_cannot_run_shell() -> None:
+    evil = "x; touch /tmp/pwned $(id).txt"
+    script = build_script(
+        spec(requirement_files=(f"{evil}/requirements.txt",), post_build=f"{evil}/postBuild"),
+        TARGET,
+        Path("/usr/bin/python3.11"),
+        "/opt/uv",
+    )
+    assert shlex.quote(f"{evil}/postBuild") in script
+    checked = subprocess.run(["bash", "-n", "-c", script], capture_output=True, check=False)
+    assert checked.returncode == 0
+    unquoted = re.sub(r"'[^']*'", "", script)
+    assert "touch" not in unquoted and "$(id)" not in unquoted
+
+
+def test_the_server_starts_through_start_and_opens_to_listed_sites() -> None:
+    content = Content(
+        name="repo",
+        url="https://github.com/org/repo",
+        commit="0" * 40,
+        mirror=Path("/m.git"),
+        start="binder/start",
+        allow_origins=("https://docs.example.org", "http://a.b:8080"),
+    )
+    command = start_command(Path("/home/u/volumes/r/repo"), content, ["jupyterhub-singleuser"])
+    assert command[:3] == ["/bin/sh", "-c", 'chmod +x "$0" 2>/dev/null; exec "$0" "$@"']
+    assert command[3] == "/home/u/volumes/r/repo/binder/start"
+    assert command[4] == "jupyterhub-singleuser"
+    assert command[5] == (
+        r"--ServerApp.allow_origin_pat=^(https://docs\.example\.org|http://a\.b:8080)$"
+    )
+    plain = Content(name="repo", url="u", commit="0" * 40, mirror=Path("/m.git"))
+    assert start_command(Path("/w"), plain, ["srv"]) == ["srv"]
