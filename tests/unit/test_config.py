@@ -117,6 +117,19 @@ def test_units_round_trip() -> None:
             "used twice",
         ),
         ({"extra_jupyterhub_config": {"not a class": {}}}, "extra_jupyterhub_config", "class"),
+        ({"binder": {"allowed_schemes": ["ssh"]}}, "binder.allowed_schemes[0]", "'https'"),
+        ({"binder": {"allowed_schemes": []}}, "binder.allowed_schemes", "at least 1"),
+        ({"binder": {"allowed_hosts": ["Git Hub"]}}, "binder.allowed_hosts[0]", "host pattern"),
+        ({"binder": {"root": "binder"}}, "binder.root", "not an absolute path"),
+        ({"binder": {"limits": {"time": "ever"}}}, "binder.limits.time", "not a duration"),
+        ({"binder": {"pythons": {"3": "/usr/bin/python3"}}}, "binder.pythons", "3.12"),
+        ({"binder": {"cors_origins": ["*"]}}, "binder.cors_origins[0]", "pattern"),
+        ({"binder": {"build_account": "root!"}}, "binder.build_account", "pattern"),
+        (
+            {"environments": [{"id": "repository", "display": "R", "prefix": "/opt/r"}]},
+            "environments",
+            "reserved",
+        ),
     ],
 )
 def test_errors_name_the_key_and_what_is_allowed(data: dict, key: str, fragment: str) -> None:
