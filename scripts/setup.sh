@@ -2,8 +2,9 @@
 # Install everything hubstack needs on a Debian/Ubuntu machine, idempotently:
 #   - Debian packages: Python 3 (for the world-readable default environment), Node.js
 #     and npm (for configurable-http-proxy), e2fsprogs/util-linux (loop volumes), git;
-#     with --test also Chromium for the browser tests and the local Slurm cluster's
-#     packages (scripts/slurm-cluster.sh install).
+#     with --test also Chromium for the browser tests, sudo (for the tests of
+#     `submit_as: sudo`) and the local Slurm cluster's packages
+#     (scripts/slurm-cluster.sh install).
 #   - uv, configurable-http-proxy, the hub's virtualenv (.venv) and the default
 #     single-user environment with its site config (envs/default/etc) under
 #     $HUBSTACK_PREFIX (default /opt/hubstack).
@@ -34,7 +35,7 @@ need_root() {
 # Checked by the command each provides: Node.js may come from elsewhere (e.g. NodeSource,
 # whose nodejs package carries npm), and that must count as installed.
 needs=(/usr/bin/python3:python3 node:nodejs npm:npm mkfs.ext4:e2fsprogs losetup:mount git:git)
-[ "$with_test" = 1 ] && needs+=(chromium:chromium)
+[ "$with_test" = 1 ] && needs+=(chromium:chromium sudo:sudo)
 missing=()
 for pair in "${needs[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
