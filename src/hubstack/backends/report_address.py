@@ -9,6 +9,7 @@ server's own API token (from the job's environment) and only for that server.
 import json
 import os
 import random
+import signal
 import socket
 import sys
 import time
@@ -71,12 +72,33 @@ def report(url: str, token: str, host: str, port: int) -> None:
             time.sleep(5)
 
 
+def report_in_background(host: str, port: int) -> None:
+    """Tell the hub in a child process, so the server starts meanwhile: the round trip to
+    the hub is time the start need not wait for. A refused or undeliverable report stops
+    the server (the job script's shell, which ``exec`` made the server), so the job ends
+    with the reason in its log instead of running unknown to the hub."""
+    if os.fork() > 0:
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the job script reads the port until stdout closes
+    os.close(devnull)
+    try:
+        report(os.environ["HUBSTACK_REPORT_URL"], os.environ["JUPYTERHUB_API_TOKEN"], host, port)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr, flush=True)
+        server = int(os.environ.get("HUBSTACK_SERVER_PID") or 0)
+        if server > 1:
+            os.kill(server, signal.SIGTERM)
+        os._exit(1)
+    os._exit(0)
+
+
 def main() -> None:
     low, high = (int(p) for p in os.environ["HUBSTACK_PORT_RANGE"].split("-"))
     port = free_port(low, high)
     host = os.environ.get("HUBSTACK_NODE_ADDRESS") or socket.gethostname()
-    report(os.environ["HUBSTACK_REPORT_URL"], os.environ["JUPYTERHUB_API_TOKEN"], host, port)
-    print(port)
+    print(port, flush=True)
+    report_in_background(host, port)
 
 
 if __name__ == "__main__":

@@ -237,7 +237,8 @@ class SlurmBackend:
             request=request.slurm,
             prologue=self.settings.prologue,
             reporter=(
-                f"port=$({shlex.join([*python, '-c', _REPORTER])})\n"
+                # $$ is the job script's shell, which becomes the server with ``exec``.
+                f"port=$(HUBSTACK_SERVER_PID=$$ {shlex.join([*python, '-c', _REPORTER])})\n"
                 # The server learns its own address from this (known only on the node).
                 'export JUPYTERHUB_SERVICE_URL="http://0.0.0.0:${port}${JUPYTERHUB_SERVICE_PREFIX}"'
             ),
