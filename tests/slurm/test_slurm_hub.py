@@ -204,7 +204,8 @@ def test_an_environment_from_a_repository_runs_as_a_job(hub: Hub, alice: Session
         assert alice.start("fromrepo", options).status_code in (201, 202)
         events = alice.progress("fromrepo", timeout=600)
     assert events[-1].get("ready"), events
-    assert [e["phase"] for e in events if "phase" in e][-1] == "launching"
+    model = alice.model("fromrepo")
+    assert model is not None and len(model["user_options"]["commit"]) == 40
     job = job_of(hub, "alice", "fromrepo")
     run = alice.run_code(
         "import os, tabulate\n"
