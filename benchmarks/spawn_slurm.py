@@ -84,6 +84,8 @@ from hubbench import (
 )
 from hubtest import DEFAULT_ENV, wait_for
 
+from hubstack.envs.builder import uv_binary
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "scripts/slurm-cluster.sh"
 BENCH_PREFIX = Path("/opt/hubstack/bench/batchspawner")
@@ -155,7 +157,9 @@ def ensure_bench_env(prefix: Path = BENCH_PREFIX) -> BenchEnv:
 
 
 def uv(*args: str) -> None:
-    subprocess.run(["uv", "--quiet", "--no-python-downloads", *args], check=True, umask=0o022)
+    subprocess.run(
+        [uv_binary(), "--quiet", "--no-python-downloads", *args], check=True, umask=0o022
+    )
 
 
 # -- the cluster ------------------------------------------------------------------------------
