@@ -32,7 +32,7 @@ from jupyterhub.spawner import set_user_setuid
 
 from hubstack.config.models import Binder
 from hubstack.config.units import format_duration, format_size
-from hubstack.envs.cache import EnvCache, tree_size
+from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
@@ -148,7 +148,7 @@ class Builder:
     async def build(self, job: BuildJob, log: Callable[[str], None]) -> None:
         """Build ``job`` into the cache, or raise :class:`BuildFailed` leaving nothing behind."""
         target = self.cache.path(job.key)
-        image = self.cache.builds / f"{job.key}.img"
+        image = self._image(job.key)
         account = await asyncio.to_thread(self.account)
         await asyncio.to_thread(self._clear, job.key)
         log_path = self.cache.log(job.key)
@@ -311,13 +311,12 @@ class Builder:
     def _clear(self, key: str) -> None:
         """Remove whatever a failed or interrupted build of ``key`` left."""
         target = self.cache.path(key)
-        image = self.cache.builds / f"{key}.img"
-        try:
-            if self.root:
-                volumes.remove_image(image, target)
-        except SystemOpError:
-            volumes.unmount(target)
-            volumes.remove_image(image, target)
+        if self.root:
+            volumes.remove_image(self._image(key), target)  # unmounts it first
         shutil.rmtree(target.with_name(f".{key}.staging"), ignore_errors=True)
-        if not (target / "meta.json").exists():
+        if not (target / META).exists():
             shutil.rmtree(target, ignore_errors=True)
+
+    def _image(self, key: str) -> Path:
+        """The build's scratch file system image."""
+        return self.cache.builds / f"{key}.img"
