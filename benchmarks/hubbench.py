@@ -60,6 +60,8 @@ class HubClient:
     user: str
     account: str
     samples: list[float] = field(default_factory=list)
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    """Wall-clock (start, ready) of each timed spawn, to place other programs' logs in it."""
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"token {self.token}"}
@@ -78,12 +80,13 @@ class HubClient:
 
     def spawn(self, server: str = "") -> float:
         """Seconds from sending the start request until the hub reports the server ready."""
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time()
         self.start(server)
         last = self._follow_progress(f"{self.server_path(server)}/progress")
         elapsed = time.perf_counter() - started
         if not last.get("ready"):
             raise RuntimeError(f"{self.label}: the server did not become ready: {last}")
+        self.spans.append((wall, wall + elapsed))
         return elapsed
 
     def _follow_progress(self, path: str) -> dict[str, object]:
@@ -361,6 +364,7 @@ def measure(clients: list[HubClient], spawns: int) -> None:
     for client in clients:
         client.spawn()
         client.stop()
+        client.spans.clear()
     width = max(len(c.label) for c in clients)
     for round_ in range(1, spawns + 1):
         for client in clients:

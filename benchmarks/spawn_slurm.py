@@ -24,6 +24,12 @@ node is this machine). Three hubs run side by side, each starting the default en
    is done by wrappers of Slurm's commands that log each call and exec the real one: hubstack
    is given their directory as ``backend.slurm.bin_dir``, batchspawner their full paths in its
    ``batch_*_cmd`` templates. Queries are the calls of squeue, sacct, scontrol and sinfo.
+3. Where a Slurm spawn's time goes, from slurmctld's log (its lines carry milliseconds): until
+   slurmctld accepted the job (the hub's preparation and sbatch), in the queue until slurmctld
+   started it, and from there until ready (the job's launch and the same server start as on
+   the local backend). Slurm never starts a batch job when it is submitted, only in one of
+   its scheduling passes (the main scheduler's and backfill's, on slurmctld's background
+   cycle of whole seconds), so even on an idle node a job waits for the next pass.
 
 batchspawner is never a dependency of hubstack: the run installs it (idempotently, with uv) in
 its own world-readable prefix, /opt/hubstack/bench/batchspawner: ``hub/``, a virtualenv with
@@ -48,6 +54,7 @@ import argparse
 import contextlib
 import os
 import platform
+import re
 import secrets
 import shlex
 import shutil
@@ -60,6 +67,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +108,11 @@ START_TIMEOUT = 3600
 BLOCKER_TIMEOUT = 1800.0
 PENDING_TIMEOUT = 300.0
 TARGET_LOCAL_RATIO = 1.1
+# slurmctld's notes (at its default log level, info) of a job accepted and a job started.
+CONTROLLER_EVENT = re.compile(
+    r"^\[(?P<at>[0-9T:.-]+)\] (?:(?P<submitted>_slurm_rpc_submit_batch_job): JobId=(?P<a>\d+)"
+    r"|sched: Allocate JobId=(?P<b>\d+)|sched/backfill: _start_job: Started JobId=(?P<c>\d+))"
+)
 
 
 # -- the batchspawner environment -------------------------------------------------------------
@@ -337,6 +350,49 @@ def stop_all(client: HubClient, names: list[str]) -> None:
     wait_for(lambda: not queued_jobs(client.account), PENDING_TIMEOUT, "their jobs to end")
 
 
+# -- where the time goes ------------------------------------------------------------------------
+
+
+def controller_log() -> Path:
+    """slurmctld's log file, as its configuration names it."""
+    config = subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"^SlurmctldLogFile\s*=\s*(\S+)", config, re.MULTILINE)
+    if found is None:
+        raise RuntimeError("slurmctld logs to syslog here: no file to read job events from")
+    return Path(found.group(1))
+
+
+def job_events(log: Path, offset: int) -> dict[str, dict[str, float]]:
+    """When slurmctld accepted and started each job, from its log past ``offset`` bytes."""
+    jobs: dict[str, dict[str, float]] = {}
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
+        event = CONTROLLER_EVENT.match(line)
+        if event is None:
+            continue
+        job = event["a"] or event["b"] or event["c"]
+        at = datetime.fromisoformat(event["at"]).timestamp()
+        jobs.setdefault(job, {}).setdefault("submitted" if event["submitted"] else "started", at)
+    return jobs
+
+
+def phases(client: HubClient, jobs: dict[str, dict[str, float]]) -> list[tuple[float, ...]]:
+    """(to submission, in the queue, started to ready) of each of ``client``'s spawns: its
+    spawns ran one at a time, so the job accepted during a spawn is that spawn's."""
+    found = []
+    for start, ready in client.spans:
+        for times in jobs.values():
+            if "started" in times and start <= times.get("submitted", -1) <= ready:
+                submitted, started = times["submitted"], times["started"]
+                found.append((submitted - start, started - submitted, ready - started))
+                break
+    return found
+
+
 # -- reporting --------------------------------------------------------------------------------
 
 
@@ -367,8 +423,35 @@ def per_minute(calls: Counter[str], window: float) -> float:
     return sum(calls[q] for q in QUERIES) * 60 / window
 
 
+def print_phases(clients: list[HubClient], jobs: dict[str, dict[str, float]]) -> None:
+    """Medians of each part of a spawn; the local backend's whole spawn for comparison."""
+    slurm, batch, local = clients
+    print("Where a spawn's time goes (medians, s): request -> job accepted by slurmctld")
+    print("-> started by slurmctld -> ready")
+    print(f"{'':16s} {'n':>3s} {'to submit':>10s} {'in queue':>10s} {'to ready':>10s}")
+    for client in (slurm, batch):
+        rows = phases(client, jobs)
+        if not rows:
+            print(f"{client.label:16s}   0 (no job events in slurmctld's log)")
+            continue
+        cols = [statistics.median(col) for col in zip(*rows, strict=True)]
+        print(f"{client.label:16s} {len(rows):3d} " + " ".join(f"{c:10.3f}" for c in cols))
+    whole = statistics.median(local.samples)
+    print(f"{local.label:16s} {len(local.samples):3d} {'-':>10s} {'-':>10s} {whole:10.3f}")
+    waits = [row[1] for row in phases(slurm, jobs)]
+    if waits:
+        print(
+            f"{slurm.label}'s time in the queue: min {min(waits):.3f}, mean "
+            f"{statistics.fmean(waits):.3f}, max {max(waits):.3f} s (one pass interval apart)"
+        )
+    print()
+
+
 def print_tables(
-    clients: list[HubClient], queries: dict[str, dict[int, Counter[str]]], window: float
+    clients: list[HubClient],
+    queries: dict[str, dict[int, Counter[str]]],
+    window: float,
+    jobs: dict[str, dict[str, float]],
 ) -> None:
     slurm, batch, local = clients
     print("Spawn latency: POST .../server until the progress stream says ready")
@@ -379,6 +462,7 @@ def print_tables(
     ratio_line(f"{slurm.label} / {local.label}", slurm, local, note)
     ratio_line(f"{slurm.label} / {batch.label}", slurm, batch)
     print()
+    print_phases(clients, jobs)
     low, high = PENDING_STEPS
     print(f"Scheduler queries per minute ({', '.join(QUERIES)}) with servers queued")
     print(f"{'':16s} {f'{low} queued':>10s} {f'{high} queued':>10s} {f'{high}/{low}':>8s}")
@@ -453,14 +537,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             local = stack.enter_context(hubstack_hub("hubstack-local", keeper("hubstack-local")))
             clients = [slurm, batch, local]
+            log = controller_log()
+            offset = log.stat().st_size
             measure(clients, args.spawns)
+            jobs = job_events(log, offset)
             with node_filled(hold):
                 for client, log in ((slurm, hub_calls), (batch, batch_calls)):
                     queries[client.label] = queries_while_queued(client, log, args.window)
     except KeyboardInterrupt:
         print("\ninterrupted; everything the run started has been cleaned up", file=sys.stderr)
         return 130
-    print_tables(clients, queries, args.window)
+    print_tables(clients, queries, args.window, jobs)
     print(f"\nruntime {time.monotonic() - started:.0f} s")
     return 0
 

@@ -82,8 +82,10 @@ sync_args=(--frozen --python /usr/bin/python3)
 # 5. The default single-user environment, world-readable so every user account can run it
 env_dir="$prefix/envs/default"
 reqs="$here/envs/default/requirements.txt"
+overrides="$here/src/hubstack/envs/server-overrides.txt"
 stamp="$env_dir/.hubstack-requirements.sha256"
-want=$(sha256sum "$reqs" | cut -d' ' -f1)
+# The stamp covers what is installed and how: requirements, overrides, bytecode.
+want=$( (cat "$reqs" "$overrides"; echo compile-bytecode) | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   need_root "installing the default environment into $env_dir"
   step "default environment ($env_dir)"
@@ -92,7 +94,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # last, marks it complete, and an unstamped directory is rebuilt from scratch.
   rm -rf "$env_dir"
   "$uv" venv -q --python /usr/bin/python3 "$env_dir"
-  "$uv" pip install -q --python "$env_dir/bin/python" -r "$reqs"
+  # Bytecode is compiled now: the prefix is read-only to the users whose servers import
+  # it, so they could never cache it, and compiling on every start costs seconds.
+  "$uv" pip install -q --compile-bytecode --python "$env_dir/bin/python" \
+    --override "$overrides" -r "$reqs"
   chmod -R a+rX "$prefix/envs"
   echo "$want" > "$stamp"
 fi

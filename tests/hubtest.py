@@ -366,6 +366,35 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+STARTUP_FACTS = """
+import importlib.util as u, json, os
+spec = u.find_spec("jupyter_server.serverapp")
+print(json.dumps({
+    "compiled": os.path.exists(u.cache_from_source(spec.origin)),
+    "rfc3987_syntax": u.find_spec("rfc3987_syntax") is not None,
+}))
+"""
+
+
+def python_as_nobody(python: Path, code: str) -> str:
+    """Run ``code`` with ``python`` as nobody (a user as others' servers see the prefix:
+    readable, not writable) and return its output."""
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(python)]
+    proc = subprocess.run(
+        [*argv, "-c", code], capture_output=True, text=True, timeout=60, cwd="/", check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def startup_facts(python: Path) -> dict[str, bool]:
+    """What decides how fast a server in this environment starts, seen by its users:
+    whether the server's code is compiled to bytecode, and whether rfc3987_syntax (slow to
+    import, kept out by server-overrides.txt) is there."""
+    facts: dict[str, bool] = json.loads(python_as_nobody(python, STARTUP_FACTS))
+    return facts
+
+
 def new_test_root() -> Path:
     """A fresh directory that other accounts can traverse (pytest's tmp_path is 0700)."""
     TEST_ROOT.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from gitserver import GitDaemon, add_commit, make_repo
-from hubtest import new_test_root
+from hubtest import new_test_root, python_as_nobody, startup_facts
 
 from hubstack.config.models import Config
 from hubstack.envs.cache import EnvCache
@@ -100,25 +100,8 @@ def site() -> Iterator[Site]:
 
 
 def python(prepared: Prepared, code: str) -> str:
-    """Run ``code`` with the environment's Python, as nobody (as users' servers would)."""
-    proc = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            str(prepared.env.prefix / "bin/python"),
-            "-c",
-            code,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    """Run ``code`` with the environment's Python, as users' servers would."""
+    return python_as_nobody(prepared.env.prefix / "bin/python", code)
 
 
 def has(prepared: Prepared, module: str) -> bool:
@@ -149,6 +132,9 @@ def test_an_empty_repository_gets_the_default_environment(site: Site) -> None:
     prepared, _ = site.prepare(site.repo({}))
     assert has(prepared, "jupyterlab") and has(prepared, "ipykernel")
     assert not has(prepared, "tabulate")
+    # Its users cannot write there: the server's bytecode is compiled at build time.
+    python = prepared.env.prefix / "bin/python"
+    assert startup_facts(python) == {"compiled": True, "rfc3987_syntax": False}
 
 
 def test_environment_yml_pip_section_and_pypi_dependencies(site: Site) -> None:

@@ -40,8 +40,10 @@ from hubstack.system import SystemOpError, cgroups, run, volumes
 from hubstack.system.accounts import Account, ensure_account, kill_processes_of
 
 BASE_REQUIREMENTS = Path(__file__).with_name("base-requirements.txt")
+SERVER_OVERRIDES = Path(__file__).with_name("server-overrides.txt")
 # Part of every environment key: a change to how environments are built rebuilds them.
-BUILDER_VERSION = "1"
+# 2: bytecode compiled at build time, base packages installed with SERVER_OVERRIDES.
+BUILDER_VERSION = "2"
 # Passed from the hub's environment to uv, so a site's index, proxy and CA settings apply.
 PASSED_ENV = (
     "http_proxy",
@@ -101,7 +103,8 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
         f"echo {q(f'Creating the environment with {python.name}')}",
         f"{q(uv)} venv --quiet --python {q(str(python))} {q(str(env))}",
         "echo 'Installing the Jupyter server and kernel'",
-        f"{pip} -r {q(str(scratch / 'base-requirements.txt'))}",
+        f"{pip} --override {q(str(scratch / 'server-overrides.txt'))} "
+        f"-r {q(str(scratch / 'base-requirements.txt'))}",
     ]
     for path in spec.requirement_files:
         folder, name = os.path.split(path)
@@ -185,6 +188,7 @@ class Builder:
         scratch = target / SCRATCH
         scratch.mkdir()
         shutil.copyfile(BASE_REQUIREMENTS, scratch / "base-requirements.txt")
+        shutil.copyfile(SERVER_OVERRIDES, scratch / "server-overrides.txt")
         (scratch / "requirements.txt").write_text("\n".join(job.spec.requirements) + "\n")
         (scratch / "home").mkdir()
         if account is not None:
@@ -200,6 +204,8 @@ class Builder:
             UV_CACHE_DIR=str(scratch / "uv-cache"),
             UV_PYTHON_DOWNLOADS="never",
             UV_LINK_MODE="copy",
+            # The result is read-only to the users who run it: compile now, not per start.
+            UV_COMPILE_BYTECODE="1",
             UV_NO_PROGRESS="1",
             TMPDIR=str(scratch),
             PIP_NO_CACHE_DIR="1",

@@ -22,6 +22,7 @@ from hubstack.config import Config
 from hubstack.envs.builder import (
     BASE_REQUIREMENTS,
     BUILDER_VERSION,
+    SERVER_OVERRIDES,
     Builder,
     BuildFailed,
     BuildJob,
@@ -176,7 +177,8 @@ class Repositories:
             raise SpecError("This hub has no Python interpreter for building environments.")
         spec = detect(tree, self.pythons)
         python = spec.python or _newest(self.pythons)
-        salt = f"{BUILDER_VERSION}\n{python}\n{BASE_REQUIREMENTS.read_text()}"
+        base = BASE_REQUIREMENTS.read_text() + SERVER_OVERRIDES.read_text()
+        salt = f"{BUILDER_VERSION}\n{python}\n{base}"
         return spec, environment_key(tree, spec, salt), python
 
     async def _build(

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jinja2
-
 from hubstack.config.models import Choice, Config, Environment, Machine, PartitionLimits, Range
+from hubstack.launch.pages import html_templates
 from hubstack.launch.profiles import repository_environment
 from hubstack.launch.slurm import (
     NUMBER_FIELDS,
@@ -28,13 +27,7 @@ _UNITS = (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024))
 _EXAMPLES = {"walltime": "e.g. 2h, 90m or 1:30:00; ", "memory": "e.g. 4G or 512M; "}
 _FROM_MACHINE = {"cores": "CPUs", "memory": "memory"}
 
-_jinja = jinja2.Environment(
-    loader=jinja2.PackageLoader("hubstack.launch", "templates"),
-    autoescape=jinja2.select_autoescape(default=True),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_jinja = html_templates("hubstack.launch")
 
 
 def _human_size(size: int) -> str:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import jinja2
 from jupyterhub.services.auth import (
     HubOAuth,
     HubOAuthCallbackHandler,
@@ -42,6 +41,7 @@ from hubstack.config.models import Config
 from hubstack.config.units import format_duration, format_size, parse_duration
 from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
+from hubstack.launch.pages import html_templates
 from hubstack.launch.repo import (
     RepoSource,
     repo_source,
@@ -79,13 +79,7 @@ PHASES = (
     ("ready", "Ready", "Ready: opening your server..."),
 )
 
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("hubstack.services", "templates"),
-    autoescape=jinja2.select_autoescape(default=True),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_templates = html_templates("hubstack.services")
 
 
 def render(template: str, **context: Any) -> str:
