@@ -359,17 +359,26 @@ def cancel_jobs_of(accounts: list[str]) -> None:
 # -- measuring and reporting ------------------------------------------------------------------
 
 
-def measure(clients: list[HubClient], spawns: int) -> None:
-    """One warm-up spawn each, then ``spawns`` timed spawns each, taking turns."""
-    for client in clients:
-        client.spawn()
+def measure(
+    clients: list[HubClient], spawns: int, settle: Callable[[HubClient], None] | None = None
+) -> None:
+    """One warm-up spawn each, then ``spawns`` timed spawns each, taking turns; after each
+    stop, ``settle`` (untimed) waits until what the stop leaves behind is gone."""
+
+    def once(client: HubClient) -> float:
+        seconds = client.spawn()
         client.stop()
+        if settle:
+            settle(client)
+        return seconds
+
+    for client in clients:
+        once(client)
         client.spans.clear()
     width = max(len(c.label) for c in clients)
     for round_ in range(1, spawns + 1):
         for client in clients:
-            seconds = client.spawn()
-            client.stop()
+            seconds = once(client)
             client.samples.append(seconds)
             print(f"  spawn {round_:2d}  {client.label:{width}s} {seconds:6.3f} s", flush=True)
     print()

@@ -16,8 +16,12 @@ node is this machine). Three hubs run side by side, each starting the default en
   backend's spawn latency is held against.
 
 1. Spawn latency: from sending ``POST /hub/api/users/<user>/server`` until the progress event
-   stream reports ``ready``; the server is then stopped (untimed). The hubs take turns, after
-   one uncounted warm-up spawn each (spawn_local.py does the same with two hubs).
+   stream reports ``ready``; the server is then stopped (untimed), and the next spawn waits
+   until the stopped server's job has left the queue: batchspawner's stop returns while its
+   job is still completing, and slurmctld places no job on a node where another one is
+   still completing, which would charge one hub's leftovers to the next hub's spawn. The
+   hubs take turns, after one uncounted warm-up spawn each (spawn_local.py does the same
+   with two hubs).
 2. Scheduler queries while servers wait in the queue: a root job (``sbatch --exclusive``) fills
    the node, then each Slurm hub starts 10 named servers, and once all 10 jobs are PENDING,
    the commands it runs are counted for ``--window`` seconds; then the same with 50. Counting
@@ -350,6 +354,12 @@ def stop_all(client: HubClient, names: list[str]) -> None:
     wait_for(lambda: not queued_jobs(client.account), PENDING_TIMEOUT, "their jobs to end")
 
 
+def job_left(client: HubClient) -> None:
+    """Wait until ``client``'s stopped server's job has left the queue."""
+    what = f"{client.label}'s job to leave the queue"
+    wait_for(lambda: not queued_jobs(client.account), PENDING_TIMEOUT, what, 0.1)
+
+
 # -- where the time goes ------------------------------------------------------------------------
 
 
@@ -442,7 +452,7 @@ def print_phases(clients: list[HubClient], jobs: dict[str, dict[str, float]]) ->
     if waits:
         print(
             f"{slurm.label}'s time in the queue: min {min(waits):.3f}, mean "
-            f"{statistics.fmean(waits):.3f}, max {max(waits):.3f} s (one pass interval apart)"
+            f"{statistics.fmean(waits):.3f}, max {max(waits):.3f} s"
         )
     print()
 
@@ -539,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             clients = [slurm, batch, local]
             log = controller_log()
             offset = log.stat().st_size
-            measure(clients, args.spawns)
+            measure(clients, args.spawns, settle=job_left)
             jobs = job_events(log, offset)
             with node_filled(hold):
                 for client, log in ((slurm, hub_calls), (batch, batch_calls)):

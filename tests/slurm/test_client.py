@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,14 @@ from typing import Any
 import pytest
 from hubtest import wait_for
 
-from hubstack.system.slurm import JobEnd, JobInfo, Slurm, SlurmError, reason_from_log
+from hubstack.system.slurm import (
+    ROOT_PATH,
+    JobEnd,
+    JobInfo,
+    Slurm,
+    SlurmError,
+    reason_from_log,
+)
 
 from .conftest import Cluster, User
 
@@ -25,6 +33,8 @@ UNKNOWN_ID = "999999999"
 SECRET = "hubstack-test-secret-token"
 ALLOCATE_300M = "/usr/bin/python3 -c 'b = b\"x\" * (300 * 2**20); print(len(b))'"
 WAIT_FOR_RELEASE = "while [ ! -e release-$SLURM_JOB_ID ]; do sleep 0.2; done"
+SAY_WHO_AND_WHERE = 'id -u; echo "var=$HUBSTACK_TEST_VAR"; echo "token=$JUPYTERHUB_API_TOKEN"; pwd'
+JOB_ENV = {"HUBSTACK_TEST_VAR": "hello world", "JUPYTERHUB_API_TOKEN": SECRET}
 
 
 def script(body: str, *options: str) -> str:
@@ -43,9 +53,8 @@ class Jobs:
         self.ids: list[str] = []
 
     def submit(self, body: str, *options: str, slurm: Slurm | None = None) -> str:
-        env = {"HUBSTACK_TEST_VAR": "hello world", "JUPYTERHUB_API_TOKEN": SECRET}
         client = slurm or self.slurm
-        coro = client.submit(script(body, *options), self.user.name, env, self.user.home)
+        coro = client.submit(script(body, *options), self.user.name, JOB_ENV, self.user.home)
         job_id = asyncio.run(coro)
         self.ids.append(job_id)
         return job_id
@@ -102,21 +111,63 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_ran_as_user_with_env(jobs: Jobs, job_id: str, user: User) -> None:
+    """The job of SAY_WHO_AND_WHERE ran as ``user``, with the environment Jobs submits."""
+    end = jobs.wait_ended(job_id)
+    assert (end.state, end.reason, end.exit_code) == ("COMPLETED", "it exited", 0)
+    lines = jobs.output(job_id).splitlines()
+    assert lines == [str(user.uid), "var=hello world", f"token={SECRET}", str(user.home)]
+
+
 @pytest.mark.parametrize("submit_as", ["runuser", "sudo", "su"])
 def test_a_job_runs_as_its_user_with_the_given_environment(
     jobs: Jobs, slurm_user: User, submit_as: Any
 ) -> None:
-    body = 'id -u; echo "var=$HUBSTACK_TEST_VAR"; echo "token=$JUPYTERHUB_API_TOKEN"; pwd'
-    job_id = jobs.submit(body, slurm=Slurm(submit_as=submit_as))
-    end = jobs.wait_ended(job_id)
-    assert (end.state, end.reason, end.exit_code) == ("COMPLETED", "it exited", 0)
-    lines = jobs.output(job_id).splitlines()
-    assert lines == [
-        str(slurm_user.uid),
-        "var=hello world",
-        f"token={SECRET}",
-        str(slurm_user.home),
-    ]
+    job_id = jobs.submit(SAY_WHO_AND_WHERE, slurm=Slurm(submit_as=submit_as))
+    assert_ran_as_user_with_env(jobs, job_id, slurm_user)
+
+
+@pytest.fixture
+def hub_account(slurm_user: User) -> Iterator[str]:
+    """A non-root account for the hub, allowed by the README's sudoers rule to run sbatch
+    as the members of the test user's group, and nothing else."""
+    name = f"hsv-{secrets.token_hex(3)}"
+    rules = Path(f"/etc/sudoers.d/hubstack-test-{name}")
+    subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+    try:
+        rules.write_text(f"{name} ALL=(%{slurm_user.name}) NOPASSWD:SETENV: /usr/bin/sbatch\n")
+        rules.chmod(0o440)
+        subprocess.run(["visudo", "--check", "--file", str(rules)], check=True, capture_output=True)
+        yield name
+    finally:
+        rules.unlink(missing_ok=True)
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def test_a_hub_that_is_not_root_submits_with_sudo_under_the_documented_rule(
+    jobs: Jobs, slurm_user: User, hub_account: str
+) -> None:
+    env = {"PATH": ROOT_PATH, **JOB_ENV}
+    argv = Slurm(submit_as="sudo").submit_argv(slurm_user.name, slurm_user.home, env)
+    as_hub = ["setpriv", f"--reuid={hub_account}", f"--regid={hub_account}", "--init-groups"]
+    proc = subprocess.run(
+        [*as_hub, *argv],
+        input=script(SAY_WHO_AND_WHERE),
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    jobs.ids.append(job_id)
+    assert_ran_as_user_with_env(jobs, job_id, slurm_user)
+    # The rule allows sbatch only: anything else as the user is refused.
+    other = ["sudo", "--non-interactive", f"--user={slurm_user.name}", "--", "/usr/bin/id"]
+    refused = subprocess.run([*as_hub, *other], capture_output=True, text=True, check=False)
+    assert refused.returncode != 0
 
 
 @pytest.mark.parametrize("submit_as", ["runuser", "sudo", "su"])
