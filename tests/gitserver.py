@@ -55,12 +55,14 @@ def git(path: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
-def _write(
+def write_tree(
     path: Path,
     files: Mapping[str, str | bytes],
-    executable: Collection[str],
-    symlinks: Mapping[str, str],
+    executable: Collection[str] = (),
+    symlinks: Mapping[str, str] | None = None,
 ) -> None:
+    """Write ``files`` (relative paths) below ``path``: mode 755 for those in ``executable``,
+    644 for the others; ``symlinks`` maps link names to their targets."""
     for name, content in files.items():
         target = path / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,7 @@ def _write(
         else:
             target.write_text(content)
         target.chmod(0o755 if name in executable else 0o644)
-    for name, pointee in symlinks.items():
+    for name, pointee in (symlinks or {}).items():
         link = path / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
@@ -91,7 +93,7 @@ def make_repo(
     """
     path.mkdir(parents=True)
     git(path, "init", "--quiet", "--initial-branch=main")
-    _write(path, files, executable, symlinks or {})
+    write_tree(path, files, executable, symlinks)
     git(path, "add", "--all")
     git(path, "commit", "--quiet", "--allow-empty", f"--message={message}")
     return git(path, "rev-parse", "HEAD")
@@ -107,7 +109,7 @@ def add_commit(
     message: str = "update",
 ) -> str:
     """Commit changed, new and ``removed`` files on the checked-out branch; the new sha."""
-    _write(path, files, executable, symlinks or {})
+    write_tree(path, files, executable, symlinks)
     if removed:
         git(path, "rm", "--quiet", "--", *removed)
     git(path, "add", "--all")

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from gitserver import write_tree
 
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
 
@@ -20,14 +21,7 @@ Files = dict[str, str | bytes]
 
 def make(root: Path, files: Files, executable: tuple[str, ...] = ()) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-        path.chmod(0o755 if rel in executable else 0o644)
+    write_tree(root, files, executable)
     return root
 
 

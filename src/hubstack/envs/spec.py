@@ -194,13 +194,19 @@ def _present(tree: RepoTree, binder_dir: str) -> dict[str, str]:
     return at
 
 
+def _worth_naming(tree: RepoTree, ignored: list[str]) -> list[str]:
+    """Ignored files a notice should name: not a top-level pyproject.toml that only holds
+    tools' settings, which defines no environment either way."""
+    return [path for path in ignored if path != "pyproject.toml" or is_python_project(tree, path)]
+
+
 def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> list[str]:
     """Files hubstack cannot honour, and root files a binder folder overrides."""
     notices: list[str] = []
     if binder_dir:
-        root = [name for name in CONFIG_FILES + ROOT_ONLY_FILES if tree.is_file(name)]
-        if "pyproject.toml" in root and not is_python_project(tree, "pyproject.toml"):
-            root.remove("pyproject.toml")
+        root = _worth_naming(
+            tree, [name for name in CONFIG_FILES + ROOT_ONLY_FILES if tree.is_file(name)]
+        )
         if root:
             notices.append(
                 f"This repository has a {binder_dir}/ folder, so only the files in it define "
@@ -239,9 +245,7 @@ def detect(root: Path, available_pythons: Collection[str]) -> EnvSpec:
         plan = _python_plan(tree, binder_dir, at)
     python = choose_python(plan.asks, available_pythons)
     shown = [at[name] for name in dict.fromkeys(ignored) if name in at]
-    shown = [path for path in shown if path not in plan.defining]
-    if "pyproject.toml" in shown and not is_python_project(tree, "pyproject.toml"):
-        shown.remove("pyproject.toml")
+    shown = _worth_naming(tree, [path for path in shown if path not in plan.defining])
     if shown:
         notices.append(
             f"These files are ignored because {plan.defining[0]} defines the environment: "
