@@ -11,10 +11,34 @@ import os
 import shlex
 import subprocess
 from collections.abc import Container, Sequence
+from functools import cache
+
+# Where the hub (root) looks for system tools: never PATH, never a directory a user could
+# write or mount over (/usr/local is the operator's, but a volume mounted there by mistake
+# or by an attack would hand root the user's program).
+TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 class SystemOpError(RuntimeError):
     """An operating-system operation (command, cgroup write, mount) failed."""
+
+
+@cache
+def tool(name: str) -> str:
+    """The absolute path of system tool ``name``, from :data:`TOOL_DIRS` only.
+
+    Root runs nothing by bare name: ``PATH`` lookups would run whatever a user managed to
+    place earlier in it. An absolute ``name`` is returned as it is (the config chose it).
+    """
+    if os.path.isabs(name):
+        return name
+    if "/" in name or not name:
+        raise SystemOpError(f"not a tool name: {name!r}")
+    for folder in TOOL_DIRS:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise SystemOpError(f"`{name}` is not installed (looked in {', '.join(TOOL_DIRS)})")
 
 
 def run(
@@ -24,9 +48,11 @@ def run(
 
     Output is forced to the C locale so callers can match stderr text (e.g. "busy").
     Exit codes in ``ok_codes`` are returned to the caller instead of raising, for commands
-    whose "failure" is an expected outcome (e.g. "user already exists").
+    whose "failure" is an expected outcome (e.g. "user already exists"). A bare command
+    name is resolved with :func:`tool`.
     """
     argv = list(cmd)
+    argv[0] = tool(argv[0])
     try:
         proc = subprocess.run(
             argv,
