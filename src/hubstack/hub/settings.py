@@ -17,6 +17,7 @@ from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
 from hubstack.hub.address import ROUTE, ServerAddressHandler
+from hubstack.hub.logs import JUPYTERHUB_LOGGING
 from hubstack.hub.policy import named_server_policy
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -94,6 +95,8 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
     c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
     c.JupyterHub.template_paths = [str(TEMPLATES)]
+    # No token in a log line, also where tornado logs a failed request's URL.
+    c.JupyterHub.logging_config = JUPYTERHUB_LOGGING
 
     if config.auth.type == "native":
         c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackNativeAuthenticator"

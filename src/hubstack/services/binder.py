@@ -41,6 +41,7 @@ from hubstack.config.models import Config
 from hubstack.config.units import format_duration, format_size, parse_duration
 from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
+from hubstack.hub.logs import redact_handlers
 from hubstack.launch.pages import html_templates
 from hubstack.launch.repo import (
     RepoSource,
@@ -543,6 +544,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
 
 def main() -> None:
     enable_pretty_logging()
+    redact_handlers(logging.getLogger())
     app_log.setLevel(logging.INFO)
     try:
         config = Config.model_validate_json(os.environ["HUBSTACK_CONFIG_JSON"])
