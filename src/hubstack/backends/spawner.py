@@ -70,16 +70,34 @@ def backend_for(text: str) -> Backend:
     return LocalBackend(config)
 
 
-async def apply_launch(spawner: HubstackSpawner, user_options: dict[str, Any] | None) -> None:
-    """``Spawner.apply_user_options``: validate against the config and the backend, then apply."""
+def form_options(config: Config, formdata: dict[str, list[Any]]) -> dict[str, str]:
+    """The ``user_options`` a posted options form asks for (HTTP 400 if malformed)."""
     try:
-        request = resolve(spawner.hubstack, user_options)
+        return options_from_form(formdata, config)
     except InvalidLaunch as exc:
         raise web.HTTPError(400, exc.message) from None
-    refusal = await spawner.backend.check_request(spawner.user.name, request)
+
+
+async def checked_request(
+    config_json: str, hub_user: str, user_options: dict[str, Any] | None
+) -> LaunchRequest:
+    """The launch ``user_options`` ask for, validated against the config and the backend;
+    HTTP 400 with the reason a person can read when it is refused."""
+    try:
+        request = resolve(config_from_json(config_json), user_options)
+    except InvalidLaunch as exc:
+        raise web.HTTPError(400, exc.message) from None
+    refusal = await backend_for(config_json).check_request(hub_user, request)
     if refusal:
         raise web.HTTPError(400, refusal)
-    spawner.apply_request(request)
+    return request
+
+
+async def apply_launch(spawner: HubstackSpawner, user_options: dict[str, Any] | None) -> None:
+    """``Spawner.apply_user_options``: validate against the config and the backend, then apply."""
+    spawner.apply_request(
+        await checked_request(spawner.hubstack_config, spawner.user.name, user_options)
+    )
 
 
 class HubstackSpawner(Spawner):
@@ -127,10 +145,7 @@ class HubstackSpawner(Spawner):
         return self._from_form
 
     def _from_form(self, formdata: dict[str, list[Any]]) -> dict[str, str]:
-        try:
-            return options_from_form(formdata, self.hubstack)
-        except InvalidLaunch as exc:
-            raise web.HTTPError(400, exc.message) from None
+        return form_options(self.hubstack, formdata)
 
     @default("apply_user_options")
     def _apply_user_options_default(self) -> Any:
@@ -370,6 +385,15 @@ class HubstackSpawner(Spawner):
         self.check_memory()
         await self.backend.stop(self.backend_state)
         self.backend_state = {}
+
+    async def rename(self, old_name: str, new_name: str) -> None:
+        """Refused: a server's volume, cgroup and Slurm job are named after it, and
+        moving them would race with a start under either name."""
+        raise web.HTTPError(
+            400,
+            "Renaming servers is not supported; create a server with the new name instead "
+            "(a server keeps its files under the name it was created with).",
+        )
 
     async def delete_forever(self) -> None:
         """A deleted server's volume goes with it; stopping keeps it."""
