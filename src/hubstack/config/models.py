@@ -143,9 +143,25 @@ class Hub(Strict):
         return value
 
 
+class FailedLogins(Strict):
+    """Guessing passwords of built-in accounts: after this many failed logins for one
+    account, or from one address, further logins are refused for ``lockout``."""
+
+    per_account: int = Field(5, ge=0, description="0: no limit")
+    per_address: int = Field(20, ge=0, description="0: no limit")
+    lockout: Duration = Field(
+        "10m", description="how long; also how long a failure from an address counts"
+    )  # type: ignore[assignment]
+
+    @property
+    def limited(self) -> bool:
+        return self.per_account > 0 and self.per_address > 0 and self.lockout > 0
+
+
 class Auth(Strict):
     type: Literal["native", "pam"] = "native"
     open_signup: bool = False
+    failed_logins: FailedLogins = Field(default_factory=FailedLogins)
 
 
 class LocalBackend(Strict):

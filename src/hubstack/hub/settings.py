@@ -102,6 +102,10 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
         c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackNativeAuthenticator"
         c.NativeAuthenticator.open_signup = config.auth.open_signup
         c.NativeAuthenticator.enable_signup = config.auth.open_signup
+        limits = config.auth.failed_logins
+        c.NativeAuthenticator.allowed_failed_logins = limits.per_account
+        c.NativeAuthenticator.seconds_before_next_try = limits.lockout
+        c.HubstackNativeAuthenticator.allowed_failed_logins_per_address = limits.per_address
     else:
         c.JupyterHub.authenticator_class = "pam"
         c.Authenticator.blocked_users = {"root"}

@@ -1,0 +1,144 @@
+"""Guessing passwords through the real login form: per account, per address, unknown names.
+
+A real hub with small limits (3 failures per account, 6 per address) gets logins from
+several loopback addresses (127.0.0.x, which the proxy reports as the client's), the way a
+person or a script guessing passwords would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import requests
+from conftest import needs_default_env, needs_root
+from hubtest import Hub, running_hub
+from requests.adapters import HTTPAdapter
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+
+from hubstack.hub import accounts
+from hubstack.hub.auth import HubstackNativeAuthenticator, dummy_hash
+
+PER_ACCOUNT = 3
+PER_ADDRESS = 6
+OVERRIDES = {
+    "auth": {"failed_logins": {"per_account": PER_ACCOUNT, "per_address": PER_ADDRESS}},
+}
+LOCKED_ACCOUNT = "Too many failed logins for this account. Wait 10 minutes, then try again."
+LOCKED_ADDRESS = "Too many failed logins from your network address. Wait"
+WRONG = "Invalid username or password"
+
+
+class FromAddress(HTTPAdapter):
+    """Connections from one loopback address (the whole of 127/8 is this machine)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def log_in(
+    hub: Hub, name: str, password: str, address: str, headers: dict[str, str] | None = None
+) -> requests.Response:
+    """Open the login form and submit it from ``address``, as a browser does."""
+    http = requests.Session()
+    http.mount("http://", FromAddress(address))
+    http.headers.update(headers or {})
+    http.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()
+    xsrf = http.cookies.get("_xsrf", path="/hub/")
+    return http.post(
+        f"{hub.url}/hub/login",
+        data={"username": name, "password": password, "_xsrf": xsrf},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    with running_hub(OVERRIDES) as running:
+        yield running
+
+
+@needs_root
+@needs_default_env
+def test_failed_logins_lock_the_account_even_for_the_right_password(hub: Hub) -> None:
+    password = hub.add_user("carol")
+    for _ in range(PER_ACCOUNT):
+        resp = log_in(hub, "carol", "guess", "127.0.0.2")
+        assert resp.status_code == 403 and WRONG in resp.text
+    # The right password, from another address: the account itself is locked.
+    resp = log_in(hub, "carol", password, "127.0.0.3")
+    assert resp.status_code == 429, resp.text
+    assert LOCKED_ACCOUNT in resp.text, "the login page says why and how long"
+    assert 'name="password"' in resp.text, "on the login form itself"
+    assert log_in(hub, "carol", password, "127.0.0.3").status_code == 429
+
+
+@needs_root
+@needs_default_env
+def test_a_name_without_an_account_is_answered_like_one_with_an_account(hub: Hub) -> None:
+    ghost = f"ghost{secrets.token_hex(3)}"
+    for _ in range(PER_ACCOUNT):
+        resp = log_in(hub, ghost, "guess", "127.0.0.4")
+        assert resp.status_code == 403 and WRONG in resp.text
+    resp = log_in(hub, ghost, "guess", "127.0.0.4")
+    assert resp.status_code == 429 and LOCKED_ACCOUNT in resp.text
+
+
+@needs_root
+@needs_default_env
+def test_one_address_guessing_many_names_is_refused_whatever_it_claims(hub: Hub) -> None:
+    password = hub.add_user("dave")
+    for index in range(PER_ADDRESS):
+        # Each guess claims another client address; the proxy's view is what counts.
+        claimed = {"X-Real-Ip": f"10.9.0.{index}", "X-Forwarded-For": f"10.8.0.{index}"}
+        resp = log_in(hub, f"name{index}", "guess", "127.0.0.5", claimed)
+        assert resp.status_code == 403 and WRONG in resp.text
+    resp = log_in(hub, "dave", password, "127.0.0.5", {"X-Real-Ip": "10.9.9.9"})
+    assert resp.status_code == 429 and LOCKED_ADDRESS in resp.text
+    assert log_in(hub, "dave", password, "127.0.0.6").status_code == 302, "others log in"
+
+
+def test_an_unknown_name_costs_the_same_bcrypt_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same code path: one bcrypt check, against a dummy hash for a name with no account."""
+    with accounts.session(f"sqlite:///{tmp_path / 'hub.sqlite'}") as db:
+        password = accounts.add(db, "erin")
+        db.commit()
+        authenticator = HubstackNativeAuthenticator(db=db, allowed_failed_logins=PER_ACCOUNT)
+        checked: list[bytes] = []
+        checkpw = bcrypt.checkpw
+
+        def spy(given: bytes, stored: bytes) -> bool:
+            checked.append(stored)
+            return checkpw(given, stored)
+
+        monkeypatch.setattr(bcrypt, "checkpw", spy)
+
+        def attempt(name: str, guess: str) -> str | None:
+            line = RequestStartLine("POST", "/hub/login", "HTTP/1.1")
+            request = HTTPServerRequest(start_line=line, headers=HTTPHeaders())
+            handler = type("Handler", (), {"request": request})()
+            data = {"username": name, "password": guess}
+            return asyncio.run(authenticator.authenticate(handler, data))
+
+        stored = authenticator.get_user("erin").password
+        assert attempt("nobody", "guess") is None
+        assert checked == [dummy_hash()]
+        assert attempt("erin", "guess") is None
+        assert checked == [dummy_hash(), stored]
+        assert attempt("erin", password) == "erin"
+        assert checked[-1] == stored
+        assert bcrypt.gensalt()[:7] == dummy_hash()[:7], "the same cost as real hashes"
+        assert set(authenticator.login_attempts) == {"nobody"}, "counted like any failure"
