@@ -217,6 +217,7 @@ class Hub:
     admin_password: str = ""
     python: str = sys.executable
     run_as: str | None = None  # a Unix account to run the hub as (dev mode), else root
+    up_args: tuple[str, ...] = ()  # more options of `hubstack up`
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port_block()
@@ -278,7 +279,15 @@ class Hub:
     def start(self) -> Hub:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [self.python, "-m", "hubstack.cli", "up", "--config", str(self.config_path)],
+            [
+                self.python,
+                "-m",
+                "hubstack.cli",
+                "up",
+                *self.up_args,
+                "--config",
+                str(self.config_path),
+            ],
             user=self.run_as,
             stdout=log,
             stderr=subprocess.STDOUT,
