@@ -137,6 +137,33 @@ def slurm_user(slurm_cluster: Cluster) -> Iterator[User]:
         yield user
 
 
+@contextlib.contextmanager
+def non_root_hub_account(sbatch_as_group: str | None) -> Iterator[str]:
+    """A non-root account for the hub; with ``sbatch_as_group``, the README's sudoers rule
+    lets it run sbatch as that group's members, and nothing else."""
+    name = f"hsv-{secrets.token_hex(3)}"
+    rules = Path(f"/etc/sudoers.d/hubstack-test-{name}")
+    subprocess.run(["/usr/sbin/useradd", "--system", "--no-create-home", name], check=True)
+    try:
+        if sbatch_as_group is not None:
+            rule = f"{name} ALL=(%{sbatch_as_group}) NOPASSWD:SETENV: /usr/bin/sbatch\n"
+            rules.write_text(rule)
+            rules.chmod(0o440)
+            check = ["/usr/sbin/visudo", "--check", "--file", str(rules)]
+            subprocess.run(check, check=True, capture_output=True)
+        yield name
+    finally:
+        rules.unlink(missing_ok=True)
+        subprocess.run(["/usr/sbin/userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def hub_account(slurm_user: User) -> Iterator[str]:
+    """A non-root hub account allowed to submit as the test user (its private group)."""
+    with non_root_hub_account(slurm_user.name) as name:
+        yield name
+
+
 def _exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)

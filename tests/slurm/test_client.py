@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 from hubtest import wait_for
 
+from hubstack.system import tool
 from hubstack.system.slurm import (
     ROOT_PATH,
     JobEnd,
@@ -127,23 +126,6 @@ def test_a_job_runs_as_its_user_with_the_given_environment(
     assert_ran_as_user_with_env(jobs, job_id, slurm_user)
 
 
-@pytest.fixture
-def hub_account(slurm_user: User) -> Iterator[str]:
-    """A non-root account for the hub, allowed by the README's sudoers rule to run sbatch
-    as the members of the test user's group, and nothing else."""
-    name = f"hsv-{secrets.token_hex(3)}"
-    rules = Path(f"/etc/sudoers.d/hubstack-test-{name}")
-    subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-    try:
-        rules.write_text(f"{name} ALL=(%{slurm_user.name}) NOPASSWD:SETENV: /usr/bin/sbatch\n")
-        rules.chmod(0o440)
-        subprocess.run(["visudo", "--check", "--file", str(rules)], check=True, capture_output=True)
-        yield name
-    finally:
-        rules.unlink(missing_ok=True)
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
 def test_a_hub_that_is_not_root_submits_with_sudo_under_the_documented_rule(
     jobs: Jobs, slurm_user: User, hub_account: str
 ) -> None:
@@ -193,7 +175,7 @@ def test_the_submit_command_line_names_no_value(slurm_user: User, submit_as: Any
             name,
         ],
     }
-    assert argv == [shutil.which(submit_as), *expected[submit_as]]
+    assert argv == [tool(submit_as), *expected[submit_as]]
 
 
 def test_queue_follows_a_job_from_running_to_completed(jobs: Jobs) -> None:

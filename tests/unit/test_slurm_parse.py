@@ -13,7 +13,9 @@ from datetime import datetime
 import pytest
 
 from hubstack.config.units import slurm_time
+from hubstack.backends.jobs import Tracked
 from hubstack.system.slurm import (
+    JOB_STATES,
     SlurmError,
     describe_end,
     normalise_state,
@@ -85,17 +87,35 @@ def test_times_are_local_and_aware() -> None:
     assert parse_time("N/A") is None
 
 
-# squeue --format=%i|%T|%r|%N|%P|%S|%Q (with the unit separator), as Slurm.queue asks.
+# squeue --format=%i|%T|%r|%N|%P|%S|%Q|%B (with the unit separator), as Slurm.queue asks.
 SQUEUE = "\n".join(
     SEP.join(fields)
     for fields in [
-        ("3", "PENDING", "BeginTime", "", "debug", "2026-11-22T07:56:39", "4294901757"),
-        ("6", "PENDING", "JobHeldUser", "", "debug", "N/A", "0"),
-        ("7", "RUNNING", "None", "vm", "debug", "2026-11-22T06:57:23", "4294901755"),
-        ("8", "OUT_OF_MEMORY", "OutOfMemory", "vm", "debug", "2026-11-22T06:57:37", "4294901754"),
-        ("12_2", "PENDING", "Resources", "", "debug", "2026-11-22T06:58:38", "4294901750"),
-        ("20", "PENDING", "BeginTime", "", "debug,long", "2026-11-22T08:01:42", "4294901746"),
-        ("21", "PENDING", "Priority", "", "long", "N/A", "4294901800"),
+        ("3", "PENDING", "BeginTime", "", "debug", "2026-11-22T07:56:39", "4294901757", "n/a"),
+        ("6", "PENDING", "JobHeldUser", "", "debug", "N/A", "0", "n/a"),
+        ("7", "RUNNING", "None", "vm", "debug", "2026-11-22T06:57:23", "4294901755", "vm"),
+        (
+            "8",
+            "OUT_OF_MEMORY",
+            "OutOfMemory",
+            "vm",
+            "debug",
+            "2026-11-22T06:57:37",
+            "4294901754",
+            "vm",
+        ),
+        ("12_2", "PENDING", "Resources", "", "debug", "2026-11-22T06:58:38", "4294901750", "n/a"),
+        (
+            "20",
+            "PENDING",
+            "BeginTime",
+            "",
+            "debug,long",
+            "2026-11-22T08:01:42",
+            "4294901746",
+            "n/a",
+        ),
+        ("21", "PENDING", "Priority", "", "long", "N/A", "4294901800", "n/a"),
     ]
 )
 
@@ -111,6 +131,7 @@ def test_squeue_lines_become_job_infos_for_the_ids_asked_for() -> None:
         "debug",
     )
     assert running.position is None
+    assert (running.batch_host, found["3"].batch_host) == ("vm", None)
     assert running.start_time == datetime(2026, 11, 22, 6, 57, 23).astimezone()
     pending = found["3"]
     assert (pending.state, pending.reason, pending.nodes) == ("PENDING", "BeginTime", None)
@@ -127,7 +148,9 @@ def test_queue_positions_follow_priority_within_each_partition() -> None:
 
 
 def test_equal_priorities_keep_submission_order() -> None:
-    lines = [SEP.join((j, "PENDING", "Priority", "", "debug", "N/A", "5")) for j in ("10", "9")]
+    lines = [
+        SEP.join((j, "PENDING", "Priority", "", "debug", "N/A", "5", "n/a")) for j in ("10", "9")
+    ]
     found = parse_squeue("\n".join(lines), ["9", "10"])
     assert (found["9"].position, found["10"].position) == (1, 2)
 
@@ -271,3 +294,49 @@ def test_states_without_their_own_words_are_named() -> None:
     assert describe_end("REVOKED") == "it ended in state REVOKED"
     assert describe_end("TIMEOUT") == "it reached its wall time limit"
     assert describe_end("OUT_OF_MEMORY", memory="2G") == "it ran out of memory (limit 2G)"
+
+
+# squeue(1), JOB STATE CODES: whether a job in the state still holds or waits for its
+# allocation (active) or has left for good (ended).
+DOCUMENTED_STATES = {
+    "BOOT_FAIL": False,
+    "CANCELLED": False,
+    "COMPLETED": False,
+    "CONFIGURING": True,
+    "COMPLETING": True,
+    "DEADLINE": False,
+    "FAILED": False,
+    "NODE_FAIL": False,
+    "OUT_OF_MEMORY": False,
+    "PENDING": True,
+    "PREEMPTED": False,
+    "RUNNING": True,
+    "RESV_DEL_HOLD": True,
+    "REQUEUE_FED": True,
+    "REQUEUE_HOLD": True,
+    "REQUEUED": True,
+    "RESIZING": True,
+    "REVOKED": False,
+    "SIGNALING": True,
+    "SPECIAL_EXIT": True,
+    "STAGE_OUT": True,
+    "STOPPED": True,
+    "SUSPENDED": True,
+    "TIMEOUT": False,
+}
+
+
+def test_every_documented_state_is_classified_once() -> None:
+    assert set(JOB_STATES) == set(DOCUMENTED_STATES)
+
+
+@pytest.mark.parametrize(("state", "active"), sorted(DOCUMENTED_STATES.items()))
+def test_the_watcher_and_the_client_agree_on_each_state(state: str, active: bool) -> None:
+    line = SEP.join(("5", state, "None", "vm", "debug", "N/A", "0", "vm"))
+    info = parse_squeue(line, ["5"])["5"]
+    assert info.state == state
+    tracked = Tracked("5")
+    tracked.info = info
+    assert tracked.active is active
+    end = parse_sacct(f"5|{state}|0:0|00:30:00|64M\n", "5")
+    assert (end is None) is active, "an active job has no final record yet"

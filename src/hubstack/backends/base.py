@@ -7,6 +7,7 @@ a backend only knows how to start, watch, stop and delete one server where it ru
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +25,35 @@ Record = Callable[[dict[str, Any]], None]
 """Save a start's state in the hub database before the start completes."""
 
 LOG_TAIL_LINES = 15
+LOG_TAIL_BYTES = 16384
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a server's log: they usually say why it failed."""
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, *, owner: int | None = None) -> str:
+    """The last lines of a server's log: they usually say why it failed.
+
+    A log may lie where its user can write (a Slurm job's is in the user's home), and the
+    hub must not read another file through it for them: the last component is opened without
+    following a link and without blocking (a FIFO planted there), and only a regular file
+    owned by ``owner`` (None: the hub's own account) is read, and only its last 16 KiB (a
+    huge or endless file costs nothing). It still waits on the file system: call it in a
+    thread. Empty when there is no such log.
+    """
+    uid = os.geteuid() if owner is None else owner
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
+        fd = os.open(path, flags)
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+            return ""
+        data = os.pread(fd, LOG_TAIL_BYTES, max(0, info.st_size - LOG_TAIL_BYTES))
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 class StartFailed(Explained):

@@ -16,14 +16,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from hubstack.system.slurm import JobInfo, Slurm, SlurmError
+from hubstack.system.slurm import JobInfo, Slurm, SlurmError, is_active
 
 log = logging.getLogger("hubstack.slurm")
-
-ACTIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
-)
-"""Slurm job states in which the job still holds (or waits for) its allocation."""
 
 
 @dataclass
@@ -46,7 +41,7 @@ class Tracked:
         """Still queued or running (or not seen yet, or the scheduler is not answering)."""
         if self.gone:
             return False
-        return self.info is None or self.info.state in ACTIVE_STATES
+        return self.info is None or is_active(self.info.state)
 
     @property
     def pending(self) -> bool:

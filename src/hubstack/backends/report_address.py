@@ -18,6 +18,7 @@ import urllib.request
 
 ATTEMPTS = 200
 RETRY_FOR_SECONDS = 600
+RETRY_STATUSES = (502, 503, 504)  # the hub restarting, or the scheduler not answering it
 
 
 def ephemeral_ports() -> range:
@@ -49,7 +50,8 @@ def free_port(low: int, high: int) -> int:
 
 
 def report(url: str, token: str, host: str, port: int) -> None:
-    """POST the address; retry while the hub is unreachable (it may be restarting)."""
+    """POST the address; retry while the hub is unreachable (it may be restarting) or cannot
+    check the report yet."""
     body = json.dumps({"host": host, "port": port}).encode()
     deadline = time.monotonic() + RETRY_FOR_SECONDS
     while True:
@@ -64,12 +66,17 @@ def report(url: str, token: str, host: str, port: int) -> None:
                 return
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
-            sys.exit(f"hubstack: the hub refused this server's address: {exc.code} {detail}")
+            if exc.code not in RETRY_STATUSES:
+                sys.exit(f"hubstack: the hub refused this server's address: {exc.code} {detail}")
+            problem = f"{exc.code} {detail}"
         except OSError as exc:
-            if time.monotonic() > deadline:
-                sys.exit(f"hubstack: cannot reach the hub at {url}: {exc}")
-            print(f"hubstack: hub not reachable ({exc}); retrying", file=sys.stderr)
-            time.sleep(5)
+            problem = str(exc)
+        if time.monotonic() > deadline:
+            sys.exit(f"hubstack: cannot report to the hub at {url}: {problem}")
+        print(
+            f"hubstack: the hub cannot take the report now ({problem}); retrying", file=sys.stderr
+        )
+        time.sleep(5)
 
 
 def report_in_background(host: str, port: int) -> None:

@@ -17,22 +17,33 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shlex
 import shutil
+import socket
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from hubstack.backends.accounts import account_for
-from hubstack.backends.base import Emit, Exit, Record, ServerSpec, Started, StartFailed, log_tail
+from hubstack.backends.base import (
+    LOG_TAIL_LINES,
+    Emit,
+    Exit,
+    Record,
+    ServerSpec,
+    Started,
+    StartFailed,
+    log_tail,
+)
 from hubstack.backends.jobs import JobWatcher, Tracked
 from hubstack.backends.server import place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
 from hubstack.launch.jobscript import JobScript, JobScriptError, render_job_script
-from hubstack.system import accounts
+from hubstack.system import SystemOpError, accounts, tool, userpaths
 from hubstack.system.slurm import JobEnd, Slurm, SlurmError, reason_from_log
 
 log = logging.getLogger("hubstack.slurm")
@@ -44,11 +55,31 @@ STOP_WAIT_SECONDS = 60.0
 SACCT_WAIT_SECONDS = 15.0
 FIRST_ANSWER_WAIT_SECONDS = 30.0
 
+# Run as the user: the job log directory, and the server's directory with its link in the
+# home unless something is already there (the user's own choice).
+_PREPARE = """set -e
+mkdir=$1 ln=$2 jobs=$3 volume=$4 link=$5
+"$mkdir" -p -- "$jobs"
+if [ -n "$volume" ]; then
+    "$mkdir" -p -- "$volume" "${link%/*}"
+    [ -e "$link" ] || [ -L "$link" ] || "$ln" -s -- "$volume" "$link"
+fi
+"""
+# Run as the user: remove the server's link, if it is one.
+_UNLINK = '[ ! -L "$2" ] || "$1" -f -- "$2"'
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
 _REPORTER = resources.files("hubstack.backends").joinpath("report_address.py").read_text()
 
 
 def _job_name(account: str, label: str) -> str:
     return f"hubstack-{account}-{label}"
+
+
+def _check_label(label: str) -> None:
+    """A server's name becomes a path component: it must be one, and only one."""
+    if label in (".", "..") or "/" in label or "\0" in label:
+        raise StartFailed(f"A server cannot be named {label!r}.", reason="name")
 
 
 def _when(moment: datetime) -> str:
@@ -108,49 +139,92 @@ class SlurmBackend:
         )
 
     # -- accounts and storage ---------------------------------------------------------------
+    #
+    # The home and everything in it are the user's, who can replace any part of them by a
+    # link at any moment: root creates only what must be created as root (a home under the
+    # root-owned home base, ``<shared.volumes>/<account>``) through checked descriptors, and
+    # does everything inside them as the user (see hubstack.system.userpaths).
 
     def _account(self, hub_user: str) -> accounts.Account:
+        """The Unix account the user's jobs run as, with its home.
+
+        A hub that is not root submits through sudo, as the user's existing account: never
+        as itself (which would run the user's server as the hub).
+        """
+        if not self.root:
+            return self._existing_account(hub_user)
         account = account_for(
             hub_user,
-            root=self.root,
+            root=True,
             existing=self.existing_accounts,
             prefix=self.config.backend.local.user_prefix,
             home_base=self.settings.shared.home_base,
         )
-        for directory in (account.home, account.home / ".hubstack/jobs"):
-            self._own_dir(directory, account)
+        if not os.path.lexists(account.home):
+            self._root_dir(account.home.parent, account.home.name, account)
         return account
 
-    def _own_dir(self, path: Path, account: accounts.Account) -> None:
-        """Create ``path`` for ``account`` (private) unless it exists (two starts may race)."""
+    def _existing_account(self, hub_user: str) -> accounts.Account:
+        name = self._unix_name(hub_user)
         try:
-            path.mkdir(mode=0o700, parents=True)
-        except FileExistsError:
-            return
-        if self.root:
-            os.chown(path, account.uid, account.gid)
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise StartFailed(
+                f"There is no Unix account named {name!r} for your jobs.", reason="account"
+            ) from None
+        if entry.pw_uid in (0, os.geteuid()):
+            raise StartFailed(
+                f"Account {name!r} is the hub's own or root's: jobs never run as those.",
+                reason="account",
+            )
+        return accounts.Account(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
-    def _volume(self, account: accounts.Account, label: str) -> Path:
-        """The server's own directory, reached as ``~/volumes/<server>`` as on the local backend.
+    @staticmethod
+    def _root_dir(base: Path, name: str, account: accounts.Account) -> None:
+        """Create ``<base>/<name>`` for ``account`` (kept if it is already theirs), where
+        ``base`` must be root's alone (created if missing)."""
+        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            base_fd = userpaths.open_root_dir(base)
+            try:
+                os.close(userpaths.own_dir(base_fd, name, account))
+            finally:
+                os.close(base_fd)
+        except SystemOpError as exc:
+            raise StartFailed(f"Your storage cannot be prepared: {exc}", reason="storage") from None
 
-        The link keeps it inside the server's root directory (the home), which Jupyter
-        requires of the directory it opens first.
+    async def _prepare(self, account: accounts.Account, label: str) -> Path:
+        """Make the job log directory and, with ``shared.volumes``, the server's own directory
+        linked at ``~/volumes/<server>`` (as on the local backend), and return the directory
+        the server opens first.
+
+        The link keeps that directory inside the server's root directory (the home), which
+        Jupyter requires of the directory it opens first. A hub that is not root has no
+        rights in the user's home: the site provides ``~/.hubstack/jobs`` there.
         """
         base = self.settings.shared.volumes
-        if base is None:
-            return account.home
-        volume = base / account.name / label
-        self._own_dir(volume.parent, account)
-        self._own_dir(volume, account)
         link = account.home / "volumes" / label
-        self._own_dir(link.parent, account)
+        if not self.root:
+            return account.home if base is None else link
+        volume = base / account.name / label
+        if base is not None:
+            await asyncio.to_thread(self._root_dir, base, account.name, account)
         try:
-            link.symlink_to(volume)
-        except FileExistsError:
-            return link
-        if self.root:
-            os.lchown(link, account.uid, account.gid)
-        return link
+            await userpaths.as_user(
+                account,
+                "sh",
+                "-c",
+                _PREPARE,
+                "sh",
+                tool("mkdir"),
+                tool("ln"),
+                str(account.home / ".hubstack/jobs"),
+                "" if base is None else str(volume),
+                str(link),
+            )
+        except SystemOpError as exc:
+            raise StartFailed(f"Your storage cannot be prepared: {exc}", reason="storage") from None
+        return account.home if base is None else link
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -218,8 +292,9 @@ class SlurmBackend:
 
     async def _submit(self, spec: ServerSpec, emit: Emit) -> dict[str, Any]:
         emit("Preparing your account")
+        _check_label(spec.label)
         account = await asyncio.to_thread(self._account, spec.hub_user)
-        volume = await asyncio.to_thread(self._volume, account, spec.label)
+        volume = await self._prepare(account, spec.label)
         request, environment = spec.request, spec.request.environment
         assert request.slurm is not None, "the launch layer resolves Slurm fields"
         container = list(self.settings.containers.get(environment.id, []))
@@ -280,6 +355,39 @@ class SlurmBackend:
             "api_token": spec.env["JUPYTERHUB_API_TOKEN"],
         }
 
+    async def refuse_address(self, state: dict[str, Any], host: str) -> str | None:
+        """Why ``host`` is not where the job's server can listen; None if it is.
+
+        Only the node Slurm runs the job's script on counts: its name, or an address that name
+        resolves to. Otherwise a job, or anyone holding its server's token, could send the
+        user's route (and their requests) to another host. Raises :class:`SlurmError` when
+        the scheduler cannot say where the job runs.
+        """
+        job_id = state.get("job_id")
+        if not self.is_starting(state):
+            return None  # address_reported says so
+        tracked = self.watcher.jobs.get(job_id)
+        info = tracked.info if tracked is not None else None
+        if info is None or info.state != "RUNNING" or not info.batch_host:
+            # The job reports as soon as it starts, often before the watcher's next query.
+            info = (await self.slurm.queue([job_id])).get(job_id)
+        if info is None or info.state != "RUNNING" or not info.batch_host:
+            return f"Job {job_id} is not running on any node, so it has no address to report."
+        node = info.batch_host
+        if host.lower() == node.lower():
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(node, None, type=socket.SOCK_STREAM)
+        except OSError:
+            found = []
+        if host in {entry[4][0] for entry in found}:
+            return None
+        return (
+            f"Job {job_id} runs on node {node}: its server must report {node} or an address "
+            f"of that node, not {host}."
+        )
+
     def address_reported(self, state: dict[str, Any], host: str, port: int) -> None:
         """The job's server said where it listens (through the hub's authenticated route)."""
         if not self.is_starting(state):
@@ -295,10 +403,23 @@ class SlurmBackend:
             return
         ended = await self._why_ended(state, tracked)
         message = f"Your job {state['job_id']} ended before the server started: {ended}."
-        tail = log_tail(Path(state["log"]))
+        tail = await self._job_log(state)
         if tail:
             message += f"\nLast lines of its log:\n{tail}"
         raise StartFailed(message, reason="slurm")
+
+    async def _job_log(self, state: dict[str, Any], lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the job's log, in a thread: it is in the user's home, so only a
+        regular file of the job's account is read (see :func:`log_tail`)."""
+
+        def read() -> str:
+            try:
+                owner = pwd.getpwnam(state["account"]).pw_uid
+            except KeyError:
+                return ""
+            return log_tail(Path(state["log"]), lines, owner=owner)
+
+        return await asyncio.to_thread(read)
 
     async def _wait_listening(self, state: dict[str, Any], tracked: Tracked) -> None:
         """Return once the reported address accepts connections, or say why the job ended.
@@ -350,7 +471,7 @@ class SlurmBackend:
                 end = None
                 await asyncio.sleep(1)
         if end is None:
-            end = reason_from_log(log_tail(Path(state["log"]), lines=200))
+            end = reason_from_log(await self._job_log(state, lines=200))
         if end is not None:
             return end.reason
         last = tracked.info.state if tracked.info else "unknown"
@@ -392,10 +513,41 @@ class SlurmBackend:
         return 0
 
     async def delete(self, hub_user: str, server_name: str) -> None:
+        """Remove the server's own directory and its link, never anything a link leads to."""
         base = self.settings.shared.volumes
         if base is None:
             return
-        account = await asyncio.to_thread(self._account, hub_user)
         label = server_name or "default"
-        await asyncio.to_thread(shutil.rmtree, base / account.name / label, ignore_errors=True)
-        (account.home / "volumes" / label).unlink(missing_ok=True)
+        _check_label(label)
+        account = await asyncio.to_thread(self._account, hub_user)
+        if not self.root:
+            return
+        link = account.home / "volumes" / label
+        try:
+            await userpaths.as_user(account, "sh", "-c", _UNLINK, "sh", tool("rm"), str(link))
+        except SystemOpError as exc:
+            log.warning("cannot remove %s's link to volume %s: %s", account.name, label, exc)
+        await asyncio.to_thread(self._remove_volume, base, account, label)
+
+    @staticmethod
+    def _remove_volume(base: Path, account: accounts.Account, label: str) -> None:
+        """``rm -r <base>/<account>/<label>`` from descriptors: the account's directory must
+        be the user's own under the root-owned base, and nothing below it is followed."""
+        try:
+            base_fd = userpaths.open_root_dir(base)
+        except SystemOpError as exc:
+            log.warning("not deleting %s's volume %s: %s", account.name, label, exc)
+            return
+        try:
+            mine = os.open(account.name, _DIR_FLAGS, dir_fd=base_fd)
+        except FileNotFoundError:
+            return
+        finally:
+            os.close(base_fd)
+        try:
+            if os.fstat(mine).st_uid != account.uid:
+                log.warning("not deleting volume %s: %s is not %s's", label, base, account.name)
+                return
+            shutil.rmtree(label, dir_fd=mine, ignore_errors=True)
+        finally:
+            os.close(mine)

@@ -1,8 +1,9 @@
 """The hub API route where a server in a Slurm job reports the address it listens on.
 
 Only the server's own API token is accepted, only for the start it belongs to, and only
-the two fields ``host`` and ``port`` (a host name or IPv4 address, a port in the
-configured range): a job cannot point the proxy at anything else, or at another server.
+the two fields ``host`` and ``port``: a port in the configured range on the node Slurm runs
+the job on (its name or one of its addresses). A job, or anyone holding its token, cannot
+point the proxy at another host, or at another server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
 from hubstack.backends.slurm import REPORT_ROUTE
+from hubstack.system.slurm import SlurmError
 
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
 
@@ -58,6 +60,16 @@ class ServerAddressHandler(APIHandler):
         if spawner is None:
             raise web.HTTPError(403, "This token does not belong to a server that is starting.")
         host, port = parse_address(self.get_json_body(), spawner.hubstack.backend.slurm.port_range)
+        try:
+            refusal = await spawner.backend.refuse_address(spawner.backend_state, host)
+        except SlurmError as exc:
+            self.log.warning("cannot check %s's address: %s", spawner._log_name, exc)
+            raise web.HTTPError(
+                503, "The scheduler cannot say where this job runs right now; try again."
+            ) from None
+        if refusal is not None:
+            self.log.warning("%s reported %s: %s", spawner._log_name, host, refusal)
+            raise web.HTTPError(403, refusal)
         try:
             spawner.address_reported(host, port)
         except ValueError as exc:

@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import shlex
-import shutil
 import signal
 import time
 from collections.abc import Collection, Iterable, Mapping
@@ -28,15 +27,16 @@ from pathlib import Path
 from typing import Literal
 
 from hubstack.config.units import slurm_time
-from hubstack.system import SystemOpError
+from hubstack.system import SystemOpError, tool
 
 SubmitAs = Literal["runuser", "sudo", "su"]
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-"""Where the hub finds runuser, sudo and su, whatever ``PATH`` the job is given."""
+"""The ``PATH`` Slurm's commands run with (runuser, sudo and su are found with
+:func:`hubstack.system.tool`, never through it)."""
 
 _SEP = "\x1f"  # ASCII unit separator: no Slurm name, reason or time can contain it
-_SQUEUE_FIELDS = ("%i", "%T", "%r", "%N", "%P", "%S", "%Q")
+_SQUEUE_FIELDS = ("%i", "%T", "%r", "%N", "%P", "%S", "%Q", "%B")
 _SINFO_FIELDS = ("%P", "%a", "%l", "%L", "%D", "%c", "%m")
 _SACCT_FIELDS = "JobID,State,ExitCode,Timelimit,ReqMem"
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
@@ -49,21 +49,45 @@ _ACCOUNTING_OFF = (
     "not running a supported accounting_storage plugin",
 )
 _ALREADY_ENDED = ("already completing or completed", "invalid job id")
-_ACTIVE = frozenset(
-    {
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUED",
-        "REQUEUE_FED",
-        "REQUEUE_HOLD",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-    }
-)
+JOB_STATES = {
+    "BOOT_FAIL": False,
+    "CANCELLED": False,
+    "COMPLETED": False,
+    "CONFIGURING": True,
+    "COMPLETING": True,
+    "DEADLINE": False,
+    "FAILED": False,
+    "NODE_FAIL": False,
+    "OUT_OF_MEMORY": False,
+    "PENDING": True,
+    "PREEMPTED": False,
+    "RUNNING": True,
+    "RESV_DEL_HOLD": True,
+    "REQUEUE_FED": True,
+    "REQUEUE_HOLD": True,
+    "REQUEUED": True,
+    "RESIZING": True,
+    "REVOKED": False,
+    "SIGNALING": True,
+    "SPECIAL_EXIT": True,
+    "STAGE_OUT": True,
+    "STOPPED": True,
+    "SUSPENDED": True,
+    "TIMEOUT": False,
+}
+"""Every job state squeue(1) documents (JOB STATE CODES): True while the job holds or waits
+for its allocation, False once it has left for good. Held and requeued jobs are active: they
+run again when released. REVOKED is a federated job that started on a sibling cluster, so it
+has left this one."""
+
+
+def is_active(state: str) -> bool:
+    """Whether a job in ``state`` still holds or waits for its allocation; a state missing
+    from :data:`JOB_STATES` (a newer Slurm's) counts as active, so that no server is dropped
+    for a word hubstack does not know."""
+    return JOB_STATES.get(state, True)
+
+
 # slurmstepd's notes in a job's output (src/slurmd/slurmstepd/req.c), e.g.
 #   slurmstepd-n1: error: *** JOB 12 ON n1 CANCELLED AT 2026-01-01T10:00:00 DUE TO TIME LIMIT ***
 # (older releases leave out "ON n1"), and the memory notes of task/cgroup and OverMemoryKill.
@@ -91,7 +115,8 @@ class JobInfo:
 
     ``start_time`` is the actual start of a started job and, for a pending one, the start the
     backfill scheduler expects (or the ``--begin`` time); None until it has computed one.
-    ``position`` is set for pending jobs only: see :meth:`Slurm.queue`.
+    ``position`` is set for pending jobs only: see :meth:`Slurm.queue`. ``batch_host`` is the
+    node running the job's script (where its server listens), None until the job starts.
     """
 
     job_id: str
@@ -101,6 +126,7 @@ class JobInfo:
     partition: str
     start_time: datetime | None
     position: int | None
+    batch_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -340,7 +366,7 @@ def parse_squeue(output: str, job_ids: Collection[str]) -> dict[str, JobInfo]:
             raise SlurmError(f"squeue printed an unexpected line: {line!r}")
         rows.append(fields)
     ranks: dict[str, list[tuple[int, tuple[int, ...], str]]] = {}
-    for job_id, state, _, _, partitions, _, priority in rows:
+    for job_id, state, _, _, partitions, _, priority, _ in rows:
         if normalise_state(state) == "PENDING":
             for name in partitions.split(","):
                 ranks.setdefault(name, []).append((-_int(priority), _id_key(job_id), job_id))
@@ -349,7 +375,7 @@ def parse_squeue(output: str, job_ids: Collection[str]) -> dict[str, JobInfo]:
         for name, jobs in ranks.items()
     }
     found: dict[str, JobInfo] = {}
-    for job_id, state, reason, nodes, partitions, start, _ in rows:
+    for job_id, state, reason, nodes, partitions, start, _, batch_host in rows:
         if job_id not in wanted:
             continue
         state = normalise_state(state)
@@ -364,6 +390,7 @@ def parse_squeue(output: str, job_ids: Collection[str]) -> dict[str, JobInfo]:
             partition=partitions,
             start_time=parse_time(start),
             position=position,
+            batch_host=None if batch_host.upper() in _NO_VALUE else batch_host,
         )
     return found
 
@@ -382,7 +409,7 @@ def parse_sacct(output: str, job_id: str) -> JobEnd | None:
             continue
         _, state_text, exit_text, limit, memory = fields
         state = normalise_state(state_text)
-        if state in _ACTIVE or not limit.strip():
+        if is_active(state) or not limit.strip():
             return None
         code, _, sig = exit_text.partition(":")
         exit_code, signo = _int(code), _int(sig)
@@ -545,10 +572,11 @@ def _base_env(*, query: bool = False) -> dict[str, str]:
 
 
 def _wrapper(name: str) -> str:
-    path = shutil.which(name, path=ROOT_PATH)
-    if path is None:
-        raise SlurmError(f"cannot submit as another user: `{name}` is not installed")
-    return path
+    """runuser, sudo or su by absolute path, from the fixed system directories only."""
+    try:
+        return tool(name)
+    except SystemOpError as exc:
+        raise SlurmError(f"cannot submit as another user: {exc}") from None
 
 
 def _check_job_id(job_id: str) -> None:
