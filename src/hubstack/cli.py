@@ -52,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _prepare_data_dir(config)
     from hubstack.hub.run import run
 
-    return run(config)
+    return run(config, stop_servers=args.stop_servers)
 
 
 def _accounts_db(args: argparse.Namespace) -> str:
@@ -91,7 +91,7 @@ def _environments(args: argparse.Namespace) -> tuple[Config, EnvCache]:
     from hubstack.envs.cache import EnvCache
 
     config = _load(args)
-    return config, EnvCache(config.binder.root)
+    return config, EnvCache(config.binder.root, config.hub.data_dir / "builds")
 
 
 def cmd_env_list(args: argparse.Namespace) -> int:
@@ -192,6 +192,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check, verbose_source=True)
 
     p = sub.add_parser("up", parents=[common], help="run the hub")
+    p.add_argument(
+        "--stop-servers",
+        action="store_true",
+        help="stop every user's server when the hub stops (by default they keep running "
+        "and the next `hubstack up` takes them back)",
+    )
     p.set_defaults(func=cmd_up, verbose_source=True)
 
     for name, func, text in (

@@ -24,11 +24,12 @@ def announce_admins(config: Config) -> None:
         )
 
 
-def run(config: Config) -> int:
+def run(config: Config, stop_servers: bool = False) -> int:
+    """Run the hub until it is stopped; ``stop_servers``: stop users' servers with it."""
     from jupyterhub.app import JupyterHub
 
     announce_admins(config)
-    c = jupyterhub_config(config)
+    c = jupyterhub_config(config, stop_servers)
     # Only our config: never pick up a stray jupyterhub_config.py from the working directory.
     empty = config.hub.data_dir / "jupyterhub_config.py"
     empty.write_text("# Intentionally empty: hubstack configures JupyterHub from its YAML file.\n")

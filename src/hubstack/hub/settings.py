@@ -19,6 +19,7 @@ from hubstack.envs.builder import PASSED_ENV
 from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.logs import JUPYTERHUB_LOGGING
 from hubstack.hub.policy import named_server_policy
+from hubstack.system import tool
 
 TEMPLATES = Path(__file__).with_name("templates")
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -33,11 +34,23 @@ def db_url(config: Config) -> str:
 
 
 def proxy_command() -> str:
-    """configurable-http-proxy as installed by scripts/setup.sh, else from PATH."""
+    """configurable-http-proxy as installed by scripts/setup.sh, else where root runs system
+    tools from (dev mode: from PATH)."""
     installed = DEFAULT_PREFIX / "node/node_modules/.bin/configurable-http-proxy"
     if installed.exists():
         return str(installed)
+    if os.geteuid() == 0:
+        return tool("configurable-http-proxy")
     return shutil.which("configurable-http-proxy") or "configurable-http-proxy"
+
+
+def ends_with_hub(command: list[str]) -> list[str]:
+    """``command`` run so that it gets SIGTERM when the hub process ends, ``kill -9``
+    included: a service the hub left behind would keep the port its restart needs.
+
+    JupyterHub starts services in their own session, so nothing else ends them.
+    """
+    return [tool("setpriv"), "--pdeathsig", "TERM", "--", *command]
 
 
 def culler_service(config: Config) -> dict[str, Any]:
@@ -46,14 +59,16 @@ def culler_service(config: Config) -> dict[str, Any]:
     every = max(5, min(timeout // 2, 300))
     return {
         "name": "idle-culler",
-        "command": [
-            sys.executable,
-            "-m",
-            "jupyterhub_idle_culler",
-            f"--timeout={timeout}",
-            f"--cull-every={every}",
-            "--remove-named-servers=False",
-        ],
+        "command": ends_with_hub(
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={timeout}",
+                f"--cull-every={every}",
+                "--remove-named-servers=False",
+            ]
+        ),
     }
 
 
@@ -64,7 +79,7 @@ def binder_service(config: Config) -> dict[str, Any]:
         "name": BINDER_SERVICE,
         "display": True,
         "url": f"http://127.0.0.1:{config.hub.port + 3}",
-        "command": [sys.executable, "-m", "hubstack.services.binder"],
+        "command": ends_with_hub([sys.executable, "-m", "hubstack.services.binder"]),
         # JupyterHub gives services a bare environment; rebuilds from the champions' page
         # need the site's index, proxy and CA settings, as the hub's own builds have them.
         "environment": {
@@ -75,8 +90,11 @@ def binder_service(config: Config) -> dict[str, Any]:
     }
 
 
-def jupyterhub_config(config: Config) -> TraitletsConfig:
-    """The complete JupyterHub configuration for ``config``."""
+def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsConfig:
+    """The complete JupyterHub configuration for ``config``.
+
+    Users' servers outlive the hub unless ``stop_servers``: a restart takes them back.
+    """
     hub = config.hub
     c = TraitletsConfig()
     data = hub.data_dir
@@ -88,6 +106,7 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
     # hubs can share a machine.
     c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.hub_port = hub.port + 2
+    c.JupyterHub.proxy_class = "hubstack.hub.proxy.HubstackProxy"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.port + 1}"
     c.ConfigurableHTTPProxy.command = [proxy_command()]
     c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
@@ -119,10 +138,10 @@ def jupyterhub_config(config: Config) -> TraitletsConfig:
     c.HubstackSpawner.poll_interval = 10
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_policy(config)
+    # Servers (processes, jobs) outlive the hub: a restart takes them back with their routes.
+    c.JupyterHub.cleanup_servers = stop_servers
 
     if config.backend.type == "slurm":
-        # Jobs outlive the hub: a restart takes them back instead of cancelling them.
-        c.JupyterHub.cleanup_servers = False
         # Deprecated in JupyterHub but supported; a service could not see spawner state.
         c.JupyterHub.extra_handlers = [(ROUTE, ServerAddressHandler)]
         # Starting a job includes its time in the queue: waiting there is not a failure.
