@@ -22,10 +22,11 @@ JOB = 'port=$(HUBSTACK_SERVER_PID=$$ "$PYTHON" -c "$REPORTER")\necho "port $port
 
 
 class Route(ThreadingHTTPServer):
-    """Records reports; answers each with ``status`` after ``delay`` seconds."""
+    """Records reports; answers them with ``statuses`` in turn (the last one from then on),
+    each after ``delay`` seconds."""
 
-    def __init__(self, status: int, delay: float = 0.0) -> None:
-        self.status, self.delay = status, delay
+    def __init__(self, statuses: tuple[int, ...], delay: float = 0.0) -> None:
+        self.statuses, self.delay = statuses, delay
         self.reports: list[tuple[str, dict[str, object]]] = []
         self.release = threading.Event()
         super().__init__(("127.0.0.1", 0), Handler)
@@ -38,7 +39,8 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.reports.append((self.headers["Authorization"], body))
         self.server.release.wait(self.server.delay)
-        self.send_response(self.server.status)
+        turn = min(len(self.server.reports), len(self.server.statuses)) - 1
+        self.send_response(self.server.statuses[turn])
         self.end_headers()
         self.wfile.write(b'{"message": "not your server"}')
 
@@ -48,8 +50,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def route(request: pytest.FixtureRequest) -> Iterator[Route]:
-    status, delay = request.param
-    server = Route(status, delay)
+    statuses, delay = request.param
+    server = Route(statuses, delay)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -73,7 +75,7 @@ def run_job(route: Route, log: Path) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.parametrize("route", [(200, 120.0)], indirect=True)
+@pytest.mark.parametrize("route", [((200,), 120.0)], indirect=True)
 def test_the_server_starts_while_the_report_is_on_its_way(route: Route, tmp_path: Path) -> None:
     log = tmp_path / "job.log"
     job = run_job(route, log)
@@ -90,7 +92,7 @@ def test_the_server_starts_while_the_report_is_on_its_way(route: Route, tmp_path
         job.wait()
 
 
-@pytest.mark.parametrize("route", [(403, 0.0)], indirect=True)
+@pytest.mark.parametrize("route", [((403,), 0.0)], indirect=True)
 def test_a_refused_report_stops_the_server_with_the_reason(route: Route, tmp_path: Path) -> None:
     log = tmp_path / "job.log"
     job = run_job(route, log)
@@ -99,3 +101,20 @@ def test_a_refused_report_stops_the_server_with_the_reason(route: Route, tmp_pat
     finally:
         job.kill()
     assert "the hub refused this server's address: 403" in log.read_text()
+
+
+@pytest.mark.parametrize("route", [((503, 204), 0.0)], indirect=True)
+def test_a_hub_that_cannot_check_the_report_yet_is_asked_again(
+    route: Route, tmp_path: Path
+) -> None:
+    """503: the hub could not ask the scheduler where the job runs; the server keeps running."""
+    log = tmp_path / "job.log"
+    job = run_job(route, log)
+    try:
+        wait_for(lambda: len(route.reports) == 2, 30, "the report to be sent again")
+        assert route.reports[0] == route.reports[1]
+        assert job.poll() is None
+    finally:
+        job.kill()
+        job.wait()
+    assert "retrying" in log.read_text()

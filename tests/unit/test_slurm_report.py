@@ -1,16 +1,20 @@
-"""The pure parts of the Slurm backend: the report route's input rules, progress sentences."""
+"""The pure parts of the Slurm backend: the report route's input rules and which hosts a job
+may report, progress sentences."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 import pytest
 from tornado import web
 
 from hubstack.backends.jobs import Tracked
-from hubstack.backends.slurm import describe_job
+from hubstack.backends.slurm import SlurmBackend, describe_job
+from hubstack.config.load import validate
 from hubstack.hub.address import parse_address
-from hubstack.system.slurm import JobInfo
+from hubstack.system.slurm import JobInfo, Slurm
 
 RANGE = "40000-49999"
 
@@ -80,3 +84,55 @@ def test_running_submitted_and_unanswered_jobs_are_described() -> None:
     silent = job("PENDING", reason="Resources")
     silent.unknown_since = 1.0
     assert describe_job(silent) == ("The scheduler is not answering; job 812 was last seen PENDING")
+
+
+class FixedQueue(Slurm):
+    """A scheduler that answers every query with the given jobs."""
+
+    def __init__(self, *infos: JobInfo) -> None:
+        super().__init__()
+        self.infos = {info.job_id: info for info in infos}
+
+    async def queue(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
+        self.queries += 1
+        return {j: self.infos[j] for j in job_ids if j in self.infos}
+
+
+def on_node(state: str, node: str | None) -> JobInfo:
+    return JobInfo("812", state, None, node, "debug", None, None, batch_host=node)
+
+
+def refusal(host: str, info: JobInfo, *, watched: bool = False) -> tuple[str | None, int]:
+    """The backend's answer to a report of ``host`` by job 812 (as squeue or the watcher
+    sees it), and how many queries it cost."""
+    backend = SlurmBackend(validate({"backend": {"type": "slurm"}}))
+    backend.slurm = FixedQueue(info)
+    if watched:
+        backend.watcher.jobs["812"] = Tracked("812", info=info)
+    state = {"job_id": "812", "account": "hs-alice"}
+    answer = asyncio.run(backend.refuse_address(state, host))
+    return answer, backend.slurm.queries
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "127.0.0.1"])
+def test_the_node_running_the_job_may_be_reported_by_name_or_address(host: str) -> None:
+    assert refusal(host, on_node("RUNNING", "localhost")) == (None, 1)
+
+
+def test_the_watchers_answer_saves_a_query() -> None:
+    assert refusal("localhost", on_node("RUNNING", "localhost"), watched=True) == (None, 0)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "10.0.0.1", "vm2", "ip6-localhost"])
+def test_another_host_is_refused_with_the_nodes_name(host: str) -> None:
+    answer, _ = refusal(host, on_node("RUNNING", "localhost"))
+    assert answer == (
+        f"Job 812 runs on node localhost: its server must report localhost or an address "
+        f"of that node, not {host}."
+    )
+
+
+@pytest.mark.parametrize("info", [on_node("PENDING", None), on_node("COMPLETING", "localhost")])
+def test_a_job_that_is_not_running_has_no_address(info: JobInfo) -> None:
+    answer, _ = refusal("localhost", info)
+    assert answer == "Job 812 is not running on any node, so it has no address to report."
