@@ -1,0 +1,72 @@
+"""Slurm jobs outlive the hub: after ``kill -9`` and after ``SIGTERM`` the restarted hub
+takes every running job's server back, with its kernel, and submits nothing twice."""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import needs_default_env, needs_root
+from hubprocesses import kill_hub, one_of_each, single_user_servers, start_kernels, terminate_hub
+from hubtest import Hub, running_hub, wait_for
+
+from slurm.conftest import cluster_script, queued_jobs
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
+
+SERVERS = ("", "one", "two")
+
+
+def cpus(state: str) -> int:
+    """The debug partition's CPUs in ``state``: "idle" or "total"."""
+    summary = subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%C"], capture_output=True, text=True, check=True
+    ).stdout.split("/")
+    return int(summary[1 if state == "idle" else 3])
+
+
+@pytest.fixture(scope="module")
+def hub(slurm_cluster: Any) -> Iterator[Hub]:
+    slurm = {"poll_interval": "3s", "pending_poll_interval": "1s"}
+    overrides = {
+        "backend": {"type": "slurm", "slurm": slurm},
+        "extra_jupyterhub_config": {"HubstackSpawner": {"poll_interval": 2}},
+    }
+    with running_hub(overrides) as running:
+        yield running
+        account = running.prefix + "erin"
+        subprocess.run(["scancel", f"--user={account}"], check=False, capture_output=True)
+        subprocess.run(["sacctmgr", "-i", "delete", "user", account], capture_output=True)
+
+
+def test_jobs_and_kernels_survive_kill_and_stop_of_the_hub(hub: Hub) -> None:
+    account = hub.prefix + "erin"
+    cluster_script("add-user", account, "research")
+    erin = hub.new_user("erin")
+    # One CPU per server: as many servers as the cluster has CPUs, up to three.
+    count = min(len(SERVERS), cpus("total"))
+    wait_for(lambda: cpus("idle") >= count, 300, f"{count} idle CPUs on the cluster")
+    kernels = start_kernels([(erin, name, {}) for name in SERVERS[:count]], timeout=180)
+    uid = pwd.getpwnam(account).pw_uid
+    jobs = sorted(queued_jobs(account))
+    processes = single_user_servers({uid})
+    assert len(jobs) == count and len(processes[uid]) == count, (jobs, processes)
+    wait_for(lambda: one_of_each(hub), 60, "the hub's proxy and services")
+
+    for stop in (kill_hub, terminate_hub):
+        stop(hub)
+        assert sorted(queued_jobs(account)) == jobs, "the jobs outlive the hub"
+        hub.start()
+        wait_for(lambda: one_of_each(hub), 60, f"one proxy and each service after {stop.__name__}")
+        for kernel in kernels:
+            assert kernel.holds_x(), f"server {kernel.server!r} lost its kernel"
+        assert sorted(queued_jobs(account)) == jobs, "no job was submitted twice"
+        assert single_user_servers({uid}) == processes
+
+    for kernel in kernels:
+        assert (erin.model(kernel.server) or {}).get("ready")
+        erin.stop(kernel.server)
+    wait_for(lambda: not queued_jobs(account), 60, "the stopped servers' jobs to end")
