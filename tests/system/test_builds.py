@@ -22,6 +22,7 @@ from gitserver import GitDaemon, add_commit, make_repo
 from hubtest import new_test_root, python_as_nobody, startup_facts
 
 from hubstack.config.models import Config
+from hubstack.envs.builder import fetch_account_name
 from hubstack.envs.cache import EnvCache
 from hubstack.envs.repository import Prepared, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
@@ -49,7 +50,8 @@ class Site:
             "build_account": self.account,
             "limits": {"time": "5m", "size": "1G", **limits},
         }
-        return Config.model_validate({"binder": binder})
+        hub = {"data_dir": str(self.root / "data")}
+        return Config.model_validate({"hub": hub, "binder": binder})
 
     @property
     def account(self) -> str:
@@ -79,8 +81,8 @@ class Site:
         with pytest.raises(PrepareFailed) as info:
             self.prepare(name, **limits)
         assert self.entries() == before
-        assert list((self.root / "binder/builds").glob("*.img")) == []
-        assert str(self.root / "binder/envs") not in Path("/proc/self/mounts").read_text()
+        assert list((self.root / "data/builds").glob("*.img")) == []
+        assert str(self.root) not in Path("/proc/self/mounts").read_text()
         return info.value.message
 
 
@@ -95,7 +97,8 @@ def site() -> Iterator[Site]:
             for line in Path("/proc/self/mounts").read_text().splitlines():
                 if line.split()[1].startswith(str(root)):
                     volumes.unmount(Path(line.split()[1]))
-            subprocess.run(["userdel", made.account], check=False, capture_output=True)
+            for account in (made.account, fetch_account_name(made.account)):
+                subprocess.run(["userdel", account], check=False, capture_output=True)
             subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
@@ -392,7 +395,7 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     rebuilt = hubstack(site, "rebuild", key[:12])
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "Installing requirements.txt" in rebuilt.stdout
-    again = EnvCache(site.root / "binder").get(key)
+    again = EnvCache(site.root / "binder", site.root / "data/builds").get(key)
     assert again is not None and again.built_at > prepared.env.built_at
     assert hubstack(site, "rebuild", "nothing-like-this").returncode == 1
 
@@ -402,8 +405,8 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     os.utime(site.root / "binder/used" / key, (month_ago, month_ago))
     shown = hubstack(site, "prune", "--unused-for", "30d", "--dry-run")
     assert f"would remove {key[:12]}" in shown.stdout
-    assert EnvCache(site.root / "binder").get(key) is not None
+    assert EnvCache(site.root / "binder", site.root / "data/builds").get(key) is not None
     pruned = hubstack(site, "prune", "--unused-for", "30d")
     assert f"removed {key[:12]}" in pruned.stdout
-    assert EnvCache(site.root / "binder").get(key) is None
+    assert EnvCache(site.root / "binder", site.root / "data/builds").get(key) is None
     assert not (site.root / "binder/envs" / key).exists()

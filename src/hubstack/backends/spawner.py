@@ -255,7 +255,9 @@ class HubstackSpawner(Spawner):
         """Build (or find) the environment of the request's repository, and pin its commit
         in the server's options, so that starting this server again gives the same files."""
         assert request.repo is not None
-        prepared = await self.repositories.prepare(request.repo, self._phase, pin=request.commit)
+        prepared = await self.repositories.prepare(
+            request.repo, self._phase, pin=request.commit, owner=self.user.name
+        )
         environment = request.environment.model_copy(update={"prefix": prepared.env.prefix})
         request = dataclasses.replace(request, environment=environment, commit=prepared.commit)
         self.apply_request(request)

@@ -399,6 +399,8 @@ class BuildLimits(Strict):
     size: Size = Field("5G", description="the environment and the repository's files")  # type: ignore[assignment]
     processes: int = Field(512, ge=16)
     repository_size: Size = "1G"  # type: ignore[assignment]
+    queued_per_user: int = Field(2, ge=1, description="builds one account may have waiting")
+    queued: int = Field(20, ge=1, description="builds the hub lets wait at once")
 
 
 class Binder(Strict):

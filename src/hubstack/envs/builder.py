@@ -5,11 +5,21 @@ A build runs arbitrary code (a ``postBuild``, any package's build backend), so i
 - its own account (``binder.build_account``), never a user's and never root;
 - CPU, memory and process limits through the same cgroup code as servers, and a time limit;
 - a size limit that is enforced by the kernel: the build writes only to a loop-mounted
-  file system of ``limits.size`` mounted where the environment will live (a virtualenv's
-  scripts name their own path, so it is built in place), which is copied out, root-owned
-  and read-only, when the build succeeds;
+  file system of ``limits.size``, mounted in a root-only folder outside ``binder.root``;
+- a mount namespace of its own, where (and only where) that file system appears at the
+  environment's final path (a virtualenv's scripts name their own path, so it is built in
+  place) and over ``/tmp``, ``/var/tmp`` and ``/dev/shm``, so what it writes anywhere counts
+  against its size limit and goes with it; the ids are dropped there with no way back
+  (``no_new_privs``);
+- no say in where packages come from: uv and pip read no configuration file, neither the
+  repository's nor any other, only the hub's own settings from its environment;
 - no shared writable state: uv's cache lives on that scratch file system and goes with it,
   so one build cannot plant anything in another's packages; builds run one at a time.
+
+A successful build is copied out by root's own walker (:func:`copy_tree`), which creates
+only folders, regular files and symbolic links, root-owned, without set-id or write bits for
+others, into a root-only staging folder that becomes the cache entry when complete: nothing
+the build made is ever, even for a moment, a dangerous file under ``binder.root``.
 
 Without root (dev mode) there are no accounts, cgroups or loop mounts: the build runs as
 the hub's user directly in place, and only the time limit and an after-the-fact size check
@@ -19,16 +29,19 @@ apply, as the log says.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
+import posixpath
+import re
 import shlex
 import shutil
 import signal
-from collections.abc import Callable
+import stat
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from jupyterhub.spawner import set_user_setuid
+from typing import IO
 
 from hubstack.config.models import Binder
 from hubstack.config.units import format_duration, format_size
@@ -36,7 +49,7 @@ from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
-from hubstack.system import SystemOpError, cgroups, run, volumes
+from hubstack.system import SystemOpError, cgroups, run, tool, volumes
 from hubstack.system.accounts import Account, ensure_account, kill_processes_of
 
 BASE_REQUIREMENTS = Path(__file__).with_name("base-requirements.txt")
@@ -62,6 +75,15 @@ PASSED_ENV = (
 )
 LOG_TAIL = 12
 SCRATCH = ".hubstack-build"
+LINE_MAX = 1000
+"""Characters of one log line kept (in memory, on the launch page and in the log file)."""
+LOG_MAX = 10 * 1024**2
+"""Bytes of a build's log file under ``binder.root``; the rest is left out, and said so."""
+# Folders every build gets as its own, on its scratch file system: (where, scratch name).
+PRIVATE_TMP = (("/tmp", "tmp"), ("/var/tmp", "var-tmp"), ("/dev/shm", "shm"))
+MAX_DEPTH = 128
+"""Folders nested deeper than this in a built environment fail the build (see copy_tree)."""
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class BuildFailed(Explained):
@@ -142,114 +164,149 @@ class Builder:
 
     def account(self) -> Account | None:
         """The build account (created on first use); None in dev mode."""
+        return self._service_account(self.binder.build_account)
+
+    def fetch_account(self) -> Account | None:
+        """The account git and tar run as on repositories' data before any build (created on
+        first use); None in dev mode. Not the build account: a build runs the repository's
+        code, which must not reach another repository's fetch running at the same time."""
+        return self._service_account(fetch_account_name(self.binder.build_account))
+
+    def _service_account(self, name: str) -> Account | None:
         if not self.root:
             return None
-        return ensure_account(
-            self.binder.build_account, Path("/nonexistent"), shell="/usr/sbin/nologin", group=None
-        )
+        return ensure_account(name, Path("/nonexistent"), shell="/usr/sbin/nologin", group=None)
 
     async def build(self, job: BuildJob, log: Callable[[str], None]) -> None:
         """Build ``job`` into the cache, or raise :class:`BuildFailed` leaving nothing behind."""
         target = self.cache.path(job.key)
-        image = self._image(job.key)
+        work = self._work(job.key)
         account = await asyncio.to_thread(self.account)
         await asyncio.to_thread(self._clear, job.key)
-        log_path = self.cache.log(job.key)
         try:
-            with log_path.open("w") as log_file:
-
-                def write(line: str) -> None:
-                    log_file.write(line + "\n")
-                    log_file.flush()
-                    log(line)
-
-                await asyncio.to_thread(self._mount, account, image, target)
-                await export(job.mirror, job.commit, target / "repo", user=account)
-                await asyncio.to_thread(self._inputs, job, account, target)
-                await self._run(job, account, target, write)
-                await asyncio.to_thread(self._finish, job, image, target)
+            with self.cache.log(job.key).open("w") as log_file:
+                write = CappedLog(log_file, log).write
+                await asyncio.to_thread(self._mount, account, job.key)
+                await export(job.mirror, job.commit, work / "repo", user=account)
+                await asyncio.to_thread(self._inputs, job, account, work)
+                await self._run(job, account, work, write)
+                dropped = await asyncio.to_thread(self._finish, job, work, target)
+                if dropped:
+                    write(
+                        f"Left out what is neither a file, a folder nor a link: "
+                        f"{', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}"
+                    )
         except BaseException:
             await asyncio.shield(asyncio.to_thread(self._clear, job.key))
             raise
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _mount(self, account: Account | None, image: Path, target: Path) -> None:
-        """The build's own file system at ``target`` (size-limited when root)."""
+    def _work(self, key: str) -> Path:
+        """Where the build's file system is mounted for root (dev mode: the entry itself)."""
+        return self.cache.work / key if self.root else self.cache.path(key)
+
+    def _mount(self, account: Account | None, key: str) -> None:
+        """The build's own size-limited file system in root's work folder, and the empty,
+        root-owned folder its mount namespace mounts it on; dev mode: only the folder."""
+        target = self.cache.path(key)
         if account is None:
             target.mkdir(parents=True)
             return
-        volumes.create_image(image, self.limits.size, account.uid, account.gid)
-        volumes.mount(image, target, account.uid, account.gid, mode=0o755)
-        shutil.rmtree(target / "lost+found", ignore_errors=True)
+        work = self._work(key)
+        volumes.create_image(self._image(key), self.limits.size, account.uid, account.gid)
+        volumes.mount(self._image(key), work, account.uid, account.gid, mode=0o700)
+        shutil.rmtree(work / "lost+found", ignore_errors=True)
+        target.mkdir(mode=0o755)
 
-    def _inputs(self, job: BuildJob, account: Account | None, target: Path) -> None:
-        """The build's own files beside the repository: its requirements, home and caches."""
-        scratch = target / SCRATCH
+    def _inputs(self, job: BuildJob, account: Account | None, work: Path) -> None:
+        """The build's own files beside the repository: its requirements, home, caches and
+        temporary folders."""
+        scratch = work / SCRATCH
         scratch.mkdir()
         shutil.copyfile(BASE_REQUIREMENTS, scratch / "base-requirements.txt")
         shutil.copyfile(SERVER_OVERRIDES, scratch / "server-overrides.txt")
         (scratch / "requirements.txt").write_text("\n".join(job.spec.requirements) + "\n")
-        (scratch / "home").mkdir()
+        for name in ("home", *(name for _, name in PRIVATE_TMP)):
+            (scratch / name).mkdir(mode=0o700)
         if account is not None:
             run(["chown", "-R", "-h", f"{account.uid}:{account.gid}", str(scratch)])
 
     def _environ(self, target: Path) -> dict[str, str]:
+        """The build's whole environment: the hub's index and proxy settings, nothing else of
+        the hub's, and no configuration file of uv or pip (a repository's ``uv.toml`` or
+        ``[tool.uv]`` would choose the packages for everyone sharing its key)."""
         scratch = target / SCRATCH
         env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
         env.update(
             PATH="/usr/local/bin:/usr/bin:/bin",
             HOME=str(scratch / "home"),
+            XDG_CONFIG_HOME=str(scratch / "home/.config"),
             LANG="C.UTF-8",
             UV_CACHE_DIR=str(scratch / "uv-cache"),
+            UV_NO_CONFIG="1",
             UV_PYTHON_DOWNLOADS="never",
             UV_LINK_MODE="copy",
             # The result is read-only to the users who run it: compile now, not per start.
             UV_COMPILE_BYTECODE="1",
             UV_NO_PROGRESS="1",
-            TMPDIR=str(scratch),
+            TMPDIR="/tmp" if self.root else str(scratch),
+            PIP_CONFIG_FILE=os.devnull,
             PIP_NO_CACHE_DIR="1",
         )
         return env
 
+    def _isolated(self, account: Account, work: Path, target: Path, script: str) -> list[str]:
+        """``script`` in a private mount namespace: the scratch file system appears at
+        ``target`` and over the temporary folders there only; then the ids are dropped."""
+        q = shlex.quote
+        mount, scratch = q(tool("mount")), target / SCRATCH
+        steps = ["set -eu", f"{mount} --bind {q(str(work))} {q(str(target))}"]
+        steps += [
+            f"{mount} --bind {q(str(scratch / name))} {q(folder)}" for folder, name in PRIVATE_TMP
+        ]
+        steps += [
+            f"cd {q(str(target))}",
+            f"exec {q(tool('setpriv'))} --reuid={account.uid} --regid={account.gid} "
+            '--clear-groups --no-new-privs -- /bin/bash -c "$1"',
+        ]
+        namespace = [tool("unshare"), "--mount", "--propagation", "private", "--"]
+        return [*namespace, "/bin/sh", "-c", "\n".join(steps), "build", script]
+
     async def _run(
-        self, job: BuildJob, account: Account | None, target: Path, log: Callable[[str], None]
+        self, job: BuildJob, account: Account | None, work: Path, log: Callable[[str], None]
     ) -> None:
         """Run the build script in its cgroup; stream its output; enforce the time limit."""
+        target = self.cache.path(job.key)
         script = build_script(job.spec, target, job.python, self.uv)
         unit = f"hubstack-build-{job.key[:16]}"
         limits = cgroups.Limits(
             cpu=self.limits.cpu, memory=self.limits.memory, pids=self.limits.processes
         )
         group = await asyncio.to_thread(self.enforcer.prepare, unit, limits)
-        setuid = set_user_setuid(account.name, chdir=False) if account is not None else None
-
-        def preexec() -> None:
-            group.attach_self()
-            if setuid is not None:
-                setuid()
-
-        if not self.root:
+        if account is None:
             log("Dev mode: the build runs as the hub's own user, without CPU or memory limits.")
+            command, cwd = ["/bin/bash", "-c", script], str(target)
+        else:
+            command, cwd = self._isolated(account, work, target, script), "/"
         proc = await asyncio.create_subprocess_exec(
-            *self.enforcer.wrap_command(unit, limits, ["/bin/bash", "-c", script]),
-            cwd=str(target),
+            *self.enforcer.wrap_command(unit, limits, command),
+            cwd=cwd,
             env=self._environ(target),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=preexec,
+            preexec_fn=group.attach_self,
             start_new_session=True,
         )
         tail: list[str] = []
 
         async def relay() -> None:
             assert proc.stdout is not None
-            async for raw in proc.stdout:
-                for line in raw.decode("utf-8", "replace").replace("\r", "\n").splitlines():
-                    if line.strip():
-                        tail[:] = [*tail[-(LOG_TAIL - 1) :], line]
-                        log(line)
+            async for line in lines_of(proc.stdout):
+                if line.strip():
+                    tail[:] = [*tail[-(LOG_TAIL - 1) :], line]
+                    log(line)
 
         timed_out = False
         try:
@@ -291,38 +348,194 @@ class Builder:
         stopped = " and was stopped" if status is None else ""
         return f"The build {cause}{stopped}. The end of its log:\n{text}"
 
-    def _finish(self, job: BuildJob, image: Path, target: Path) -> None:
+    def _finish(self, job: BuildJob, work: Path, target: Path) -> list[str]:
         """Make the build the cache entry: copied out of its scratch file system, without
-        the build's working files, owned by root and read-only for everyone else."""
-        shutil.rmtree(target / SCRATCH)
+        the build's working files, owned by root and read-only for everyone else. Returns
+        what was left out (see :func:`copy_tree`). The build's processes are all gone."""
+        shutil.rmtree(work / SCRATCH)
         if not job.spec.post_build:
-            shutil.rmtree(target / "repo")
+            shutil.rmtree(work / "repo")
         if not self.root:
             if tree_size(target) > self.limits.size:
-                raise BuildFailed(
-                    f"The build outgrew the size limit of {format_size(self.limits.size)}."
-                )
-            return
-        staging = target.with_name(f".{job.key}.staging")
+                raise BuildFailed(self._outgrown())
+            return []
+        staging = self._staging(job.key)
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o755)
-        for part in sorted(p.name for p in target.iterdir()):
-            run(["cp", "-a", "--no-preserve=ownership", str(target / part), str(staging)])
-        volumes.remove_image(image, target)
-        target.rmdir()
-        # Nothing built by the unprivileged account may become set-id once root owns it.
-        run(["chmod", "-R", "a+rX,go-w,ug-s", str(staging)])
-        staging.rename(target)
+        staging.mkdir(mode=0o700)
+        try:
+            dropped = copy_tree(work, staging, self.limits.size)
+        except _TooLarge:
+            raise BuildFailed(self._outgrown()) from None
+        volumes.remove_image(self._image(job.key), work)
+        work.rmdir()
+        os.chmod(staging, 0o755)
+        os.rename(staging, target)  # replaces the empty folder the build's namespace used
+        return dropped
+
+    def _outgrown(self) -> str:
+        return f"The build outgrew the size limit of {format_size(self.limits.size)}."
 
     def _clear(self, key: str) -> None:
         """Remove whatever a failed or interrupted build of ``key`` left."""
         target = self.cache.path(key)
         if self.root:
-            volumes.remove_image(self._image(key), target)  # unmounts it first
-        shutil.rmtree(target.with_name(f".{key}.staging"), ignore_errors=True)
+            work = self._work(key)
+            volumes.remove_image(self._image(key), work)  # unmounts it first
+            with contextlib.suppress(FileNotFoundError):
+                work.rmdir()
+        shutil.rmtree(self._staging(key), ignore_errors=True)
         if not (target / META).exists():
             shutil.rmtree(target, ignore_errors=True)
 
+    def _staging(self, key: str) -> Path:
+        return self.cache.path(key).with_name(f".{key}.staging")
+
     def _image(self, key: str) -> Path:
         """The build's scratch file system image."""
-        return self.cache.builds / f"{key}.img"
+        return self.cache.work / f"{key}.img"
+
+
+def fetch_account_name(build_account: str) -> str:
+    """The fetch account's name: the build account's, shortened to fit, with ``-git``."""
+    return f"{build_account[:28]}-git"
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= LINE_MAX else f"{line[:LINE_MAX]} [line cut]"
+
+
+async def lines_of(stream: asyncio.StreamReader) -> AsyncIterator[str]:
+    """The lines of a build's output (a CR ends one too: progress bars), each cut to
+    :data:`LINE_MAX` characters; a line without end never grows the hub's memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending, skipping = "", False
+    while chunk := await stream.read(65536):
+        *lines, pending = re.split(r"[\r\n]", pending + decoder.decode(chunk))
+        for line in lines:
+            if not skipping:
+                yield _cut(line)
+            skipping = False
+        if skipping:
+            pending = ""
+        elif len(pending) > LINE_MAX:
+            yield _cut(pending)
+            pending, skipping = "", True
+    if pending and not skipping:
+        yield _cut(pending)
+
+
+class CappedLog:
+    """A build's log file, which stops at :data:`LOG_MAX` bytes with a line saying so (a
+    build that prints without end must not fill the disk), and the live log of its launches."""
+
+    def __init__(self, file: IO[str], live: Callable[[str], None]) -> None:
+        self.file = file
+        self.live = live
+        self.written = 0
+
+    def write(self, line: str) -> None:
+        self.live(line)
+        if self.written > LOG_MAX:
+            return
+        data = line + "\n"
+        self.written += len(data.encode())
+        if self.written > LOG_MAX:
+            data = f"(log truncated: only the first {format_size(LOG_MAX)} are kept)\n"
+        self.file.write(data)
+        self.file.flush()
+
+
+class _TooLarge(Exception):
+    """The copy would write more than the build's size limit (sparse or hard-linked files)."""
+
+
+def copy_tree(source: Path, dest: Path, budget: int) -> list[str]:
+    """Copy what a build made at ``source`` into root's empty folder ``dest``, safely.
+
+    ``cp -a`` as root would recreate set-id files, devices and FIFOs as root's; this creates
+    only folders (0755), regular files (0644, or 0755 when executable) and symbolic links
+    (never followed), all root's, keeping modification times (compiled bytecode checks
+    them) and hard links. Each entry is opened without following links and checked with
+    ``fstat``. Anything else is left out; the relative paths of what was are returned.
+    More than ``budget`` bytes of files (a sparse file is as large as it claims), or
+    folders nested deeper than :data:`MAX_DEPTH`, raise :class:`_TooLarge`.
+    """
+    state = _Copy(budget, {}, [])
+    src = os.open(source, _OPEN_DIR)
+    try:
+        dst = os.open(dest, _OPEN_DIR)
+        try:
+            state.folder(src, dst, str(dest), "", 0)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return state.dropped
+
+
+@dataclass
+class _Copy:
+    budget: int
+    links: dict[tuple[int, int], str]  # (device, inode) of a file with several names: its copy
+    dropped: list[str]
+
+    def folder(self, src: int, dst: int, dst_path: str, rel: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise _TooLarge(rel)
+        for name in sorted(os.listdir(src)):
+            info = os.stat(name, dir_fd=src, follow_symlinks=False)
+            path = posixpath.join(rel, name)
+            times = (info.st_atime_ns, info.st_mtime_ns)
+            if stat.S_ISLNK(info.st_mode):
+                os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+                os.utime(name, ns=times, dir_fd=dst, follow_symlinks=False)
+            elif stat.S_ISDIR(info.st_mode):
+                inner_src = os.open(name, _OPEN_DIR, dir_fd=src)
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dst)
+                    inner_dst = os.open(name, _OPEN_DIR, dir_fd=dst)
+                    try:
+                        inner = posixpath.join(dst_path, name)
+                        self.folder(inner_src, inner_dst, inner, path, depth + 1)
+                        os.fchmod(inner_dst, 0o755)
+                        os.utime(inner_dst, ns=times)
+                    finally:
+                        os.close(inner_dst)
+                finally:
+                    os.close(inner_src)
+            elif not (stat.S_ISREG(info.st_mode) and self.file(src, dst, dst_path, name)):
+                self.dropped.append(path)
+
+    def file(self, src: int, dst: int, dst_path: str, name: str) -> bool:
+        """Copy one regular file; False if it is not one once opened."""
+        fd_in = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=src)
+        try:
+            info = os.fstat(fd_in)
+            if not stat.S_ISREG(info.st_mode):
+                return False
+            identity = (info.st_dev, info.st_ino)
+            if info.st_nlink > 1 and identity in self.links:
+                os.link(self.links[identity], name, dst_dir_fd=dst, follow_symlinks=False)
+                return True
+            self.budget -= info.st_size
+            if self.budget < 0:
+                raise _TooLarge(name)
+            mode = 0o755 if info.st_mode & 0o111 else 0o644
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd_out = os.open(name, flags, 0o600, dir_fd=dst)
+            try:
+                offset = 0
+                while offset < info.st_size:
+                    sent = os.sendfile(fd_out, fd_in, offset, info.st_size - offset)
+                    if sent == 0:
+                        break  # shorter than it was: what is there is copied
+                    offset += sent
+                os.fchmod(fd_out, mode)
+                os.utime(fd_out, ns=(info.st_atime_ns, info.st_mtime_ns))
+            finally:
+                os.close(fd_out)
+            if info.st_nlink > 1:
+                self.links[identity] = posixpath.join(dst_path, name)
+            return True
+        finally:
+            os.close(fd_in)

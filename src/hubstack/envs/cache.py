@@ -5,11 +5,18 @@ Layout under ``binder.root`` (world-readable, on Slurm a path every node sees)::
     envs/<key>/env/        the environment (a uv virtualenv), root-owned and read-only
     envs/<key>/repo/       the repository as its postBuild left it (only with a postBuild)
     envs/<key>/meta.json   written last: an entry without it is not complete and never used
-    builds/<key>.img       a build's size-limited scratch file system, only while it builds
-    mirrors/<hash>.git     bare mirrors of the repositories, fetched by the hub
-    logs/<key>.log         the last build log of each environment
+    mirrors/<hash>.git     bare mirrors of the repositories, owned by the fetch account
+    logs/<key>.log         the last build log of each environment (capped)
     used/<key>             its modification time is the environment's last launch
     locks/                 one lock for builds, so a CLI rebuild and the hub never race
+
+Nothing under ``binder.root`` is writable by any account but root, nor ever holds a set-id
+file or a special file. What builds and fetches write lives in ``work`` (the hub's data dir),
+outside it, where only root can list it::
+
+    <key>.img              a build's size-limited scratch file system, only while it builds
+    <key>/                 where it is mounted (its root: the build account's, mode 0700)
+    inspect-*/             a commit's files as the fetch account wrote them, while read
 """
 
 from __future__ import annotations
@@ -68,10 +75,10 @@ def tree_size(path: Path) -> int:
 class EnvCache:
     """Paths, metadata and clean-up of the cache; building is :mod:`hubstack.envs.builder`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, work: Path) -> None:
         self.root = root
+        self.work = work
         self.envs = root / "envs"
-        self.builds = root / "builds"
         self.mirrors = root / "mirrors"
         self.logs = root / "logs"
         self.used = root / "used"
@@ -82,8 +89,9 @@ class EnvCache:
         for path, mode in (
             (self.root, 0o755),
             (self.envs, 0o755),
-            (self.builds, 0o755),
-            (self.mirrors, 0o700),
+            # Traversable, not listable: the build and fetch accounts reach their own folders.
+            (self.work, 0o711),
+            (self.mirrors, 0o711),
             (self.logs, 0o700),
             (self.used, 0o700),
             (self.locks, 0o700),
@@ -198,7 +206,7 @@ class EnvCache:
     def _stale_work(self, kept: set[Path], cutoff: float) -> list[Path]:
         """Mirrors no environment comes from any more, and what interrupted fetches and
         inspections left (the hub's fetch works beside the mirror, as ``.<name>.*.fetch``)."""
-        stale = [p for p in self.builds.glob("inspect-*") if p.stat().st_mtime < cutoff]
+        stale = [p for p in self.work.glob("inspect-*") if p.stat().st_mtime < cutoff]
         if self.mirrors.is_dir():
             for path in self.mirrors.iterdir():
                 unused = path.name.startswith(".") or path not in kept
@@ -213,10 +221,23 @@ class EnvCache:
         build must never be able to touch another's files. The lock is a file lock, so a
         rebuild from the command line waits for the hub's build and the other way round.
         """
-        self.locks.mkdir(parents=True, exist_ok=True)
-        lock = (self.locks / "build.lock").open("a")
+        lock = self._lock_file()
         fcntl.flock(lock, fcntl.LOCK_EX)
         return lock
+
+    def try_build_lock(self) -> IO[str] | None:
+        """The build lock if it is free now, else None (for waiting without a thread)."""
+        lock = self._lock_file()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        return lock
+
+    def _lock_file(self) -> IO[str]:
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return (self.locks / "build.lock").open("a")
 
 
 def describe(env: BuiltEnv) -> dict[str, Any]:

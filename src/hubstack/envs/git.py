@@ -5,7 +5,8 @@ git call is hardened: no system or global config and no prompts; only the allowe
 (``GIT_ALLOW_PROTOCOL``, which also covers redirects, submodules and ``ext::``/``file``); no
 hooks; redirects not followed (an allowed host must not lead to one that is not); objects
 checked as they arrive; the URL and ref after ``--``. Git runs as the account that owns the
-mirror, never as root when an account is given.
+mirror, never as root when an account is given (the hub gives its fetch account: git parses
+packs from servers that are not ours, and tar writes a tree anybody made).
 
 A mirror is a bare repository per repository URL holding the commits fetched so far (each at
 depth 1, no refs; nothing here runs ``gc``). A fetch goes into a fresh staging repository
@@ -33,6 +34,7 @@ from typing import Any
 from hubstack.config.units import format_size
 from hubstack.errors import Explained
 from hubstack.launch.untrusted import quote_untrusted
+from hubstack.system import tool
 from hubstack.system.accounts import Account
 
 SUPPORTED_SCHEMES = frozenset({"https", "http", "git"})
@@ -219,7 +221,7 @@ async def _run(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     proc = await asyncio.create_subprocess_exec(
-        "git",
+        tool("git"),
         *_config(),
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -533,8 +535,8 @@ async def _archive(
         "stderr": asyncio.subprocess.PIPE,
         "start_new_session": True,
     }
-    archive = ["git", *_config(), f"--git-dir={mirror}", "archive", "--format=tar", commit]
-    extract = ["tar", "--extract", "--no-same-owner", "--no-same-permissions"]
+    archive = [tool("git"), *_config(), f"--git-dir={mirror}", "archive", "--format=tar", commit]
+    extract = [tool("tar"), "--extract", "--no-same-owner", "--no-same-permissions"]
     extract += [f"--directory={dest}", "--file=-"]
     read_end, write_end = os.pipe()
     procs: list[asyncio.subprocess.Process] = []

@@ -4,19 +4,29 @@ The hub does this inside a server's start, so its progress stream is the build's
 stream (the binder service relays it with BinderHub's phase names): resolve the ref, fetch
 into the hub's mirror, read the spec at that commit, compute the content key, and either
 find the environment in the cache or build it. Launches that need the same environment
-share one build, whoever asked first; builds of different environments queue.
+share one build, whoever asked first; builds of different environments queue, in a queue
+bounded per account and overall (``binder.limits.queued_per_user`` and ``queued``).
+
+A launch given up while its build waits takes the build with it, unless another launch
+awaits the same environment. A build that has started runs to its end (within its limits)
+even when nobody waits for it any more: its environment is cached for the next launch.
+
+Git and tar run as the fetch account (:meth:`Builder.fetch_account`) on repositories' data:
+the mirrors and the inspected trees are its own, never root's, never the build account's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from hubstack.config import Config
 from hubstack.envs.builder import (
@@ -33,11 +43,14 @@ from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
 from hubstack.errors import Explained
 from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.system import cgroups
+from hubstack.system.accounts import Account
 
 Phase = Callable[[str, str], None]
 """Report a step: BinderHub's phase name and a message."""
 
 LOG_REPLAY = 100
+LOCK_POLL = 0.2
+"""Seconds between two tries of the cache's build lock while a build waits for it."""
 PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
 PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
 
@@ -63,6 +76,8 @@ class _Build:
     """A build under way, with the log lines seen so far for launches that join late."""
 
     task: asyncio.Task[BuiltEnv]
+    owners: set[str] = field(default_factory=set)  # the accounts whose launches await it
+    started: bool = False  # False: still in the queue
     lines: list[str] = field(default_factory=list)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
 
@@ -98,20 +113,26 @@ class Repositories:
 
     def __init__(self, config: Config, enforcer: cgroups.Enforcer) -> None:
         self.binder = config.binder
-        self.cache = EnvCache(self.binder.root)
+        self.cache = EnvCache(self.binder.root, config.hub.data_dir / "builds")
         self.builder = Builder(self.binder, self.cache, enforcer)
         self.pythons = available_pythons(self.binder.pythons)
         self._builds: dict[str, _Build] = {}
         self._one_build = asyncio.Lock()
         self._fetches: dict[Path, asyncio.Lock] = {}
 
-    async def prepare(self, source: RepoSource, phase: Phase, pin: str | None = None) -> Prepared:
-        """Resolve, fetch, inspect and (if needed) build; raise :class:`PrepareFailed`."""
+    async def prepare(
+        self, source: RepoSource, phase: Phase, pin: str | None = None, owner: str | None = None
+    ) -> Prepared:
+        """Resolve, fetch, inspect and (if needed) build; raise :class:`PrepareFailed`.
+
+        ``owner`` names the account launching, for its share of the build queue (None: an
+        operator's rebuild, which only the overall limit counts)."""
         await asyncio.to_thread(self.cache.create)
+        fetcher = await asyncio.to_thread(self.builder.fetch_account)
         try:
-            commit = pin or await self._resolve(source, phase)
-            mirror = await self._fetch(source, commit, phase)
-            spec, key, python = await self._inspect(mirror, commit)
+            commit = pin or await self._resolve(source, phase, fetcher)
+            mirror = await self._fetch(source, commit, phase, fetcher)
+            spec, key, python = await self._inspect(mirror, commit, fetcher)
         except (GitError, SpecError) as exc:
             raise PrepareFailed(exc.message) from None
         for notice in spec.notices:
@@ -121,7 +142,7 @@ class Repositories:
             job = BuildJob(
                 key=key, spec=spec, python=self.pythons[python], mirror=mirror, commit=commit
             )
-            env = await self._build(job, source, python, phase)
+            env = await self._build(job, source, python, phase, owner)
         else:
             phase("built", f"Found the environment {key[:12]}, built before")
         await asyncio.to_thread(self.cache.touch, key)
@@ -138,17 +159,20 @@ class Repositories:
             lock.close()
         return await self.prepare(source, phase, pin=env.commit)
 
-    async def _resolve(self, source: RepoSource, phase: Phase) -> str:
+    async def _resolve(self, source: RepoSource, phase: Phase, fetcher: Account | None) -> str:
         phase("fetching", f"Resolving {source.ref} in {source.url}")
         return await resolve_ref(
-            source.url, source.ref, schemes=self.binder.allowed_schemes, timeout=60
+            source.url, source.ref, schemes=self.binder.allowed_schemes, timeout=60, user=fetcher
         )
 
-    async def _fetch(self, source: RepoSource, commit: str, phase: Phase) -> Path:
+    async def _fetch(
+        self, source: RepoSource, commit: str, phase: Phase, fetcher: Account | None
+    ) -> Path:
         mirror = self.cache.mirror(source.url)
         lock = self._fetches.setdefault(mirror, asyncio.Lock())
         async with lock:
             phase("fetching", f"Fetching commit {commit[:12]}")
+            await asyncio.to_thread(_drop_foreign_mirror, mirror, fetcher)
             await fetch(
                 source.url,
                 source.ref,
@@ -157,17 +181,22 @@ class Repositories:
                 schemes=self.binder.allowed_schemes,
                 max_size=self.binder.limits.repository_size,
                 timeout=self.binder.limits.time,
-                user=None,
+                user=fetcher,
                 log=lambda line: phase("fetching", line),
             )
         return mirror
 
-    async def _inspect(self, mirror: Path, commit: str) -> tuple[EnvSpec, str, str]:
-        """Read the spec at ``commit`` from a private export (root's own, so nothing a
-        build runs can change it while it is read) and compute the environment's key."""
-        work = Path(tempfile.mkdtemp(prefix="inspect-", dir=self.cache.builds))
+    async def _inspect(
+        self, mirror: Path, commit: str, fetcher: Account | None
+    ) -> tuple[EnvSpec, str, str]:
+        """Read the spec at ``commit`` from a private export (the fetch account's, in a
+        folder only it and root reach, so nothing a build runs can change it while it is
+        read) and compute the environment's key."""
+        work = Path(tempfile.mkdtemp(prefix="inspect-", dir=self.cache.work))
         try:
-            await export(mirror, commit, work / "repo", user=None)
+            if fetcher is not None:
+                os.chown(work, fetcher.uid, fetcher.gid)
+            await export(mirror, commit, work / "repo", user=fetcher)
             return await asyncio.to_thread(self._key, work / "repo")
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
@@ -182,11 +211,12 @@ class Repositories:
         return spec, environment_key(tree, spec, salt), python
 
     async def _build(
-        self, job: BuildJob, source: RepoSource, python: str, phase: Phase
+        self, job: BuildJob, source: RepoSource, python: str, phase: Phase, owner: str | None
     ) -> BuiltEnv:
-        """Join the build of ``job.key`` if one is under way, else start it."""
+        """Join the build of ``job.key`` if one is under way, else queue it."""
         build = self._builds.get(job.key)
         if build is None:
+            self._check_queue(owner)
             build = _Build(asyncio.ensure_future(self._run(job, source, python)))
             self._builds[job.key] = build
             build.task.add_done_callback(lambda _: self._builds.pop(job.key, None))
@@ -194,6 +224,8 @@ class Repositories:
             phase("building", "Another launch is building this environment: following its log")
             for line in build.lines:
                 phase("building", line)
+        if owner is not None:
+            build.owners.add(owner)
 
         def follow(line: str) -> None:
             phase("building", line)
@@ -207,19 +239,48 @@ class Repositories:
         finally:
             with contextlib.suppress(ValueError):
                 build.listeners.remove(follow)
+            if not build.listeners and not build.started:
+                build.task.cancel()  # every launch waiting for it was given up
         phase("built", f"Built the environment {job.key[:12]}")
         return env
+
+    def _check_queue(self, owner: str | None) -> None:
+        """Refuse a new build when its account, or the hub, has as many waiting as allowed."""
+        waiting = [build for build in self._builds.values() if not build.started]
+        mine = sum(owner in build.owners for build in waiting) if owner is not None else 0
+        if mine >= self.binder.limits.queued_per_user:
+            raise PrepareFailed(
+                f"You already have {mine} builds waiting; launch this repository again "
+                "when one of them has started."
+            )
+        if len(waiting) >= self.binder.limits.queued:
+            raise PrepareFailed(
+                f"{len(waiting)} builds are waiting on this hub already, as many as it queues; "
+                "launch again in a few minutes."
+            )
+
+    async def _build_lock(self, build: _Build) -> IO[str]:
+        """The cache's build lock (a build from the command line may hold it), tried without
+        blocking so that a build given up while it waits can stop waiting."""
+        lock = self.cache.try_build_lock()
+        if lock is None:
+            build.line("Waiting for a build started from the command line to finish")
+        while lock is None:
+            await asyncio.sleep(LOCK_POLL)
+            lock = self.cache.try_build_lock()
+        return lock
 
     async def _run(self, job: BuildJob, source: RepoSource, python: str) -> BuiltEnv:
         build = self._builds[job.key]
         if self._one_build.locked():
             build.line("Waiting for another environment's build to finish")
         async with self._one_build:
-            lock = await asyncio.to_thread(self.cache.acquire_build_lock)
+            lock = await self._build_lock(build)
             try:
                 existing = self.cache.get(job.key)  # built meanwhile, e.g. by the CLI
                 if existing is not None:
                     return existing
+                build.started = True
                 build.line(f"Building the environment {job.key[:12]} for {source.url}")
                 await self.builder.build(job, build.line)
                 meta = {
@@ -233,3 +294,12 @@ class Repositories:
                 return await asyncio.to_thread(self.cache.complete, job.key, meta)
             finally:
                 lock.close()
+
+
+def _drop_foreign_mirror(mirror: Path, fetcher: Account | None) -> None:
+    """Remove a mirror another account owns (one made as root by an earlier hubstack): git
+    runs as the mirror's owner, so it is fetched anew as the fetch account's own."""
+    owner = os.geteuid() if fetcher is None else fetcher.uid
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(mirror).st_uid != owner:
+            shutil.rmtree(mirror)

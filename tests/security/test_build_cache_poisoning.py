@@ -1,0 +1,119 @@
+"""A repository cannot choose where the packages of an environment come from by uv or pip
+settings of its own: such settings are left out of the key, so honouring them would let the
+first launch decide what every later launch with the same requirements gets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import secrets
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from system.test_builds import TABULATE, Site, python, site
+
+__all__ = ["site"]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds run as their own account")
+
+WHEEL_NAME = "tabulate-0.9.0-py3-none-any.whl"
+
+
+def poisoned_wheel() -> bytes:
+    """A wheel that claims to be tabulate 0.9.0 and gives itself away."""
+    files = {
+        "tabulate.py": b"POISONED = True\n",
+        "tabulate-0.9.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tabulate\n"
+        b"Version: 0.9.0\n",
+        "tabulate-0.9.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append("tabulate-0.9.0.dist-info/RECORD,,")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+        wheel.writestr("tabulate-0.9.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return buffer.getvalue()
+
+
+class FakeIndex(ThreadingHTTPServer):
+    """A package index on loopback that serves a poisoned tabulate and records each request."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _IndexHandler)
+        self.requests: list[str] = []
+        self.wheel = poisoned_wheel()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/simple"
+
+
+class _IndexHandler(BaseHTTPRequestHandler):
+    server: FakeIndex
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        if self.path.rstrip("/") == "/simple/tabulate":
+            body = f'<a href="/files/{WHEEL_NAME}">{WHEEL_NAME}</a>'.encode()
+            kind = "text/html"
+        elif self.path == f"/files/{WHEEL_NAME}":
+            body, kind = self.server.wheel, "application/octet-stream"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def index() -> Iterator[FakeIndex]:
+    server = FakeIndex()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("path", "setting"),
+    [
+        ("uv.toml", 'extra-index-url = ["{url}"]\n'),
+        ("pyproject.toml", '[tool.uv]\nextra-index-url = ["{url}"]\n'),
+    ],
+)
+def test_repository_index_settings_are_not_honoured(
+    site: Site, index: FakeIndex, path: str, setting: str
+) -> None:
+    requirements = f"{TABULATE}\n# {secrets.token_hex(4)}\n"
+    files = {"requirements.txt": requirements, path: setting.format(url=index.url)}
+    first, _ = site.prepare(site.repo(files))
+    twin, _ = site.prepare(site.repo({"requirements.txt": requirements}))
+    probe = "import tabulate; print(getattr(tabulate, 'POISONED', False))"
+    assert python(first, probe) == "False"
+    assert python(twin, probe) == "False"
+    assert index.requests == []
