@@ -92,7 +92,8 @@ def test_fill_the_launch_form_and_get_the_share_link(hub: Hub, page: Page) -> No
     expect(page.get_by_label("Badge (reStructuredText)")).to_have_value(
         f".. image:: {badge}\n   :target: {link}"
     )
-    expect(page.get_by_role("link", name="Launch")).to_have_attribute("href", link)
+    expect(page.locator("#hs-launch-form")).to_have_attribute("action", link.removeprefix(hub.url))
+    expect(page.locator("#hs-facts")).to_contain_text("https://github.com/org/repo")
     badge_image = page.get_by_alt_text("launch: hubstack")
     expect(badge_image).to_be_visible()
     assert badge_image.evaluate("image => image.complete && image.naturalWidth") == 128
@@ -115,6 +116,8 @@ def test_a_share_link_builds_and_opens_jupyterlab_at_the_notebook(
 
     log_in_on_the_way(page, link, "emil", hub.add_user("emil"))
     page.wait_for_url(link)
+    expect(page.locator("#hs-facts")).to_contain_text(git.url("paper"))
+    page.get_by_role("button", name="Launch").click()
     expect(page.get_by_role("heading", name="Launching")).to_contain_text(git.url("paper"))
     expect(page.locator("#hs-log")).to_contain_text("Resolving main")
     # Past waiting: the spawner's own phases (fetching, building) are being shown.

@@ -199,7 +199,12 @@ def test_share_link_page_refuses_bad_input_with_400(
 
 
 def test_share_link_page_follows_the_build_stream(hub: Hub, alice: Session) -> None:
-    resp = page(alice, "v2/gh/org/repo/main", labpath="notebooks/intro.ipynb")
+    asked = page(alice, "v2/gh/org/repo/main", labpath="notebooks/intro.ipynb")
+    assert asked.status_code == 200, asked.text
+    assert "EventSource" not in asked.text, "opening the link starts nothing"
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', asked.text)
+    assert xsrf, "its Launch button posts the page's XSRF token"
+    resp = alice.http.post(asked.url, data={"_xsrf": xsrf.group(1)}, timeout=60)
     assert resp.status_code == 200, resp.text
     shown = text(resp)
     assert "https://github.com/org/repo" in shown

@@ -11,6 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from hubstack.config.models import Binder
+from hubstack.launch.form import REPOSITORY_WARNING, source_facts
 from hubstack.launch.repo import repo_source, share_links
 from hubstack.services.binder import (
     PHASES,
@@ -204,12 +205,19 @@ def test_the_launch_page_shows_the_share_link_and_badges() -> None:
             error=None,
             links=links,
             source=source,
+            facts=source_facts(source),
+            warning=REPOSITORY_WARNING,
+            launch_url="/services/binder/v2/git/x/v1.0",
+            xsrf="t0ken",
             server="tools-abc123",
         ),
     )
     shown = html.unescape(page)
     assert f'value="{links.url}"' in shown
-    assert f'href="{links.url}"' in shown
+    assert '<form method="post" action="/services/binder/v2/git/x/v1.0"' in page
+    assert '<input type="hidden" name="_xsrf" value="t0ken">' in page
+    assert "<dt>Host</dt><dd><code>127.0.0.1:9419</code></dd>" in page
+    assert REPOSITORY_WARNING in shown
     assert f">{links.markdown}</textarea>" in shown
     assert f">{links.rst}</textarea>" in shown
     assert '<option value="file" selected>' in page

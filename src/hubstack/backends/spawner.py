@@ -40,6 +40,7 @@ from hubstack.launch import (
     render_options_form,
     resolve,
 )
+from hubstack.launch.form import LinkOpensForm, link_options
 from hubstack.system import cgroups
 
 MAX_NOTICES = 10
@@ -137,8 +138,15 @@ class HubstackSpawner(Spawner):
 
     def _render_form(self, _spawner: Spawner) -> str:
         return render_options_form(
-            self.hubstack, self.user_options, [n["message"] for n in self.notices]
+            self.hubstack,
+            self.user_options,
+            [n["message"] for n in self.notices],
+            link_options(self.handler),
         )
+
+    def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
+        """A link never starts a server: its options only fill in the form."""
+        raise LinkOpensForm
 
     @default("options_from_form")
     def _options_from_form_default(self) -> Any:

@@ -1,4 +1,6 @@
-"""Secrets out of log lines, wherever a request's URL or headers are logged.
+"""What the hub's log lines say: no secrets, and no error for hubstack's normal answers.
+
+Secrets are kept out wherever a request's URL or headers are logged.
 
 JupyterHub scrubs ``token=`` from its own request log, but tornado logs the full URL of
 every request that ends in an HTTP error (``403 GET /hub/api/users?token=...``), and
@@ -45,6 +47,20 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class QuietExpected(logging.Filter):
+    """JupyterHub logs every exception of a spawn request as an error with its traceback;
+    one that hubstack raises as its normal answer (marked ``log_quietly``, e.g. a link to
+    the spawn page, which fills in the form instead of starting) becomes one info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if getattr(error, "log_quietly", False):
+            record.msg, record.args = f"{record.getMessage()}: {error}", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def redact_handlers(logger: logging.Logger) -> None:
     """Add the filter to each of ``logger``'s handlers (records of child loggers that
     propagate to them pass through handler filters, not through logger filters)."""
@@ -54,6 +70,9 @@ def redact_handlers(logger: logging.Logger) -> None:
 
 # JupyterHub's ``logging_config``, merged into traitlets' default: its one console handler.
 JUPYTERHUB_LOGGING = {
-    "filters": {"secrets": {"()": f"{__name__}.RedactSecrets"}},
-    "handlers": {"console": {"filters": ["secrets"]}},
+    "filters": {
+        "secrets": {"()": f"{__name__}.RedactSecrets"},
+        "expected": {"()": f"{__name__}.QuietExpected"},
+    },
+    "handlers": {"console": {"filters": ["expected", "secrets"]}},
 }

@@ -11,9 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hubstack.config.models import Choice, Config, Environment, Machine, PartitionLimits, Range
+from hubstack.config.models import (
+    REPOSITORY_ENVIRONMENT,
+    Choice,
+    Config,
+    Environment,
+    Machine,
+    PartitionLimits,
+    Range,
+)
 from hubstack.launch.pages import html_templates
 from hubstack.launch.profiles import repository_environment
+from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.launch.slurm import (
     NUMBER_FIELDS,
     capitalized,
@@ -21,6 +30,7 @@ from hubstack.launch.slurm import (
     slurm_fields,
     slurm_label,
 )
+from hubstack.launch.untrusted import InvalidLaunch
 
 _UNITS = (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024))
 # What a user may type in a Slurm text field, and what a field without default follows.
@@ -28,6 +38,53 @@ _EXAMPLES = {"walltime": "e.g. 2h, 90m or 1:30:00; ", "memory": "e.g. 4G or 512M
 _FROM_MACHINE = {"cores": "CPUs", "memory": "memory"}
 
 _jinja = html_templates("hubstack.launch")
+# JupyterHub's own arguments of the spawn page, which are not options.
+_NOT_OPTIONS = frozenset({"next", "display_name", "_xsrf"})
+# Shown wherever a repository is about to be launched, before the click that launches it.
+REPOSITORY_WARNING = (
+    "This runs code from this repository in your account: its build and start scripts, "
+    "and what you open in it, can read and change your files. Launch only repositories "
+    "you trust."
+)
+
+
+class LinkOpensForm(Exception):
+    """A link to the spawn page with options (``/hub/spawn?environment=...``) fills in the
+    form: JupyterHub would start a server as soon as a logged-in user opens the link, so
+    the spawner's ``options_from_query`` raises this instead, and the user presses Start.
+
+    JupyterHub then shows the form with ``jupyterhub_message`` as an error: none here; the
+    form itself says what the link asks for (see :func:`link_options`).
+    """
+
+    jupyterhub_message = ""
+    jupyterhub_html_message = ""
+    log_quietly = True  # JupyterHub logs it as a failure; hubstack's log filter does not
+
+    def __init__(self) -> None:
+        super().__init__("a link with options fills in the spawn form; it starts nothing")
+
+
+def link_options(handler: Any) -> dict[str, str]:
+    """The options in the query of the spawn page's GET request (``?machine=small`` or
+    JupyterHub's ``?opt-machine=small``), to fill in the form; ``{}`` for anything else."""
+    request = getattr(handler, "request", None)
+    if request is None or request.method != "GET":
+        return {}
+    options = {}
+    for key, values in request.query_arguments.items():
+        name = key.removeprefix("opt-")
+        if name not in _NOT_OPTIONS and values:
+            options[name] = values[0].decode("utf-8", "replace")
+    return options
+
+
+def source_facts(source: RepoSource) -> dict[str, str]:
+    """What a person checks before launching a repository: where it is, whose it is, which
+    version."""
+    host, _, path = source.url.split("://", 1)[1].partition("/")
+    owner = path.rpartition("/")[0] or "(none: the repository is at the top of the host)"
+    return {"url": source.url, "host": host, "owner": owner, "ref": source.ref}
 
 
 def _human_size(size: int) -> str:
@@ -143,15 +200,27 @@ def _slurm_rows(config: Config, current: Mapping[str, object]) -> list[dict[str,
 
 
 def render_options_form(
-    config: Config, current: Mapping[str, object] | None = None, notices: Sequence[str] = ()
+    config: Config,
+    current: Mapping[str, object] | None = None,
+    notices: Sequence[str] = (),
+    link: Mapping[str, str] | None = None,
 ) -> str:
     """The options form fragment, pre-selecting ``current`` (the user's last options).
 
     ``notices`` are shown above the choices, e.g. to say why a previous choice that
     the operator has since removed is no longer selected. On Slurm, the job fields the
     config offers follow, pre-filled with the user's previous values or the defaults.
+
+    ``link`` are the options of a link to the spawn page (:func:`link_options`): they fill
+    in the form, and a repository they name is shown with what launching it means.
     """
-    current = current or {}
+    current = {**(current or {}), **(link or {})}
+    asked = None
+    if link and link.get("environment") == REPOSITORY_ENVIRONMENT and config.binder.enabled:
+        try:
+            asked = source_facts(repo_source(link.get("repo"), link.get("ref"), config.binder))
+        except InvalidLaunch as exc:
+            notices = [*notices, f"The link's repository cannot be launched: {exc.message}"]
     environments = list(config.environments)
     if config.binder.enabled:
         environments.append(repository_environment(config))
@@ -165,4 +234,6 @@ def render_options_form(
         repository=repo if config.binder.enabled else None,
         slurm=_slurm_rows(config, current),
         notices=list(notices),
+        asked=asked,
+        warning=REPOSITORY_WARNING,
     )

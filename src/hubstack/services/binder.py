@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import re
@@ -42,9 +43,11 @@ from hubstack.config.units import format_duration, format_size, parse_duration
 from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub.logs import redact_handlers
+from hubstack.launch.form import REPOSITORY_WARNING, source_facts
 from hubstack.launch.pages import html_templates
 from hubstack.launch.repo import (
     RepoSource,
+    ShareLinks,
     repo_source,
     server_name,
     server_path,
@@ -249,25 +252,45 @@ class LaunchPageHandler(ServiceHandler):
             error=None,
             links=links,
             source=source,
+            facts=source_facts(source),
+            warning=REPOSITORY_WARNING,
+            launch_url=links.url.removeprefix(self.origin()),
+            xsrf=self.xsrf_token.decode(),
             server=self.server_for(source),
         )
 
 
 class ShareLinkHandler(ServiceHandler):
-    """``/v2/<provider>/<spec>``: follow one launch live, then open the server."""
+    """``/v2/<provider>/<spec>``: what the link launches and a Launch button (GET); the
+    launch followed live, then the server opened (POST, the button).
+
+    Opening a link starts nothing: a link anyone can send would otherwise run a
+    repository of the sender's choice in the account of whoever opens it.
+    """
 
     @authenticated
     async def get(self) -> None:
-        provider, spec = split_spec(self.request.path, self.service.prefix + "v2/")
-        try:
-            source = source_from_spec(provider, spec, self.service.config.binder)
-            urlpath = server_path(*(self.get_argument(name, None) for name in PATH_ARGUMENTS))
-            links = share_links(self.service_url(), source, urlpath)
-        except InvalidLaunch as exc:
-            self.page(
-                "error.html", 400, title="This launch link cannot be used", message=exc.message
-            )
+        launch = self.launch()
+        if launch is None:
             return
+        source, _, links = launch
+        self.page(
+            "confirm.html",
+            source=source,
+            facts=source_facts(source),
+            warning=REPOSITORY_WARNING,
+            server=self.server_for(source),
+            xsrf=self.xsrf_token.decode(),
+            links=links,
+        )
+
+    @authenticated
+    async def post(self) -> None:
+        self.check_xsrf_cookie()
+        launch = self.launch()
+        if launch is None:
+            return
+        source, urlpath, links = launch
         build = f"{self.service.prefix}build/{source.provider}/{source.spec}"
         self.page(
             "v2.html",
@@ -278,6 +301,21 @@ class ShareLinkHandler(ServiceHandler):
             urlpath=urlpath,
             links=links,
         )
+
+    def launch(self) -> tuple[RepoSource, str, ShareLinks] | None:
+        """The link's repository, the path to open and the share links; None once a page
+        has said why the link cannot be used."""
+        provider, spec = split_spec(self.request.path, self.service.prefix + "v2/")
+        try:
+            source = source_from_spec(provider, spec, self.service.config.binder)
+            urlpath = server_path(*(self.get_argument(name, None) for name in PATH_ARGUMENTS))
+            links = share_links(self.service_url(), source, urlpath)
+        except InvalidLaunch as exc:
+            self.page(
+                "error.html", 400, title="This launch link cannot be used", message=exc.message
+            )
+            return None
+        return source, urlpath, links
 
 
 class BuildHandler(ServiceHandler):
@@ -326,6 +364,13 @@ class BuildHandler(ServiceHandler):
         if user.get("kind", "user") != "user":
             self.refuse(403, "A launch starts a user's server: use a user's token.")
             return
+        if not self.intended():
+            self.refuse(
+                403,
+                "A launch with the hub's login cookie starts only from the Launch button of "
+                "a launch page; open the launch link and press Launch.",
+            )
+            return
         provider, spec = split_spec(self.request.path, self.service.prefix + "build/")
         config = self.service.config
         try:
@@ -360,6 +405,16 @@ class BuildHandler(ServiceHandler):
                 await asyncio.wait_for(self.gone.wait(), HOLD_OPEN)
         finally:
             keepalive.cancel()
+
+    def intended(self) -> bool:
+        """Whether the user asked for this launch: a request with a token of theirs, or one
+        with the login cookie that carries the XSRF token of the page whose Launch button
+        was pressed. JupyterHub checks that token only where the browser marks a request as
+        cross-site, and a browser reaching the hub over plain HTTP marks none."""
+        if getattr(self, "_token_authenticated", False):
+            return True
+        given = self.get_argument("_xsrf", "").encode()
+        return bool(given) and hmac.compare_digest(given, self.xsrf_token)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors before the stream started (e.g. the hub cannot check the token) as an event."""
