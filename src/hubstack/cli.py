@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubstack.config import Config, ConfigError, dump, load
+from hubstack.config.safety import unsafe_settings
 from hubstack.config.units import format_duration, format_size, parse_duration
 from hubstack.launch.untrusted import InvalidLaunch
 
@@ -37,8 +38,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Print the effective config; warn on stderr about unsafe settings (status stays 0)."""
     config = _load(args)
     print(dump(config), end="")
+    for warning in unsafe_settings(config):
+        print(f"hubstack: warning: {warning}", file=sys.stderr)
     return 0
 
 
