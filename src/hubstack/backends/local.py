@@ -19,14 +19,11 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-from jupyterhub.spawner import set_user_setuid
 
 from hubstack.backends.accounts import account_for
 from hubstack.backends.base import (
@@ -38,13 +35,16 @@ from hubstack.backends.base import (
     StartFailed,
     log_tail,
 )
-from hubstack.backends.server import place_content, server_environment
+from hubstack.backends.server import answers_as_itself, place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import format_size
 from hubstack.launch import LaunchRequest
-from hubstack.system import SystemOpError, accounts, cgroups, volumes
+from hubstack.system import SystemOpError, accounts, cgroups, tool, volumes
+from hubstack.system.userpaths import own_dir
 
 STOP_GRACE_SECONDS = 5.0
+# env(1)'s exit statuses for a command it found but could not run, and one it did not find.
+_CANNOT_EXECUTE = (126, 127)
 
 
 def _alive(pid: int) -> bool:
@@ -129,15 +129,51 @@ class LocalBackend:
             home_image = self.data_dir / "storage/homes" / f"{account.name}.img"
             volumes.create_image(home_image, storage.home, account.uid, account.gid)
             volumes.mount(home_image, account.home, account.uid, account.gid)
-        volumes_dir = account.home / "volumes"
-        if not volumes_dir.exists():
-            volumes_dir.mkdir(mode=0o755)
-            os.chown(volumes_dir, account.uid, account.gid)
         image = self._server_image(account.name, label)
-        mountpoint = volumes_dir / label
+        mountpoint = self._volume(account, label)
         volumes.create_image(image, storage.server_volume, account.uid, account.gid)
-        volumes.mount(image, mountpoint, account.uid, account.gid)
+        # The home is the user's: ~/volumes is walked from it, never followed.
+        volumes.mount(image, mountpoint, account.uid, account.gid, below=account.home)
         return mountpoint
+
+    def _volume(self, account: accounts.Account, label: str) -> Path:
+        return account.home / "volumes" / label
+
+    def _private_tmp(
+        self, account: accounts.Account, volume: Path, limits: cgroups.Limits
+    ) -> tuple[list[str], int]:
+        """The command prefix giving a server its own /tmp, /var/tmp and /dev/shm, and the
+        directory (a descriptor) it must start in.
+
+        /tmp and /var/tmp are directories on the server's volume (so they count against its
+        size and nobody fills the disk that holds the hub's database), bound in a mount
+        namespace of the server's own; /dev/shm is a tmpfs as large as its memory limit,
+        whose pages the kernel charges to the server's memory. The two directories sit in a
+        root-owned directory the command starts in (entered through its descriptor, and
+        carried into the new namespace by unshare), so the binds name them relative to it
+        and no link of the user's can redirect them. The namespace is a slave of the hub's:
+        the user's volumes mounted later appear in it, and nothing mounted in it leaks out.
+        """
+        owner = (account.uid, account.gid)
+        base = volumes.open_root_dir(volume / ".hubstack/private", account.home, owner)
+        try:
+            for name in ("tmp", "var-tmp"):
+                os.close(own_dir(base, name, account))
+        except BaseException:
+            os.close(base)
+            raise
+        shm = limits.memory or self.config.policy.storage.server_volume
+        bind = (
+            'mount=$1 shm=$2; shift 2; options="--no-canonicalize --bind -o nosuid,nodev" && '
+            '"$mount" $options tmp /tmp && "$mount" $options var-tmp /var/tmp && '
+            '"$mount" -t tmpfs -o "size=$shm,mode=1777,nosuid,nodev" tmpfs /dev/shm && '
+            'exec "$@"'
+        )
+        prefix = [
+            *(tool("unshare"), "--mount", "--propagation", "slave", "--"),
+            *(tool("sh"), "-c", bind, "sh", tool("mount"), str(shm)),
+        ]
+        return prefix, base
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -170,7 +206,7 @@ class LocalBackend:
             "log": str(self.data_dir / "logs" / account.name / f"{spec.label}.log"),
         }
         if self.root:
-            state["volume"] = str(account.home / "volumes" / spec.label)
+            state["volume"] = str(self._volume(account, spec.label))
         try:
             await self._launch(spec, account, limits, state, emit)
         except BaseException:
@@ -209,15 +245,11 @@ class LocalBackend:
         workdir, server = await place_content(
             spec, volume, account if self.root else None, [str(executable)]
         )
-        cmd = self.enforcer.wrap_command(
-            state["unit"],
-            limits,
-            [
-                *server,
-                f"--ServerApp.root_dir={workdir or account.home}",
-                f"--ServerApp.preferred_dir={workdir or volume}",
-            ],
-        )
+        server = [
+            *server,
+            f"--ServerApp.root_dir={workdir or account.home}",
+            f"--ServerApp.preferred_dir={workdir or volume}",
+        ]
         env = {
             **spec.env,
             **server_environment(spec, account, volume, workdir),
@@ -225,53 +257,87 @@ class LocalBackend:
         }
         log_path = Path(state["log"])
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        setuid = set_user_setuid(account.name, chdir=False) if self.root else None
-
-        def preexec() -> None:
-            group.attach_self()
-            if setuid is not None:
-                setuid()
+        base: int | None = None
+        if self.root:
+            # As root, everything up to the server runs in the server's cgroup and mount
+            # namespace; setpriv then becomes the user, and only then does env enter the
+            # user's directory (root never resolves the user's path).
+            try:
+                private, base = await asyncio.to_thread(self._private_tmp, account, volume, limits)
+            except SystemOpError as exc:
+                raise StartFailed(
+                    f"Your server's temporary directories could not be prepared: {exc}",
+                    reason="storage",
+                ) from None
+            as_user = [
+                *(tool("setpriv"), f"--reuid={account.uid}", f"--regid={account.gid}"),
+                *("--init-groups", "--", tool("env"), f"--chdir={workdir or account.home}"),
+            ]
+            argv, cwd = [*private, *as_user, "--", *server], f"/proc/self/fd/{base}"
+        else:
+            argv, cwd = server, str(workdir or account.home)
+        cmd = self.enforcer.wrap_command(state["unit"], limits, argv)
 
         emit(f"Starting {environment.display} on {machine.display}")
-        with log_path.open("ab") as log:
-            try:
+        try:
+            with log_path.open("ab") as log:
                 proc = subprocess.Popen(
                     cmd,
                     env=env,
-                    cwd=str(workdir or account.home),
+                    cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=preexec,
+                    preexec_fn=group.attach_self,
                     start_new_session=True,
                 )
-            except (PermissionError, FileNotFoundError) as exc:
-                raise StartFailed(
-                    f"The environment {environment.display!r} cannot be started: "
-                    f"{executable} is missing or not usable by {account.name} ({exc.strerror}).",
-                    reason="environment",
-                ) from None
+        except (PermissionError, FileNotFoundError) as exc:
+            raise self._unusable(spec, account, exc.strerror) from None
+        finally:
+            if base is not None:
+                os.close(base)
         state["pid"] = proc.pid
-        await self._wait_listening(proc, spec.port, state)
+        prefix = spec.env["JUPYTERHUB_SERVICE_PREFIX"]
+        await self._wait_answering(proc, spec, account, prefix, state)
 
-    async def _wait_listening(
-        self, proc: subprocess.Popen[bytes], port: int, state: dict[str, Any]
+    def _unusable(
+        self, spec: ServerSpec, account: accounts.Account, why: str | None
+    ) -> StartFailed:
+        environment = spec.request.environment
+        executable = environment.prefix / "bin/jupyterhub-singleuser"
+        return StartFailed(
+            f"The environment {environment.display!r} cannot be started: "
+            f"{executable} is missing or not usable by {account.name} ({why}).",
+            reason="environment",
+        )
+
+    async def _wait_answering(
+        self,
+        proc: subprocess.Popen[bytes],
+        spec: ServerSpec,
+        account: accounts.Account,
+        prefix: str,
+        state: dict[str, Any],
     ) -> None:
-        """Return once the server accepts connections; explain it if the server dies first.
+        """Return once the server answers as itself; explain it if the server dies first.
 
         JupyterHub would only notice a dead server after its HTTP wait times out, and then
-        with a bare status; waiting here lets the user read the real cause.
+        with a bare status; waiting here lets the user read the real cause. Something else
+        listening on the port is not this server (see :func:`answers_as_itself`): the start
+        keeps waiting and ends with JupyterHub's timeout instead of sending the user there.
         """
         while True:
             status = proc.poll()
             if status is not None:
+                if status in _CANNOT_EXECUTE:
+                    raise self._unusable(spec, account, f"exit status {status}")
                 ended = self._ended(status, state)
                 message = f"Your server stopped while starting: {ended.reason}."
                 tail = log_tail(Path(state["log"]))
                 if tail and not ended.out_of_memory:
                     message += f"\nLast lines of its log:\n{tail}"
                 raise StartFailed(message, reason="oom" if ended.out_of_memory else "exited")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            if await answers_as_itself("127.0.0.1", spec.port, prefix):
                 return
             await asyncio.sleep(0.05)
 
@@ -343,21 +409,22 @@ class LocalBackend:
         self._group(state).remove()
         if not self.root or not state.get("volume"):
             return
-        volume = Path(state["volume"])
-        with self._account_lock(state["account"]):
-            volumes.unmount(volume)
-            siblings = volume.parent.iterdir() if volume.parent.is_dir() else ()
-            others = [p for p in siblings if volumes.is_mounted(p)]
-            if not others and not self.existing_accounts:
-                volumes.unmount(volume.parent.parent)
+        name, home = state["account"], Path(state["volume"]).parent.parent
+        with self._account_lock(name):
+            # Found from the kernel's mount table, wherever the user moved it in the home.
+            volumes.unmount_image(self._server_image(name, state["label"]), below=home)
+            images = (self.data_dir / "storage/servers" / name).glob("*.img")
+            if not self.existing_accounts and not any(map(volumes.is_in_use, images)):
+                volumes.unmount(home)
 
     async def delete(self, hub_user: str, server_name: str) -> None:
         if not self.root:
             return
         account = await asyncio.to_thread(self._account, hub_user)
-        label = server_name or "default"
-        await asyncio.to_thread(
-            volumes.remove_image,
-            self._server_image(account.name, label),
-            account.home / "volumes" / label,
-        )
+        image = self._server_image(account.name, server_name or "default")
+        await asyncio.to_thread(self._remove_volume, account, image)
+
+    def _remove_volume(self, account: accounts.Account, image: Path) -> None:
+        with self._account_lock(account.name):
+            volumes.unmount_image(image, below=account.home)
+            volumes.remove_image(image, None)

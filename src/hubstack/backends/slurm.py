@@ -38,7 +38,7 @@ from hubstack.backends.base import (
     log_tail,
 )
 from hubstack.backends.jobs import JobWatcher, Tracked
-from hubstack.backends.server import place_content, server_environment
+from hubstack.backends.server import answers_as_itself, place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
@@ -285,7 +285,7 @@ class SlurmBackend:
         tracked.urgent = True
         try:
             await self._wait_for_address(state, tracked, emit)
-            await self._wait_listening(state, tracked)
+            await self._wait_listening(state, tracked, spec.env["JUPYTERHUB_SERVICE_PREFIX"])
         finally:
             tracked.urgent = False
         return Started(state["host"], state["port"], state)
@@ -421,18 +421,16 @@ class SlurmBackend:
 
         return await asyncio.to_thread(read)
 
-    async def _wait_listening(self, state: dict[str, Any], tracked: Tracked) -> None:
-        """Return once the reported address accepts connections, or say why the job ended.
+    async def _wait_listening(self, state: dict[str, Any], tracked: Tracked, prefix: str) -> None:
+        """Return once the server at the reported address answers as itself (not merely
+        something listening there), or say why the job ended.
 
         Without this, a server dying right after its report would surface only as
         JupyterHub's bare HTTP timeout.
         """
         while True:
             await self._fail_if_ended(state, tracked)
-            with contextlib.suppress(OSError, TimeoutError):
-                connecting = asyncio.open_connection(state["host"], state["port"])
-                _, writer = await asyncio.wait_for(connecting, 2)
-                writer.close()
+            if await answers_as_itself(state["host"], state["port"], prefix):
                 return
             await asyncio.sleep(0.05)
 

@@ -8,14 +8,14 @@ is kept as the user left it, and one of another commit is moved to ``<name>.prev
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from hubstack.envs.git import export
-from hubstack.system.accounts import Account
+from hubstack.system import SystemOpError
+from hubstack.system.accounts import Account, current_account
+from hubstack.system.userpaths import AS_USER_TIMEOUT, as_user
 
 MARKS = ".hubstack/checkouts"
 
@@ -34,37 +34,45 @@ class Content:
     allow_origins: tuple[str, ...] = ()
 
 
+# Run as the user, in their name: the checkout's state is whatever their files say, and a
+# link, FIFO or device there can only mislead or stall that user's own start.
+_IS_CURRENT = (
+    '[ -d "$1" ] && [ ! -L "$1" ] && [ -f "$2" ] && [ ! -L "$2" ] && '
+    '[ "$(head -c 64 -- "$2")" = "$3" ]'
+)
+_MOVE_ASIDE = 'if [ -e "$1" ] || [ -L "$1" ]; then rm -rf -- "$2" && mv -T -- "$1" "$2"; fi'
+_WRITE_MARK = 'mkdir -p -- "${2%/*}" && rm -f -- "$2" && printf "%s\\n" "$1" > "$2"'
+# A checkout of a big repository is a copy of many files; the rest are single operations.
+_COPY_TIMEOUT_S = 600.0
+
+
 def _mark(volume: Path, name: str) -> Path:
     return volume / MARKS / name
 
 
-async def _as_user(account: Account | None, *argv: str) -> None:
-    """A small file operation in the user's own name (never root's, in their files)."""
-    drop: dict[str, object] = {}
-    if account is not None and os.geteuid() == 0:
-        drop = {"user": account.uid, "group": account.gid, "extra_groups": []}
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, **drop
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise OSError(f"{argv[0]} failed: {err.decode(errors='replace').strip()}")
+async def _as_user(account: Account | None, *argv: str, timeout: float = AS_USER_TIMEOUT) -> None:
+    """A file operation in the user's own name (never root's, in their files)."""
+    await as_user(account or current_account(), *argv, timeout=timeout)
 
 
 async def check_out(content: Content, volume: Path, account: Account | None) -> Path:
-    """The repository's directory in ``volume``, with the content of ``content.commit``."""
+    """The repository's directory in ``volume``, with the content of ``content.commit``.
+
+    Root reads and tests nothing here itself: every look at the user's files runs as the
+    user, with a time limit, so a FIFO or a link to /dev/zero cannot stall or exhaust the hub.
+    """
     workdir = volume / content.name
     mark = _mark(volume, content.name)
     try:
-        current = mark.read_text().strip()
-    except OSError:
-        current = None
-    if workdir.exists() and current == content.commit:
+        await _as_user(
+            account, "sh", "-c", _IS_CURRENT, "sh", str(workdir), str(mark), content.commit
+        )
+    except SystemOpError:
+        pass  # not the launched commit, or not readable as a mark: check it out again
+    else:
         return workdir
-    if workdir.exists() or workdir.is_symlink():
-        previous = volume / f"{content.name}.previous"
-        await _as_user(account, "rm", "-rf", "--", str(previous))
-        await _as_user(account, "mv", "-T", "--", str(workdir), str(previous))
+    previous = volume / f"{content.name}.previous"
+    await _as_user(account, "sh", "-c", _MOVE_ASIDE, "sh", str(workdir), str(previous))
     if content.snapshot is not None:
         await _as_user(
             account,
@@ -74,13 +82,11 @@ async def check_out(content: Content, volume: Path, account: Account | None) -> 
             "--",
             str(content.snapshot),
             str(workdir),
+            timeout=_COPY_TIMEOUT_S,
         )
     else:
         await export(content.mirror, content.commit, workdir, user=account)
-    await _as_user(account, "mkdir", "-p", "--", str(mark.parent))
-    await _as_user(
-        account, "sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", content.commit, str(mark)
-    )
+    await _as_user(account, "sh", "-c", _WRITE_MARK, "sh", content.commit, str(mark))
     return workdir
 
 

@@ -34,8 +34,9 @@ from typing import Any
 from hubstack.config.units import format_size
 from hubstack.errors import Explained
 from hubstack.launch.untrusted import quote_untrusted
-from hubstack.system import tool
-from hubstack.system.accounts import Account
+from hubstack.system import SystemOpError, tool
+from hubstack.system.accounts import Account, current_account
+from hubstack.system.userpaths import as_user
 
 SUPPORTED_SCHEMES = frozenset({"https", "http", "git"})
 POLL_INTERVAL = 0.2
@@ -511,12 +512,14 @@ async def export(
                 f"The repository's files take {_human(total)}, more than the limit "
                 f"of {_human(max_size)}."
             )
-    dest.mkdir()
+    # dest may lie in ``user``'s storage: made and removed in their name, not through root.
+    writer = user or current_account()
+    await as_user(writer, "mkdir", "-m", "0755", "--", str(dest))
     try:
-        _chown(dest, user)
         await _archive(mirror, commit, dest, owner, user, timeout)
     except BaseException:
-        await asyncio.to_thread(shutil.rmtree, dest, True)
+        with contextlib.suppress(SystemOpError):
+            await asyncio.shield(as_user(writer, "rm", "-rf", "--", str(dest)))
         raise
 
 

@@ -42,7 +42,11 @@ def tool(name: str) -> str:
 
 
 def run(
-    cmd: Sequence[str], *, ok_codes: Container[int] = (0,), timeout: float = 120
+    cmd: Sequence[str],
+    *,
+    ok_codes: Container[int] = (0,),
+    timeout: float = 120,
+    cwd: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` (no shell) and turn any failure into a readable :class:`SystemOpError`.
 
@@ -60,6 +64,7 @@ def run(
             capture_output=True,
             text=True,
             timeout=timeout,
+            cwd=cwd,
             env={**os.environ, "LC_ALL": "C"},
             check=False,
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from hubstack.system import SystemOpError
+from hubstack.system import SystemOpError, tool
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
@@ -421,7 +420,13 @@ class SystemdEnforcer(Enforcer):
             props += ["-p", f"CPUQuota={_quota_us(limits.cpu) * 100 // CPU_PERIOD_US}%"]
         if limits.pids is not None:
             props += ["-p", f"TasksMax={limits.pids}"]
-        scope = ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={check_unit(unit)}"]
+        scope = [
+            tool("systemd-run"),
+            "--scope",
+            "--quiet",
+            "--collect",
+            f"--unit={check_unit(unit)}",
+        ]
         return [*scope, *props, "--", *cmd]
 
 
@@ -472,8 +477,10 @@ def _systemd_problem() -> str | None:
     pid1 = _read(Path("/proc/1/comm")) or "unknown"
     if pid1 != "systemd":
         return f"PID 1 is {pid1!r}, not systemd"
-    if shutil.which("systemd-run") is None:
-        return "systemd-run is not on PATH"
+    try:
+        tool("systemd-run")
+    except SystemOpError as exc:
+        return str(exc)
     return None
 
 

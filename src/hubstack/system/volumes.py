@@ -7,10 +7,12 @@ file to back up, move or delete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hubstack.system import SystemOpError, run
@@ -20,6 +22,8 @@ _UMOUNT_ATTEMPTS = 5
 _UMOUNT_WAIT_S = 0.2
 _LOOP_RELEASE_TIMEOUT_S = 5.0
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+_OPTIONS = "loop,nosuid,nodev"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def create_image(image: Path, size: int, uid: int, gid: int) -> None:
@@ -47,71 +51,159 @@ def create_image(image: Path, size: int, uid: int, gid: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def mount(image: Path, mountpoint: Path, uid: int, gid: int, mode: int = 0o700) -> None:
+def mount(
+    image: Path,
+    mountpoint: Path,
+    uid: int,
+    gid: int,
+    mode: int = 0o700,
+    *,
+    below: Path | None = None,
+) -> None:
     """Loop-mount ``image`` at ``mountpoint`` as a private directory of ``uid:gid``.
+
+    ``below`` is the directory the caller trusts (root's, or one its user cannot replace, such
+    as a mounted home); it defaults to the mount point's parent. The components after it may
+    belong to the user, so they are walked without following links (see :func:`_parent`);
+    missing ones are created for ``uid:gid``. The mount goes onto the directory that walk
+    opened, so renaming or swapping a component meanwhile cannot move it anywhere else.
 
     Does nothing if this image is already mounted there. Refuses to mount an image that is
     mounted elsewhere (two mounts of one volume is a bug upstream) or to cover another mount.
     """
     if not image.is_file():
         raise SystemOpError(f"volume image {image} does not exist")
-    target = _real(mountpoint)
-    mounted_at = _mountpoints_of(image)
-    if target in mounted_at:
-        return
-    if mounted_at:
-        raise SystemOpError(f"{image} is already mounted at {', '.join(mounted_at)}")
-    if _loop_devices(image):
-        # A lazily unmounted volume stays open until its last process exits; a second
-        # mount of the same file system then would corrupt it.
-        raise SystemOpError(f"{image} is still in use by a process that has not exited yet")
-    if is_mounted(mountpoint):
-        raise SystemOpError(f"cannot mount {image} at {target}: something else is mounted there")
-    _make_dirs(Path(target), 0o755)
-    run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev", str(image), target])
-    os.chown(target, uid, gid)
-    os.chmod(target, mode)
+    owner = (uid, gid)
+    with _parent(mountpoint, below, owner) as parent:
+        spot = _mounted_here(parent, mountpoint)
+        if spot is not None:
+            source = _mount_source(spot)
+            os.close(spot)
+            if _backs(image, source):
+                return
+        mounted_at = _mountpoints_of(image)
+        if mounted_at:
+            raise SystemOpError(f"{image} is already mounted at {', '.join(mounted_at)}")
+        if not _released(image):
+            # A lazily unmounted volume stays open until its last process exits; a second
+            # mount of the same file system then would corrupt it.
+            raise SystemOpError(f"{image} is still in use by a process that has not exited yet")
+        if spot is not None:
+            raise SystemOpError(
+                f"cannot mount {image} at {mountpoint}: something else is mounted there"
+            )
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(mountpoint.name, 0o755, dir_fd=parent)
+        spot = _open_dir(mountpoint.name, parent, mountpoint, owner)
+        try:
+            target = _fd_path(spot)
+            run(["mount", "--no-canonicalize", "-t", "ext4", "-o", _OPTIONS, str(image), target])
+        finally:
+            os.close(spot)
+        root = _mounted_here(parent, mountpoint)
+        try:
+            if root is None or not _backs(image, _mount_source(root)):
+                raise SystemOpError(f"{image} did not end up mounted at {mountpoint}")
+            os.fchown(root, uid, gid)
+            os.fchmod(root, mode)
+            # Shared, so that servers' own mount namespaces (slaves) see it unmounted with the
+            # hub's, instead of keeping the file system alive in a copy.
+            run(["mount", "--no-canonicalize", "--make-shared", _fd_path(root)])
+        finally:
+            if root is not None:
+                os.close(root)
 
 
-def unmount(mountpoint: Path) -> None:
+def unmount(mountpoint: Path, *, below: Path | None = None) -> None:
     """Unmount ``mountpoint`` (no-op if nothing is mounted) and release its loop device.
 
-    A busy mount (a process still has files open there) is retried briefly, then detached
-    lazily: it disappears from the tree at once and the kernel finishes when the last user
-    lets go, freeing the loop device then.
+    ``below`` is as for :func:`mount`: a mount point that cannot be reached without following
+    a link is left alone. A busy mount (a process still has files open there) is retried
+    briefly, then detached lazily: it disappears from the tree at once and the kernel
+    finishes when the last user lets go, freeing the loop device then.
     """
-    target = _real(mountpoint)
-    source = _mount_table().get(target)
-    if source is None:
-        return
+    with _parent(mountpoint, below) as parent:
+        spot = _mounted_here(parent, mountpoint)
+        if spot is None:
+            return
+        source = _mount_source(spot)
+        os.close(spot)  # an open descriptor would keep the mount busy
+        # umount(8) gets the last component relative to the parent opened above: nothing
+        # else can be swapped in there, since a mount point cannot be renamed or removed.
+        argv = ["umount", "--no-canonicalize", mountpoint.name]
+        here = _fd_path(parent)
+        for _ in range(_UMOUNT_ATTEMPTS):
+            proc = run(argv, ok_codes=(0, _UMOUNT_FAILED), cwd=here)
+            if proc.returncode == 0:
+                break
+            if "busy" not in proc.stderr:
+                raise SystemOpError(f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
+            time.sleep(_UMOUNT_WAIT_S)
+        else:
+            run([*argv[:2], "--lazy", *argv[2:]], cwd=here)
+            return
     backing = _loop_backing_file(source)
-    for _ in range(_UMOUNT_ATTEMPTS):
-        proc = run(["umount", target], ok_codes=(0, _UMOUNT_FAILED))
-        if proc.returncode == 0:
-            break
-        if "busy" not in proc.stderr:
-            raise SystemOpError(f"cannot unmount {target}: {proc.stderr.strip()}")
-        time.sleep(_UMOUNT_WAIT_S)
-    else:
-        run(["umount", "--lazy", target])
-        return
     if backing is not None:
         _wait_loop_released(source, backing)
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    """Whether anything is mounted exactly at ``mountpoint``."""
-    return _real(mountpoint) in _mount_table()
+def is_mounted(mountpoint: Path, *, below: Path | None = None) -> bool:
+    """Whether anything is mounted exactly at ``mountpoint`` (reached as for :func:`unmount`)."""
+    with _parent(mountpoint, below) as parent:
+        spot = _mounted_here(parent, mountpoint)
+        if spot is None:
+            return False
+        os.close(spot)
+        return True
+
+
+def unmount_image(image: Path, *, below: Path) -> None:
+    """Unmount ``image`` wherever it is mounted below ``below``, e.g. after its owner renamed
+    a directory on the way; each mount point is reached as for :func:`unmount`."""
+    for mountpoint in map(Path, _mountpoints_of(image)):
+        if below in mountpoint.parents:
+            unmount(mountpoint, below=below)
+
+
+def open_root_dir(path: Path, below: Path, owner: tuple[int, int]) -> int:
+    """An open descriptor of the directory ``path``, root's (created 0755 if missing, refused
+    if it belongs to anyone else), reached from ``below`` as for :func:`mount` (missing
+    directories on the way are created for ``owner``); the caller closes it.
+
+    A root-owned directory in a user's storage holds entries the user cannot swap for links,
+    so root (or a child of root started in it) may use names relative to it.
+    """
+    with _parent(path, below, owner) as parent:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path.name, 0o755, dir_fd=parent)
+        fd = _open_dir(path.name, parent, path)
+    info = os.fstat(fd)
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        os.close(fd)
+        raise SystemOpError(f"{path} is not root's; remove it, and hubstack creates it again")
+    return fd
+
+
+def is_in_use(image: Path) -> bool:
+    """Whether ``image`` is mounted anywhere, from the kernel's tables (no user's path)."""
+    return bool(_mountpoints_of(image))
 
 
 def remove_image(image: Path, mountpoint: Path | None) -> None:
-    """Unmount ``image`` from ``mountpoint`` if it is mounted there, then delete it.
+    """Unmount ``image`` from ``mountpoint`` (in a directory of root's) if it is mounted
+    there, then delete it.
 
     Idempotent. Refuses while the image is still mounted somewhere else, and detaches loop
     devices left attached to it (e.g. after a crash) so no stale device pins the file.
     """
-    if mountpoint is not None and _real(mountpoint) in _mountpoints_of(image):
-        unmount(mountpoint)
+    if mountpoint is not None and is_in_use(image):
+        with _parent(mountpoint, None) as parent:
+            spot = _mounted_here(parent, mountpoint)
+            source = "" if spot is None else _mount_source(spot)
+            if spot is not None:
+                os.close(spot)
+        if _backs(image, source):
+            unmount(mountpoint)
     still = _mountpoints_of(image)
     if still:
         raise SystemOpError(f"not deleting {image}: it is still mounted at {', '.join(still)}")
@@ -126,8 +218,112 @@ def usage(mountpoint: Path) -> tuple[int, int]:
     return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
 
 
-def _real(path: Path) -> str:
-    return os.path.realpath(path)
+@contextlib.contextmanager
+def _parent(path: Path, below: Path | None, owner: tuple[int, int] | None = None) -> Iterator[int]:
+    """An open file descriptor of ``path``'s parent, reached from the trusted ``below``.
+
+    Every component after ``below`` is opened with ``O_NOFOLLOW|O_DIRECTORY`` relative to the
+    one before, so a link, a FIFO or a device there is refused instead of followed. With
+    ``owner`` (mounting), missing components are created for ``owner`` and each must be
+    root's or ``owner``'s. Without, an unreachable parent yields -1 (nothing is mounted).
+    """
+    below = path.parent if below is None else below
+    parts = path.relative_to(below).parts
+    if not parts or any(part in (".", "..") for part in parts):
+        raise SystemOpError(f"{path} is not a directory below {below}")
+    if owner is not None:
+        _make_dirs(below, 0o755)
+    fds: list[int] = []
+    try:
+        fds.append(os.open(below, _DIR_FLAGS))
+        for depth, part in enumerate(parts[:-1], 1):
+            if owner is not None:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fds[-1])
+                    os.chown(part, *owner, dir_fd=fds[-1], follow_symlinks=False)
+            fds.append(_open_dir(part, fds[-1], below.joinpath(*parts[:depth]), owner))
+    except (SystemOpError, FileNotFoundError):
+        if owner is not None:
+            raise
+        fds.append(-1)
+    try:
+        yield fds[-1]
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _mounted_here(parent: int, path: Path) -> int | None:
+    """``path`` (in the open ``parent``) opened if something is mounted on it, else None."""
+    if parent < 0:
+        return None
+    try:
+        spot = _open_dir(path.name, parent, path)
+    except SystemOpError:
+        return None
+    if _mount_id(spot) == _mount_id(parent):
+        os.close(spot)
+        return None
+    return spot
+
+
+def _open_dir(name: str, parent: int, shown: Path, owner: tuple[int, int] | None = None) -> int:
+    """Open directory ``name`` in ``parent`` without following a link (or opening a FIFO);
+    with ``owner``, it must belong to root or to ``owner``."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        raise SystemOpError(f"{shown} does not exist") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SystemOpError(
+                f"{shown} is not a directory (a symbolic link or a file); hubstack does not "
+                "follow it"
+            ) from None
+        raise SystemOpError(f"cannot open {shown}: {exc.strerror}") from None
+    if owner is not None and os.fstat(fd).st_uid not in (0, owner[0]):
+        os.close(fd)
+        raise SystemOpError(f"{shown} belongs to another account; hubstack does not mount there")
+    return fd
+
+
+def _fd_path(fd: int) -> str:
+    """A path naming what ``fd`` is open on, usable by child processes run as root."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
+
+
+def _mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on: a directory is a mount point iff it differs from
+    its parent's (st_dev would miss a bind mount of the same file system)."""
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == "mnt_id":
+                return int(value)
+    raise SystemOpError("this kernel does not report mount ids in /proc/self/fdinfo")
+
+
+def _mount_source(fd: int) -> str:
+    """The source device of the mount ``fd`` is on (e.g. /dev/loop3)."""
+    wanted = str(_mount_id(fd))
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields, _, tail = line.partition(" - ")
+            if fields.split(" ", 1)[0] == wanted:
+                return _unescape(tail.split(" ")[1])
+    return ""
+
+
+def _backs(image: Path, device: str) -> bool:
+    """Whether loop ``device`` is backed by ``image``."""
+    return _loop_backing_file(device) == _image_path(image)
+
+
+def _image_path(image: Path) -> str:
+    """``image`` as the kernel names a loop device's backing file. Images live in root's
+    storage directory, so resolving their path follows nothing a user controls."""
+    return os.path.realpath(image)
 
 
 def _make_dirs(path: Path, mode: int) -> None:
@@ -172,15 +368,27 @@ def _loop_backing_file(device: str) -> str | None:
 
 def _loop_devices(image: Path) -> list[str]:
     """Loop devices currently backed by ``image``."""
-    wanted = _real(image)
+    wanted = _image_path(image)
     devices = [f"/dev/{entry.name}" for entry in Path("/sys/block").glob("loop*")]
     return sorted(d for d in devices if _loop_backing_file(d) == wanted)
 
 
 def _mountpoints_of(image: Path) -> list[str]:
     """Where ``image`` is mounted through a loop device."""
-    wanted = _real(image)
+    wanted = _image_path(image)
     return [mp for mp, src in _mount_table().items() if _loop_backing_file(src) == wanted]
+
+
+def _released(image: Path) -> bool:
+    """Whether no loop device uses ``image``, waiting a little: a file system unmounted in
+    the hub's mount namespace lives on until the last server namespace holding it is gone,
+    which the kernel finishes shortly after that server's last process."""
+    deadline = time.monotonic() + _LOOP_RELEASE_TIMEOUT_S
+    while _loop_devices(image):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _wait_loop_released(device: str, backing: str) -> None:
