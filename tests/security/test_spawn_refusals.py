@@ -44,7 +44,7 @@ def volumes_of(hub: Hub, session: Session) -> list[str]:
     return sorted(p.stem for p in images.glob("*.img")) if images.is_dir() else []
 
 
-def form_post(hub: Hub, session: Session, server: str, data: dict[str, str]) -> Any:
+def form_post(hub: Hub, session: Session, server: str, data: dict[str, Any]) -> Any:
     session.http.get(f"{hub.url}/hub/home", timeout=30)  # for the _xsrf cookie
     xsrf = session.http.cookies.get("_xsrf", path="/hub/")
     return session.http.post(
@@ -79,6 +79,9 @@ def test_a_refused_form_spawn_leaves_no_server(hub: Hub, carol: Session) -> None
     resp = form_post(hub, carol, "viaform", {"machine": "small", "cpu": "64"})
     assert resp.status_code == 400
     assert "Unknown option 'cpu'" in html.unescape(resp.content.decode())
+    resp = form_post(hub, carol, "viaform", {"machine": b"\xff"})
+    assert resp.status_code == 400
+    assert "not valid UTF-8 text" in resp.content.decode()
     assert servers(carol) == {}
     assert volumes_of(hub, carol) == []
 

@@ -28,10 +28,8 @@ def requested_options(handler: Any, config: Config) -> dict[str, Any] | None:
         return options or {}
     if method != "POST":
         return None
-    formdata: dict[str, list[Any]] = {
-        key: [value.decode("utf8") for value in values]
-        for key, values in handler.request.body_arguments.items()
-    }
+    # Bytes as posted: options_from_form explains text that is not UTF-8.
+    formdata: dict[str, list[Any]] = dict(handler.request.body_arguments)
     formdata.update({f"{key}_file": files for key, files in handler.request.files.items()})
     return form_options(config, formdata)
 
