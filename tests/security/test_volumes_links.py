@@ -43,6 +43,23 @@ while True:
 """
 
 
+Storage = tuple[int, Path, Path, Path]
+
+
+@pytest.fixture
+def storage(scratch: Path, free_ids: tuple[int, int]) -> Storage:
+    """A uid, its home (as if mounted: the user's, below root's directory), a directory of
+    root's standing in for /usr/local, and an image of the uid's to mount."""
+    uid = free_ids[0]
+    home, root_dir = scratch / "home", scratch / "usr-local"
+    home.mkdir()
+    os.chown(home, uid, uid)
+    root_dir.mkdir()
+    image = scratch / "images" / "vol.img"
+    volumes.create_image(image, SIZE, uid, uid)
+    return uid, home, root_dir, image
+
+
 def account(hub: Hub, user: str) -> pwd.struct_passwd:
     return pwd.getpwnam(f"{hub.prefix}{user}")
 
@@ -63,16 +80,10 @@ def failure(session: Session, server: str, resp: requests.Response) -> str:
 
 
 def test_mount_lands_in_the_walked_directory_while_a_user_swaps_links(
-    scratch: Path, free_ids: tuple[int, int]
+    scratch: Path, storage: Storage
 ) -> None:
     """The race: between root's check of ~/volumes/x and its mount, ~/volumes becomes a link."""
-    uid = free_ids[0]
-    home, root_dir = scratch / "home", scratch / "usr-local"
-    home.mkdir()
-    os.chown(home, uid, uid)
-    root_dir.mkdir()
-    image = scratch / "images" / "vol.img"
-    volumes.create_image(image, SIZE, uid, uid)
+    uid, home, root_dir, image = storage
     setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     flipper = subprocess.Popen(
         [*setpriv, PYTHON, "-c", FLIP_VOLUMES, str(home), str(root_dir)],
@@ -83,16 +94,17 @@ def test_mount_lands_in_the_walked_directory_while_a_user_swaps_links(
     try:
         assert flipper.stdout is not None and flipper.stdout.readline() == "flipping\n"
         mounted = 0
-        for _ in range(60):
+        for _ in range(100):
             try:
                 volumes.mount(image, home / "volumes" / "sbin", uid, uid, below=home)
             except SystemOpError as exc:
-                assert "symbolic link" in str(exc) or "does not exist" in str(exc), exc
-                continue
-            mounted += 1
+                expected = ("symbolic link", "already mounted", "does not exist")
+                assert any(words in str(exc) for words in expected), exc
+            else:
+                mounted += 1
             assert mounts_below(root_dir) == []
             assert all(p.startswith(f"{home}/") for p in mounts_below(scratch))
-            break
+            volumes.unmount_image(image, below=home)
     finally:
         flipper.kill()
         flipper.wait()
@@ -100,6 +112,29 @@ def test_mount_lands_in_the_walked_directory_while_a_user_swaps_links(
     volumes.unmount_image(image, below=home)
     assert not volumes.is_in_use(image)
     assert list(root_dir.iterdir()) == [], "root created nothing in the link's target"
+
+
+# What a user may leave where root wants to mount: a link to root's directory, a FIFO.
+PLANT_MOUNTPOINT = {
+    "link": "os.symlink(sys.argv[2], path)",
+    "fifo": "os.mkfifo(path)",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLANT_MOUNTPOINT))
+def test_mount_refuses_what_the_user_put_at_the_mount_point(
+    scratch: Path, storage: Storage, run_as: RunAs, kind: str
+) -> None:
+    uid, home, root_dir, image = storage
+    code = "import os, sys\npath = sys.argv[1]\nos.mkdir(os.path.dirname(path))\n"
+    planted = run_as(
+        uid, uid, code + PLANT_MOUNTPOINT[kind], str(home / "volumes/sbin"), str(root_dir)
+    )
+    assert planted.returncode == 0, planted.stderr
+    with pytest.raises(SystemOpError, match="is not a directory"):
+        volumes.mount(image, home / "volumes" / "sbin", uid, uid, below=home)
+    assert mounts_below(scratch) == []
+    assert not volumes.is_in_use(image)
 
 
 @needs_default_env

@@ -434,19 +434,22 @@ def test_fetch_and_export_as_an_account(git_http: GitHttp, account: Account, scr
         git_http.base / name, FILES, executable=["postBuild"], symlinks={"intro": "README.md"}
     )
     url = git_http.url(name)
+    out = scratch / "out"  # the account's own directory (files are written in its name)
+    out.mkdir()
+    os.chown(out, account.uid, account.gid)
 
     mirror = scratch / "mirrors/own.git"  # the account's mirror, as a build account has
     get(url, "main", commit, mirror, user=account)
     assert {p.stat().st_uid for p in [mirror, *mirror.rglob("*")]} == {account.uid}
-    write_out(mirror, commit, scratch / "own", user=account)
+    write_out(mirror, commit, out / "own", user=account)
 
     shared = scratch / "mirrors/root.git"  # root's mirror, checked out for the account
     get(url, "main", commit, shared)
-    write_out(shared, commit, scratch / "from-root", user=account)
+    write_out(shared, commit, out / "from-root", user=account)
 
-    for out in [scratch / "own", scratch / "from-root"]:
-        paths = [out, *out.rglob("*")]
+    for tree_dir in [out / "own", out / "from-root"]:
+        paths = [tree_dir, *tree_dir.rglob("*")]
         assert {p.lstat().st_uid for p in paths} == {account.uid}
         assert {p.lstat().st_gid for p in paths} == {account.gid}
-        assert tree(out)["postBuild mode"] == "0o755"
-        assert tree(out)["intro"] == "-> README.md"
+        assert tree(tree_dir)["postBuild mode"] == "0o755"
+        assert tree(tree_dir)["intro"] == "-> README.md"

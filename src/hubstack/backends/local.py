@@ -155,7 +155,7 @@ class LocalBackend:
         the user's volumes mounted later appear in it, and nothing mounted in it leaks out.
         """
         owner = (account.uid, account.gid)
-        base = volumes.open_root_dir(volume / ".hubstack/private", account.home, owner)
+        base = volumes.open_root_owned(volume / ".hubstack/private", account.home, owner)
         try:
             for name in ("tmp", "var-tmp"):
                 os.close(own_dir(base, name, account))

@@ -165,7 +165,7 @@ def unmount_image(image: Path, *, below: Path) -> None:
             unmount(mountpoint, below=below)
 
 
-def open_root_dir(path: Path, below: Path, owner: tuple[int, int]) -> int:
+def open_root_owned(path: Path, below: Path, owner: tuple[int, int]) -> int:
     """An open descriptor of the directory ``path``, root's (created 0755 if missing, refused
     if it belongs to anyone else), reached from ``below`` as for :func:`mount` (missing
     directories on the way are created for ``owner``); the caller closes it.
