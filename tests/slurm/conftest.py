@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from hubtest import wait_for
 
+from hubstack.system import tool
+
 REPO = Path(__file__).parents[2]
 CLUSTER_SCRIPT = REPO / "scripts/slurm-cluster.sh"
 
@@ -76,7 +78,7 @@ def cluster_script(*args: str) -> str:
 def queued_jobs(user: str) -> list[str]:
     """The ids of ``user``'s jobs still in the queue, finished ones left out."""
     out = subprocess.run(
-        ["squeue", "--noheader", f"--user={user}", "--format=%i"],
+        [tool("squeue"), "--noheader", f"--user={user}", "--format=%i"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -109,7 +111,7 @@ def new_slurm_user(*accounts: str) -> Iterator[User]:
     home = base / name
     try:
         subprocess.run(
-            ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+            [tool("useradd"), "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
             check=True,
             capture_output=True,
         )
@@ -119,13 +121,15 @@ def new_slurm_user(*accounts: str) -> Iterator[User]:
         yield User(name, entry.pw_uid, entry.pw_gid, home)
     finally:
         if _exists(name):
-            subprocess.run(["scancel", f"--user={name}"], check=False, capture_output=True)
+            subprocess.run([tool("scancel"), f"--user={name}"], check=False, capture_output=True)
             try:
                 wait_for(lambda: not queued_jobs(name), 60, f"{name}'s jobs to leave the queue")
             finally:
-                subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
+                subprocess.run([tool("userdel"), "--force", name], check=False, capture_output=True)
                 subprocess.run(
-                    ["sacctmgr", "-i", "delete", "user", name], check=False, capture_output=True
+                    [tool("sacctmgr"), "-i", "delete", "user", name],
+                    check=False,
+                    capture_output=True,
                 )
         shutil.rmtree(base, ignore_errors=True)
 
@@ -143,18 +147,18 @@ def non_root_hub_account(sbatch_as_group: str | None) -> Iterator[str]:
     lets it run sbatch as that group's members, and nothing else."""
     name = f"hsv-{secrets.token_hex(3)}"
     rules = Path(f"/etc/sudoers.d/hubstack-test-{name}")
-    subprocess.run(["/usr/sbin/useradd", "--system", "--no-create-home", name], check=True)
+    subprocess.run([tool("useradd"), "--system", "--no-create-home", name], check=True)
     try:
         if sbatch_as_group is not None:
             rule = f"{name} ALL=(%{sbatch_as_group}) NOPASSWD:SETENV: /usr/bin/sbatch\n"
             rules.write_text(rule)
             rules.chmod(0o440)
-            check = ["/usr/sbin/visudo", "--check", "--file", str(rules)]
+            check = [tool("visudo"), "--check", "--file", str(rules)]
             subprocess.run(check, check=True, capture_output=True)
         yield name
     finally:
         rules.unlink(missing_ok=True)
-        subprocess.run(["/usr/sbin/userdel", name], check=False, capture_output=True)
+        subprocess.run([tool("userdel"), name], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ class Jobs:
 
     def cancel_all(self) -> None:
         for job_id in self.ids:
-            subprocess.run(["scancel", job_id], check=False, capture_output=True)
+            subprocess.run([tool("scancel"), job_id], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_a_hub_that_is_not_root_submits_with_sudo_under_the_documented_rule(
 ) -> None:
     env = {"PATH": ROOT_PATH, **JOB_ENV}
     argv = Slurm(submit_as="sudo").submit_argv(slurm_user.name, slurm_user.home, env)
-    as_hub = ["setpriv", f"--reuid={hub_account}", f"--regid={hub_account}", "--init-groups"]
+    as_hub = [tool("setpriv"), f"--reuid={hub_account}", f"--regid={hub_account}", "--init-groups"]
     proc = subprocess.run(
         [*as_hub, *argv],
         input=script(SAY_WHO_AND_WHERE),
@@ -147,7 +147,7 @@ def test_a_hub_that_is_not_root_submits_with_sudo_under_the_documented_rule(
     jobs.ids.append(job_id)
     assert_ran_as_user_with_env(jobs, job_id, slurm_user)
     # The rule allows sbatch only: anything else as the user is refused.
-    other = ["sudo", "--non-interactive", f"--user={slurm_user.name}", "--", "/usr/bin/id"]
+    other = [tool("sudo"), "--non-interactive", f"--user={slurm_user.name}", "--", "/usr/bin/id"]
     refused = subprocess.run([*as_hub, *other], capture_output=True, text=True, check=False)
     assert refused.returncode != 0
 

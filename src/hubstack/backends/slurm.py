@@ -38,7 +38,7 @@ from hubstack.backends.base import (
     log_tail,
 )
 from hubstack.backends.jobs import JobWatcher, Tracked
-from hubstack.backends.server import answers_as_itself, place_content, server_environment
+from hubstack.backends.server import place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
@@ -67,7 +67,6 @@ fi
 """
 # Run as the user: remove the server's link, if it is one.
 _UNLINK = '[ ! -L "$2" ] || "$1" -f -- "$2"'
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _REPORTER = resources.files("hubstack.backends").joinpath("report_address.py").read_text()
 
@@ -146,37 +145,35 @@ class SlurmBackend:
     # does everything inside them as the user (see hubstack.system.userpaths).
 
     def _account(self, hub_user: str) -> accounts.Account:
-        """The Unix account the user's jobs run as, with its home.
-
-        A hub that is not root submits through sudo, as the user's existing account: never
-        as itself (which would run the user's server as the hub).
-        """
-        if not self.root:
-            return self._existing_account(hub_user)
-        account = account_for(
-            hub_user,
-            root=True,
-            existing=self.existing_accounts,
-            prefix=self.config.backend.local.user_prefix,
-            home_base=self.settings.shared.home_base,
-        )
-        if not os.path.lexists(account.home):
+        """The Unix account the user's jobs run as, with its home: never root nor the hub's
+        own (a hub that is not root submits through sudo, as the user's existing account)."""
+        if self.root:
+            account = account_for(
+                hub_user,
+                root=True,
+                existing=self.existing_accounts,
+                prefix=self.config.backend.local.user_prefix,
+                home_base=self.settings.shared.home_base,
+            )
+        else:
+            account = self._existing_account(self._unix_name(hub_user))
+        if account.uid in (0, os.geteuid()):
+            raise StartFailed(
+                f"Jobs never run as {account.name}, the hub's own account or root.",
+                reason="account",
+            )
+        if self.root and not os.path.lexists(account.home):
             self._root_dir(account.home.parent, account.home.name, account)
         return account
 
-    def _existing_account(self, hub_user: str) -> accounts.Account:
-        name = self._unix_name(hub_user)
+    @staticmethod
+    def _existing_account(name: str) -> accounts.Account:
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
             raise StartFailed(
                 f"There is no Unix account named {name!r} for your jobs.", reason="account"
             ) from None
-        if entry.pw_uid in (0, os.geteuid()):
-            raise StartFailed(
-                f"Account {name!r} is the hub's own or root's: jobs never run as those.",
-                reason="account",
-            )
         return accounts.Account(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
     @staticmethod
@@ -200,13 +197,13 @@ class SlurmBackend:
 
         The link keeps that directory inside the server's root directory (the home), which
         Jupyter requires of the directory it opens first. A hub that is not root has no
-        rights in the user's home: the site provides ``~/.hubstack/jobs`` there.
+        rights in the user's home: the site provides ``~/.hubstack/jobs`` there, and servers
+        get no directory of their own.
         """
         base = self.settings.shared.volumes
-        link = account.home / "volumes" / label
         if not self.root:
-            return account.home if base is None else link
-        volume = base / account.name / label
+            return account.home
+        link = account.home / "volumes" / label
         if base is not None:
             await asyncio.to_thread(self._root_dir, base, account.name, account)
         try:
@@ -219,7 +216,7 @@ class SlurmBackend:
                 tool("mkdir"),
                 tool("ln"),
                 str(account.home / ".hubstack/jobs"),
-                "" if base is None else str(volume),
+                "" if base is None else str(base / account.name / label),
                 str(link),
             )
         except SystemOpError as exc:
@@ -285,7 +282,7 @@ class SlurmBackend:
         tracked.urgent = True
         try:
             await self._wait_for_address(state, tracked, emit)
-            await self._wait_listening(state, tracked, spec.env["JUPYTERHUB_SERVICE_PREFIX"])
+            await self._wait_listening(state, tracked)
         finally:
             tracked.urgent = False
         return Started(state["host"], state["port"], state)
@@ -513,13 +510,11 @@ class SlurmBackend:
     async def delete(self, hub_user: str, server_name: str) -> None:
         """Remove the server's own directory and its link, never anything a link leads to."""
         base = self.settings.shared.volumes
-        if base is None:
+        if base is None or not self.root:
             return
         label = server_name or "default"
         _check_label(label)
         account = await asyncio.to_thread(self._account, hub_user)
-        if not self.root:
-            return
         link = account.home / "volumes" / label
         try:
             await userpaths.as_user(account, "sh", "-c", _UNLINK, "sh", tool("rm"), str(link))
@@ -533,19 +528,16 @@ class SlurmBackend:
         be the user's own under the root-owned base, and nothing below it is followed."""
         try:
             base_fd = userpaths.open_root_dir(base)
+            try:
+                mine = userpaths.own_dir(base_fd, account.name, account, create=False)
+            finally:
+                os.close(base_fd)
+        except FileNotFoundError:
+            return
         except SystemOpError as exc:
             log.warning("not deleting %s's volume %s: %s", account.name, label, exc)
             return
         try:
-            mine = os.open(account.name, _DIR_FLAGS, dir_fd=base_fd)
-        except FileNotFoundError:
-            return
-        finally:
-            os.close(base_fd)
-        try:
-            if os.fstat(mine).st_uid != account.uid:
-                log.warning("not deleting volume %s: %s is not %s's", label, base, account.name)
-                return
             shutil.rmtree(label, dir_fd=mine, ignore_errors=True)
         finally:
             os.close(mine)

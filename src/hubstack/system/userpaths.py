@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -53,7 +54,7 @@ async def as_user(account: Account, *argv: str, timeout: float = AS_USER_TIMEOUT
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     if proc.returncode != 0:
         detail = err.decode(errors="replace").strip() or f"exit code {proc.returncode}"
@@ -96,19 +97,23 @@ def _check_root_dir(fd: int, path: Path) -> None:
         )
 
 
-def own_dir(parent_fd: int, name: str, account: Account) -> int:
-    """A descriptor of directory ``name`` in ``parent_fd`` (a checked root directory), created
-    private to ``account`` if missing; an existing one must be a real directory of the account.
+def own_dir(parent_fd: int, name: str, account: Account, *, create: bool = True) -> int:
+    """A descriptor of directory ``name`` in ``parent_fd`` (a checked root directory), made
+    private to ``account`` if missing and ``create``; an existing one must be a real directory
+    of the account. Raises :class:`SystemOpError`, or FileNotFoundError for a missing one
+    not to be created.
     """
     if name in ("", ".", "..") or "/" in name:
         raise SystemOpError(f"not a directory name: {name!r}")
-    created = True
-    try:
-        os.mkdir(name, 0o700, dir_fd=parent_fd)
-    except FileExistsError:
-        created = False
+    created = False
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            created = True
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise SystemOpError(f"{name} is not a directory the hub can use: {exc.strerror}") from None
     try:
