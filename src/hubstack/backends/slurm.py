@@ -38,7 +38,7 @@ from hubstack.backends.base import (
     log_tail,
 )
 from hubstack.backends.jobs import JobWatcher, Tracked
-from hubstack.backends.server import place_content, server_environment
+from hubstack.backends.server import answers_as_itself, place_content, server_environment
 from hubstack.config import Config
 from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
@@ -282,7 +282,7 @@ class SlurmBackend:
         tracked.urgent = True
         try:
             await self._wait_for_address(state, tracked, emit)
-            await self._wait_listening(state, tracked)
+            await self._wait_listening(state, tracked, spec.env["JUPYTERHUB_SERVICE_PREFIX"])
         finally:
             tracked.urgent = False
         return Started(state["host"], state["port"], state)
