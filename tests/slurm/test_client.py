@@ -347,3 +347,12 @@ def test_an_unreachable_accounting_daemon_is_an_error(
         asyncio.run(slurm.ended("1"))
     with pytest.raises(SlurmError, match=r"(?s)sacctmgr failed .*Connection refused"):
         asyncio.run(slurm.user_accounts(jobs.user.name))
+
+
+def test_a_node_is_known_by_its_name_host_name_and_address(slurm_cluster: Cluster) -> None:
+    sinfo = [tool("sinfo"), "--noheader", "--Node", "--format=%N"]
+    node = subprocess.run(sinfo, capture_output=True, text=True, check=True).stdout.split()[0]
+    names = asyncio.run(Slurm().node_names(node))
+    assert node in names
+    assert "127.0.0.1" in names, "the local cluster's nodes are at 127.0.0.1"
+    assert asyncio.run(Slurm().node_names("no-such-node")) == set()

@@ -97,6 +97,11 @@ class FixedQueue(Slurm):
         self.queries += 1
         return {j: self.infos[j] for j in job_ids if j in self.infos}
 
+    async def node_names(self, node: str) -> set[str]:
+        """As for a second slurmd on the machine ``localhost``, at 127.0.0.1."""
+        self.queries += 1
+        return {node, "localhost", "127.0.0.1"}
+
 
 def on_node(state: str, node: str | None) -> JobInfo:
     return JobInfo("812", state, None, node, "debug", None, None, batch_host=node)
@@ -114,20 +119,25 @@ def refusal(host: str, info: JobInfo, *, watched: bool = False) -> tuple[str | N
     return answer, backend.slurm.queries
 
 
-@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "127.0.0.1"])
-def test_the_node_running_the_job_may_be_reported_by_name_or_address(host: str) -> None:
-    assert refusal(host, on_node("RUNNING", "localhost")) == (None, 1)
+@pytest.mark.parametrize("host", ["node-2", "NODE-2"])
+def test_the_node_running_the_job_may_be_reported_by_its_name(host: str) -> None:
+    assert refusal(host, on_node("RUNNING", "node-2")) == (None, 1)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_or_by_its_host_name_or_address(host: str) -> None:
+    assert refusal(host, on_node("RUNNING", "node-2")) == (None, 2)
 
 
 def test_the_watchers_answer_saves_a_query() -> None:
-    assert refusal("localhost", on_node("RUNNING", "localhost"), watched=True) == (None, 0)
+    assert refusal("node-2", on_node("RUNNING", "node-2"), watched=True) == (None, 0)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.2", "10.0.0.1", "vm2", "ip6-localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.2", "10.0.0.1", "vm2", "node-3"])
 def test_another_host_is_refused_with_the_nodes_name(host: str) -> None:
-    answer, _ = refusal(host, on_node("RUNNING", "localhost"))
+    answer, _ = refusal(host, on_node("RUNNING", "node-2"))
     assert answer == (
-        f"Job 812 runs on node localhost: its server must report localhost or an address "
+        f"Job 812 runs on node node-2: its server must report node-2 or an address "
         f"of that node, not {host}."
     )
 

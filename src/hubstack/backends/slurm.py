@@ -81,6 +81,17 @@ def _check_label(label: str) -> None:
         raise StartFailed(f"A server cannot be named {label!r}.", reason="name")
 
 
+async def _addresses(names: set[str]) -> set[str]:
+    """The addresses ``names`` resolve to (on the hub, which connects to them)."""
+    loop = asyncio.get_running_loop()
+    found: set[str] = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            entries = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            found.update(str(entry[4][0]) for entry in entries)
+    return found
+
+
 def _when(moment: datetime) -> str:
     """``14:05`` today, ``Nov 23 14:05`` on another day: how a person reads a start time."""
     if moment.date() == datetime.now(moment.tzinfo).date():
@@ -355,10 +366,10 @@ class SlurmBackend:
     async def refuse_address(self, state: dict[str, Any], host: str) -> str | None:
         """Why ``host`` is not where the job's server can listen; None if it is.
 
-        Only the node Slurm runs the job's script on counts: its name, or an address that name
-        resolves to. Otherwise a job, or anyone holding its server's token, could send the
-        user's route (and their requests) to another host. Raises :class:`SlurmError` when
-        the scheduler cannot say where the job runs.
+        Only the node Slurm runs the job's script on counts: the names and address Slurm knows
+        it by, or an address those names resolve to. Otherwise a job, or anyone holding its
+        server's token, could send the user's route (and their requests) to another host.
+        Raises :class:`SlurmError` when the scheduler cannot say where the job runs.
         """
         job_id = state.get("job_id")
         if not self.is_starting(state):
@@ -373,12 +384,10 @@ class SlurmBackend:
         node = info.batch_host
         if host.lower() == node.lower():
             return None
-        loop = asyncio.get_running_loop()
-        try:
-            found = await loop.getaddrinfo(node, None, type=socket.SOCK_STREAM)
-        except OSError:
-            found = []
-        if host in {entry[4][0] for entry in found}:
+        names = {node, *await self.slurm.node_names(node)}
+        if host.lower() in {name.lower() for name in names}:
+            return None
+        if host in await _addresses(names):
             return None
         return (
             f"Job {job_id} runs on node {node}: its server must report {node} or an address "

@@ -291,6 +291,16 @@ class Slurm:
         self._partitions = (now + self.cache_ttl, found)
         return dict(found)
 
+    async def node_names(self, node: str) -> set[str]:
+        """What Slurm knows node ``node`` by: its NodeName, NodeHostname and NodeAddr (one
+        machine may run several slurmd under other names, or have a host name that is not
+        its node name)."""
+        fmt = _SEP.join(("%N", "%n", "%o"))
+        argv = [str(self.bin_dir / "sinfo"), "--noheader", "--Node", f"--nodes={node}"]
+        out = await self._run([*argv, f"--format={fmt}"], env=_base_env(query=True))
+        names = {name.strip() for line in out.splitlines() for name in line.split(_SEP)}
+        return {name for name in names if name.upper() not in _NO_VALUE}
+
     async def user_accounts(self, user: str) -> list[str]:
         """The Slurm accounts ``user`` may charge (cached); empty when accounting is off.
 
