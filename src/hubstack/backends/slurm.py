@@ -8,7 +8,10 @@ on, else from the job's own log, and told to the user in words.
 
 Storage: the user's home is the site's shared home (``backend.slurm.shared.home_base``);
 with ``shared.volumes`` set, each server also gets its own directory there, removed when
-the server is deleted. Hard size limits on those are the shared filesystem's quotas.
+the server is deleted. Hard size limits on those are the shared filesystem's quotas. Root
+makes only the account's directories under those two root-owned bases; everything in them
+(the job logs' directory, the server's directory and its link) is made, read and removed as
+the user, or through descriptors checked to be the user's.
 """
 
 from __future__ import annotations
