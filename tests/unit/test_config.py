@@ -34,6 +34,13 @@ def test_starter_file_is_the_defaults() -> None:
     assert validate(starter) == validate({})
 
 
+def test_failed_logins_are_limited_by_default() -> None:
+    limits = validate({}).auth.failed_logins
+    assert (limits.per_account, limits.per_address, limits.lockout) == (5, 20, 600)
+    assert limits.limited
+    assert not validate({"auth": {"failed_logins": {"per_address": 0}}}).auth.failed_logins.limited
+
+
 def test_missing_default_file_means_embedded_defaults(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config, source = load()
@@ -125,6 +132,16 @@ def test_units_round_trip() -> None:
         ({"binder": {"pythons": {"3": "/usr/bin/python3"}}}, "binder.pythons", "3.12"),
         ({"binder": {"cors_origins": ["*"]}}, "binder.cors_origins[0]", "pattern"),
         ({"binder": {"build_account": "root!"}}, "binder.build_account", "pattern"),
+        (
+            {"auth": {"failed_logins": {"lockout": "soon"}}},
+            "auth.failed_logins.lockout",
+            "not a duration",
+        ),
+        (
+            {"auth": {"failed_logins": {"per_account": -1}}},
+            "auth.failed_logins.per_account",
+            "greater than or equal to 0",
+        ),
         (
             {"environments": [{"id": "repository", "display": "R", "prefix": "/opt/r"}]},
             "environments",
