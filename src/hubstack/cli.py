@@ -95,7 +95,7 @@ def _environments(args: argparse.Namespace) -> tuple[Config, EnvCache]:
     from hubstack.envs.cache import EnvCache
 
     config = _load(args)
-    return config, EnvCache(config.binder.root, config.hub.data_dir / "builds")
+    return config, EnvCache.of(config)
 
 
 def cmd_env_list(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ class Site:
         with pytest.raises(PrepareFailed) as info:
             self.prepare(name, **limits)
         assert self.entries() == before
-        assert list((self.root / "data/builds").glob("*.img")) == []
+        assert list((self.root / "data-builds").glob("*.img")) == []
         assert str(self.root) not in Path("/proc/self/mounts").read_text()
         return info.value.message
 
@@ -89,6 +89,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     root = new_test_root()
+    (root / "data").mkdir(mode=0o700)  # as `hubstack up` leaves the hub's data dir
     with GitDaemon(root / "git") as git:
         made = Site(root, git)
         try:
@@ -395,7 +396,7 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     rebuilt = hubstack(site, "rebuild", key[:12])
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "Installing requirements.txt" in rebuilt.stdout
-    again = EnvCache(site.root / "binder", site.root / "data/builds").get(key)
+    again = EnvCache.of(site.config()).get(key)
     assert again is not None and again.built_at > prepared.env.built_at
     assert hubstack(site, "rebuild", "nothing-like-this").returncode == 1
 
@@ -405,8 +406,8 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     os.utime(site.root / "binder/used" / key, (month_ago, month_ago))
     shown = hubstack(site, "prune", "--unused-for", "30d", "--dry-run")
     assert f"would remove {key[:12]}" in shown.stdout
-    assert EnvCache(site.root / "binder", site.root / "data/builds").get(key) is not None
+    assert EnvCache.of(site.config()).get(key) is not None
     pruned = hubstack(site, "prune", "--unused-for", "30d")
     assert f"removed {key[:12]}" in pruned.stdout
-    assert EnvCache(site.root / "binder", site.root / "data/builds").get(key) is None
+    assert EnvCache.of(site.config()).get(key) is None
     assert not (site.root / "binder/envs" / key).exists()

@@ -49,6 +49,7 @@ from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
+from hubstack.launch.untrusted import quote_untrusted
 from hubstack.system import SystemOpError, cgroups, run, tool, volumes
 from hubstack.system.accounts import Account, ensure_account, kill_processes_of
 
@@ -56,7 +57,8 @@ BASE_REQUIREMENTS = Path(__file__).with_name("base-requirements.txt")
 SERVER_OVERRIDES = Path(__file__).with_name("server-overrides.txt")
 # Part of every environment key: a change to how environments are built rebuilds them.
 # 2: bytecode compiled at build time, base packages installed with SERVER_OVERRIDES.
-BUILDER_VERSION = "2"
+# 3: no uv or pip configuration file read (earlier builds may have honoured a repository's).
+BUILDER_VERSION = "3"
 # Passed from the hub's environment to uv, so a site's index, proxy and CA settings apply.
 PASSED_ENV = (
     "http_proxy",
@@ -192,10 +194,9 @@ class Builder:
                 await self._run(job, account, work, write)
                 dropped = await asyncio.to_thread(self._finish, job, work, target)
                 if dropped:
-                    write(
-                        f"Left out what is neither a file, a folder nor a link: "
-                        f"{', '.join(dropped[:10])}{' ...' if len(dropped) > 10 else ''}"
-                    )
+                    shown = ", ".join(quote_untrusted(path) for path in dropped[:10])
+                    more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+                    write(f"Left out what is neither a file, a folder nor a link: {shown}{more}")
         except BaseException:
             await asyncio.shield(asyncio.to_thread(self._clear, job.key))
             raise

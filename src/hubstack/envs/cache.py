@@ -5,18 +5,18 @@ Layout under ``binder.root`` (world-readable, on Slurm a path every node sees)::
     envs/<key>/env/        the environment (a uv virtualenv), root-owned and read-only
     envs/<key>/repo/       the repository as its postBuild left it (only with a postBuild)
     envs/<key>/meta.json   written last: an entry without it is not complete and never used
-    mirrors/<hash>.git     bare mirrors of the repositories, owned by the fetch account
     logs/<key>.log         the last build log of each environment (capped)
     used/<key>             its modification time is the environment's last launch
     locks/                 one lock for builds, so a CLI rebuild and the hub never race
 
 Nothing under ``binder.root`` is writable by any account but root, nor ever holds a set-id
-file or a special file. What builds and fetches write lives in ``work`` (the hub's data dir),
-outside it, where only root can list it::
+file or a special file. What builds and fetches write lives outside it, in the work folder
+beside the hub's data dir (:func:`work_dir`), which others may traverse but not list::
 
     <key>.img              a build's size-limited scratch file system, only while it builds
     <key>/                 where it is mounted (its root: the build account's, mode 0700)
     inspect-*/             a commit's files as the fetch account wrote them, while read
+    mirrors/<hash>.git     bare mirrors of the repositories, the fetch account's
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from hubstack.config.models import Config
 
 META = "meta.json"
 
@@ -62,6 +64,14 @@ class BuiltEnv:
         return repo if repo.is_dir() else None
 
 
+def work_dir(config: Config) -> Path:
+    """Where builds and fetches work: beside the hub's data dir, not in it (the data dir is
+    root's alone, and the build and fetch accounts must reach their folders), and not under
+    ``binder.root`` (which holds nothing but root's files)."""
+    data = config.hub.data_dir
+    return data.with_name(f"{data.name}-builds")
+
+
 def tree_size(path: Path) -> int:
     """Bytes used by the files under ``path`` (not following links)."""
     total = 0
@@ -79,10 +89,15 @@ class EnvCache:
         self.root = root
         self.work = work
         self.envs = root / "envs"
-        self.mirrors = root / "mirrors"
+        self.mirrors = work / "mirrors"
         self.logs = root / "logs"
         self.used = root / "used"
         self.locks = root / "locks"
+
+    @classmethod
+    def of(cls, config: Config) -> EnvCache:
+        """The cache of a hub's config."""
+        return cls(config.binder.root, work_dir(config))
 
     def create(self) -> None:
         """Make the directories: the ones users' servers read are world-readable."""

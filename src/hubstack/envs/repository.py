@@ -113,7 +113,7 @@ class Repositories:
 
     def __init__(self, config: Config, enforcer: cgroups.Enforcer) -> None:
         self.binder = config.binder
-        self.cache = EnvCache(self.binder.root, config.hub.data_dir / "builds")
+        self.cache = EnvCache.of(config)
         self.builder = Builder(self.binder, self.cache, enforcer)
         self.pythons = available_pythons(self.binder.pythons)
         self._builds: dict[str, _Build] = {}
@@ -297,8 +297,9 @@ class Repositories:
 
 
 def _drop_foreign_mirror(mirror: Path, fetcher: Account | None) -> None:
-    """Remove a mirror another account owns (one made as root by an earlier hubstack): git
-    runs as the mirror's owner, so it is fetched anew as the fetch account's own."""
+    """Remove a mirror another account owns (after ``binder.build_account`` was renamed,
+    whose name the fetch account's follows): git runs as the mirror's owner, so it is
+    fetched anew as the fetch account's own."""
     owner = os.geteuid() if fetcher is None else fetcher.uid
     with contextlib.suppress(FileNotFoundError):
         if os.lstat(mirror).st_uid != owner:
