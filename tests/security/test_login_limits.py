@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,28 @@ def test_one_address_guessing_many_names_is_refused_whatever_it_claims(hub: Hub)
     assert log_in(hub, "dave", password, "127.0.0.6").status_code == 302, "others log in"
 
 
+@needs_root
+@needs_default_env
+def test_guesses_sent_all_at_once_do_not_pass_the_limit_together(hub: Hub) -> None:
+    hub.add_user("fay")
+    burst = 4 * PER_ACCOUNT
+    ready = threading.Barrier(burst)
+
+    def guess(index: int) -> int:
+        http = requests.Session()
+        http.mount("http://", FromAddress(f"127.0.1.{index}"))
+        http.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()
+        form = {"username": "fay", "password": f"guess{index}"}
+        form["_xsrf"] = http.cookies.get("_xsrf", path="/hub/")
+        ready.wait(30)
+        resp = http.post(f"{hub.url}/hub/login", data=form, allow_redirects=False, timeout=60)
+        return resp.status_code
+
+    with ThreadPoolExecutor(burst) as pool:
+        answers = sorted(pool.map(guess, range(1, burst + 1)))
+    assert answers == [403] * PER_ACCOUNT + [429] * (burst - PER_ACCOUNT)
+
+
 def test_an_unknown_name_costs_the_same_bcrypt_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,7 +152,7 @@ def test_an_unknown_name_costs_the_same_bcrypt_check(
 
         def attempt(name: str, guess: str) -> str | None:
             line = RequestStartLine("POST", "/hub/login", "HTTP/1.1")
-            request = HTTPServerRequest(start_line=line, headers=HTTPHeaders())
+            request = HTTPServerRequest(start_line=line, headers=HTTPHeaders({"Host": "hub"}))
             handler = type("Handler", (), {"request": request})()
             data = {"username": name, "password": guess}
             return asyncio.run(authenticator.authenticate(handler, data))
@@ -142,3 +166,4 @@ def test_an_unknown_name_costs_the_same_bcrypt_check(
         assert checked[-1] == stored
         assert bcrypt.gensalt()[:7] == dummy_hash()[:7], "the same cost as real hashes"
         assert set(authenticator.login_attempts) == {"nobody"}, "counted like any failure"
+        assert len(authenticator.address_failures[""]) == 2, "a success is not counted"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 import time
@@ -90,6 +91,12 @@ class HubstackNativeAuthenticator(NativeAuthenticator):
         username = self.normalize_username(data["username"])
         address = client_address(handler.request)
         self.refuse_while_locked(username, address)
+        # Counted as failed before the check and taken back on success: guesses sent all at
+        # once would otherwise all pass the limit while the first checks are running.
+        self.add_login_attempt(username)
+        attempt = time.monotonic()
+        self.address_failures.setdefault(address, deque()).append(attempt)
+        self.forget_old_failures()
         user = self.get_user(username)
         stored = user.password if user is not None else dummy_hash()
         valid = await asyncio.to_thread(password_matches, data.get("password", ""), stored)
@@ -98,10 +105,9 @@ class HubstackNativeAuthenticator(NativeAuthenticator):
         )
         if user is not None and valid and user.is_authorized and second_factor:
             self.successful_login(username)
+            with contextlib.suppress(KeyError, ValueError):
+                self.address_failures[address].remove(attempt)
             return username
-        self.add_login_attempt(username)
-        self.address_failures.setdefault(address, deque()).append(time.monotonic())
-        self.forget_old_failures()
         return None
 
     def refuse_while_locked(self, username: str, address: str) -> None:
