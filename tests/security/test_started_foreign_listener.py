@@ -3,13 +3,17 @@ another program (or another user's server) on that port is never taken for it.""
 
 from __future__ import annotations
 
+import concurrent.futures
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import needs_default_env, needs_root
-from hubtest import DEFAULT_ENV, Hub, new_test_root, running_hub, wait_for
+from hubtest import DEFAULT_ENV, Hub, Session, new_test_root, running_hub, wait_for
+from system.conftest import PYTHON
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -37,26 +41,71 @@ http.server.HTTPServer(("127.0.0.1", PORT), Foreign).serve_forever()
 """
 
 
-@pytest.fixture(scope="module")
-def foreign_env() -> Iterator[Path]:
-    prefix = new_test_root() / "foreign"
-    (prefix / "bin").mkdir(parents=True, mode=0o755)
-    server = prefix / "bin/jupyterhub-singleuser"
-    server.write_text(FOREIGN)
-    server.chmod(0o755)
-    prefix.chmod(0o755)
-    yield prefix
-    shutil.rmtree(prefix.parent, ignore_errors=True)
+# Never listens: tells the test which port the hub chose, so that another account can.
+SILENT = """#!/bin/sh
+echo "port ${JUPYTERHUB_SERVICE_URL##*:}"
+exec sleep 300
+"""
+
+# Another account's program on that port, answering exactly as the user's server would.
+IMPOSTER = """
+import http.server, sys
+
+port, prefix = int(sys.argv[1]), sys.argv[2]
+
+
+class Imposter(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("asked for", self.path, flush=True)
+        body = b'{"version": "2.14.0"}'
+        self.send_response(200 if self.path == prefix + "api" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+server = http.server.HTTPServer(("127.0.0.1", port), Imposter)
+print("listening", flush=True)
+server.serve_forever()
+"""
 
 
 @pytest.fixture(scope="module")
-def hub(foreign_env: Path) -> Iterator[Hub]:
+def envs() -> Iterator[Path]:
+    base = new_test_root()
+    for name, script in (("foreign", FOREIGN), ("silent", SILENT)):
+        (base / name / "bin").mkdir(parents=True, mode=0o755)
+        server = base / name / "bin/jupyterhub-singleuser"
+        server.write_text(script)
+        server.chmod(0o755)
+        (base / name).chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(envs: Path) -> Iterator[Hub]:
     overrides = {
-        "environments": [{"id": "foreign", "display": "Foreign", "prefix": str(foreign_env)}],
+        "environments": [
+            {"id": name, "display": name.title(), "prefix": str(envs / name)}
+            for name in ("foreign", "silent")
+        ],
         "extra_jupyterhub_config": {"HubstackSpawner": {"start_timeout": 15}},
     }
     with running_hub(overrides) as running:
         yield running
+
+
+def start_fails(session: Session, server: str, status: int) -> None:
+    """The start of ``server`` (answered with ``status``) ends failed, never ready."""
+    if status == 202:
+        events = session.progress(server, timeout=120)
+        assert events[-1].get("failed"), events
+    else:
+        assert status >= 400, status
+    model = session.model(server, include_stopped=True)
+    assert model is not None and not model["ready"], model
 
 
 def test_a_foreign_listener_on_the_port_is_not_the_users_server(hub: Hub) -> None:
@@ -68,12 +117,36 @@ def test_a_foreign_listener_on_the_port_is_not_the_users_server(hub: Hub) -> Non
         60,
         "the hub to ask the listener for the server's own API",
     )
-    if resp.status_code == 202:
-        events = frank.progress("foreign", timeout=120)
-        assert events[-1].get("failed"), events
-        assert not events[-1].get("ready")
-    else:
-        assert resp.status_code >= 400, resp.text
-    model = frank.model("foreign", include_stopped=True)
-    assert model is not None and not model["ready"], model
+    start_fails(frank, "foreign", resp.status_code)
     assert "failed to start in 15 seconds" in hub.log()
+
+
+def test_another_accounts_listener_answering_as_the_server_is_not_it(
+    hub: Hub, free_ids: tuple[int, int]
+) -> None:
+    """A server's prefix can be guessed: another account may answer just as Jupyter would."""
+    gina = hub.new_user("gina")
+    log = hub.data_dir / "logs" / f"{hub.prefix}gina" / "silent.log"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = pool.submit(gina.start, "silent", {"environment": "silent"})
+        port = wait_for(
+            lambda: log.exists() and re.search(r"port (\d+)", log.read_text()),
+            60,
+            "the port the hub chose",
+        )[1]
+        uid = free_ids[0]
+        setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        imposter = subprocess.Popen(
+            [*setpriv, PYTHON, "-c", IMPOSTER, port, "/user/gina/silent/"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
+        try:
+            assert imposter.stdout is not None
+            assert imposter.stdout.readline() == "listening\n"
+            resp = started.result()
+            start_fails(gina, "silent", resp.status_code)
+        finally:
+            imposter.kill()
+            imposter.wait()

@@ -45,6 +45,7 @@ from hubstack.system.userpaths import own_dir
 STOP_GRACE_SECONDS = 5.0
 # env(1)'s exit statuses for a command it found but could not run, and one it did not find.
 _CANNOT_EXECUTE = (126, 127)
+_TCP_LISTEN = "0A"  # the state of a listening socket in /proc/net/tcp
 
 
 def _alive(pid: int) -> bool:
@@ -55,6 +56,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _listeners(port: int) -> set[int]:
+    """The uids owning the sockets that listen on TCP ``port`` here (IPv4 and IPv6), from
+    the kernel's socket tables."""
+    uids: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
+            next(f)  # the header
+            for line in f:
+                fields = line.split()
+                if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    uids.add(int(fields[7]))
+    return uids
 
 
 def _reap(pid: int) -> int | None:
@@ -323,7 +338,8 @@ class LocalBackend:
 
         JupyterHub would only notice a dead server after its HTTP wait times out, and then
         with a bare status; waiting here lets the user read the real cause. Something else
-        listening on the port is not this server (see :func:`answers_as_itself`): the start
+        listening on the port is not this server (see :func:`answers_as_itself`; here, it
+        must also be the account's own socket, since a prefix can be guessed): the start
         keeps waiting and ends with JupyterHub's timeout instead of sending the user there.
         """
         while True:
@@ -337,7 +353,8 @@ class LocalBackend:
                 if tail and not ended.out_of_memory:
                     message += f"\nLast lines of its log:\n{tail}"
                 raise StartFailed(message, reason="oom" if ended.out_of_memory else "exited")
-            if await answers_as_itself("127.0.0.1", spec.port, prefix):
+            ours = _listeners(spec.port) == {account.uid}
+            if ours and await answers_as_itself("127.0.0.1", spec.port, prefix):
                 return
             await asyncio.sleep(0.05)
 

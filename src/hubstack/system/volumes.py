@@ -235,18 +235,21 @@ def _parent(path: Path, below: Path | None, owner: tuple[int, int] | None = None
         _make_dirs(below, 0o755)
     fds: list[int] = []
     try:
-        fds.append(os.open(below, _DIR_FLAGS))
-        for depth, part in enumerate(parts[:-1], 1):
+        try:
+            # ``below`` is trusted: a link in it (/home -> /export/home) is the operator's.
+            fds.append(os.open(below, _DIR_FLAGS & ~os.O_NOFOLLOW))
+            for depth, part in enumerate(parts[:-1], 1):
+                if owner is not None:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fds[-1])
+                        os.chown(part, *owner, dir_fd=fds[-1], follow_symlinks=False)
+                fds.append(_open_dir(part, fds[-1], below.joinpath(*parts[:depth]), owner))
+        except (SystemOpError, OSError) as exc:
             if owner is not None:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fds[-1])
-                    os.chown(part, *owner, dir_fd=fds[-1], follow_symlinks=False)
-            fds.append(_open_dir(part, fds[-1], below.joinpath(*parts[:depth]), owner))
-    except (SystemOpError, FileNotFoundError):
-        if owner is not None:
-            raise
-        fds.append(-1)
-    try:
+                if isinstance(exc, SystemOpError):
+                    raise
+                raise SystemOpError(f"cannot open {below}: {exc.strerror}") from None
+            fds.append(-1)
         yield fds[-1]
     finally:
         for fd in fds:
