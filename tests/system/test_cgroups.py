@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hubtest import wait_for
 
-from hubstack.system import SystemOpError
+from hubstack.system import SystemOpError, tool
 from hubstack.system.cgroups import (
     CGROUP_ROOT,
     Cgroup,
@@ -279,7 +279,7 @@ def test_systemd_wraps_the_command_in_a_scope() -> None:
     cmd = ["jupyterhub-singleuser", "--ip=127.0.0.1", "--notebook-dir=/home/a b; rm -rf /"]
     limits = Limits(cpu=1.5, memory=2 * 2**30, pids=512)
     assert SystemdEnforcer().wrap_command("hubstack-hs-alice-lab", limits, cmd) == [
-        "systemd-run",
+        tool("systemd-run"),
         "--scope",
         "--quiet",
         "--collect",
@@ -297,7 +297,7 @@ def test_systemd_wraps_the_command_in_a_scope() -> None:
     ]
     only_cpu = SystemdEnforcer().wrap_command("u", Limits(cpu=0.5, memory=None), ["true"])
     assert only_cpu == [
-        "systemd-run", "--scope", "--quiet", "--collect", "--unit=u",
+        tool("systemd-run"), "--scope", "--quiet", "--collect", "--unit=u",
         "-p", "CPUQuota=50%", "--", "true",
     ]  # fmt: skip
 
