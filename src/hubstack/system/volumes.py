@@ -21,6 +21,8 @@ _UMOUNT_FAILED = 32
 _UMOUNT_ATTEMPTS = 5
 _UMOUNT_WAIT_S = 0.2
 _LOOP_RELEASE_TIMEOUT_S = 5.0
+# How long a mount waits for the last server namespace holding its image to go (under load).
+_NAMESPACE_RELEASE_TIMEOUT_S = 30.0
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 _OPTIONS = "loop,nosuid,nodev"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -386,7 +388,7 @@ def _released(image: Path) -> bool:
     """Whether no loop device uses ``image``, waiting a little: a file system unmounted in
     the hub's mount namespace lives on until the last server namespace holding it is gone,
     which the kernel finishes shortly after that server's last process."""
-    deadline = time.monotonic() + _LOOP_RELEASE_TIMEOUT_S
+    deadline = time.monotonic() + _NAMESPACE_RELEASE_TIMEOUT_S
     while _loop_devices(image):
         if time.monotonic() > deadline:
             return False
