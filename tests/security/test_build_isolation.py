@@ -92,6 +92,8 @@ def test_an_ordinary_account_never_sees_set_id_special_or_writable_files(
     assert not (prepared.env.prefix / "bin/planted-shell").stat().st_mode & 0o6000
     assert not (snapshot / "planted-fifo").exists()
     assert not (snapshot / "planted-socket").exists()
+    log = (site.root / "binder/logs" / f"{prepared.env.key}.log").read_text()
+    assert "planted-fifo" in log.splitlines()[-1] and "planted-socket" in log.splitlines()[-1]
     assert (snapshot / "open-folder").stat().st_mode & 0o777 == 0o755
     assert prepared.env.path.stat().st_mode & 0o777 == 0o755
 
