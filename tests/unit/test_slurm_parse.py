@@ -12,8 +12,8 @@ from datetime import datetime
 
 import pytest
 
-from hubstack.config.units import slurm_time
 from hubstack.backends.jobs import Tracked
+from hubstack.config.units import slurm_time
 from hubstack.system.slurm import (
     JOB_STATES,
     SlurmError,
