@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from hubtest import Execution, Hub, Session, execute
+from hubtest import Execution, Hub, Session, execute, wait_for
 
 SERVICES = ("binder", "idle-culler")
 
@@ -113,6 +113,17 @@ def start_kernels(
         assert kernel.run("x = 42").status == "ok"
         kernels.append(kernel)
     return kernels
+
+
+def wait_kernels_answer(kernels: list[Kernel], timeout: float = 60) -> None:
+    """Wait until each kernel answers with ``x = 42`` again (after a hub restart).
+
+    Retried: output and reply come on different channels, and under load the reply may
+    come first (a lost kernel never prints 42).
+    """
+    for kernel in kernels:
+        what = f"{kernel.server!r} of {kernel.session.name} to answer with its kernel"
+        wait_for(kernel.holds_x, timeout, what)
 
 
 def single_user_servers(uids: set[int]) -> dict[int, list[int]]:

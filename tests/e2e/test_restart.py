@@ -14,6 +14,7 @@ from hubprocesses import (
     single_user_servers,
     start_kernels,
     terminate_hub,
+    wait_kernels_answer,
 )
 from hubtest import Hub, Session, wait_for
 
@@ -47,14 +48,7 @@ def test_servers_kernels_and_notices_survive_kill_and_stop_of_the_hub(
     kill_hub(hub)
     hub.start()
     wait_for(lambda: one_of_each(hub), 60, "one proxy and one of each service after kill -9")
-    for kernel in kernels:
-        # Retried: output and reply come on different channels, and under load the
-        # reply may come first (a lost kernel never prints 42).
-        wait_for(
-            kernel.holds_x,
-            60,
-            f"{kernel.server!r} of {kernel.session.name} to answer with its kernel",
-        )
+    wait_kernels_answer(kernels)
     assert single_user_servers(uids) == processes, "the same servers, none started twice"
 
     # Out-of-memory kills after the restart are still noticed and told.
@@ -65,14 +59,7 @@ def test_servers_kernels_and_notices_survive_kill_and_stop_of_the_hub(
     assert single_user_servers(uids) == processes, "stopping the hub leaves the servers running"
     hub.start()
     wait_for(lambda: one_of_each(hub), 60, "one proxy and one of each service after SIGTERM")
-    for kernel in kernels:
-        # Retried: output and reply come on different channels, and under load the
-        # reply may come first (a lost kernel never prints 42).
-        wait_for(
-            kernel.holds_x,
-            60,
-            f"{kernel.server!r} of {kernel.session.name} to answer with its kernel",
-        )
+    wait_kernels_answer(kernels)
     assert single_user_servers(uids) == processes
     assert oom_notices(alice) == 1, "the notice survives the restart"
     for kernel in kernels:

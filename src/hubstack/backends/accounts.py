@@ -19,12 +19,17 @@ def account_for(
     if not root:
         return accounts.current_account()
     if existing:
-        try:
-            pw = pwd.getpwnam(hub_user)
-        except KeyError:
-            raise StartFailed(
-                f"There is no Unix account named {hub_user!r} on this machine.", reason="account"
-            ) from None
-        return accounts.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+        return existing_account(hub_user)
     name = accounts.unix_name(hub_user, prefix)
     return accounts.ensure_account(name, home_base / name)
+
+
+def existing_account(name: str) -> accounts.Account:
+    """The machine's account ``name``, which hubstack does not create (PAM, sudo)."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise StartFailed(
+            f"There is no Unix account named {name!r} on this machine.", reason="account"
+        ) from None
+    return accounts.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))

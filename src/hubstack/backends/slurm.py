@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hubstack.backends.accounts import account_for
+from hubstack.backends.accounts import account_for, existing_account
 from hubstack.backends.base import (
     LOG_TAIL_LINES,
     Emit,
@@ -170,7 +170,7 @@ class SlurmBackend:
                 home_base=self.settings.shared.home_base,
             )
         else:
-            account = self._existing_account(self._unix_name(hub_user))
+            account = existing_account(self._unix_name(hub_user))
         if account.uid in (0, os.geteuid()):
             raise StartFailed(
                 f"Jobs never run as {account.name}, the hub's own account or root.",
@@ -179,16 +179,6 @@ class SlurmBackend:
         if self.root and not os.path.lexists(account.home):
             self._root_dir(account.home.parent, account.home.name, account)
         return account
-
-    @staticmethod
-    def _existing_account(name: str) -> accounts.Account:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise StartFailed(
-                f"There is no Unix account named {name!r} for your jobs.", reason="account"
-            ) from None
-        return accounts.Account(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
     @staticmethod
     def _root_dir(base: Path, name: str, account: accounts.Account) -> None:
