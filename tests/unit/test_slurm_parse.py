@@ -19,9 +19,9 @@ from hubstack.system.slurm import (
     SlurmError,
     describe_end,
     normalise_state,
-    parse_duration,
     parse_sacct,
     parse_sinfo,
+    parse_slurm_time,
     parse_squeue,
     parse_time,
     reason_from_log,
@@ -48,13 +48,13 @@ SEP = "\x1f"
     ],
 )
 def test_slurm_times_become_seconds(text: str, seconds: int | None) -> None:
-    assert parse_duration(text) == seconds
+    assert parse_slurm_time(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["soon", "1:2:3:4", "1-2:3:4:5", "-5", "1h", "1--2"])
 def test_other_times_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a Slurm time"):
-        parse_duration(text)
+        parse_slurm_time(text)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_other_times_are_refused(text: str) -> None:
 )
 def test_durations_are_written_the_way_slurm_writes_them(seconds: int, text: str) -> None:
     assert slurm_time(seconds) == text
-    assert parse_duration(text) == seconds
+    assert parse_slurm_time(text) == seconds
 
 
 @pytest.mark.parametrize(

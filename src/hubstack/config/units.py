@@ -55,6 +55,16 @@ def format_size(size: int) -> str:
     return str(size)
 
 
+def human_size(size: int) -> str:
+    """Bytes as a person reads them: the largest unit that is at least 1, one decimal at
+    most (``1.5 GB``); ``format_size`` is the exact form the config takes (``1536M``)."""
+    for unit in ("T", "G", "M", "K"):
+        factor = _SIZE_UNITS[unit]
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}B"
+    return f"{size} B"
+
+
 def parse_duration(value: object) -> int:
     """Return seconds from ``2h``, ``30m``, ``1h30m``, ``90s`` or a number of seconds."""
     if isinstance(value, bool):

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubstack.config.units import format_size
+from hubstack.config.units import human_size
 from hubstack.errors import Explained
+from hubstack.launch.repo import COMMIT
 from hubstack.launch.untrusted import quote_untrusted
 from hubstack.system import SystemOpError, tool
 from hubstack.system.accounts import Account, current_account
@@ -42,7 +43,6 @@ SUPPORTED_SCHEMES = frozenset({"https", "http", "git"})
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a fetch's disk use (and its deadline)."""
 
-_SHA = re.compile(r"[0-9a-f]{40}")
 _URL = re.compile(r"([a-z]+)://[\x21-\x7e]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_LINE = 300
@@ -124,13 +124,8 @@ def check_ref(ref: str) -> None:
 
 
 def _check_commit(commit: str) -> None:
-    if not _SHA.fullmatch(commit):
+    if not COMMIT.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
-
-
-def _human(size: int) -> str:
-    text = format_size(size)
-    return f"{text[:-1]} {text[-1]}B" if text[-1].isalpha() else f"{text} bytes"
 
 
 def _env(schemes: Collection[str]) -> dict[str, str]:
@@ -302,7 +297,7 @@ async def resolve_ref(
     """
     check_url(url, schemes)
     check_ref(ref)
-    if _SHA.fullmatch(ref.lower()):
+    if COMMIT.fullmatch(ref.lower()):
         return ref.lower()
     outcome = await _run(["ls-remote", "--", url], schemes=schemes, user=user, timeout=timeout)
     if not outcome.ok:
@@ -310,7 +305,7 @@ async def resolve_ref(
     refs: dict[str, str] = {}
     for line in outcome.stdout.decode(errors="replace").splitlines():
         sha, _, name = line.partition("\t")
-        if _SHA.fullmatch(sha):
+        if COMMIT.fullmatch(sha):
             refs[name] = sha
     candidates = ["HEAD"] if ref == "HEAD" else []
     candidates += [f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref]
@@ -418,7 +413,7 @@ async def fetch(
             log(f"The server does not send commits by id; fetching {quote_untrusted(ref)} instead")
             outcome = await get(ref)
         if outcome.killed == "size" or await asyncio.to_thread(_disk_use, staging) > max_size:
-            raise GitError(f"The repository is larger than the limit of {_human(max_size)}.")
+            raise GitError(f"The repository is larger than the limit of {human_size(max_size)}.")
         if refused and ref == commit:
             raise GitError(f"Commit {commit[:12]} is not in the repository {quote_untrusted(url)}.")
         if not outcome.ok:
@@ -509,8 +504,8 @@ async def export(
                 total += int(fields[3])
         if total > max_size:
             raise GitError(
-                f"The repository's files take {_human(total)}, more than the limit "
-                f"of {_human(max_size)}."
+                f"The repository's files take {human_size(total)}, more than the limit "
+                f"of {human_size(max_size)}."
             )
     # dest may lie in ``user``'s storage: made and removed in their name, not through root.
     writer = user or current_account()

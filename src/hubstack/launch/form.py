@@ -20,6 +20,7 @@ from hubstack.config.models import (
     PartitionLimits,
     Range,
 )
+from hubstack.config.units import human_size
 from hubstack.launch.pages import html_templates
 from hubstack.launch.profiles import repository_environment
 from hubstack.launch.repo import RepoSource, repo_source
@@ -32,7 +33,6 @@ from hubstack.launch.slurm import (
 )
 from hubstack.launch.untrusted import InvalidLaunch
 
-_UNITS = (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024))
 # What a user may type in a Slurm text field, and what a field without default follows.
 _EXAMPLES = {"walltime": "e.g. 2h, 90m or 1:30:00; ", "memory": "e.g. 4G or 512M; "}
 _FROM_MACHINE = {"cores": "CPUs", "memory": "memory"}
@@ -87,14 +87,6 @@ def source_facts(source: RepoSource) -> dict[str, str]:
     return {"url": source.url, "host": host, "owner": owner, "ref": source.ref}
 
 
-def _human_size(size: int) -> str:
-    """Bytes in the largest unit that is at least 1, one decimal at most (``1.5 GB``)."""
-    for unit, factor in _UNITS:
-        if size >= factor:
-            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} B"
-
-
 def _human_cpu(cpu: float) -> str:
     """``1 CPU``, ``2 CPUs``, ``0.5 CPU``: whole numbers without a trailing ``.0``."""
     return f"{cpu:g} {'CPU' if cpu <= 1 else 'CPUs'}"
@@ -102,7 +94,7 @@ def _human_cpu(cpu: float) -> str:
 
 def machine_summary(machine: Machine) -> str:
     """What a machine type gives, in the words a user compares: ``2 CPUs · 4 GB RAM``."""
-    return f"{_human_cpu(machine.cpu)} · {_human_size(machine.memory)} RAM"
+    return f"{_human_cpu(machine.cpu)} · {human_size(machine.memory)} RAM"
 
 
 def _choices(

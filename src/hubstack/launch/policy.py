@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from hubstack.config.models import NamedServers
+from hubstack.config.models import Config, NamedServers
 from hubstack.errors import Explained
 from hubstack.launch.untrusted import quote_untrusted
 
@@ -61,3 +61,10 @@ def check_new_server(name: str, existing_named: Collection[str], policy: NamedSe
         raise PolicyViolation(
             f"You already have {count} {noun} ({limit}); delete {delete} to create another."
         )
+
+
+def repository_launch_timeout(config: Config) -> int:
+    """Longest a launch from a repository may take, in seconds: fetching and building (each
+    within the build time limit), a Slurm job's wait in the queue, and the server's start."""
+    queue = config.backend.slurm.start_timeout if config.backend.type == "slurm" else 0
+    return 2 * config.binder.limits.time + queue + 120

@@ -8,12 +8,11 @@ rather than ignored.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hubstack.config.models import REPOSITORY_ENVIRONMENT, Config, Environment, Machine
-from hubstack.launch.repo import RepoSource, repo_source
+from hubstack.launch.repo import COMMIT, RepoSource, repo_source
 from hubstack.launch.slurm import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
 from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
 
@@ -21,7 +20,6 @@ FIELDS = ("machine", "environment")
 # With environment "repository": the repository, the ref asked for, and (set by the hub
 # once resolved, so a restart of the server gets the same files) the commit.
 REPO_FIELDS = ("repo", "ref", "commit")
-COMMIT = re.compile(r"[0-9a-f]{40}")
 XSRF_FIELD = "_xsrf"
 
 _LABELS = {

@@ -24,6 +24,8 @@ from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, quote_un
 
 PROVIDERS = ("gh", "gl", "git")
 DEFAULT_REF = "HEAD"
+# A full commit id, as git prints it: what a launch may pin and a mirror is asked for.
+COMMIT = re.compile(r"[0-9a-f]{40}")
 GITHUB = "github.com"
 GITLAB = "gitlab.com"
 DEFAULT_PORTS = {"https": 443, "http": 80, "git": 9418}

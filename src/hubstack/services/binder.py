@@ -45,6 +45,7 @@ from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub.logs import redact_handlers
 from hubstack.launch.form import REPOSITORY_WARNING, source_facts
 from hubstack.launch.pages import html_templates
+from hubstack.launch.policy import repository_launch_timeout
 from hubstack.launch.repo import (
     RepoSource,
     ShareLinks,
@@ -165,11 +166,9 @@ class Service:
 
     @property
     def relay_timeout(self) -> float:
-        """Longest a launch may take: a build at its time limit, plus a queued Slurm job."""
-        queue = (
-            self.config.backend.slurm.start_timeout if self.config.backend.type == "slurm" else 0
-        )
-        return float(self.config.binder.limits.time + queue + 600)
+        """Longest the service follows a launch: a little longer than the hub lets it take,
+        so the hub's own verdict on a launch that runs out of time reaches the client."""
+        return float(repository_launch_timeout(self.config) + 60)
 
 
 class ServiceHandler(HubOAuthenticated, RequestHandler):

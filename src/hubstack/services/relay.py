@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 
 from hubstack.config.models import REPOSITORY_ENVIRONMENT
 from hubstack.errors import Explained
-from hubstack.launch.repo import RepoSource
+from hubstack.launch.repo import COMMIT, RepoSource
 from hubstack.launch.untrusted import quote_untrusted
 
 # Phases the spawner may report itself; "ready" and "failed" are only ever this module's.
@@ -34,7 +33,6 @@ POLL_INTERVAL = 0.5
 # moment waited here is added to the launch.
 PENDING_POLL_INTERVAL = 0.05
 API_TIMEOUT = 60.0
-COMMIT = re.compile(r"[0-9a-f]{40}")
 
 Event = dict[str, Any]
 Emit = Callable[[Event], Awaitable[None]]

@@ -448,7 +448,7 @@ def parse_sinfo(output: str) -> dict[str, Partition]:
             raise SlurmError(f"sinfo printed an unexpected line: {line!r}")
         label, state, max_time, default_time, nodes, cpus, memory = fields
         try:
-            limits = parse_duration(max_time), parse_duration(default_time)
+            limits = parse_slurm_time(max_time), parse_slurm_time(default_time)
         except ValueError:
             raise SlurmError(f"sinfo printed an unexpected line: {line!r}") from None
         name = label.rstrip("*")
@@ -529,7 +529,7 @@ def normalise_state(text: str) -> str:
     return words[0].rstrip("+").upper() if words else "UNKNOWN"
 
 
-def parse_duration(text: str) -> int | None:
+def parse_slurm_time(text: str) -> int | None:
     """Seconds in a Slurm time string; None for UNLIMITED and for no value (N/A, INVALID).
 
     Slurm's forms: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S`` (a bare number
@@ -614,7 +614,7 @@ def _id_key(job_id: str) -> tuple[int, ...]:
 def _seconds(text: str) -> int | None:
     """A time limit sacct printed, in seconds; None for unlimited or a word like Partition_Limit."""
     try:
-        return parse_duration(text)
+        return parse_slurm_time(text)
     except ValueError:
         return None
 
