@@ -15,7 +15,13 @@ import yaml
 from hubstack.config import Config, ConfigError, dump, load
 from hubstack.config.load import validate
 from hubstack.config.models import RESERVED_SBATCH, GpusRange
-from hubstack.config.units import format_duration, format_size, parse_duration, parse_size
+from hubstack.config.units import (
+    format_duration,
+    format_size,
+    human_size,
+    parse_duration,
+    parse_size,
+)
 
 
 def test_embedded_defaults_match_the_spec() -> None:
@@ -82,6 +88,14 @@ def test_units_round_trip() -> None:
     for bad in ("soon", "2h later", "0s", False):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(0, "0 B"), (1000, "1000 B"), (1024, "1 KB"), (1536 * 2**20, "1.5 GB"), (2 * 2**40, "2 TB")],
+)
+def test_sizes_read_as_a_person_reads_them(size: int, shown: str) -> None:
+    assert human_size(size) == shown
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from jupyterhub.slugs import is_valid_safe_slug
 
+from hubstack.config import Config
 from hubstack.config.models import NamedServers
 from hubstack.launch import NAME_RE, PolicyViolation, check_new_server, check_server_name
+from hubstack.launch.policy import repository_launch_timeout
 
 POLICY = NamedServers(max=3, name_max_length=20)
 RULE = (
@@ -132,3 +136,17 @@ def test_name_is_checked_before_the_count() -> None:
 def test_default_is_reserved_for_the_default_server() -> None:
     with pytest.raises(PolicyViolation, match="reserved for your default server"):
         check_server_name("default", NamedServers())
+
+
+@pytest.mark.parametrize(
+    ("settings", "seconds"),
+    [
+        ({}, 2 * 900 + 120),
+        ({"binder": {"limits": {"time": "10m"}}}, 2 * 600 + 120),
+        ({"backend": {"type": "slurm", "slurm": {"start_timeout": "1h"}}}, 2 * 900 + 3600 + 120),
+    ],
+)
+def test_a_repository_launch_may_take_fetch_build_queue_and_start(
+    settings: dict[str, Any], seconds: int
+) -> None:
+    assert repository_launch_timeout(Config.model_validate(settings)) == seconds
