@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from hubstack.backends.spawner import backend_for
+from hubstack.hub.spawner import backend_for
 from hubstack.config import Config
 from hubstack.hub import accounts
 from hubstack.hub.settings import db_url, jupyterhub_config

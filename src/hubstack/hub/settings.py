@@ -132,7 +132,7 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     c.Authenticator.allow_all = True
     c.Authenticator.admin_users = set(hub.admin_users)
 
-    c.JupyterHub.spawner_class = "hubstack.backends.spawner.HubstackSpawner"
+    c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.hubstack_config = config.model_dump_json()
     # Frequent polls are cheap here (a waitpid and a cgroup read) and surface OOM kills fast.
     c.HubstackSpawner.poll_interval = 10
