@@ -138,11 +138,10 @@ def cmd_env_rebuild(args: argparse.Namespace) -> int:
     import asyncio
 
     from hubstack.envs.repository import PrepareFailed, Repositories
-    from hubstack.system import cgroups
 
     config, cache = _environments(args)
     env = cache.find(args.key)
-    repositories = Repositories(config, cgroups.detect(config.backend.local.limits))
+    repositories = Repositories.of(config)
     print(f"rebuilding {env.key[:12]} from {env.repo} at {env.commit}")
     try:
         built = asyncio.run(repositories.rebuild(env, lambda _phase, line: print(line)))

@@ -111,6 +111,13 @@ def _newest(versions: dict[str, Path]) -> str:
 class Repositories:
     """One per hub: the cache, the builder and the builds under way."""
 
+    @classmethod
+    def of(cls, config: Config) -> Repositories:
+        """The repositories of a hub's config, with the build limits the hub enforces: the
+        configured ones as root, none in dev mode (which has no cgroups to ask for)."""
+        preference = config.backend.local.limits if os.geteuid() == 0 else "off"
+        return cls(config, cgroups.detect(preference))
+
     def __init__(self, config: Config, enforcer: cgroups.Enforcer) -> None:
         self.binder = config.binder
         self.cache = EnvCache.of(config)

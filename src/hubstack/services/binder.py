@@ -65,7 +65,6 @@ from hubstack.services.relay import (
     failed_event,
     sse,
 )
-from hubstack.system import cgroups
 
 BADGE = (Path(__file__).with_name("static") / "badge_logo.svg").read_bytes()
 KEEPALIVE_INTERVAL = 25.0
@@ -580,7 +579,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
         page_auth=page_auth,
         # Binder clients open the stream with EventSource, which cannot send headers.
         api_auth=HubOAuth(allow_token_in_url=True),
-        environments=Repositories(config, cgroups.detect(config.backend.local.limits)),
+        environments=Repositories.of(config),
     )
     server = HTTPServer(make_app(service))
     server.listen(url.port or 80, url.hostname or "127.0.0.1")
