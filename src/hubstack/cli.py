@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from hubstack.config import Config, ConfigError, dump, load
 from hubstack.config.safety import unsafe_settings
 from hubstack.config.units import format_duration, format_size, parse_duration
-from hubstack.launch.untrusted import InvalidLaunch
+from hubstack.untrusted import InvalidLaunch
 
 if TYPE_CHECKING:
     from hubstack.envs.cache import EnvCache

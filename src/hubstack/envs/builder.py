@@ -49,9 +49,9 @@ from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
-from hubstack.launch.untrusted import quote_untrusted
 from hubstack.system import SystemOpError, cgroups, run, tool, volumes
 from hubstack.system.accounts import Account, ensure_account, kill_processes_of
+from hubstack.untrusted import quote_untrusted
 
 BASE_REQUIREMENTS = Path(__file__).with_name("base-requirements.txt")
 SERVER_OVERRIDES = Path(__file__).with_name("server-overrides.txt")

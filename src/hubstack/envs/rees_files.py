@@ -23,7 +23,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from hubstack.errors import Explained
-from hubstack.launch.untrusted import json_kind, quote_untrusted
+from hubstack.untrusted import json_kind, quote_untrusted
 
 CONFIG_MAX = 1 << 20
 # A Pipfile.lock carries every wheel's hash, so a large but honest one passes 1 MiB.

@@ -24,7 +24,7 @@ from hubstack.launch.repo import (
     source_from_spec,
 )
 from hubstack.launch.slurm import SlurmRequest
-from hubstack.launch.untrusted import InvalidLaunch, quote_untrusted
+from hubstack.untrusted import InvalidLaunch, quote_untrusted
 
 __all__ = [
     "FIELDS",

@@ -21,7 +21,6 @@ from hubstack.config.models import (
     Range,
 )
 from hubstack.config.units import human_size
-from hubstack.launch.pages import html_templates
 from hubstack.launch.profiles import repository_environment
 from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.launch.slurm import (
@@ -31,7 +30,8 @@ from hubstack.launch.slurm import (
     slurm_fields,
     slurm_label,
 )
-from hubstack.launch.untrusted import InvalidLaunch
+from hubstack.pages import html_templates
+from hubstack.untrusted import InvalidLaunch
 
 # What a user may type in a Slurm text field, and what a field without default follows.
 _EXAMPLES = {"walltime": "e.g. 2h, 90m or 1:30:00; ", "memory": "e.g. 4G or 512M; "}

@@ -17,7 +17,7 @@ from hubstack.config.models import SAFE_TOKEN, SBATCH_OPTION
 from hubstack.config.script import script_environment
 from hubstack.errors import Explained
 from hubstack.launch.slurm import SlurmRequest
-from hubstack.launch.untrusted import quote_untrusted
+from hubstack.untrusted import quote_untrusted
 
 # The prologue runs under ``set -e`` but before ``set -u``: the shell functions of module
 # systems (``module load``) read variables that may be unset.

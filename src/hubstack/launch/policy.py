@@ -12,7 +12,7 @@ from collections.abc import Collection
 
 from hubstack.config.models import Config, NamedServers
 from hubstack.errors import Explained
-from hubstack.launch.untrusted import quote_untrusted
+from hubstack.untrusted import quote_untrusted
 
 # Lowercase ASCII letters and digits, single hyphens between them, starting with a letter.
 NAME_RE = re.compile(r"\A[a-z](?:-?[a-z0-9])*\Z")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from hubstack.config.models import REPOSITORY_ENVIRONMENT, Config, Environment, Machine
 from hubstack.launch.repo import COMMIT, RepoSource, repo_source
 from hubstack.launch.slurm import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
-from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
+from hubstack.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
 
 FIELDS = ("machine", "environment")
 # With environment "repository": the repository, the ref asked for, and (set by the hub

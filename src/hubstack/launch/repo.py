@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 from urllib.parse import quote, unquote
 
 from hubstack.config.models import Binder
-from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
+from hubstack.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
 
 PROVIDERS = ("gh", "gl", "git")
 DEFAULT_REF = "HEAD"

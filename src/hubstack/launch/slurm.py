@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from hubstack.config.models import Choice, Config, Machine, PartitionLimits, Range, SlurmFields
 from hubstack.config.units import format_size, parse_duration, parse_size, slurm_time
-from hubstack.launch.untrusted import InvalidLaunch, choose, json_kind, shown
+from hubstack.untrusted import InvalidLaunch, choose, json_kind, shown
 
 CHOICE_FIELDS = ("partition", "account", "qos", "reservation")
 NUMBER_FIELDS = ("walltime", "cores", "memory", "gpus")

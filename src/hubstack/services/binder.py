@@ -44,7 +44,6 @@ from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub.logs import redact_handlers
 from hubstack.launch.form import REPOSITORY_WARNING, source_facts
-from hubstack.launch.pages import html_templates
 from hubstack.launch.policy import repository_launch_timeout
 from hubstack.launch.repo import (
     RepoSource,
@@ -55,7 +54,7 @@ from hubstack.launch.repo import (
     share_links,
     source_from_spec,
 )
-from hubstack.launch.untrusted import InvalidLaunch, choose
+from hubstack.pages import html_templates
 from hubstack.services.relay import (
     KEEPALIVE,
     ClientGone,
@@ -65,6 +64,7 @@ from hubstack.services.relay import (
     failed_event,
     sse,
 )
+from hubstack.untrusted import InvalidLaunch, choose
 
 BADGE = (Path(__file__).with_name("static") / "badge_logo.svg").read_bytes()
 KEEPALIVE_INTERVAL = 25.0

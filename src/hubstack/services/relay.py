@@ -22,7 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from hubstack.config.models import REPOSITORY_ENVIRONMENT
 from hubstack.errors import Explained
 from hubstack.launch.repo import COMMIT, RepoSource
-from hubstack.launch.untrusted import quote_untrusted
+from hubstack.untrusted import quote_untrusted
 
 # Phases the spawner may report itself; "ready" and "failed" are only ever this module's.
 RELAYED_PHASES = frozenset({"waiting", "fetching", "building", "built", "launching"})
