@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 from hubstack.envs.builder import build_script
-from hubstack.envs.checkout import Content, start_command
+from hubstack.envs.checkout import Content
 from hubstack.envs.spec import EnvSpec
+from hubstack.launch.plan import start_command
 
 TARGET = Path("/srv/binder/envs/abc")
 

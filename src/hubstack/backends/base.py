@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hubstack.config import Config
-from hubstack.envs.checkout import Content
 from hubstack.errors import Explained
 from hubstack.launch import LaunchRequest
+from hubstack.launch.plan import BuiltRepository, server_label
 
 Emit = Callable[[str], None]
 """Report one step of a start to the user's progress stream."""
@@ -73,12 +73,11 @@ class ServerSpec:
     request: LaunchRequest
     env: dict[str, str]
     port: int
-    content: Content | None = None  # a repository's files, for an environment built from it
+    built: BuiltRepository | None = None  # the environment of the request's repository
 
     @property
     def label(self) -> str:
-        """The server's name in paths and unit names; the default server is ``default``."""
-        return self.server_name or "default"
+        return server_label(self.server_name)
 
 
 @dataclass
@@ -126,6 +125,15 @@ class Backend(Protocol):
 
     def new_oom_kills(self, state: dict[str, Any]) -> int:
         """Processes killed for memory since the last call (and update ``state``)."""
+        ...
+
+    async def refuse_address(self, state: dict[str, Any], host: str) -> str | None:
+        """Why a starting server's own report that it listens on ``host`` is refused (the
+        backend knows where it runs), else None."""
+        ...
+
+    def address_reported(self, state: dict[str, Any], host: str, port: int) -> None:
+        """Record the address a starting server reported; ValueError if it cannot report."""
         ...
 
     def describe(self) -> str:

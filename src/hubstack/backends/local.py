@@ -35,10 +35,11 @@ from hubstack.backends.base import (
     StartFailed,
     log_tail,
 )
-from hubstack.backends.server import answers_as_itself, place_content, server_environment
+from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
 from hubstack.config.units import format_size
 from hubstack.launch import LaunchRequest
+from hubstack.launch.plan import ServerPlan, server_label, server_plan
 from hubstack.system import SystemOpError, accounts, cgroups, tool, volumes
 from hubstack.system.userpaths import own_dir
 
@@ -46,6 +47,7 @@ STOP_GRACE_SECONDS = 5.0
 # env(1)'s exit statuses for a command it found but could not run, and one it did not find.
 _CANNOT_EXECUTE = (126, 127)
 _TCP_LISTEN = "0A"  # the state of a listening socket in /proc/net/tcp
+_NO_REPORTS = "Servers on the hub's machine listen where the hub tells them; none reports it."
 
 
 def _alive(pid: int) -> bool:
@@ -129,29 +131,30 @@ class LocalBackend:
     def _account_lock(self, account: str) -> threading.Lock:
         return self._locks.setdefault(account, threading.Lock())
 
-    def _prepare_storage(self, account: accounts.Account, label: str) -> Path:
-        """Mount the home and this server's volume; return the volume's mount point."""
+    def _prepare_storage(self, account: accounts.Account, label: str) -> None:
+        """Mount the home and this server's volume at :meth:`_volume`."""
         with self._account_lock(account.name):
-            return self._mount_storage(account, label)
+            self._mount_storage(account, label)
 
-    def _mount_storage(self, account: accounts.Account, label: str) -> Path:
+    def _mount_storage(self, account: accounts.Account, label: str) -> None:
         storage = self.config.policy.storage
+        mountpoint = self._volume(account, label)
         if not self.root:
-            workdir = self.data_dir / "dev-storage" / account.name / label
-            workdir.mkdir(parents=True, exist_ok=True)
-            return workdir
+            mountpoint.mkdir(parents=True, exist_ok=True)
+            return
         if not self.existing_accounts:
             home_image = self.data_dir / "storage/homes" / f"{account.name}.img"
             volumes.create_image(home_image, storage.home, account.uid, account.gid)
             volumes.mount(home_image, account.home, account.uid, account.gid)
         image = self._server_image(account.name, label)
-        mountpoint = self._volume(account, label)
         volumes.create_image(image, storage.server_volume, account.uid, account.gid)
         # The home is the user's: ~/volumes is walked from it, never followed.
         volumes.mount(image, mountpoint, account.uid, account.gid, below=account.home)
-        return mountpoint
 
     def _volume(self, account: accounts.Account, label: str) -> Path:
+        """Where the server's storage is mounted (in dev mode: a plain directory)."""
+        if not self.root:
+            return self.data_dir / "dev-storage" / account.name / label
         return account.home / "volumes" / label
 
     def _private_tmp(
@@ -192,13 +195,6 @@ class LocalBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _unit(self, account: str, label: str) -> str:
-        return f"hubstack-{account}-{label}"
-
-    def _limits(self, spec: ServerSpec) -> cgroups.Limits:
-        machine = spec.request.machine
-        return cgroups.Limits(cpu=machine.cpu, memory=machine.memory, pids=self.local.max_processes)
-
     async def check_request(self, hub_user: str, request: LaunchRequest) -> str | None:
         """The config is all there is to check against on this machine."""
         return None
@@ -207,23 +203,33 @@ class LocalBackend:
         """A local start never outlives the hub process that began it."""
         return False
 
+    async def refuse_address(self, state: dict[str, Any], host: str) -> str | None:
+        return _NO_REPORTS
+
+    def address_reported(self, state: dict[str, Any], host: str, port: int) -> None:
+        """Refused: the hub chose where a local server listens."""
+        raise ValueError(_NO_REPORTS)
+
     async def start(
         self, spec: ServerSpec, emit: Emit, record: Record, resume: dict[str, Any] | None = None
     ) -> Started:
         emit("Preparing your account")
         account = await asyncio.to_thread(self._account, spec.hub_user)
-        limits = self._limits(spec)
+        volume = self._volume(account, spec.label)
+        plan = server_plan(
+            self.config, spec.request, spec.server_name, account, volume, spec.env, spec.built
+        )
         state: dict[str, Any] = {
-            "unit": self._unit(account.name, spec.label),
+            "unit": plan.unit,
             "account": account.name,
-            "label": spec.label,
-            "memory": limits.memory,
-            "log": str(self.data_dir / "logs" / account.name / f"{spec.label}.log"),
+            "label": plan.label,
+            "memory": plan.limits.memory,
+            "log": str(self.data_dir / "logs" / account.name / f"{plan.label}.log"),
         }
         if self.root:
-            state["volume"] = str(self._volume(account, spec.label))
+            state["volume"] = str(volume)
         try:
-            await self._launch(spec, account, limits, state, emit)
+            await self._launch(spec, plan, account, volume, state, emit)
         except BaseException:
             # A failed, timed-out or cancelled start leaves nothing behind: no process,
             # no cgroup, no mount. Shielded, so a second cancellation cannot cut it short.
@@ -234,12 +240,14 @@ class LocalBackend:
     async def _launch(
         self,
         spec: ServerSpec,
+        plan: ServerPlan,
         account: accounts.Account,
-        limits: cgroups.Limits,
+        volume: Path,
         state: dict[str, Any],
         emit: Emit,
     ) -> None:
-        """Mount storage, create the cgroup, start the server and wait until it listens.
+        """Mount storage, create the cgroup, place ``plan`` in them as the user and wait
+        until the server answers.
 
         Everything acquired is recorded in ``state`` as it happens, so that
         :meth:`_abandon` can release exactly that when the start does not complete.
@@ -248,28 +256,17 @@ class LocalBackend:
         if self.root:
             emit(f"Mounting your storage ({format_size(self.config.policy.storage.server_volume)})")
         try:
-            volume = await asyncio.to_thread(self._prepare_storage, account, spec.label)
+            await asyncio.to_thread(self._prepare_storage, account, plan.label)
         except SystemOpError as exc:
             raise StartFailed(
                 f"Your storage could not be prepared: {exc}", reason="storage"
             ) from None
-        group = await asyncio.to_thread(self.enforcer.prepare, state["unit"], limits)
+        wanted = plan.limits
+        limits = cgroups.Limits(cpu=wanted.cpu, memory=wanted.memory, pids=wanted.processes)
+        group = await asyncio.to_thread(self.enforcer.prepare, plan.unit, limits)
         state["oom_kills"] = group.oom_kills()
-
-        executable = environment.prefix / "bin/jupyterhub-singleuser"
-        workdir, server = await place_content(
-            spec, volume, account if self.root else None, [str(executable)]
-        )
-        server = [
-            *server,
-            f"--ServerApp.root_dir={workdir or account.home}",
-            f"--ServerApp.preferred_dir={workdir or volume}",
-        ]
-        env = {
-            **spec.env,
-            **server_environment(spec, account, volume, workdir),
-            "SHELL": "/bin/bash",
-        }
+        if spec.built is not None:
+            await place_files(spec.built, volume, account if self.root else None)
         log_path = Path(state["log"])
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         base: int | None = None
@@ -286,19 +283,19 @@ class LocalBackend:
                 ) from None
             as_user = [
                 *(tool("setpriv"), f"--reuid={account.uid}", f"--regid={account.gid}"),
-                *("--init-groups", "--", tool("env"), f"--chdir={workdir or account.home}"),
+                *("--init-groups", "--", tool("env"), f"--chdir={plan.workdir}"),
             ]
-            argv, cwd = [*private, *as_user, "--", *server], f"/proc/self/fd/{base}"
+            argv, cwd = [*private, *as_user, "--", *plan.argv], f"/proc/self/fd/{base}"
         else:
-            argv, cwd = server, str(workdir or account.home)
-        cmd = self.enforcer.wrap_command(state["unit"], limits, argv)
+            argv, cwd = list(plan.argv), str(plan.workdir)
+        cmd = self.enforcer.wrap_command(plan.unit, limits, argv)
 
         emit(f"Starting {environment.display} on {machine.display}")
         try:
             with log_path.open("ab") as log:
                 proc = subprocess.Popen(
                     cmd,
-                    env=env,
+                    env=plan.env,
                     cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -307,22 +304,20 @@ class LocalBackend:
                     start_new_session=True,
                 )
         except (PermissionError, FileNotFoundError) as exc:
-            raise self._unusable(spec, account, exc.strerror) from None
+            raise self._unusable(spec, plan, account, exc.strerror) from None
         finally:
             if base is not None:
                 os.close(base)
         state["pid"] = proc.pid
         prefix = spec.env["JUPYTERHUB_SERVICE_PREFIX"]
-        await self._wait_answering(proc, spec, account, prefix, state)
+        await self._wait_answering(proc, spec, plan, account, prefix, state)
 
     def _unusable(
-        self, spec: ServerSpec, account: accounts.Account, why: str | None
+        self, spec: ServerSpec, plan: ServerPlan, account: accounts.Account, why: str | None
     ) -> StartFailed:
-        environment = spec.request.environment
-        executable = environment.prefix / "bin/jupyterhub-singleuser"
         return StartFailed(
-            f"The environment {environment.display!r} cannot be started: "
-            f"{executable} is missing or not usable by {account.name} ({why}).",
+            f"The environment {spec.request.environment.display!r} cannot be started: "
+            f"{plan.executable} is missing or not usable by {account.name} ({why}).",
             reason="environment",
         )
 
@@ -330,6 +325,7 @@ class LocalBackend:
         self,
         proc: subprocess.Popen[bytes],
         spec: ServerSpec,
+        plan: ServerPlan,
         account: accounts.Account,
         prefix: str,
         state: dict[str, Any],
@@ -346,7 +342,7 @@ class LocalBackend:
             status = proc.poll()
             if status is not None:
                 if status in _CANNOT_EXECUTE:
-                    raise self._unusable(spec, account, f"exit status {status}")
+                    raise self._unusable(spec, plan, account, f"exit status {status}")
                 ended = self._ended(status, state)
                 message = f"Your server stopped while starting: {ended.reason}."
                 tail = log_tail(Path(state["log"]))
@@ -438,7 +434,7 @@ class LocalBackend:
         if not self.root:
             return
         account = await asyncio.to_thread(self._account, hub_user)
-        image = self._server_image(account.name, server_name or "default")
+        image = self._server_image(account.name, server_label(server_name))
         await asyncio.to_thread(self._remove_volume, account, image)
 
     def _remove_volume(self, account: accounts.Account, image: Path) -> None:

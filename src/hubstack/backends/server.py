@@ -1,5 +1,5 @@
-"""What every backend gives a single-user server alike: its variables and, for an
-environment built from a repository, the repository's files and ``start`` script."""
+"""What every backend does alike around a server's plan: a repository's files put in its
+storage before it starts, and the check that the server answering is the one started."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from hubstack.backends.base import ServerSpec, StartFailed
-from hubstack.envs.checkout import check_out, start_command
+from hubstack.backends.base import StartFailed
+from hubstack.envs.checkout import check_out
+from hubstack.launch.plan import BuiltRepository
 from hubstack.system import SystemOpError
 from hubstack.system.accounts import Account
 
@@ -18,48 +19,16 @@ _MAX_ANSWER = 64 * 1024
 _ANSWER_TIMEOUT_S = 2.0
 
 
-async def place_content(
-    spec: ServerSpec, volume: Path, account: Account | None, command: list[str]
-) -> tuple[Path | None, list[str]]:
+async def place_files(built: BuiltRepository, volume: Path, account: Account | None) -> None:
     """Check the repository out into the server's volume (as ``account``; None: as the hub's
-    own user) and wrap ``command`` in its ``start`` script.
-
-    Returns the repository's directory (None without a repository), which the server opens
-    as its root, as Binder does, so that paths in launch links are relative to it.
-    """
-    content = spec.content
-    if content is None:
-        return None, command
+    own user), where its plan opens it; a failure is the user's to read."""
     try:
-        workdir = await check_out(content, volume, account)
+        await check_out(built.content, volume, account)
     except (OSError, SystemOpError) as exc:
         raise StartFailed(
             f"The repository's files could not be put in your server's storage: {exc}",
             reason="storage",
         ) from None
-    return workdir, start_command(workdir, content, command)
-
-
-def server_environment(
-    spec: ServerSpec, account: Account, volume: Path, workdir: Path | None
-) -> dict[str, str]:
-    """The variables hubstack sets for every server, besides JupyterHub's own."""
-    request, environment = spec.request, spec.request.environment
-    env = {
-        "HOME": str(account.home),
-        "USER": account.name,
-        "PATH": f"{environment.prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HUBSTACK_MACHINE": request.machine.id,
-        "HUBSTACK_ENVIRONMENT": environment.id,
-        "HUBSTACK_VOLUME": str(volume),
-    }
-    if spec.content is not None and workdir is not None:
-        env |= {
-            "REPO_DIR": str(workdir),
-            "BINDER_REPO_URL": spec.content.url,
-            "HUBSTACK_REPO_COMMIT": spec.content.commit,
-        }
-    return env
 
 
 async def answers_as_itself(host: str, port: int, prefix: str) -> bool:

@@ -41,11 +41,12 @@ from hubstack.backends.base import (
     log_tail,
 )
 from hubstack.backends.jobs import JobWatcher, Tracked
-from hubstack.backends.server import answers_as_itself, place_content, server_environment
+from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
 from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
 from hubstack.launch.jobscript import JobScript, JobScriptError, render_job_script
+from hubstack.launch.plan import ALL_ADDRESSES, server_label, server_plan
 from hubstack.system import SystemOpError, accounts, tool, userpaths
 from hubstack.system.slurm import JobEnd, Slurm, SlurmError, reason_from_log
 
@@ -72,10 +73,6 @@ fi
 _UNLINK = '[ ! -L "$2" ] || "$1" -f -- "$2"'
 
 _REPORTER = resources.files("hubstack.backends").joinpath("report_address.py").read_text()
-
-
-def _job_name(account: str, label: str) -> str:
-    return f"hubstack-{account}-{label}"
 
 
 def _check_label(label: str) -> None:
@@ -296,34 +293,27 @@ class SlurmBackend:
         _check_label(spec.label)
         account = await asyncio.to_thread(self._account, spec.hub_user)
         volume = await self._prepare(account, spec.label)
-        request, environment = spec.request, spec.request.environment
+        request = spec.request
         assert request.slurm is not None, "the launch layer resolves Slurm fields"
-        container = list(self.settings.containers.get(environment.id, []))
-        python = [*container, str(environment.prefix / "bin/python3")]
-        workdir, server = await place_content(
-            spec,
-            volume,
-            account if self.root else None,
-            [*container, str(environment.prefix / "bin/jupyterhub-singleuser")],
+        plan = server_plan(
+            self.config, request, spec.server_name, account, volume, spec.env, spec.built
         )
+        if spec.built is not None:
+            await place_files(spec.built, volume, account if self.root else None)
         job = JobScript(
-            job_name=_job_name(account.name, spec.label),
-            output=str(account.home / ".hubstack/jobs" / f"{spec.label}-%j.log"),
-            workdir=str(workdir or account.home),
+            job_name=plan.unit,
+            output=str(account.home / ".hubstack/jobs" / f"{plan.label}-%j.log"),
+            workdir=str(plan.workdir),
             request=request.slurm,
             prologue=self.settings.prologue,
             reporter=(
                 # $$ is the job script's shell, which becomes the server with ``exec``.
-                f"port=$(HUBSTACK_SERVER_PID=$$ {shlex.join([*python, '-c', _REPORTER])})\n"
+                f"port=$(HUBSTACK_SERVER_PID=$$ {shlex.join([*plan.python, '-c', _REPORTER])})\n"
                 # The server learns its own address from this (known only on the node).
-                'export JUPYTERHUB_SERVICE_URL="http://0.0.0.0:${port}${JUPYTERHUB_SERVICE_PREFIX}"'
+                f'export JUPYTERHUB_SERVICE_URL="http://{ALL_ADDRESSES}:${{port}}'
+                '${JUPYTERHUB_SERVICE_PREFIX}"'
             ),
-            command=[
-                *server,
-                "--ip=0.0.0.0",
-                f"--ServerApp.root_dir={workdir or account.home}",
-                f"--ServerApp.preferred_dir={workdir or volume}",
-            ],
+            command=plan.argv,
         )
         try:
             script = render_job_script(self.settings.script, job)
@@ -331,13 +321,10 @@ class SlurmBackend:
             raise StartFailed(
                 f"The job script cannot be written: {exc.message}", reason="slurm"
             ) from None
-        api_url = self.settings.hub_url or spec.env["JUPYTERHUB_API_URL"]
         env = {
-            **{k: v for k, v in spec.env.items() if k != "JUPYTERHUB_SERVICE_URL"},
-            "JUPYTERHUB_API_URL": api_url,
-            "HUBSTACK_REPORT_URL": f"{api_url.rstrip('/')}/{REPORT_ROUTE}",
+            **plan.env,
+            "HUBSTACK_REPORT_URL": f"{plan.env['JUPYTERHUB_API_URL'].rstrip('/')}/{REPORT_ROUTE}",
             "HUBSTACK_PORT_RANGE": self.settings.port_range,
-            **server_environment(spec, account, volume, workdir),
         }
         emit(f"Submitting a job to partition {request.slurm.partition or '(default)'}")
         try:
@@ -347,7 +334,7 @@ class SlurmBackend:
         return {
             "job_id": job_id,
             "account": account.name,
-            "label": spec.label,
+            "label": plan.label,
             "volume": str(volume),
             "log": job.output.replace("%j", job_id),
             # Kept so a start interrupted by a hub restart can take its job back: the
@@ -514,7 +501,7 @@ class SlurmBackend:
         base = self.settings.shared.volumes
         if base is None or not self.root:
             return
-        label = server_name or "default"
+        label = server_label(server_name)
         _check_label(label)
         account = await asyncio.to_thread(self._account, hub_user)
         link = account.home / "volumes" / label

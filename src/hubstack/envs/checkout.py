@@ -8,30 +8,15 @@ is kept as the user left it, and one of another commit is moved to ``<name>.prev
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from hubstack.envs.git import export
+from hubstack.launch.plan import Content
 from hubstack.system import SystemOpError
 from hubstack.system.accounts import Account, current_account
 from hubstack.system.userpaths import AS_USER_TIMEOUT, as_user
 
 MARKS = ".hubstack/checkouts"
-
-
-@dataclass(frozen=True)
-class Content:
-    """A repository's files for one server, and the script its server starts through."""
-
-    name: str
-    url: str
-    commit: str
-    mirror: Path
-    snapshot: Path | None = None
-    start: str | None = None
-    # Web sites whose pages may use the server (Binder clients such as thebe run there).
-    allow_origins: tuple[str, ...] = ()
 
 
 # Run as the user, in their name: the checkout's state is whatever their files say, and a
@@ -55,13 +40,13 @@ async def _as_user(account: Account | None, *argv: str, timeout: float = AS_USER
     await as_user(account or current_account(), *argv, timeout=timeout)
 
 
-async def check_out(content: Content, volume: Path, account: Account | None) -> Path:
-    """The repository's directory in ``volume``, with the content of ``content.commit``.
+async def check_out(content: Content, volume: Path, account: Account | None) -> None:
+    """Give the repository's directory in ``volume`` the content of ``content.commit``.
 
     Root reads and tests nothing here itself: every look at the user's files runs as the
     user, with a time limit, so a FIFO or a link to /dev/zero cannot stall or exhaust the hub.
     """
-    workdir = volume / content.name
+    workdir = content.directory(volume)
     mark = _mark(volume, content.name)
     try:
         await _as_user(
@@ -70,7 +55,7 @@ async def check_out(content: Content, volume: Path, account: Account | None) -> 
     except SystemOpError:
         pass  # not the launched commit, or not readable as a mark: check it out again
     else:
-        return workdir
+        return
     previous = volume / f"{content.name}.previous"
     await _as_user(account, "sh", "-c", _MOVE_ASIDE, "sh", str(workdir), str(previous))
     if content.snapshot is not None:
@@ -87,21 +72,3 @@ async def check_out(content: Content, volume: Path, account: Account | None) -> 
     else:
         await export(content.mirror, content.commit, workdir, user=account)
     await _as_user(account, "sh", "-c", _WRITE_MARK, "sh", content.commit, str(mark))
-    return workdir
-
-
-def start_command(workdir: Path, content: Content, command: list[str]) -> list[str]:
-    """``command`` run through the repository's ``start`` script, if it has one (which
-    ends with ``exec "$@"``, as the specification asks), and open to the allowed sites."""
-    if content.allow_origins:
-        pattern = "|".join(re.escape(origin) for origin in content.allow_origins)
-        command = [*command, f"--ServerApp.allow_origin_pat=^({pattern})$"]
-    if content.start is None:
-        return command
-    return [
-        "/bin/sh",
-        "-c",
-        'chmod +x "$0" 2>/dev/null; exec "$0" "$@"',
-        str(workdir / content.start),
-        *command,
-    ]

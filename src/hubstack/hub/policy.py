@@ -8,8 +8,8 @@ from typing import Any
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
 
-from hubstack.hub.spawner import checked_request, form_options
 from hubstack.config import Config
+from hubstack.hub.spawner import checked_request, form_options
 from hubstack.launch import PolicyViolation, check_new_server
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from hubstack.hub.spawner import backend_for
 from hubstack.config import Config
 from hubstack.hub import accounts
 from hubstack.hub.settings import db_url, jupyterhub_config
+from hubstack.hub.spawner import backend_for
 
 log = logging.getLogger("hubstack")
 

@@ -31,7 +31,6 @@ from hubstack.backends.local import LocalBackend
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
 from hubstack.config.units import format_size
-from hubstack.envs.checkout import Content
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.launch import (
     InvalidLaunch,
@@ -41,6 +40,8 @@ from hubstack.launch import (
     resolve,
 )
 from hubstack.launch.form import LinkOpensForm, link_options
+from hubstack.launch.plan import BuiltRepository, Content
+from hubstack.launch.policy import repository_launch_timeout
 from hubstack.system import cgroups
 
 MAX_NOTICES = 10
@@ -161,16 +162,19 @@ class HubstackSpawner(Spawner):
 
     def apply_request(self, request: LaunchRequest) -> None:
         """Record a validated request and the JupyterHub traits that describe it."""
-        self.request = request
-        self.user_options = request.as_user_options()
-        self.orm_spawner.user_options = self.user_options
+        self._store_request(request)
         self.mem_limit = request.machine.memory
         self.cpu_limit = request.machine.cpu
         self.default_url = request.environment.default_url
         if request.repo is not None:
-            # A start may include fetching and building: each has the build time limit.
-            limit = 2 * self.hubstack.binder.limits.time + 120
+            limit = repository_launch_timeout(self.hubstack)
             self.start_timeout = max(self.start_timeout, limit)
+
+    def _store_request(self, request: LaunchRequest) -> None:
+        """Keep ``request`` as the server's options: what a start of it again resolves."""
+        self.request = request
+        self.user_options = request.as_user_options()
+        self.orm_spawner.user_options = self.user_options
 
     # -- state ------------------------------------------------------------------------------
 
@@ -259,16 +263,17 @@ class HubstackSpawner(Spawner):
     def _phase(self, phase: str, message: str) -> None:
         self._emit(message, phase)
 
-    async def _prepare_repository(self, request: LaunchRequest) -> tuple[LaunchRequest, Content]:
+    async def _prepare_repository(
+        self, request: LaunchRequest
+    ) -> tuple[LaunchRequest, BuiltRepository]:
         """Build (or find) the environment of the request's repository, and pin its commit
         in the server's options, so that starting this server again gives the same files."""
         assert request.repo is not None
         prepared = await self.repositories.prepare(
             request.repo, self._phase, pin=request.commit, owner=self.user.name
         )
-        environment = request.environment.model_copy(update={"prefix": prepared.env.prefix})
-        request = dataclasses.replace(request, environment=environment, commit=prepared.commit)
-        self.apply_request(request)
+        request = dataclasses.replace(request, commit=prepared.commit)
+        self._store_request(request)
         self.env_key = prepared.env.key
         self._env_marked = time.monotonic()
         content = Content(
@@ -281,7 +286,7 @@ class HubstackSpawner(Spawner):
             allow_origins=tuple(self.hubstack.binder.cors_origins),
         )
         self._emit(f"Launching a server with the environment of {request.repo.url}", "launching")
-        return request, content
+        return request, BuiltRepository(prepared.env.prefix, content)
 
     def _spawn_error(self, message: str, reason: str) -> SpawnException:
         self.add_notice(message)
@@ -308,14 +313,14 @@ class HubstackSpawner(Spawner):
             # The server in the resumed job authenticates with the token it started with.
             self.api_token = resume["api_token"]
         self._resuming = self.will_resume = False
-        content = None
+        built = None
         if request.repo is not None and resume is None:
             try:
-                request, content = await self._prepare_repository(request)
+                request, built = await self._prepare_repository(request)
             except PrepareFailed as exc:
                 raise self._spawn_error(exc.message, "environment") from None
         self.port = random_port()
-        spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port, content)
+        spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port, built)
         try:
             started = await self.backend.start(spec, self._emit, self._record, resume)
         except StartFailed as exc:
@@ -325,7 +330,7 @@ class HubstackSpawner(Spawner):
 
     def address_reported(self, host: str, port: int) -> None:
         """The server of a start under way says where it listens (see hub.address)."""
-        self.backend.address_reported(self.backend_state, host, port)  # type: ignore[attr-defined]
+        self.backend.address_reported(self.backend_state, host, port)
         self._record(self.backend_state)
 
     async def _resume_after_restart(self) -> None:
