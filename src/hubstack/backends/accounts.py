@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import os
 import pwd
+from dataclasses import dataclass
 from pathlib import Path
 
 from hubstack.backends.base import StartFailed
+from hubstack.config import Config
 from hubstack.system import accounts
 
 
-def account_for(
-    hub_user: str, *, root: bool, existing: bool, prefix: str, home_base: Path
-) -> accounts.Account:
-    """The account for ``hub_user``: created on first use, unless ``existing`` (PAM) accounts.
+@dataclass(frozen=True)
+class Accounts:
+    """Which Unix account each hub user's servers run as, the same for every backend."""
 
-    Without root (dev mode) every server runs as the hub's own account.
-    """
-    if not root:
-        return accounts.current_account()
-    if existing:
-        return existing_account(hub_user)
-    name = accounts.unix_name(hub_user, prefix)
-    return accounts.ensure_account(name, home_base / name)
+    root: bool  # the hub runs as root; without root (dev mode), servers run as its account
+    existing: bool  # PAM: the machine's own accounts, which hubstack never creates
+    prefix: str  # of the accounts hubstack creates
+
+    @classmethod
+    def of(cls, config: Config) -> Accounts:
+        return cls(os.geteuid() == 0, config.auth.type == "pam", config.backend.local.user_prefix)
+
+    @property
+    def kind(self) -> str:
+        """What the accounts are, for ``describe``."""
+        return "existing machine accounts" if self.existing else "hub accounts"
+
+    def unix_name(self, hub_user: str) -> str:
+        return hub_user if self.existing else accounts.unix_name(hub_user, self.prefix)
+
+    def account(self, hub_user: str, home_base: Path) -> accounts.Account:
+        """The account for ``hub_user``: created on first use with its home under
+        ``home_base``, unless ``existing``; in dev mode, the hub's own."""
+        if not self.root:
+            return accounts.current_account()
+        if self.existing:
+            return existing_account(hub_user)
+        name = self.unix_name(hub_user)
+        return accounts.ensure_account(name, home_base / name)
 
 
 def existing_account(name: str) -> accounts.Account:

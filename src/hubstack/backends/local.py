@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubstack.backends.accounts import account_for
+from hubstack.backends.accounts import Accounts
 from hubstack.backends.base import (
     Emit,
     Exit,
@@ -94,36 +94,28 @@ class LocalBackend:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.local = config.backend.local
-        self.root = os.geteuid() == 0
-        self.existing_accounts = config.auth.type == "pam"
-        preference = self.local.limits if self.root else "off"
+        self.accounts = Accounts.of(config)
+        preference = self.local.limits if self.accounts.root else "off"
         self.enforcer = cgroups.detect(preference)
         self.data_dir = config.hub.data_dir
         self._locks: dict[str, threading.Lock] = {}
 
     def describe(self) -> str:
-        if not self.root:
+        if not self.accounts.root:
             me = accounts.current_account().name
             return (
                 f"dev mode: not running as root, so every server runs as {me!r} with no "
                 "isolation, no CPU or memory limits and no volumes"
             )
-        accounts_kind = "existing machine accounts" if self.existing_accounts else "hub accounts"
         return (
-            f"local backend: servers run as {accounts_kind}, limits by {self.enforcer.name}, "
+            f"local backend: servers run as {self.accounts.kind}, limits by {self.enforcer.name}, "
             f"loop-mounted volumes under {self.data_dir / 'storage'}"
         )
 
     # -- accounts and storage -------------------------------------------------------------
 
     def _account(self, hub_user: str) -> accounts.Account:
-        return account_for(
-            hub_user,
-            root=self.root,
-            existing=self.existing_accounts,
-            prefix=self.local.user_prefix,
-            home_base=self.local.home_base,
-        )
+        return self.accounts.account(hub_user, self.local.home_base)
 
     def _server_image(self, account: str, label: str) -> Path:
         return self.data_dir / "storage/servers" / account / f"{label}.img"
@@ -139,10 +131,10 @@ class LocalBackend:
     def _mount_storage(self, account: accounts.Account, label: str) -> None:
         storage = self.config.policy.storage
         mountpoint = self._volume(account, label)
-        if not self.root:
+        if not self.accounts.root:
             mountpoint.mkdir(parents=True, exist_ok=True)
             return
-        if not self.existing_accounts:
+        if not self.accounts.existing:
             home_image = self.data_dir / "storage/homes" / f"{account.name}.img"
             volumes.create_image(home_image, storage.home, account.uid, account.gid)
             volumes.mount(home_image, account.home, account.uid, account.gid)
@@ -153,7 +145,7 @@ class LocalBackend:
 
     def _volume(self, account: accounts.Account, label: str) -> Path:
         """Where the server's storage is mounted (in dev mode: a plain directory)."""
-        if not self.root:
+        if not self.accounts.root:
             return self.data_dir / "dev-storage" / account.name / label
         return account.home / "volumes" / label
 
@@ -226,7 +218,7 @@ class LocalBackend:
             "memory": plan.limits.memory,
             "log": str(self.data_dir / "logs" / account.name / f"{plan.label}.log"),
         }
-        if self.root:
+        if self.accounts.root:
             state["volume"] = str(volume)
         try:
             await self._launch(spec, plan, account, volume, state, emit)
@@ -253,7 +245,7 @@ class LocalBackend:
         :meth:`_abandon` can release exactly that when the start does not complete.
         """
         machine, environment = spec.request.machine, spec.request.environment
-        if self.root:
+        if self.accounts.root:
             emit(f"Mounting your storage ({format_size(self.config.policy.storage.server_volume)})")
         try:
             await asyncio.to_thread(self._prepare_storage, account, plan.label)
@@ -266,11 +258,11 @@ class LocalBackend:
         group = await asyncio.to_thread(self.enforcer.prepare, plan.unit, limits)
         state["oom_kills"] = group.oom_kills()
         if spec.built is not None:
-            await place_files(spec.built, volume, account if self.root else None)
+            await place_files(spec.built, volume, account if self.accounts.root else None)
         log_path = Path(state["log"])
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         base: int | None = None
-        if self.root:
+        if self.accounts.root:
             # As root, everything up to the server runs in the server's cgroup and mount
             # namespace; setpriv then becomes the user, and only then does env enter the
             # user's directory (root never resolves the user's path).
@@ -420,18 +412,18 @@ class LocalBackend:
         The home is unmounted too when this was the account's last running server.
         """
         self._group(state).remove()
-        if not self.root or not state.get("volume"):
+        if not self.accounts.root or not state.get("volume"):
             return
         name, home = state["account"], Path(state["volume"]).parent.parent
         with self._account_lock(name):
             # Found from the kernel's mount table, wherever the user moved it in the home.
             volumes.unmount_image(self._server_image(name, state["label"]), below=home)
             images = (self.data_dir / "storage/servers" / name).glob("*.img")
-            if not self.existing_accounts and not any(map(volumes.is_in_use, images)):
+            if not self.accounts.existing and not any(map(volumes.is_in_use, images)):
                 volumes.unmount(home)
 
     async def delete(self, hub_user: str, server_name: str) -> None:
-        if not self.root:
+        if not self.accounts.root:
             return
         account = await asyncio.to_thread(self._account, hub_user)
         image = self._server_image(account.name, server_label(server_name))

@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hubstack.backends.accounts import account_for, existing_account
+from hubstack.backends.accounts import Accounts, existing_account
 from hubstack.backends.base import (
     LOG_TAIL_LINES,
     Emit,
@@ -129,8 +129,7 @@ class SlurmBackend:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = config.backend.slurm
-        self.root = os.geteuid() == 0
-        self.existing_accounts = config.auth.type == "pam"
+        self.accounts = Accounts.of(config)
         self.slurm = Slurm(self.settings.bin_dir, self.settings.submit_as)
         self.watcher = JobWatcher(
             self.slurm,
@@ -141,9 +140,8 @@ class SlurmBackend:
         self._addresses: dict[str, asyncio.Future[None]] = {}
 
     def describe(self) -> str:
-        accounts_kind = "existing machine accounts" if self.existing_accounts else "hub accounts"
         return (
-            f"slurm backend: servers run as batch jobs of {accounts_kind}, submitted with "
+            f"slurm backend: servers run as batch jobs of {self.accounts.kind}, submitted with "
             f"{self.settings.submit_as}; one squeue every {self.settings.poll_interval:g} s "
             f"for all jobs ({self.settings.pending_poll_interval:g} s while any is queued)"
         )
@@ -158,22 +156,16 @@ class SlurmBackend:
     def _account(self, hub_user: str) -> accounts.Account:
         """The Unix account the user's jobs run as, with its home: never root nor the hub's
         own (a hub that is not root submits through sudo, as the user's existing account)."""
-        if self.root:
-            account = account_for(
-                hub_user,
-                root=True,
-                existing=self.existing_accounts,
-                prefix=self.config.backend.local.user_prefix,
-                home_base=self.settings.shared.home_base,
-            )
+        if self.accounts.root:
+            account = self.accounts.account(hub_user, self.settings.shared.home_base)
         else:
-            account = existing_account(self._unix_name(hub_user))
+            account = existing_account(self.accounts.unix_name(hub_user))
         if account.uid in (0, os.geteuid()):
             raise StartFailed(
                 f"Jobs never run as {account.name}, the hub's own account or root.",
                 reason="account",
             )
-        if self.root and not os.path.lexists(account.home):
+        if self.accounts.root and not os.path.lexists(account.home):
             self._root_dir(account.home.parent, account.home.name, account)
         return account
 
@@ -202,7 +194,7 @@ class SlurmBackend:
         get no directory of their own.
         """
         base = self.settings.shared.volumes
-        if not self.root:
+        if not self.accounts.root:
             return account.home
         link = account.home / "volumes" / label
         if base is not None:
@@ -226,11 +218,6 @@ class SlurmBackend:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _unix_name(self, hub_user: str) -> str:
-        if self.existing_accounts:
-            return hub_user
-        return accounts.unix_name(hub_user, self.config.backend.local.user_prefix)
-
     async def check_request(self, hub_user: str, request: LaunchRequest) -> str | None:
         """Check the choice against the scheduler's own view (cached), before submitting.
 
@@ -243,7 +230,7 @@ class SlurmBackend:
             return None
         try:
             partitions = await self.slurm.partitions()
-            member_of = await self.slurm.user_accounts(self._unix_name(hub_user))
+            member_of = await self.slurm.user_accounts(self.accounts.unix_name(hub_user))
         except SlurmError as exc:
             log.warning("cannot check a request against the scheduler: %s", exc)
             return None
@@ -299,7 +286,7 @@ class SlurmBackend:
             self.config, request, spec.server_name, account, volume, spec.env, spec.built
         )
         if spec.built is not None:
-            await place_files(spec.built, volume, account if self.root else None)
+            await place_files(spec.built, volume, account if self.accounts.root else None)
         job = JobScript(
             job_name=plan.unit,
             output=str(account.home / ".hubstack/jobs" / f"{plan.label}-%j.log"),
@@ -499,7 +486,7 @@ class SlurmBackend:
     async def delete(self, hub_user: str, server_name: str) -> None:
         """Remove the server's own directory and its link, never anything a link leads to."""
         base = self.settings.shared.volumes
-        if base is None or not self.root:
+        if base is None or not self.accounts.root:
             return
         label = server_label(server_name)
         _check_label(label)

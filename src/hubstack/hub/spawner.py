@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +41,6 @@ from hubstack.launch import (
 from hubstack.launch.form import LinkOpensForm, link_options
 from hubstack.launch.plan import BuiltRepository, Content
 from hubstack.launch.policy import repository_launch_timeout
-from hubstack.system import cgroups
 
 MAX_NOTICES = 10
 ENV_MARK_INTERVAL = 600
@@ -58,9 +56,7 @@ def config_from_json(text: str) -> Config:
 @functools.cache
 def repositories_for(text: str) -> Repositories:
     """One cache and builder per hub: launches of one environment share its build."""
-    config = config_from_json(text)
-    preference = config.backend.local.limits if os.geteuid() == 0 else "off"
-    return Repositories(config, cgroups.detect(preference))
+    return Repositories.of(config_from_json(text))
 
 
 @functools.cache
