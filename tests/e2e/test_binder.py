@@ -18,7 +18,7 @@ from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, add_commit, make_repo, tag
 from hubtest import Hub, Session, running_hub, wait_for
 
-from hubstack.config.models import Binder
+from hubstack.config.models import BinderSettings
 from hubstack.launch.repo import repo_source, server_name
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
@@ -339,7 +339,7 @@ def test_a_client_that_leaves_does_not_stop_the_launch(
 ) -> None:
     name = new_repo(git, {"requirements.txt": "six==1.16.0\n"})
     url = git.url(name)
-    binder = Binder(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git"])
+    binder = BinderSettings(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git"])
     server = server_name(repo_source(url, "main", binder), 20)
     first = events(build(bob, hub, git_spec(url, "main")), until=("fetching", "ready", "failed"))
     assert first[-1]["phase"] == "fetching", first

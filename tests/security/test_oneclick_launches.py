@@ -25,7 +25,7 @@ from gitserver import GitDaemon, make_repo
 from hubtest import Hub, Session, running_hub, wait_for
 from playwright.sync_api import expect
 
-from hubstack.config.models import Binder
+from hubstack.config.models import BinderSettings
 from hubstack.launch.form import REPOSITORY_WARNING
 from hubstack.launch.repo import repo_source, server_name
 
@@ -55,7 +55,7 @@ def new_repo(git: GitDaemon) -> str:
 
 def server_for(hub: Hub, url: str) -> str:
     source = repo_source(
-        url, MISSING_REF, Binder(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git"])
+        url, MISSING_REF, BinderSettings(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git"])
     )
     return server_name(source, 20)
 

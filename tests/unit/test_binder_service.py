@@ -10,7 +10,7 @@ import socket
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from hubstack.config.models import Binder
+from hubstack.config.models import BinderSettings
 from hubstack.launch.form import REPOSITORY_WARNING, source_facts
 from hubstack.launch.repo import repo_source, share_links
 from hubstack.services.binder import (
@@ -32,7 +32,7 @@ from hubstack.services.relay import (
     sse,
 )
 
-BINDER = Binder(
+BINDER = BinderSettings(
     allowed_hosts=["github.com", "gitlab.com", "127.0.0.1:*"], allowed_schemes=["https", "git"]
 )
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

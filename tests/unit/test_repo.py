@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from jupyterhub.slugs import is_valid_safe_slug
 
-from hubstack.config.models import Binder
+from hubstack.config.models import BinderSettings
 from hubstack.launch import (
     NAME_RE,
     InvalidLaunch,
@@ -22,8 +22,8 @@ from hubstack.launch import (
     source_from_spec,
 )
 
-DEFAULT = Binder()
-WIDE = Binder(
+DEFAULT = BinderSettings()
+WIDE = BinderSettings(
     allowed_hosts=["github.com", "gitlab.com", "*.example.org", "git.local:*", "forge.test:8443"],
     allowed_schemes=["https", "http", "git"],
 )
@@ -129,7 +129,7 @@ def test_http_and_git_only_when_listed(scheme: str) -> None:
     assert message == (
         f"Repository URLs starting with '{scheme}://' are not allowed here. Allowed: https://."
     )
-    listed = Binder(allowed_schemes=["https", scheme])
+    listed = BinderSettings(allowed_schemes=["https", scheme])
     assert repo_source(url, None, listed).url == url
     assert repo_source(url, None, listed).provider == "git"
 
@@ -150,7 +150,7 @@ def test_host_not_allowed() -> None:
 
 
 def test_no_hosts_allowed() -> None:
-    message = refused(repo_source, "https://github.com/o/r", None, Binder(allowed_hosts=[]))
+    message = refused(repo_source, "https://github.com/o/r", None, BinderSettings(allowed_hosts=[]))
     assert "disabled" in message
 
 
@@ -365,7 +365,7 @@ def test_specs(provider: str, spec: str, expected: RepoSource) -> None:
 
 
 def test_git_spec_on_a_local_server() -> None:
-    binder = Binder(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git", "http"])
+    binder = BinderSettings(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git", "http"])
     source = source_from_spec("git", "git%3A%2F%2F127.0.0.1%3A9418%2Frepo/main", binder)
     assert source == RepoSource("git", "git://127.0.0.1/repo", "main")
     source = source_from_spec("git", "http%3A%2F%2F127.0.0.1%3A8080%2Frepo.git", binder)
@@ -414,7 +414,7 @@ def test_bad_specs(provider: str, spec: str, part: str) -> None:
 
 
 def test_gh_spec_needs_github_allowed() -> None:
-    binder = Binder(allowed_hosts=["gitlab.com"])
+    binder = BinderSettings(allowed_hosts=["gitlab.com"])
     assert "host 'github.com'" in refused(source_from_spec, "gh", "org/repo/main", binder)
 
 

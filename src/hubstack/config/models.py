@@ -112,7 +112,7 @@ PortRange = Annotated[str, AfterValidator(_port_range)]
 SafeToken = Annotated[str, Field(pattern=SAFE_TOKEN)]
 
 
-class Hub(Strict):
+class HubSettings(Strict):
     bind: str = Field("127.0.0.1:8000", pattern=BIND)
     data_dir: Path = Field(default_factory=default_data_dir)
     admin_users: list[str] = Field(default_factory=lambda: ["admin"])
@@ -158,13 +158,13 @@ class FailedLogins(Strict):
         return self.per_account > 0 and self.per_address > 0 and self.lockout > 0
 
 
-class Auth(Strict):
+class AuthSettings(Strict):
     type: Literal["native", "pam"] = "native"
     open_signup: bool = False
     failed_logins: FailedLogins = Field(default_factory=FailedLogins)
 
 
-class LocalBackend(Strict):
+class LocalSettings(Strict):
     user_prefix: str = Field("hs-", pattern=r"^[a-z][a-z0-9-]{0,9}$")
     home_base: Path = Path("/home")
     limits: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "off"] = "auto"
@@ -304,7 +304,7 @@ class SlurmShared(Strict):
     )
 
 
-class SlurmBackend(Strict):
+class SlurmSettings(Strict):
     """Servers run as batch jobs of their user, on the nodes of a Slurm cluster."""
 
     submit_as: Literal["runuser", "sudo", "su"] = "runuser"
@@ -346,10 +346,10 @@ class SlurmBackend(Strict):
         return self
 
 
-class Backend(Strict):
+class BackendSettings(Strict):
     type: Literal["local", "slurm"] = "local"
-    local: LocalBackend = Field(default_factory=LocalBackend)
-    slurm: SlurmBackend = Field(default_factory=SlurmBackend)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
 
 class Machine(Strict):
@@ -403,7 +403,7 @@ class BuildLimits(Strict):
     queued: int = Field(20, ge=1, description="builds the hub lets wait at once")
 
 
-class Binder(Strict):
+class BinderSettings(Strict):
     """Environments built from a git repository (Binder-style launches)."""
 
     enabled: bool = True
@@ -452,7 +452,7 @@ class Storage(Strict):
     home: Size = "10G"  # type: ignore[assignment]
 
 
-class Policy(Strict):
+class PolicySettings(Strict):
     named_servers: NamedServers = Field(default_factory=NamedServers)
     idle_timeout: Duration = "2h"  # type: ignore[assignment]
     storage: Storage = Field(default_factory=Storage)
@@ -477,13 +477,13 @@ def default_environments() -> list[Environment]:
 
 
 class Config(Strict):
-    hub: Hub = Field(default_factory=Hub)
-    auth: Auth = Field(default_factory=Auth)
-    backend: Backend = Field(default_factory=Backend)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    backend: BackendSettings = Field(default_factory=BackendSettings)
     machines: list[Machine] = Field(default_factory=default_machines, min_length=1)
     environments: list[Environment] = Field(default_factory=default_environments, min_length=1)
-    policy: Policy = Field(default_factory=Policy)
-    binder: Binder = Field(default_factory=Binder)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    binder: BinderSettings = Field(default_factory=BinderSettings)
     extra_jupyterhub_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("machines", "environments")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from hubstack.config.models import Binder
+from hubstack.config.models import BinderSettings
 from hubstack.config.units import format_duration, format_size
 from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
@@ -156,7 +156,7 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
 class Builder:
     """Runs builds into an :class:`EnvCache` under the limits of ``binder``."""
 
-    def __init__(self, binder: Binder, cache: EnvCache, enforcer: cgroups.Enforcer) -> None:
+    def __init__(self, binder: BinderSettings, cache: EnvCache, enforcer: cgroups.Enforcer) -> None:
         self.binder = binder
         self.limits = binder.limits
         self.cache = cache

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from urllib.parse import quote, unquote
 
-from hubstack.config.models import Binder
+from hubstack.config.models import BinderSettings
 from hubstack.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
 
 PROVIDERS = ("gh", "gl", "git")
@@ -92,7 +92,7 @@ class ShareLinks:
     rst: str
 
 
-def repo_source(url: object, ref: object, binder: Binder) -> RepoSource:
+def repo_source(url: object, ref: object, binder: BinderSettings) -> RepoSource:
     """Check a clone URL and ref from the launch form or ``user_options``.
 
     The provider is ``gh`` for ``https://github.com/<org>/<repo>``, ``gl`` for
@@ -107,7 +107,7 @@ def repo_source(url: object, ref: object, binder: Binder) -> RepoSource:
     return RepoSource(provider, canonical, _ref_or_default(ref))
 
 
-def source_from_spec(provider: object, spec: object, binder: Binder) -> RepoSource:
+def source_from_spec(provider: object, spec: object, binder: BinderSettings) -> RepoSource:
     """Read BinderHub's ``/v2/<provider>/<spec>`` (and ``/build/...``) path rest.
 
     ``spec`` is still %-escaped as it came in the request path: ``gh`` is
@@ -221,18 +221,18 @@ def _ref_problem(ref: str) -> str | None:
     return None
 
 
-def _allowed_schemes(binder: Binder) -> str:
+def _allowed_schemes(binder: BinderSettings) -> str:
     return ", ".join(f"{scheme}://" for scheme in binder.allowed_schemes)
 
 
-def _not_a_url(url: str, binder: Binder, why: str) -> InvalidLaunch:
+def _not_a_url(url: str, binder: BinderSettings, why: str) -> InvalidLaunch:
     return InvalidLaunch(
         f"{quote_untrusted(url)} is not allowed as a repository: {why}. Give a URL such as "
         f"{_EXAMPLE} (allowed: {_allowed_schemes(binder)})."
     )
 
 
-def _check_url(url: object, binder: Binder) -> str:
+def _check_url(url: object, binder: BinderSettings) -> str:
     """The canonical form of an allowed clone URL, or a refusal naming what is allowed."""
     if not isinstance(url, str):
         raise InvalidLaunch(f"The repository URL must be text, not {json_kind(url)}.")
@@ -288,7 +288,7 @@ def _check_url(url: object, binder: Binder) -> str:
     return f"{scheme}://{host}{shown_port}{path}"
 
 
-def _check_host(host: str, port: int, scheme: str, binder: Binder) -> None:
+def _check_host(host: str, port: int, scheme: str, binder: BinderSettings) -> None:
     """``host`` patterns match on the scheme's default port only; ``host:port`` patterns
     (``*`` and ``?`` allowed on both sides) match that port."""
     for pattern in binder.allowed_hosts:
