@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from hubtest import wait_for
 
-from hubstack.system import tool
-from hubstack.system.slurm import (
+from hubstack.slurm.client import (
     ROOT_PATH,
     JobEnd,
     JobInfo,
@@ -23,6 +22,7 @@ from hubstack.system.slurm import (
     SlurmError,
     reason_from_log,
 )
+from hubstack.system import tool
 
 from .conftest import Cluster, User
 

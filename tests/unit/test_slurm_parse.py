@@ -12,9 +12,8 @@ from datetime import datetime
 
 import pytest
 
-from hubstack.backends.jobs import Tracked
 from hubstack.config.units import slurm_time
-from hubstack.system.slurm import (
+from hubstack.slurm.client import (
     JOB_STATES,
     SlurmError,
     describe_end,
@@ -26,6 +25,7 @@ from hubstack.system.slurm import (
     parse_time,
     reason_from_log,
 )
+from hubstack.slurm.watcher import Tracked
 
 SEP = "\x1f"
 

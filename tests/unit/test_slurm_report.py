@@ -10,11 +10,11 @@ from datetime import datetime, timedelta
 import pytest
 from tornado import web
 
-from hubstack.backends.jobs import Tracked
 from hubstack.backends.slurm import SlurmBackend, describe_job
 from hubstack.config.load import validate
 from hubstack.hub.address import parse_address
-from hubstack.system.slurm import JobInfo, Slurm
+from hubstack.slurm.client import JobInfo, Slurm
+from hubstack.slurm.watcher import Tracked
 
 RANGE = "40000-49999"
 

@@ -2,7 +2,7 @@
 
 It is defined here, next to the schema, so that ``hubstack check`` refuses a template
 that does not compile or names a variable the job script does not have, instead of the
-first spawn failing; :mod:`hubstack.launch.jobscript` renders with the same environment.
+first spawn failing; :mod:`hubstack.slurm.jobscript` renders with the same environment.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
-# What a job script template is given; see hubstack.launch.jobscript for their meaning.
+# What a job script template is given; see hubstack.slurm.jobscript for their meaning.
 SCRIPT_VARIABLES = (
     "job_name",
     "output",

@@ -16,7 +16,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
 from hubstack.backends.slurm import REPORT_ROUTE
-from hubstack.system.slurm import SlurmError
+from hubstack.slurm.client import SlurmError
 
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
 

@@ -1,4 +1,4 @@
-"""OS-level helpers for the local backend: accounts, resource limits and volumes.
+"""OS-level helpers: accounts, resource limits, volumes and checked paths in users' files.
 
 Everything here talks to the real operating system (mostly as root) and blocks; callers run
 these functions in a thread. Failures raise :class:`SystemOpError` with a message meant for a

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from hubstack.system.slurm import JobInfo, Slurm, SlurmError, is_active
+from hubstack.slurm.client import JobInfo, Slurm, SlurmError, is_active
 
 log = logging.getLogger("hubstack.slurm")
 
