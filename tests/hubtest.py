@@ -237,7 +237,8 @@ class Hub:
     def config(self) -> dict[str, Any]:
         base: dict[str, Any] = {
             "hub": {"bind": f"127.0.0.1:{self.port}", "data_dir": str(self.data_dir)},
-            "backend": {"local": {"user_prefix": self.prefix, "home_base": str(self.home_base)}},
+            "accounts": {"prefix": self.prefix},
+            "backend": {"local": {"home_base": str(self.home_base)}},
             "machines": [
                 {"id": "small", "display": "Small", "cpu": 1, "memory": "1G"},
                 {"id": "tiny", "display": "Tiny", "cpu": 0.5, "memory": "400M"},

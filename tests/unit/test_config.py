@@ -523,3 +523,48 @@ def test_units_refuse_numbers_too_large_for_a_float() -> None:
         parse_size("9" * 400 + "G")
     with pytest.raises(ValueError, match="too large"):
         parse_duration("9" * 400 + "h")
+
+
+@pytest.mark.parametrize(
+    ("old", "old_key", "new_key", "value"),
+    [
+        (
+            {"backend": {"local": {"user_prefix": "lab-"}}},
+            "backend.local.user_prefix",
+            "accounts.prefix",
+            "lab-",
+        ),
+        ({"backend": {"local": {"limits": "off"}}}, "backend.local.limits", "hub.limits", "off"),
+    ],
+)
+def test_moved_keys_still_work_and_say_where_they_live_now(
+    old: dict, old_key: str, new_key: str, value: str
+) -> None:
+    notices: list[str] = []
+    config = validate(old, "hub.yaml", notices.append)
+    section, key = new_key.split(".")
+    assert getattr(getattr(config, section), key) == value
+    assert notices == [f"hub.yaml: {old_key} has moved to {new_key}; the old key still works"]
+
+
+def test_a_moved_key_set_twice_with_two_values_is_refused() -> None:
+    data = {"accounts": {"prefix": "a-"}, "backend": {"local": {"user_prefix": "b-"}}}
+    with pytest.raises(ConfigError) as caught:
+        validate(data, "hub.yaml", lambda _: None)
+    assert caught.value.problems == [
+        "backend.local.user_prefix: has moved to accounts.prefix, which is also set; keep one"
+    ]
+
+
+def test_check_reports_a_moved_key(tmp_path: Path) -> None:
+    path = tmp_path / "hubstack.yaml"
+    path.write_text("backend:\n  local:\n    user_prefix: lab-\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubstack.cli", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "backend.local.user_prefix has moved to accounts.prefix" in proc.stderr
+    assert yaml.safe_load(proc.stdout)["accounts"] == {"prefix": "lab-"}

@@ -22,7 +22,7 @@ class Accounts:
 
     @classmethod
     def of(cls, config: Config) -> Accounts:
-        return cls(os.geteuid() == 0, config.auth.type == "pam", config.backend.local.user_prefix)
+        return cls(os.geteuid() == 0, config.auth.type == "pam", config.accounts.prefix)
 
     @property
     def kind(self) -> str:

@@ -95,7 +95,7 @@ class LocalBackend:
         self.config = config
         self.local = config.backend.local
         self.accounts = Accounts.of(config)
-        preference = self.local.limits if self.accounts.root else "off"
+        preference = config.hub.limits if self.accounts.root else "off"
         self.enforcer = cgroups.detect(preference)
         self.data_dir = config.hub.data_dir
         self._locks: dict[str, threading.Lock] = {}

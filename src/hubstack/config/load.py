@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,13 @@ SHOWN_MAX = 60
 
 DEFAULT_PATH = Path("hubstack.yaml")
 
+# Keys that moved: old path -> new path. A file with an old key still works; loading it
+# says where the key lives now.
+MOVED_KEYS = {
+    ("backend", "local", "user_prefix"): ("accounts", "prefix"),
+    ("backend", "local", "limits"): ("hub", "limits"),
+}
+
 
 class ConfigError(Exception):
     """The config cannot be used; ``problems`` name each key, its value and what is allowed."""
@@ -46,6 +55,10 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         lines = [f"invalid config {self.source}:"] + [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def _warn(message: str) -> None:
+    print(f"hubstack: warning: {message}", file=sys.stderr)
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -81,12 +94,40 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key}: {message} (got {_shown(value)})"
 
 
-def validate(data: Any, source: str = "<config>") -> Config:
-    """Validate already-parsed data; raise :class:`ConfigError` with readable problems."""
+def _move_keys(data: dict[str, Any], source: str, notice: Callable[[str], None]) -> None:
+    """Put each moved key of ``data`` where it lives now, and say so through ``notice``."""
+    for old, new in MOVED_KEYS.items():
+        *parents, leaf = old
+        section: Any = data
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            continue
+        value = section.pop(leaf)
+        old_key, new_key = ".".join(old), ".".join(new)
+        target = data.setdefault(new[0], {})
+        if not isinstance(target, dict):
+            continue  # the new section's own error names it
+        if new[1] in target and target[new[1]] != value:
+            raise ConfigError(
+                source, [f"{old_key}: has moved to {new_key}, which is also set; keep one"]
+            )
+        target[new[1]] = value
+        notice(f"{source}: {old_key} has moved to {new_key}; the old key still works")
+
+
+def validate(
+    data: Any, source: str = "<config>", notice: Callable[[str], None] | None = None
+) -> Config:
+    """Validate already-parsed data; raise :class:`ConfigError` with readable problems.
+
+    Moved keys are taken from where they were and told to ``notice`` (default: stderr).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, ["(top level): expected a mapping of keys to values"])
+    _move_keys(data, source, notice or _warn)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

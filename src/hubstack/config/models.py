@@ -117,6 +117,9 @@ class HubSettings(Strict):
     data_dir: Path = Field(default_factory=default_data_dir)
     admin_users: list[str] = Field(default_factory=lambda: ["admin"])
     base_url: str = Field("/", pattern=BASE_URL)
+    # How CPU and memory limits are enforced on the hub's machine: local servers and every
+    # build (builds run here whatever the backend).
+    limits: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "off"] = "auto"
 
     @property
     def ip(self) -> str:
@@ -164,10 +167,14 @@ class AuthSettings(Strict):
     failed_logins: FailedLogins = Field(default_factory=FailedLogins)
 
 
+class AccountsSettings(Strict):
+    """The Unix accounts hub users run as, on this machine and on a Slurm cluster alike."""
+
+    prefix: str = Field("hs-", pattern=r"^[a-z][a-z0-9-]{0,9}$")
+
+
 class LocalSettings(Strict):
-    user_prefix: str = Field("hs-", pattern=r"^[a-z][a-z0-9-]{0,9}$")
     home_base: Path = Path("/home")
-    limits: Literal["auto", "systemd", "cgroup-v2", "cgroup-v1", "off"] = "auto"
     max_processes: int = Field(1024, ge=16, description="per server: a guard against fork bombs")
 
 
@@ -479,6 +486,7 @@ def default_environments() -> list[Environment]:
 class Config(Strict):
     hub: HubSettings = Field(default_factory=HubSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    accounts: AccountsSettings = Field(default_factory=AccountsSettings)
     backend: BackendSettings = Field(default_factory=BackendSettings)
     machines: list[Machine] = Field(default_factory=default_machines, min_length=1)
     environments: list[Environment] = Field(default_factory=default_environments, min_length=1)

@@ -115,7 +115,7 @@ class Repositories:
     def of(cls, config: Config) -> Repositories:
         """The repositories of a hub's config, with the build limits the hub enforces: the
         configured ones as root, none in dev mode (which has no cgroups to ask for)."""
-        preference = config.backend.local.limits if os.geteuid() == 0 else "off"
+        preference = config.hub.limits if os.geteuid() == 0 else "off"
         return cls(config, cgroups.detect(preference))
 
     def __init__(self, config: Config, enforcer: cgroups.Enforcer) -> None:
