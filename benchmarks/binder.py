@@ -281,12 +281,12 @@ def binder_hub(keep_log: Callable[[str], None]) -> Iterator[tuple[Hub, Session]]
             accounts = [e.pw_name for e in pwd.getpwall() if e.pw_name.startswith(hub.prefix)]
             # The build account is one of the hub's accounts too.
             remove_leftovers(accounts)
-            remove_build_groups(EnvCache(Path(hub.config()["binder"]["root"])))
+            remove_build_groups(EnvCache.of(validate(hub.config())))
 
 
 def remove_build_groups(cache: EnvCache) -> None:
     """Drop the cgroups of this hub's builds, found by their keys (other hubs' are spared)."""
-    keys = {path.stem for path in (*cache.builds.glob("*.img"), *cache.logs.glob("*.log"))}
+    keys = {path.stem for path in (*cache.work.glob("*.img"), *cache.logs.glob("*.log"))}
     for key in keys:
         unit = f"hubstack-build-{key[:16]}"
         for pattern in (f"*/hubstack/{unit}", f"hubstack/{unit}"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import random
 import re
 import secrets
@@ -29,6 +30,7 @@ import websocket
 import yaml
 
 from hubstack.system import volumes
+from hubstack.system.accounts import kill_processes_of
 
 T = TypeVar("T")
 DEFAULT_ENV = Path("/opt/hubstack/envs/default")
@@ -351,8 +353,19 @@ class Hub:
         return self.login(name, self.add_user(name))
 
     def cleanup(self) -> None:
-        """Stop the hub, then undo everything it did to the machine."""
+        """Stop the hub, then undo everything it did to the machine.
+
+        Users' servers outlive the hub by design, so their processes are ended here, and so
+        is a proxy that a hub killed by a test left behind.
+        """
         self.stop()
+        for entry in pwd.getpwall():
+            if entry.pw_name.startswith(self.prefix):
+                kill_processes_of(entry.pw_uid)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.data_dir / "proxy.pid").read_text())
+            if b"configurable-http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
         for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
             mountpoint = line.split()[1]
             if mountpoint.startswith(str(self.root)):
