@@ -296,34 +296,38 @@ def test_states_without_their_own_words_are_named() -> None:
     assert describe_end("OUT_OF_MEMORY", memory="2G") == "it ran out of memory (limit 2G)"
 
 
-# squeue(1), JOB STATE CODES: whether a job in the state still holds or waits for its
-# allocation (active) or has left for good (ended).
-DOCUMENTED_STATES = {
-    "BOOT_FAIL": False,
-    "CANCELLED": False,
-    "COMPLETED": False,
-    "CONFIGURING": True,
-    "COMPLETING": True,
-    "DEADLINE": False,
-    "FAILED": False,
-    "NODE_FAIL": False,
-    "OUT_OF_MEMORY": False,
-    "PENDING": True,
-    "PREEMPTED": False,
-    "RUNNING": True,
-    "RESV_DEL_HOLD": True,
-    "REQUEUE_FED": True,
-    "REQUEUE_HOLD": True,
-    "REQUEUED": True,
-    "RESIZING": True,
-    "REVOKED": False,
-    "SIGNALING": True,
-    "SPECIAL_EXIT": True,
-    "STAGE_OUT": True,
-    "STOPPED": True,
-    "SUSPENDED": True,
-    "TIMEOUT": False,
-}
+# squeue(1), JOB STATE CODES, as the manual groups them: a job that still holds or waits for
+# its allocation (held and requeued jobs run again when released) ...
+ACTIVE_STATES = [
+    "CONFIGURING",
+    "COMPLETING",
+    "PENDING",
+    "RUNNING",
+    "RESV_DEL_HOLD",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "REQUEUED",
+    "RESIZING",
+    "SIGNALING",
+    "SPECIAL_EXIT",
+    "STAGE_OUT",
+    "STOPPED",
+    "SUSPENDED",
+]
+# ... and one that has left for good.
+ENDED_STATES = [
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "REVOKED",
+    "TIMEOUT",
+]
+DOCUMENTED_STATES = dict.fromkeys(ACTIVE_STATES, True) | dict.fromkeys(ENDED_STATES, False)
 
 
 def test_every_documented_state_is_classified_once() -> None:
