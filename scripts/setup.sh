@@ -6,7 +6,7 @@
 #     `submit_as: sudo`) and the local Slurm cluster's packages
 #     (scripts/slurm-cluster.sh install).
 #   - uv, configurable-http-proxy, the hub's virtualenv (.venv) and the default
-#     single-user environment with its site config (envs/default/etc) under
+#     single-user environment with its site config (default-environment/etc) under
 #     $HUBSTACK_PREFIX (default /opt/hubstack).
 # Every step checks first and does nothing when its result is already there.
 set -euo pipefail
@@ -81,7 +81,7 @@ sync_args=(--frozen --python /usr/bin/python3)
 
 # 5. The default single-user environment, world-readable so every user account can run it
 env_dir="$prefix/envs/default"
-reqs="$here/envs/default/requirements.txt"
+reqs="$here/default-environment/requirements.txt"
 overrides="$here/src/hubstack/envs/server-overrides.txt"
 stamp="$env_dir/.hubstack-requirements.sha256"
 # The stamp covers what is installed and how: requirements, overrides, bytecode.
@@ -102,11 +102,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 6. The default environment's site config (envs/default/etc, e.g. ipyparallel's Slurm
+# 6. The default environment's site config (default-environment/etc, e.g. ipyparallel's Slurm
 # settings in etc/ipython), copied over the environment's own etc. Its stamp is the
 # checksum list of the shipped files, so a changed file is copied again without rebuilding
 # the environment, and a file no longer shipped is removed.
-etc_src="$here/envs/default/etc"
+etc_src="$here/default-environment/etc"
 etc_stamp="$env_dir/.hubstack-etc.sha256"
 want_etc=$(cd "$etc_src" && find . -type f ! -name '*.pyc' | LC_ALL=C sort | xargs -r sha256sum)
 if [ ! -f "$etc_stamp" ] || [ "$(cat "$etc_stamp")" != "$want_etc" ]; then

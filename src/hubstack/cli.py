@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hubstack.config import Config, ConfigError, dump, load
 from hubstack.config.safety import unsafe_settings
-from hubstack.config.units import format_duration, format_size, parse_duration
+from hubstack.units import format_duration, format_size, parse_duration
 from hubstack.untrusted import InvalidLaunch
 
 if TYPE_CHECKING:
@@ -74,19 +74,19 @@ def _password_arg(args: argparse.Namespace) -> str | None:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    from hubstack.hub import accounts
+    from hubstack.hub import builtin_accounts
 
-    with accounts.session(_accounts_db(args)) as db:
-        password = accounts.add(db, args.name, _password_arg(args))
+    with builtin_accounts.session(_accounts_db(args)) as db:
+        password = builtin_accounts.add(db, args.name, _password_arg(args))
     print(f"created account {args.name!r}" + ("" if args.password_stdin else f": {password}"))
     return 0
 
 
 def cmd_reset_password(args: argparse.Namespace) -> int:
-    from hubstack.hub import accounts
+    from hubstack.hub import builtin_accounts
 
-    with accounts.session(_accounts_db(args)) as db:
-        password = accounts.reset_password(db, args.name, _password_arg(args))
+    with builtin_accounts.session(_accounts_db(args)) as db:
+        password = builtin_accounts.reset_password(db, args.name, _password_arg(args))
     print(f"new password for {args.name!r}" + ("" if args.password_stdin else f": {password}"))
     return 0
 

@@ -23,7 +23,7 @@ from hubtest import Hub, running_hub
 from requests.adapters import HTTPAdapter
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-from hubstack.hub import accounts
+from hubstack.hub import builtin_accounts
 from hubstack.hub.auth import HubstackNativeAuthenticator, dummy_hash
 
 PER_ACCOUNT = 3
@@ -137,8 +137,8 @@ def test_an_unknown_name_costs_the_same_bcrypt_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same code path: one bcrypt check, against a dummy hash for a name with no account."""
-    with accounts.session(f"sqlite:///{tmp_path / 'hub.sqlite'}") as db:
-        password = accounts.add(db, "erin")
+    with builtin_accounts.session(f"sqlite:///{tmp_path / 'hub.sqlite'}") as db:
+        password = builtin_accounts.add(db, "erin")
         db.commit()
         authenticator = HubstackNativeAuthenticator(db=db, allowed_failed_logins=PER_ACCOUNT)
         checked: list[bytes] = []

@@ -15,7 +15,7 @@ import yaml
 from hubstack.config import Config, ConfigError, dump, load
 from hubstack.config.load import validate
 from hubstack.config.models import RESERVED_SBATCH, GpusRange
-from hubstack.config.units import (
+from hubstack.units import (
     format_duration,
     format_size,
     human_size,

@@ -14,7 +14,7 @@ import pytest
 from hubstack.config.load import validate
 from hubstack.config.script import SCRIPT_VARIABLES
 from hubstack.launch import resolve
-from hubstack.launch.slurm import SlurmRequest
+from hubstack.launch.slurm_fields import SlurmRequest
 from hubstack.slurm.jobscript import DEFAULT_TEMPLATE, JobScript, JobScriptError, render_job_script
 
 CONFIG = validate(

@@ -19,7 +19,7 @@ from hubstack.launch import (
     render_options_form,
     resolve,
 )
-from hubstack.launch.slurm import parse_walltime, slurm_time
+from hubstack.launch.slurm_fields import parse_walltime, slurm_time
 
 GIB = 2**30
 MIB = 2**20

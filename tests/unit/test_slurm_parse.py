@@ -12,7 +12,6 @@ from datetime import datetime
 
 import pytest
 
-from hubstack.config.units import slurm_time
 from hubstack.slurm.client import (
     JOB_STATES,
     SlurmError,
@@ -26,6 +25,7 @@ from hubstack.slurm.client import (
     reason_from_log,
 )
 from hubstack.slurm.watcher import Tracked
+from hubstack.units import slurm_time
 
 SEP = "\x1f"
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubstack.backends.accounts import Accounts
 from hubstack.backends.base import (
     Emit,
     Exit,
@@ -35,13 +34,14 @@ from hubstack.backends.base import (
     StartFailed,
     log_tail,
 )
+from hubstack.backends.runas import Accounts
 from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
-from hubstack.config.units import format_size
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ServerPlan, server_label, server_plan
 from hubstack.system import SystemOpError, accounts, cgroups, tool, volumes
 from hubstack.system.userpaths import own_dir
+from hubstack.units import format_size
 
 STOP_GRACE_SECONDS = 5.0
 # env(1)'s exit statuses for a command it found but could not run, and one it did not find.

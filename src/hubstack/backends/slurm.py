@@ -29,7 +29,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hubstack.backends.accounts import Accounts, existing_account
 from hubstack.backends.base import (
     LOG_TAIL_LINES,
     Emit,
@@ -40,15 +39,16 @@ from hubstack.backends.base import (
     StartFailed,
     log_tail,
 )
+from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
-from hubstack.config.units import slurm_time
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ALL_ADDRESSES, server_label, server_plan
 from hubstack.slurm.client import JobEnd, Slurm, SlurmError, reason_from_log
 from hubstack.slurm.jobscript import JobScript, JobScriptError, render_job_script
 from hubstack.slurm.watcher import JobWatcher, Tracked
 from hubstack.system import SystemOpError, accounts, tool, userpaths
+from hubstack.units import slurm_time
 
 log = logging.getLogger("hubstack.slurm")
 

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from hubstack.config.script import check_script
-from hubstack.config.units import Duration, Size, format_size
+from hubstack.units import Duration, Size, format_size
 
 SLUG = r"^[a-z][a-z0-9-]{0,29}$"
 BIND = r"^[^:\s]*:\d{1,5}$"

@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import IO
 
 from hubstack.config.models import BinderSettings
-from hubstack.config.units import format_duration, format_size
 from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
 from hubstack.system import SystemOpError, cgroups, run, tool, volumes
 from hubstack.system.accounts import Account, ensure_account, kill_processes_of
+from hubstack.units import format_duration, format_size
 from hubstack.untrusted import quote_untrusted
 
 BASE_REQUIREMENTS = Path(__file__).with_name("base-requirements.txt")

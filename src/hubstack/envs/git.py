@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubstack.config.units import human_size
 from hubstack.errors import Explained
 from hubstack.launch.repo import COMMIT
 from hubstack.system import SystemOpError, tool
 from hubstack.system.accounts import Account, current_account
 from hubstack.system.userpaths import as_user
+from hubstack.units import human_size
 from hubstack.untrusted import quote_untrusted
 
 SUPPORTED_SCHEMES = frozenset({"https", "http", "git"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from hubstack.config import Config
-from hubstack.hub import accounts
+from hubstack.hub import builtin_accounts
 from hubstack.hub.settings import db_url, jupyterhub_config
 from hubstack.hub.spawner import backend_for
 
@@ -16,7 +16,9 @@ def announce_admins(config: Config) -> None:
     """Create missing admin accounts and print each new password once."""
     if config.auth.type != "native":
         return
-    for name, password in accounts.ensure_admins(db_url(config), config.hub.admin_users).items():
+    for name, password in builtin_accounts.ensure_admins(
+        db_url(config), config.hub.admin_users
+    ).items():
         print(
             f"\n  Created the admin account {name!r} with password: {password}\n"
             f"  It is shown only this once; `hubstack reset-password {name}` sets a new one.\n",

@@ -18,7 +18,7 @@ from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
 from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.logs import JUPYTERHUB_LOGGING
-from hubstack.hub.policy import named_server_policy
+from hubstack.hub.named_servers import named_server_policy
 from hubstack.system import tool
 
 TEMPLATES = Path(__file__).with_name("templates")

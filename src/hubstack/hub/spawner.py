@@ -29,7 +29,6 @@ from hubstack.backends.base import Backend, ServerSpec, StartFailed
 from hubstack.backends.local import LocalBackend
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
-from hubstack.config.units import format_size
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.launch import (
     InvalidLaunch,
@@ -41,6 +40,7 @@ from hubstack.launch import (
 from hubstack.launch.form import LinkOpensForm, link_options
 from hubstack.launch.plan import BuiltRepository, Content
 from hubstack.launch.policy import repository_launch_timeout
+from hubstack.units import format_size
 
 MAX_NOTICES = 10
 ENV_MARK_INTERVAL = 600

@@ -23,7 +23,7 @@ from hubstack.launch.repo import (
     share_links,
     source_from_spec,
 )
-from hubstack.launch.slurm import SlurmRequest
+from hubstack.launch.slurm_fields import SlurmRequest
 from hubstack.untrusted import InvalidLaunch, quote_untrusted
 
 __all__ = [

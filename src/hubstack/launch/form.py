@@ -20,10 +20,9 @@ from hubstack.config.models import (
     PartitionLimits,
     Range,
 )
-from hubstack.config.units import human_size
 from hubstack.launch.profiles import repository_environment
 from hubstack.launch.repo import RepoSource, repo_source
-from hubstack.launch.slurm import (
+from hubstack.launch.slurm_fields import (
     NUMBER_FIELDS,
     capitalized,
     number_text,
@@ -31,6 +30,7 @@ from hubstack.launch.slurm import (
     slurm_label,
 )
 from hubstack.pages import html_templates
+from hubstack.units import human_size
 from hubstack.untrusted import InvalidLaunch
 
 # What a user may type in a Slurm text field, and what a field without default follows.

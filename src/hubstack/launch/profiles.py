@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from hubstack.config.models import REPOSITORY_ENVIRONMENT, Config, Environment, Machine
 from hubstack.launch.repo import COMMIT, RepoSource, repo_source
-from hubstack.launch.slurm import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
+from hubstack.launch.slurm_fields import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
 from hubstack.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
 
 FIELDS = ("machine", "environment")

@@ -39,7 +39,6 @@ from tornado.log import app_log, enable_pretty_logging
 from tornado.web import Application, HTTPError, RedirectHandler, RequestHandler, authenticated
 
 from hubstack.config.models import Config
-from hubstack.config.units import format_duration, format_size, parse_duration
 from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub.logs import redact_handlers
@@ -64,6 +63,7 @@ from hubstack.services.relay import (
     failed_event,
     sse,
 )
+from hubstack.units import format_duration, format_size, parse_duration
 from hubstack.untrusted import InvalidLaunch, choose
 
 BADGE = (Path(__file__).with_name("static") / "badge_logo.svg").read_bytes()

@@ -26,8 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from hubstack.config.units import slurm_time
 from hubstack.system import SystemOpError, tool
+from hubstack.units import slurm_time
 
 SubmitAs = Literal["runuser", "sudo", "su"]
 

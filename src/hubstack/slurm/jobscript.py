@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from hubstack.config.models import SAFE_TOKEN, SBATCH_OPTION
 from hubstack.config.script import script_environment
 from hubstack.errors import Explained
-from hubstack.launch.slurm import SlurmRequest
+from hubstack.launch.slurm_fields import SlurmRequest
 from hubstack.untrusted import quote_untrusted
 
 # The prologue runs under ``set -e`` but before ``set -u``: the shell functions of module

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hubstack.config.models import Choice, Config, Machine, PartitionLimits, Range, SlurmFields
-from hubstack.config.units import format_size, parse_duration, parse_size, slurm_time
+from hubstack.units import format_size, parse_duration, parse_size, slurm_time
 from hubstack.untrusted import InvalidLaunch, choose, json_kind, shown
 
 CHOICE_FIELDS = ("partition", "account", "qos", "reservation")
