@@ -48,7 +48,7 @@ from hubstack.envs.cache import META, EnvCache, tree_size
 from hubstack.envs.git import export
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
-from hubstack.system import SystemOpError, cgroups, run, tool, volumes
+from hubstack.system import NO_FOLLOW_DIR, SystemOpError, cgroups, run, tool, volumes
 from hubstack.system.accounts import Account, ensure_account, kill_processes_of
 from hubstack.units import format_duration, format_size
 from hubstack.untrusted import quote_untrusted
@@ -85,7 +85,6 @@ LOG_MAX = 10 * 1024**2
 PRIVATE_TMP = (("/tmp", "tmp"), ("/var/tmp", "var-tmp"), ("/dev/shm", "shm"))
 MAX_DEPTH = 128
 """Folders nested deeper than this in a built environment fail the build (see copy_tree)."""
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class BuildFailed(Explained):
@@ -462,9 +461,9 @@ def copy_tree(source: Path, dest: Path, budget: int) -> list[str]:
     folders nested deeper than :data:`MAX_DEPTH`, raise :class:`_TooLarge`.
     """
     state = _Copy(budget, {}, [])
-    src = os.open(source, _OPEN_DIR)
+    src = os.open(source, NO_FOLLOW_DIR)
     try:
-        dst = os.open(dest, _OPEN_DIR)
+        dst = os.open(dest, NO_FOLLOW_DIR)
         try:
             state.folder(src, dst, str(dest), "", 0)
         finally:
@@ -491,10 +490,10 @@ class _Copy:
                 os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
                 os.utime(name, ns=times, dir_fd=dst, follow_symlinks=False)
             elif stat.S_ISDIR(info.st_mode):
-                inner_src = os.open(name, _OPEN_DIR, dir_fd=src)
+                inner_src = os.open(name, NO_FOLLOW_DIR, dir_fd=src)
                 try:
                     os.mkdir(name, 0o700, dir_fd=dst)
-                    inner_dst = os.open(name, _OPEN_DIR, dir_fd=dst)
+                    inner_dst = os.open(name, NO_FOLLOW_DIR, dir_fd=dst)
                     try:
                         inner = posixpath.join(dst_path, name)
                         self.folder(inner_src, inner_dst, inner, path, depth + 1)

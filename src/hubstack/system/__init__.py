@@ -17,6 +17,9 @@ from functools import cache
 # write or mount over (/usr/local is the operator's, but a volume mounted there by mistake
 # or by an attack would hand root the user's program).
 TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# How root opens a directory in a place a user can write: never through a link, and a
+# FIFO or device there fails instead of blocking.
+NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class SystemOpError(RuntimeError):

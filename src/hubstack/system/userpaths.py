@@ -16,11 +16,10 @@ import signal
 import stat
 from pathlib import Path
 
-from hubstack.system import SystemOpError, tool
+from hubstack.system import NO_FOLLOW_DIR, SystemOpError, tool
 from hubstack.system.accounts import Account
 
 AS_USER_TIMEOUT = 30.0
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 async def as_user(account: Account, *argv: str, timeout: float = AS_USER_TIMEOUT) -> None:
@@ -70,12 +69,12 @@ def open_root_dir(path: Path) -> int:
     that no one but root can change what the components are. Raises :class:`SystemOpError`.
     """
     real = Path(os.path.realpath(path))
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", NO_FOLLOW_DIR)
     try:
         _check_root_dir(fd, Path("/"))
         for depth, part in enumerate(real.parts[1:], start=2):
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, NO_FOLLOW_DIR, dir_fd=fd)
             except OSError as exc:
                 raise SystemOpError(f"cannot open {real} safely: {exc.strerror}") from None
             os.close(fd)
@@ -111,7 +110,7 @@ def own_dir(parent_fd: int, name: str, account: Account, *, create: bool = True)
             os.mkdir(name, 0o700, dir_fd=parent_fd)
             created = True
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = os.open(name, NO_FOLLOW_DIR, dir_fd=parent_fd)
     except FileNotFoundError:
         raise
     except OSError as exc:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hubstack.system import SystemOpError, run
+from hubstack.system import NO_FOLLOW_DIR, SystemOpError, run
 
 _UMOUNT_FAILED = 32
 _UMOUNT_ATTEMPTS = 5
@@ -25,7 +25,6 @@ _LOOP_RELEASE_TIMEOUT_S = 5.0
 _NAMESPACE_RELEASE_TIMEOUT_S = 30.0
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 _OPTIONS = "loop,nosuid,nodev"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def create_image(image: Path, size: int, uid: int, gid: int) -> None:
@@ -239,7 +238,7 @@ def _parent(path: Path, below: Path | None, owner: tuple[int, int] | None = None
     try:
         try:
             # ``below`` is trusted: a link in it (/home -> /export/home) is the operator's.
-            fds.append(os.open(below, _DIR_FLAGS & ~os.O_NOFOLLOW))
+            fds.append(os.open(below, NO_FOLLOW_DIR & ~os.O_NOFOLLOW))
             for depth, part in enumerate(parts[:-1], 1):
                 if owner is not None:
                     with contextlib.suppress(FileExistsError):
@@ -277,7 +276,7 @@ def _open_dir(name: str, parent: int, shown: Path, owner: tuple[int, int] | None
     """Open directory ``name`` in ``parent`` without following a link (or opening a FIFO);
     with ``owner``, it must belong to root or to ``owner``."""
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        fd = os.open(name, NO_FOLLOW_DIR, dir_fd=parent)
     except FileNotFoundError:
         raise SystemOpError(f"{shown} does not exist") from None
     except OSError as exc:
