@@ -67,6 +67,10 @@ asyncio.run(main())
 def start_as(hub: str, user: User) -> dict[str, Any]:
     """What one start does when the hub runs as the account ``hub``."""
     as_hub = ["/usr/bin/setpriv", f"--reuid={hub}", f"--regid={hub}", "--init-groups"]
+    # The checkout (and its .venv) may lie in a folder only root can enter, e.g. a fresh
+    # clone in a 0700 temporary folder: the account may read it, and gains nothing else
+    # (it writes nothing more, and sudo and the job drop the capability).
+    as_hub += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
     argv = [*as_hub, str(PYTHON), "-c", START, user.name, str(user.home.parent), str(DEFAULT_ENV)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/", check=False)
     assert done.returncode == 0 and done.stdout, done.stderr
