@@ -35,7 +35,8 @@ need_root() {
 # Checked by the command each provides: Node.js may come from elsewhere (e.g. NodeSource,
 # whose nodejs package carries npm), and that must count as installed.
 needs=(/usr/bin/python3:python3 node:nodejs npm:npm mkfs.ext4:e2fsprogs losetup:mount git:git)
-[ "$with_test" = 1 ] && needs+=(chromium:chromium sudo:sudo)
+# slapd and ldap-utils: the LDAP directory the login tests start.
+[ "$with_test" = 1 ] && needs+=(chromium:chromium sudo:sudo /usr/sbin/slapd:slapd ldapadd:ldap-utils)
 missing=()
 for pair in "${needs[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
@@ -70,6 +71,17 @@ if [ ! -x "$chp" ] || ! "$chp" --version 2>/dev/null | grep -q "$chp_version"; t
   mkdir -p "$prefix/node"
   npm install --silent --no-audit --no-fund --prefix "$prefix/node" \
     "configurable-http-proxy@$chp_version"
+fi
+
+# With --test, the OpenID Connect provider the login tests start (oidc-provider, from npm).
+oidc_version=9.13.3
+if [ "$with_test" = 1 ] && ! grep -qs "\"version\": \"$oidc_version\"" \
+    "$prefix/test-node/node_modules/oidc-provider/package.json"; then
+  need_root "installing oidc-provider into $prefix/test-node"
+  step "oidc-provider $oidc_version (tests)"
+  mkdir -p "$prefix/test-node"
+  npm install --silent --no-audit --no-fund --prefix "$prefix/test-node" \
+    "oidc-provider@$oidc_version"
 fi
 
 # 4. The hub's own virtualenv (in the checkout)

@@ -64,7 +64,10 @@ def _accounts_db(args: argparse.Namespace) -> str:
 
     config = _load(args)
     if config.auth.type != "native":
-        raise SystemExit("hubstack: accounts are managed by the machine (auth.type is pam)")
+        where = "the machine" if config.auth.type == "pam" else f"the {config.auth.type} login"
+        raise SystemExit(
+            f"hubstack: accounts are managed by {where} (auth.type is {config.auth.type})"
+        )
     _prepare_data_dir(config)
     return db_url(config)
 

@@ -101,7 +101,7 @@ def test_sizes_read_as_a_person_reads_them(size: int, shown: str) -> None:
 @pytest.mark.parametrize(
     ("data", "key", "fragment"),
     [
-        ({"auth": {"type": "ldap"}}, "auth.type", "'native' or 'pam'"),
+        ({"auth": {"type": "kerberos"}}, "auth.type", "'native', 'pam', 'github'"),
         ({"policy": {"idle_timeout": "soon"}}, "policy.idle_timeout", "is not a duration"),
         ({"policy": {"storage": {"home": "lots"}}}, "policy.storage.home", "is not a size"),
         (

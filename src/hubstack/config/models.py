@@ -14,16 +14,16 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from hubstack.config.auth import AuthSettings
+from hubstack.config.base import Strict, problem
+from hubstack.config.groups import GroupName, GroupSettings
 from hubstack.config.script import check_script
 from hubstack.units import Duration, Size, format_size
 
@@ -64,18 +64,6 @@ def default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/hubstack")
     return Path.home() / ".local/share/hubstack"
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo in the config must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def problem(at: tuple[str | int, ...], message: str, value: object) -> PydanticCustomError:
-    """An error found by a check across keys, reported at key ``at`` (relative to the model
-    that checks) with ``value``, so that load.py names it like any other bad key."""
-    return PydanticCustomError("hubstack_key", message, {"hubstack_at": at, "hubstack_got": value})
 
 
 def _absolute(value: Path) -> Path:
@@ -144,27 +132,6 @@ class HubSettings(Strict):
             if not name or name != name.strip() or "/" in name:
                 raise ValueError(f"{name!r} is not a valid user name")
         return value
-
-
-class FailedLogins(Strict):
-    """Guessing passwords of built-in accounts: after this many failed logins for one
-    account, or from one address, further logins are refused for ``lockout``."""
-
-    per_account: int = Field(5, ge=0, description="0: no limit")
-    per_address: int = Field(20, ge=0, description="0: no limit")
-    lockout: Duration = Field(
-        "10m", description="how long; also how long a failure from an address counts"
-    )  # type: ignore[assignment]
-
-    @property
-    def limited(self) -> bool:
-        return self.per_account > 0 and self.per_address > 0 and self.lockout > 0
-
-
-class AuthSettings(Strict):
-    type: Literal["native", "pam"] = "native"
-    open_signup: bool = False
-    failed_logins: FailedLogins = Field(default_factory=FailedLogins)
 
 
 class AccountsSettings(Strict):
@@ -365,6 +332,9 @@ class Machine(Strict):
     cpu: float = Field(gt=0, le=1024)
     memory: Size
     description: str = ""
+    groups: list[GroupName] = Field(
+        default_factory=list, description="who may pick it; empty: everyone"
+    )
 
 
 class Environment(Strict):
@@ -375,6 +345,9 @@ class Environment(Strict):
         description="a Python environment whose bin/ has jupyterhub-singleuser"
     )
     default_url: str = Field("/lab", pattern=URL_PATH)
+    groups: list[GroupName] = Field(
+        default_factory=list, description="who may pick it; empty: everyone"
+    )
 
 
 def default_binder_root() -> Path:
@@ -492,6 +465,7 @@ class Config(Strict):
     environments: list[Environment] = Field(default_factory=default_environments, min_length=1)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     binder: BinderSettings = Field(default_factory=BinderSettings)
+    groups: dict[GroupName, GroupSettings] = Field(default_factory=dict)
     extra_jupyterhub_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("machines", "environments")

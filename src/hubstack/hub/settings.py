@@ -17,6 +17,7 @@ from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
 from hubstack.hub.address import ROUTE, ServerAddressHandler
+from hubstack.hub.login import configure_login
 from hubstack.hub.logs import JUPYTERHUB_LOGGING
 from hubstack.hub.named_servers import named_server_policy
 from hubstack.system import tool
@@ -117,20 +118,7 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     # No token in a log line, also where tornado logs a failed request's URL.
     c.JupyterHub.logging_config = JUPYTERHUB_LOGGING
 
-    if config.auth.type == "native":
-        c.JupyterHub.authenticator_class = "hubstack.hub.auth.HubstackNativeAuthenticator"
-        c.NativeAuthenticator.open_signup = config.auth.open_signup
-        c.NativeAuthenticator.enable_signup = config.auth.open_signup
-        limits = config.auth.failed_logins
-        c.NativeAuthenticator.allowed_failed_logins = limits.per_account
-        c.NativeAuthenticator.seconds_before_next_try = limits.lockout
-        c.HubstackNativeAuthenticator.allowed_failed_logins_per_address = limits.per_address
-    else:
-        c.JupyterHub.authenticator_class = "pam"
-        c.Authenticator.blocked_users = {"root"}
-    # Native accounts are authorized in their own table; PAM admits the machine's accounts.
-    c.Authenticator.allow_all = True
-    c.Authenticator.admin_users = set(hub.admin_users)
+    configure_login(c, config)
 
     c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.hubstack_config = config.model_dump_json()

@@ -1,0 +1,50 @@
+"""Where a secret (a client secret, a bind password) comes from: a file or an environment
+variable named in the config, never the config itself, so it stays out of
+``hubstack check``, logs and the copies of the config handed to services."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from hubstack.config.base import Strict, problem
+
+
+class SecretSource(Strict):
+    """Exactly one of ``file`` (an absolute path, read by root when the hub starts) and
+    ``env`` (an environment variable of the hub's process)."""
+
+    file: Path | None = None
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.file is None) == (self.env is None):
+            raise problem((), "give exactly one of file (a path) or env (a variable name)", None)
+        if self.file is not None and not self.file.is_absolute():
+            raise problem(("file",), "is not an absolute path", str(self.file))
+        return self
+
+    def read(self) -> str:
+        """The secret, without a trailing newline; ``SecretMissing`` names where it was
+        looked for (never the value)."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise SecretMissing(f"environment variable {self.env} is not set or empty")
+            return value
+        assert self.file is not None
+        try:
+            value = self.file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise SecretMissing(f"cannot read {self.file}: {exc.strerror}") from None
+        if not value:
+            raise SecretMissing(f"{self.file} is empty")
+        return value
+
+
+class SecretMissing(Exception):
+    """A secret named in the config cannot be read."""
