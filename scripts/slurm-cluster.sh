@@ -553,8 +553,6 @@ MailProg=/bin/true
 $(node_lines)
 PartitionName=debug Nodes=ALL Default=YES MaxTime=01:00:00 DefaultTime=00:30:00 State=UP
 PartitionName=long Nodes=ALL MaxTime=1-00:00:00 DefaultTime=00:30:00 State=UP
-# Jobs here share cores (up to 4 a core), so more servers run at once than the node has CPUs.
-PartitionName=shared Nodes=ALL MaxTime=01:00:00 DefaultTime=00:30:00 OverSubscribe=FORCE:4 State=UP
 EOF
 }
 
