@@ -150,12 +150,18 @@ class Choice(Strict):
 
     choices: list[SafeToken] = Field(default_factory=list)
     default: SafeToken | None = Field(None, description="null: the first choice")
+    groups: dict[SafeToken, list[GroupName]] = Field(
+        default_factory=dict, description="choice -> who may pick it; unlisted: everyone"
+    )
 
     @model_validator(mode="after")
     def _default_is_a_choice(self) -> Self:
+        allowed = ", ".join(self.choices) or "(none)"
         if self.default is not None and self.default not in self.choices:
-            allowed = ", ".join(self.choices) or "(none)"
             raise problem(("default",), f"must be one of the choices: {allowed}", self.default)
+        for choice in self.groups:
+            if choice not in self.choices:
+                raise problem(("groups", choice), f"is not one of the choices: {allowed}", choice)
         return self
 
     @property

@@ -57,7 +57,7 @@ def named_server_policy(config: Config) -> Callable[[Any], Awaitable[int]]:
                     raise web.HTTPError(400, exc.message) from None
                 options = requested_options(handler, config)
                 if options is not None:
-                    await checked_request(config_json, user.name, options)
+                    await checked_request(config_json, user, options)
         return policy.max
 
     return limit

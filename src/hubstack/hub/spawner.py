@@ -37,6 +37,7 @@ from hubstack.launch import (
     render_options_form,
     resolve,
 )
+from hubstack.launch.access import Access
 from hubstack.launch.form import LinkOpensForm, link_options
 from hubstack.launch.plan import BuiltRepository, Content
 from hubstack.launch.policy import repository_launch_timeout
@@ -76,16 +77,23 @@ def form_options(config: Config, formdata: dict[str, list[Any]]) -> dict[str, st
         raise web.HTTPError(400, exc.message) from None
 
 
+def access_of(user: Any) -> Access:
+    """What a JupyterHub user may pick: their groups as the hub's database has them now
+    (so a removal counts from the next start), and whether they are an admin."""
+    return Access(frozenset(group.name for group in user.groups), bool(user.admin))
+
+
 async def checked_request(
-    config_json: str, hub_user: str, user_options: dict[str, Any] | None
+    config_json: str, user: Any, user_options: dict[str, Any] | None
 ) -> LaunchRequest:
-    """The launch ``user_options`` ask for, validated against the config and the backend;
-    HTTP 400 with the reason a person can read when it is refused."""
+    """The launch ``user_options`` ask for on a server of JupyterHub ``user``, validated
+    against the config, the user's groups and the backend; HTTP 400 with the reason a
+    person can read when it is refused."""
     try:
-        request = resolve(config_from_json(config_json), user_options)
+        request = resolve(config_from_json(config_json), user_options, access_of(user))
     except InvalidLaunch as exc:
         raise web.HTTPError(400, exc.message) from None
-    refusal = await backend_for(config_json).check_request(hub_user, request)
+    refusal = await backend_for(config_json).check_request(user.name, request)
     if refusal:
         raise web.HTTPError(400, refusal)
     return request
@@ -94,7 +102,7 @@ async def checked_request(
 async def apply_launch(spawner: HubstackSpawner, user_options: dict[str, Any] | None) -> None:
     """``Spawner.apply_user_options``: validate against the config and the backend, then apply."""
     spawner.apply_request(
-        await checked_request(spawner.hubstack_config, spawner.user.name, user_options)
+        await checked_request(spawner.hubstack_config, spawner.user, user_options)
     )
 
 
@@ -139,6 +147,7 @@ class HubstackSpawner(Spawner):
             self.user_options,
             [n["message"] for n in self.notices],
             link_options(self.handler),
+            access_of(self.user),
         )
 
     def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
@@ -301,7 +310,7 @@ class HubstackSpawner(Spawner):
             await self._events_changed.wait()
 
     async def start(self) -> tuple[str, int]:
-        request = self.request or resolve(self.hubstack, self.user_options)
+        request = self.request or resolve(self.hubstack, self.user_options, access_of(self.user))
         self._events = []
         resume = None
         if self._resuming and self.backend_state:

@@ -20,7 +20,15 @@ from hubstack.config.models import (
     PartitionLimits,
     Range,
 )
-from hubstack.launch.profiles import repository_environment
+from hubstack.launch.access import (
+    NO_GROUPS,
+    Access,
+    for_groups,
+    nothing_open,
+    offered_choices,
+    offered_items,
+)
+from hubstack.launch.profiles import LABELS, offered_environments
 from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.launch.slurm_fields import (
     NUMBER_FIELDS,
@@ -98,11 +106,14 @@ def machine_summary(machine: Machine) -> str:
 
 
 def _choices(
-    field: str, items: Sequence[Machine | Environment], selected: object
-) -> list[dict[str, Any]]:
-    """Template rows for one radio group; the previous choice if still offered, else the first."""
-    chosen = selected if any(item.id == selected for item in items) else items[0].id
-    return [
+    field: str, items: Sequence[Machine | Environment], selected: object, access: Access
+) -> dict[str, Any]:
+    """One radio group: the items ``access`` may pick, the previous choice checked if it is
+    one of them, else the first; with none, the sentence that says why."""
+    offered = offered_items(items)
+    ids = access.open_ids(offered)
+    chosen = selected if selected in ids else access.initial(offered)
+    rows = [
         {
             "field": field,
             "id": item.id,
@@ -110,10 +121,13 @@ def _choices(
             "display": item.display,
             "summary": machine_summary(item) if isinstance(item, Machine) else "",
             "description": item.description,
+            "groups": capitalized(for_groups(item.groups)) if item.groups else "",
             "checked": item.id == chosen,
         }
         for item in items
+        if item.id in ids
     ]
+    return {"rows": rows, "none": "" if rows else nothing_open(LABELS[field], offered)}
 
 
 def _partition_limits(partitions: Mapping[str, PartitionLimits]) -> str:
@@ -135,12 +149,19 @@ def _partition_limits(partitions: Mapping[str, PartitionLimits]) -> str:
     return f"Partition limits: {'; '.join(described)}." if described else ""
 
 
-def _select(choice: Choice, previous: object, hint: str = "") -> dict[str, Any]:
-    """A choice field; the previous choice if still offered, else the default."""
-    chosen = previous if previous in choice.choices else choice.initial
+def _select(
+    label: str, choice: Choice, previous: object, access: Access, hint: str = ""
+) -> dict[str, Any]:
+    """A choice field of the values ``access`` may pick; the previous choice if it is one of
+    them, else the default (or the first they may pick); with none, why not."""
+    offered = offered_choices(choice)
+    ids = access.open_ids(offered)
+    if not ids:
+        return {"kind": "none", "hint": nothing_open(label, offered)}
+    chosen = previous if previous in ids else access.initial(offered, choice.default)
     return {
         "kind": "select",
-        "options": [{"value": c, "selected": c == chosen} for c in choice.choices],
+        "options": [{"value": c, "selected": c == chosen} for c in ids],
         "hint": hint,
     }
 
@@ -166,7 +187,9 @@ def _number(name: str, limits: Range, previous: object) -> dict[str, Any]:
     }
 
 
-def _slurm_rows(config: Config, current: Mapping[str, object]) -> list[dict[str, Any]]:
+def _slurm_rows(
+    config: Config, current: Mapping[str, object], access: Access
+) -> list[dict[str, Any]]:
     """Template rows for the Slurm fields the config offers, in the order of the form."""
     slurm = config.backend.slurm
     fields = slurm.fields
@@ -174,19 +197,17 @@ def _slurm_rows(config: Config, current: Mapping[str, object]) -> list[dict[str,
     rows = []
     for name in slurm_fields(config):
         previous = current.get(name)
+        label = slurm_label(config, name)
         if name in extras:
-            row = _select(extras[name], previous)
+            row = _select(label, extras[name], previous, access)
         elif name == "partition":
-            row = _select(fields.partition, previous, _partition_limits(slurm.partitions))
+            limits = _partition_limits(slurm.partitions)
+            row = _select(label, fields.partition, previous, access, limits)
         elif name in NUMBER_FIELDS:
             row = _number(name, getattr(fields, name), previous)
         else:
-            row = _select(getattr(fields, name), previous)
-        row |= {
-            "name": name,
-            "input_id": f"hs-slurm-{name}",
-            "label": capitalized(slurm_label(config, name)),
-        }
+            row = _select(label, getattr(fields, name), previous, access)
+        row |= {"name": name, "input_id": f"hs-slurm-{name}", "label": capitalized(label)}
         rows.append(row)
     return rows
 
@@ -196,8 +217,10 @@ def render_options_form(
     current: Mapping[str, object] | None = None,
     notices: Sequence[str] = (),
     link: Mapping[str, str] | None = None,
+    access: Access = NO_GROUPS,
 ) -> str:
-    """The options form fragment, pre-selecting ``current`` (the user's last options).
+    """The options form fragment for the person ``access`` describes: only what they may
+    pick, pre-selecting ``current`` (the user's last options) where it is.
 
     ``notices`` are shown above the choices, e.g. to say why a previous choice that
     the operator has since removed is no longer selected. On Slurm, the job fields the
@@ -213,18 +236,17 @@ def render_options_form(
             asked = source_facts(repo_source(link.get("repo"), link.get("ref"), config.binder))
         except InvalidLaunch as exc:
             notices = [*notices, f"The link's repository cannot be launched: {exc.message}"]
-    environments = list(config.environments)
-    if config.binder.enabled:
-        environments.append(repository_environment(config))
     repo = {
         key: current.get(key) if isinstance(current.get(key), str) else ""
         for key in ("repo", "ref")
     }
     return _jinja.get_template("options_form.html").render(
-        machines=_choices("machine", config.machines, current.get("machine")),
-        environments=_choices("environment", environments, current.get("environment")),
+        machines=_choices("machine", config.machines, current.get("machine"), access),
+        environments=_choices(
+            "environment", offered_environments(config), current.get("environment"), access
+        ),
         repository=repo if config.binder.enabled else None,
-        slurm=_slurm_rows(config, current),
+        slurm=_slurm_rows(config, current, access),
         notices=list(notices),
         asked=asked,
         warning=REPOSITORY_WARNING,

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hubstack.config.models import REPOSITORY_ENVIRONMENT, Config, Environment, Machine
+from hubstack.launch.access import NO_GROUPS, Access, offered_items, pick
 from hubstack.launch.repo import COMMIT, RepoSource, repo_source
 from hubstack.launch.slurm_fields import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
-from hubstack.untrusted import InvalidLaunch, choose, json_kind, quote_untrusted
+from hubstack.untrusted import InvalidLaunch, json_kind, quote_untrusted
 
 FIELDS = ("machine", "environment")
 # With environment "repository": the repository, the ref asked for, and (set by the hub
@@ -22,7 +23,7 @@ FIELDS = ("machine", "environment")
 REPO_FIELDS = ("repo", "ref", "commit")
 XSRF_FIELD = "_xsrf"
 
-_LABELS = {
+LABELS = {
     "machine": "machine type",
     "environment": "environment",
     "repo": "repository",
@@ -71,7 +72,7 @@ def allowed_fields(config: Config) -> tuple[str, ...]:
 
 
 def _label(config: Config | None, field: str) -> str:
-    return _LABELS[field] if config is None or field in _LABELS else slurm_label(config, field)
+    return LABELS[field] if config is None or field in LABELS else slurm_label(config, field)
 
 
 def _unknown_option(key: object, allowed: Sequence[str]) -> InvalidLaunch:
@@ -80,12 +81,24 @@ def _unknown_option(key: object, allowed: Sequence[str]) -> InvalidLaunch:
     )
 
 
-def resolve(config: Config, user_options: Mapping[str, object] | None) -> LaunchRequest:
-    """Validate ``user_options`` against the config; omitted fields take their default.
+def offered_environments(config: Config) -> list[Environment]:
+    """The environments of the form: the configured ones, then "from a repository"."""
+    environments = list(config.environments)
+    if config.binder.enabled:
+        environments.append(repository_environment(config))
+    return environments
+
+
+def resolve(
+    config: Config, user_options: Mapping[str, object] | None, access: Access = NO_GROUPS
+) -> LaunchRequest:
+    """Validate ``user_options`` against the config for the person ``access`` describes;
+    omitted fields take the first choice open to them (the configured default if it is).
 
     Raises :class:`InvalidLaunch` for anything else: unknown keys (e.g. ``cpu``, or a Slurm
     field the config does not offer), values of the wrong type, ids the config does not
-    define and numbers outside the configured limits.
+    define or that are for groups the person is not in, and numbers outside the
+    configured limits.
     """
     allowed = allowed_fields(config)
     if not user_options:
@@ -99,26 +112,26 @@ def resolve(config: Config, user_options: Mapping[str, object] | None) -> Launch
         if key not in allowed:
             raise _unknown_option(key, allowed)
     machines = {m.id: m for m in config.machines}
-    environments = {e.id: e for e in config.environments}
-    if config.binder.enabled:
-        environments[REPOSITORY_ENVIRONMENT] = repository_environment(config)
-    machine_id = choose(
-        _LABELS["machine"], user_options.get("machine", config.machines[0].id), machines
+    environments = {e.id: e for e in offered_environments(config)}
+    machine_id = pick(
+        LABELS["machine"], user_options, "machine", offered_items(config.machines), access
     )
-    env_id = choose(
-        _LABELS["environment"],
-        user_options.get("environment", config.environments[0].id),
-        environments,
+    env_id = pick(
+        LABELS["environment"],
+        user_options,
+        "environment",
+        offered_items(environments.values()),
+        access,
     )
     machine = machines[machine_id]
     slurm = None
     if config.backend.type == "slurm":
-        slurm = resolve_slurm(config, machine, user_options)
+        slurm = resolve_slurm(config, machine, user_options, access)
     if env_id != REPOSITORY_ENVIRONMENT:
         for key in REPO_FIELDS:
             if key in user_options:
                 raise InvalidLaunch(
-                    f"The {_LABELS[key]} is only used with the environment "
+                    f"The {LABELS[key]} is only used with the environment "
                     f"{REPOSITORY_ENVIRONMENT!r} (from a repository)."
                 )
         return LaunchRequest(machine=machine, environment=environments[env_id], slurm=slurm)

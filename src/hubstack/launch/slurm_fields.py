@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hubstack.config.models import Choice, Config, Machine, PartitionLimits, Range, SlurmFields
+from hubstack.launch.access import Access, offered_choices, pick
 from hubstack.units import format_size, parse_duration, parse_size, slurm_time
-from hubstack.untrusted import InvalidLaunch, choose, json_kind, shown
+from hubstack.untrusted import InvalidLaunch, json_kind, shown
 
 CHOICE_FIELDS = ("partition", "account", "qos", "reservation")
 NUMBER_FIELDS = ("walltime", "cores", "memory", "gpus")
@@ -171,11 +172,12 @@ def slurm_label(config: Config, name: str) -> str:
     return extra.display if extra else _label(name)
 
 
-def _pick(name: str, choice: Choice, options: Mapping[str, object]) -> str | None:
-    """The user's choice, else the default; None when the field is not offered."""
+def _pick(name: str, choice: Choice, options: Mapping[str, object], access: Access) -> str | None:
+    """The user's choice, else the default (or the first choice open to them); None when
+    the field is not offered."""
     if not choice.choices:
         return None
-    return choose(_label(name), options.get(name, choice.initial), choice.choices)
+    return pick(_label(name), options, name, offered_choices(choice), access, choice.default)
 
 
 def _number(name: str, limits: Range | None, options: Mapping[str, object], fallback: int) -> int:
@@ -217,15 +219,18 @@ def _check_partition(partition: str, limits: PartitionLimits, numbers: Mapping[s
             )
 
 
-def resolve_slurm(config: Config, machine: Machine, options: Mapping[str, object]) -> SlurmRequest:
-    """Validate the Slurm fields of ``options`` (whose keys the caller has checked).
+def resolve_slurm(
+    config: Config, machine: Machine, options: Mapping[str, object], access: Access
+) -> SlurmRequest:
+    """Validate the Slurm fields of ``options`` (whose keys the caller has checked) for the
+    person ``access`` describes: a choice for some groups only is theirs if they are in one.
 
     A field not offered takes its fixed value: no option for a choice, the machine type's
     cores and memory, no GPUs.
     """
     slurm = config.backend.slurm
     fields = slurm.fields
-    picked = {name: _pick(name, getattr(fields, name), options) for name in CHOICE_FIELDS}
+    picked = {name: _pick(name, getattr(fields, name), options, access) for name in CHOICE_FIELDS}
     fallbacks = {
         "walltime": fields.walltime.default,
         "cores": math.ceil(machine.cpu),
@@ -237,7 +242,9 @@ def resolve_slurm(config: Config, machine: Machine, options: Mapping[str, object
         for name in NUMBER_FIELDS
     }
     extras = {
-        extra.id: choose(extra.display, options.get(extra.id, extra.initial), extra.choices)
+        extra.id: pick(
+            extra.display, options, extra.id, offered_choices(extra), access, extra.default
+        )
         for extra in fields.extras
     }
     partition = picked["partition"]
