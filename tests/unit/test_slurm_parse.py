@@ -238,7 +238,7 @@ def test_an_unexpected_sinfo_line_is_an_error() -> None:
 
 def test_a_cancellation_by_an_unknown_uid_names_the_uid() -> None:
     end = parse_sacct("11|CANCELLED by 4242420|0:0|00:30:00|64M", "11")
-    assert end is not None and end.reason == "it was cancelled by user 4242420"
+    assert end is not None and end.reason == "it was cancelled by uid 4242420"
 
 
 TIMEOUT_LOG = """start

@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import grp
 import os
-import pwd
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from hubstack.config.models import Config
+from hubstack.system.accounts import account_name
 
 # Schemes without encryption or authentication of the server: anyone on the network path
 # can change the code a launch builds and runs.
 UNENCRYPTED_SCHEMES = ("http", "git")
-
-
-def _account(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _group(gid: int) -> str:
@@ -53,7 +46,7 @@ def writable_by_others(path: Path) -> str | None:
     for part in _chain(path):
         info = part.stat()
         if info.st_uid not in trusted:
-            return f"{part} is owned by {_account(info.st_uid)}"
+            return f"{part} is owned by {account_name(info.st_uid)}"
         if info.st_mode & stat.S_IWOTH:
             return f"{part} is writable by every account"
         if info.st_mode & stat.S_IWGRP and info.st_gid != 0:

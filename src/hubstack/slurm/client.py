@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import re
 import shlex
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from hubstack.system import SystemOpError, tool
+from hubstack.system.accounts import account_name
 from hubstack.units import slurm_time
 
 SubmitAs = Literal["runuser", "sudo", "su"]
@@ -364,17 +364,24 @@ class Slurm:
         return out.decode(errors="replace")
 
 
-def parse_squeue(output: str, job_ids: Collection[str]) -> dict[str, JobInfo]:
-    """Turn the output of :meth:`Slurm.queue`'s squeue into :class:`JobInfo` for ``job_ids``."""
-    wanted = set(job_ids)
+def _rows(command: str, output: str, width: int) -> list[list[str]]:
+    """The ``_SEP``-separated fields of each non-blank line ``command`` printed; a line
+    without ``width`` fields means the output is not what was asked for."""
     rows = []
     for line in output.splitlines():
         if not line.strip():
             continue
         fields = line.split(_SEP)
-        if len(fields) != len(_SQUEUE_FIELDS):
-            raise SlurmError(f"squeue printed an unexpected line: {line!r}")
+        if len(fields) != width:
+            raise SlurmError(f"{command} printed an unexpected line: {line!r}")
         rows.append(fields)
+    return rows
+
+
+def parse_squeue(output: str, job_ids: Collection[str]) -> dict[str, JobInfo]:
+    """Turn the output of :meth:`Slurm.queue`'s squeue into :class:`JobInfo` for ``job_ids``."""
+    wanted = set(job_ids)
+    rows = _rows("squeue", output, len(_SQUEUE_FIELDS))
     ranks: dict[str, list[tuple[int, tuple[int, ...], str]]] = {}
     for job_id, state, _, _, partitions, _, priority, _ in rows:
         if normalise_state(state) == "PENDING":
@@ -440,17 +447,14 @@ def parse_sinfo(output: str) -> dict[str, Partition]:
     """Partitions from ``sinfo --format=%P|%a|%l|%L|%D|%c|%m`` (one line per group of alike
     nodes, summed up per partition)."""
     found: dict[str, Partition] = {}
-    for line in output.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split(_SEP)
-        if len(fields) != len(_SINFO_FIELDS):
-            raise SlurmError(f"sinfo printed an unexpected line: {line!r}")
-        label, state, max_time, default_time, nodes, cpus, memory = fields
+    for label, state, max_time, default_time, nodes, cpus, memory in _rows(
+        "sinfo", output, len(_SINFO_FIELDS)
+    ):
         try:
             limits = parse_slurm_time(max_time), parse_slurm_time(default_time)
         except ValueError:
-            raise SlurmError(f"sinfo printed an unexpected line: {line!r}") from None
+            times = f"{max_time!r}, {default_time!r}"
+            raise SlurmError(f"sinfo printed an unexpected line: time limits {times}") from None
         name = label.rstrip("*")
         count = _int(nodes)
         before = found.get(name)
@@ -634,10 +638,7 @@ def _cancelled_by(state_text: str) -> str | None:
     words = state_text.split()
     if len(words) != 3 or words[1] != "by" or not words[2].isdigit():
         return None
-    try:
-        return pwd.getpwuid(int(words[2])).pw_name
-    except KeyError:
-        return f"user {words[2]}"
+    return account_name(int(words[2]))
 
 
 def _signal_name(number: int) -> str:

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,7 @@ def ensure_account(
         raise ValueError(f"invalid Linux group name {group!r}")
     if not home.is_absolute():
         raise ValueError(f"home directory must be an absolute path, got {home}")
-    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK_FILE.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with account_db_lock():
         try:
             return _account(pwd.getpwnam(name))
         except KeyError:
@@ -106,6 +105,16 @@ def ensure_account(
             raise SystemOpError(f"useradd ran but account {name!r} does not exist") from None
 
 
+@contextlib.contextmanager
+def account_db_lock() -> Iterator[None]:
+    """Hold the lock that serialises changes to /etc/passwd and /etc/group (useradd,
+    groupadd, gpasswd), which fail rather than wait when another one holds the files."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_FILE.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _ensure_group(group: str) -> None:
     """Create ``group`` if missing; another process winning the race is fine."""
     try:
@@ -117,6 +126,15 @@ def _ensure_group(group: str) -> None:
 def current_account() -> Account:
     """The account running this process, used when the hub spawns servers as itself (dev mode)."""
     return _account(pwd.getpwuid(os.getuid()))
+
+
+def account_name(uid: int) -> str:
+    """The name of ``uid``'s account, for messages: "uid N" when it has none (a removed
+    account's files, a job cancelled by an account this machine does not know)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def running_processes_of(uid: int) -> list[int]:
