@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +74,10 @@ class ServerSpec:
     env: dict[str, str]
     port: int
     built: BuiltRepository | None = None  # the environment of the request's repository
+    # The user's JupyterHub groups and admin flag as the start reads them: what decides
+    # the shared folders the server sees.
+    groups: frozenset[str] = frozenset()
+    admin: bool = False
 
     @property
     def label(self) -> str:
@@ -96,6 +100,23 @@ class Started:
     ip: str
     port: int
     state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """How much of a volume is used, in bytes; ``size`` is its file system's size."""
+
+    used: int
+    size: int
+
+
+@dataclass(frozen=True)
+class StorageUse:
+    """What a user's home and server volumes hold, where the backend can measure it
+    (None: not measured, such as a shared file system's quotas)."""
+
+    home: Usage | None = None
+    servers: dict[str, Usage | None] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -138,4 +159,14 @@ class Backend(Protocol):
 
     def describe(self) -> str:
         """One line for the log and admins: what isolation and limits are in force."""
+        ...
+
+    def storage_use(self, hub_user: str, server_names: Iterable[str]) -> StorageUse:
+        """What ``hub_user``'s home and named servers' volumes hold; blocking (call it in
+        a thread), and never creating anything (a page view must not make an account)."""
+        ...
+
+    def queue_state(self, state: dict[str, Any]) -> str | None:
+        """The scheduler's last known state of the server's job (e.g. ``PENDING
+        (Resources)``), without asking it again; None where servers do not queue."""
         ...

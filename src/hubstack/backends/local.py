@@ -22,6 +22,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from hubstack.backends.base import (
     ServerSpec,
     Started,
     StartFailed,
+    StorageUse,
+    Usage,
     log_tail,
 )
-from hubstack.backends.runas import Accounts
+from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
 from hubstack.launch import LaunchRequest
@@ -72,6 +75,10 @@ def _listeners(port: int) -> set[int]:
                 if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     uids.add(int(fields[7]))
     return uids
+
+
+def _usage(measured: tuple[int, int] | None) -> Usage | None:
+    return None if measured is None else Usage(*measured)
 
 
 def _reap(pid: int) -> int | None:
@@ -119,6 +126,33 @@ class LocalBackend:
 
     def _server_image(self, account: str, label: str) -> Path:
         return self.data_dir / "storage/servers" / account / f"{label}.img"
+
+    def storage_use(self, hub_user: str, server_names: Iterable[str]) -> StorageUse:
+        """Measured from the images in root's storage directory (see
+        :func:`volumes.image_usage`), so stopped servers' volumes count too."""
+        if not self.accounts.root:
+            return StorageUse()
+        name = self.accounts.unix_name(hub_user)
+        home = self.local.home_base / name
+        if self.accounts.existing:
+            try:
+                home = existing_account(hub_user).home
+            except StartFailed:
+                return StorageUse()
+        home_use = None
+        if not self.accounts.existing:
+            home_image = self.data_dir / "storage/homes" / f"{name}.img"
+            home_use = _usage(volumes.image_usage(home_image, below=home.parent))
+        servers = {
+            server: _usage(
+                volumes.image_usage(self._server_image(name, server_label(server)), below=home)
+            )
+            for server in server_names
+        }
+        return StorageUse(home_use, servers)
+
+    def queue_state(self, state: dict[str, Any]) -> str | None:
+        return None
 
     def _account_lock(self, account: str) -> threading.Lock:
         return self._locks.setdefault(account, threading.Lock())

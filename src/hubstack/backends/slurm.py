@@ -24,6 +24,7 @@ import pwd
 import shlex
 import shutil
 import socket
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,7 @@ from hubstack.backends.base import (
     ServerSpec,
     Started,
     StartFailed,
+    StorageUse,
     log_tail,
 )
 from hubstack.backends.runas import Accounts, existing_account
@@ -478,6 +480,24 @@ class SlurmBackend:
                 await asyncio.wait_for(tracked.changed.wait(), 2)
         self.watcher.forget(job_id)
         return Exit(0)
+
+    def storage_use(self, hub_user: str, server_names: Iterable[str]) -> StorageUse:
+        """Not measured: the home and volumes are on the site's shared file system, whose
+        quotas are its own (and reading them would walk users' directories)."""
+        return StorageUse()
+
+    def queue_state(self, state: dict[str, Any]) -> str | None:
+        """From the watcher's last query (no new one: a page view must not load the
+        scheduler), e.g. ``PENDING (Resources)`` or ``RUNNING on node1``."""
+        tracked = self.watcher.jobs.get(state.get("job_id", ""))
+        if tracked is None or tracked.info is None:
+            return None
+        info = tracked.info
+        if info.state == "PENDING" and info.reason and info.reason != "None":
+            return f"PENDING ({info.reason})"
+        if info.state == "RUNNING" and info.nodes:
+            return f"RUNNING on {info.nodes}"
+        return info.state
 
     def new_oom_kills(self, state: dict[str, Any]) -> int:
         """Slurm reports a job killed for memory as its end state; nothing to count here."""

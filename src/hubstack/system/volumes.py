@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ _LOOP_RELEASE_TIMEOUT_S = 5.0
 _NAMESPACE_RELEASE_TIMEOUT_S = 30.0
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 _OPTIONS = "loop,nosuid,nodev"
+_EXT4_MAGIC = 0xEF53
+_EXT4_64BIT = 0x80  # INCOMPAT_64BIT: block counts have high 32 bits
 
 
 def create_image(image: Path, size: int, uid: int, gid: int) -> None:
@@ -215,8 +218,66 @@ def remove_image(image: Path, mountpoint: Path | None) -> None:
 
 def usage(mountpoint: Path) -> tuple[int, int]:
     """(used, total) bytes of the file system at ``mountpoint``, for display."""
-    st = os.statvfs(mountpoint)
+    return _statvfs_usage(os.statvfs(mountpoint))
+
+
+def image_usage(image: Path, *, below: Path) -> tuple[int, int] | None:
+    """(used, total) bytes of the file system in ``image``, for display; None if there is
+    no such image (or it is not ext4).
+
+    Mounted (below ``below``, reached as for :func:`unmount`, and checked to be backed by
+    ``image``), from the mounted file system; else from the image's own superblock, which a
+    clean unmount leaves exact. Neither follows anything its user could have replaced:
+    the image is root's file in root's directory, opened without following a link.
+    """
+    for mountpoint in map(Path, _mountpoints_of(image)):
+        if below not in mountpoint.parents:
+            continue
+        with _parent(mountpoint, below) as parent:
+            spot = _mounted_here(parent, mountpoint)
+            if spot is None:
+                continue
+            try:
+                if _backs(image, _mount_source(spot)):
+                    return _statvfs_usage(os.fstatvfs(spot))
+            finally:
+                os.close(spot)
+    return _superblock_usage(image)
+
+
+def _statvfs_usage(st: os.statvfs_result) -> tuple[int, int]:
     return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def _superblock_usage(image: Path) -> tuple[int, int] | None:
+    """(used, total) as ``statvfs`` would give them once mounted, from the ext4 superblock
+    (1024 bytes at offset 1024): block counts less the file system's own overhead (which
+    mkfs records), as ext4 reports them to ``statfs``.
+
+    Read here rather than through ``dumpe2fs``: a page showing many volumes would start a
+    process for each, and these are five fixed little-endian fields.
+    """
+    try:
+        fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        block = os.pread(fd, 1024, 1024)
+    finally:
+        os.close(fd)
+    if len(block) < 1024 or struct.unpack_from("<H", block, 0x38)[0] != _EXT4_MAGIC:
+        return None
+    blocks_lo, _, free_lo = struct.unpack_from("<III", block, 0x4)
+    (log_size,) = struct.unpack_from("<I", block, 0x18)
+    (incompat,) = struct.unpack_from("<I", block, 0x60)
+    blocks_hi, _, free_hi = struct.unpack_from("<III", block, 0x150)
+    (overhead,) = struct.unpack_from("<I", block, 0x248)
+    if not incompat & _EXT4_64BIT:
+        blocks_hi = free_hi = 0
+    size = 1024 << log_size
+    blocks = (blocks_hi << 32 | blocks_lo) - overhead
+    free = free_hi << 32 | free_lo
+    return (blocks - free) * size, blocks * size
 
 
 @contextlib.contextmanager
