@@ -40,7 +40,8 @@ def session(db_url: str) -> Iterator[Session]:
         db.close()
 
 
-def _hash(password: str) -> bytes:
+def hash_password(password: str) -> bytes:
+    """bcrypt's hash: slow on purpose, so a server runs it off its event loop."""
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt())
 
 
@@ -50,13 +51,23 @@ def exists(db: Session, name: str) -> bool:
 
 def add(db: Session, name: str, password: str | None = None) -> str:
     """Create an authorized account; return its password (generated unless given)."""
+    check_new(db, name)
+    password = password or new_password()
+    add_hashed(db, name, hash_password(password))
+    return password
+
+
+def check_new(db: Session, name: str) -> None:
+    """Refuse a name that has an account or cannot be one."""
     if exists(db, name):
         raise AccountError(f"account {name!r} already exists; use reset-password to change it")
     if not name or any(c in name for c in ", /") or name != name.strip():
         raise AccountError(f"{name!r} is not a valid user name (no spaces, commas or slashes)")
-    password = password or new_password()
-    db.add(UserInfo(username=name, password=_hash(password), is_authorized=True))
-    return password
+
+
+def add_hashed(db: Session, name: str, password_hash: bytes) -> None:
+    """An authorized account with a password hashed by ``hash_password``."""
+    db.add(UserInfo(username=name, password=password_hash, is_authorized=True))
 
 
 def reset_password(db: Session, name: str, password: str | None = None) -> str:
@@ -65,7 +76,7 @@ def reset_password(db: Session, name: str, password: str | None = None) -> str:
     if info is None:
         raise AccountError(f"no account named {name!r}")
     password = password or new_password()
-    info.password = _hash(password)
+    info.password = hash_password(password)
     info.is_authorized = True
     return password
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from hubstack.config import Config
-from hubstack.hub import builtin_accounts
+from hubstack.hub import builtin_accounts, invitations
+from hubstack.hub.groups import sync_groups
 from hubstack.hub.settings import db_url, jupyterhub_config
 from hubstack.hub.spawner import backend_for
 
@@ -31,6 +32,8 @@ def run(config: Config, stop_servers: bool = False) -> int:
     from jupyterhub.app import JupyterHub
 
     announce_admins(config)
+    sync_groups(db_url(config), config)
+    invitations.create_table(db_url(config))
     c = jupyterhub_config(config, stop_servers)
     # Only our config: never pick up a stray jupyterhub_config.py from the working directory.
     empty = config.hub.data_dir / "jupyterhub_config.py"

@@ -16,7 +16,10 @@ from traitlets.config import Config as TraitletsConfig
 from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
+from hubstack.hub import invitations
 from hubstack.hub.address import ROUTE, ServerAddressHandler
+from hubstack.hub.groups import configure_groups
+from hubstack.hub.home import home_template_var
 from hubstack.hub.login import configure_login
 from hubstack.hub.logs import JUPYTERHUB_LOGGING
 from hubstack.hub.named_servers import named_server_policy
@@ -129,9 +132,11 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     # Servers (processes, jobs) outlive the hub: a restart takes them back with their routes.
     c.JupyterHub.cleanup_servers = stop_servers
 
+    # Deprecated in JupyterHub but supported; a service could not see spawner state or
+    # make accounts.
+    c.JupyterHub.extra_handlers = invitations.handlers(config.groups)
     if config.backend.type == "slurm":
-        # Deprecated in JupyterHub but supported; a service could not see spawner state.
-        c.JupyterHub.extra_handlers = [(ROUTE, ServerAddressHandler)]
+        c.JupyterHub.extra_handlers.append((ROUTE, ServerAddressHandler))
         # Starting a job includes its time in the queue: waiting there is not a failure.
         c.HubstackSpawner.start_timeout = config.backend.slurm.start_timeout
 
@@ -147,11 +152,15 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
             {"name": "user", "scopes": ["self", f"access:services!service={BINDER_SERVICE}"]},
         ]
 
+    # The home page's cards (templates/home.html), computed only when that page asks.
+    c.JupyterHub.template_vars = {"hubstack_home": home_template_var(config.model_dump_json())}
+    configure_groups(c, config)
+
     if os.geteuid() != 0:
-        c.JupyterHub.template_vars = {
-            "announcement": "Dev mode: this hub is not running as root, so every server runs "
+        c.JupyterHub.template_vars["announcement"] = (
+            "Dev mode: this hub is not running as root, so every server runs "
             "as one account with no isolation, no CPU or memory limits and no volumes."
-        }
+        )
 
     for class_name, traits in config.extra_jupyterhub_config.items():
         for trait, value in traits.items():
