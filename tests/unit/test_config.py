@@ -506,7 +506,8 @@ def test_starter_slurm_example_is_valid() -> None:
     starter = yaml.safe_load(files("hubstack.config").joinpath("starter.yaml").read_text())
     starter["backend"] |= {"type": "slurm", **starter_slurm_example()}
     slurm = validate(starter).backend.slurm
-    assert slurm.fields.partition.choices == ["debug", "long"]
+    assert slurm.fields.partition.choices == ["debug", "long", "gpu"]
+    assert slurm.fields.partition.groups == {"gpu": ["lab-a"]}
     assert slurm.partitions["debug"].max_walltime == 3600
     assert slurm.containers["python"] == ["apptainer", "exec", "/images/python.sif"]
     assert slurm.prologue == "module load apptainer\n"
