@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything hubstack needs on a Debian/Ubuntu machine, idempotently:
 #   - Debian packages: Python 3 (for the world-readable default environment), Node.js
-#     and npm (for configurable-http-proxy), e2fsprogs/util-linux (loop volumes), git;
+#     and npm (for configurable-http-proxy), e2fsprogs/util-linux (loop volumes), git,
+#     acl (setfacl: groups' shared folders);
 #     with --test also Chromium for the browser tests, sudo (for the tests of
 #     `submit_as: sudo`) and the local Slurm cluster's packages
 #     (scripts/slurm-cluster.sh install).
@@ -34,7 +35,7 @@ need_root() {
 # 1. Debian packages
 # Checked by the command each provides: Node.js may come from elsewhere (e.g. NodeSource,
 # whose nodejs package carries npm), and that must count as installed.
-needs=(/usr/bin/python3:python3 node:nodejs npm:npm mkfs.ext4:e2fsprogs losetup:mount git:git)
+needs=(/usr/bin/python3:python3 node:nodejs npm:npm mkfs.ext4:e2fsprogs losetup:mount git:git setfacl:acl)
 # slapd and ldap-utils: the LDAP directory the login tests start.
 [ "$with_test" = 1 ] && needs+=(chromium:chromium sudo:sudo /usr/sbin/slapd:slapd ldapadd:ldap-utils)
 missing=()

@@ -42,7 +42,7 @@ from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ServerPlan, server_label, server_plan
-from hubstack.system import SystemOpError, accounts, cgroups, tool, volumes
+from hubstack.system import SystemOpError, accounts, cgroups, shared_folders, tool, volumes
 from hubstack.system.userpaths import own_dir
 from hubstack.units import format_size
 
@@ -105,6 +105,7 @@ class LocalBackend:
         preference = config.hub.limits if self.accounts.root else "off"
         self.enforcer = cgroups.detect(preference)
         self.data_dir = config.hub.data_dir
+        self.shared = shared_folders.SharedFolders(config)
         self._locks: dict[str, threading.Lock] = {}
 
     def describe(self) -> str:
@@ -183,8 +184,29 @@ class LocalBackend:
             return self.data_dir / "dev-storage" / account.name / label
         return account.home / "volumes" / label
 
+    def _share(self, account: accounts.Account, granted: dict[str, bool]) -> list[str]:
+        """Mount the ``granted`` shared folders, give the account their groups, and return
+        what :meth:`_private_tmp` needs to bind them at ``~/shared/<folder>``: the
+        directory, its identity, then each folder's path, name and ``rw`` or ``ro``."""
+        if not self.shared.folders:
+            return []
+        self.shared.prepare(account.name, granted)
+        owner = (account.uid, account.gid)
+        with self._account_lock(account.name):
+            identity = shared_folders.home_folders(account.home, owner, granted)
+        if identity is None:
+            return []
+        binds = [str(account.home / shared_folders.HOME_DIR), identity]
+        for name, writable in granted.items():
+            binds += [str(self.shared.path(name)), name, "rw" if writable else "ro"]
+        return binds
+
     def _private_tmp(
-        self, account: accounts.Account, volume: Path, limits: cgroups.Limits
+        self,
+        account: accounts.Account,
+        volume: Path,
+        limits: cgroups.Limits,
+        shared: list[str],
     ) -> tuple[list[str], int]:
         """The command prefix giving a server its own /tmp, /var/tmp and /dev/shm, and the
         directory (a descriptor) it must start in.
@@ -197,6 +219,11 @@ class LocalBackend:
         carried into the new namespace by unshare), so the binds name them relative to it
         and no link of the user's can redirect them. The namespace is a slave of the hub's:
         the user's volumes mounted later appear in it, and nothing mounted in it leaks out.
+
+        ``shared`` (from :meth:`_share`) binds shared folders into ``~/shared``, read-only
+        where the user may not write. That directory is root's, but lies in the user's
+        home: the namespace enters it by path and goes on only if it is the very directory
+        the hub prepared (its device and inode), so the binds, relative to it, land there.
         """
         owner = (account.uid, account.gid)
         base = volumes.open_root_owned(volume / ".hubstack/private", account.home, owner)
@@ -208,14 +235,23 @@ class LocalBackend:
             raise
         shm = limits.memory or self.config.policy.storage.server_volume
         bind = (
-            'mount=$1 shm=$2; shift 2; options="--no-canonicalize --bind -o nosuid,nodev" && '
+            "mount=$1 shm=$2 stat=$3 n=$4; shift 4; "
+            'options="--no-canonicalize --bind -o nosuid,nodev" && '
             '"$mount" $options tmp /tmp && "$mount" $options var-tmp /var/tmp && '
-            '"$mount" -t tmpfs -o "size=$shm,mode=1777,nosuid,nodev" tmpfs /dev/shm && '
+            '"$mount" -t tmpfs -o "size=$shm,mode=1777,nosuid,nodev" tmpfs /dev/shm || exit 1; '
+            'if [ "$n" -gt 0 ]; then '
+            'cd "$1" && [ "$("$stat" -c %d:%i .)" = "$2" ] || '
+            '{ echo "hubstack: $1 changed while the server started" >&2; exit 1; }; shift 2; '
+            'while [ "$n" -gt 0 ]; do "$mount" $options "$1" "$2" && '
+            '{ [ "$3" = rw ] || "$mount" --no-canonicalize -o remount,bind,ro,nosuid,nodev "$2"; '
+            "} || exit 1; shift 3; n=$((n - 1)); done; fi; "
             'exec "$@"'
         )
+        folders = (len(shared) - 2) // 3 if shared else 0
         prefix = [
             *(tool("unshare"), "--mount", "--propagation", "slave", "--"),
-            *(tool("sh"), "-c", bind, "sh", tool("mount"), str(shm)),
+            *(tool("sh"), "-c", bind, "sh", tool("mount"), str(shm), tool("stat"), str(folders)),
+            *shared,
         ]
         return prefix, base
 
@@ -301,7 +337,16 @@ class LocalBackend:
             # namespace; setpriv then becomes the user, and only then does env enter the
             # user's directory (root never resolves the user's path).
             try:
-                private, base = await asyncio.to_thread(self._private_tmp, account, volume, limits)
+                granted = self.shared.grants(spec.groups, spec.admin)
+                shared = await asyncio.to_thread(self._share, account, granted)
+            except SystemOpError as exc:
+                raise StartFailed(
+                    f"Your groups' shared folders could not be prepared: {exc}", reason="storage"
+                ) from None
+            try:
+                private, base = await asyncio.to_thread(
+                    self._private_tmp, account, volume, limits, shared
+                )
             except SystemOpError as exc:
                 raise StartFailed(
                     f"Your server's temporary directories could not be prepared: {exc}",

@@ -23,7 +23,7 @@ from pydantic import (
 
 from hubstack.config.auth import AuthSettings
 from hubstack.config.base import Strict, problem
-from hubstack.config.groups import GroupName, GroupSettings
+from hubstack.config.groups import GroupName, GroupSettings, SharedFolder
 from hubstack.config.script import check_script
 from hubstack.units import Duration, Size, format_size
 
@@ -282,6 +282,9 @@ class SlurmShared(Strict):
     volumes: AbsolutePath | None = Field(
         None, description="per-server volumes at <volumes>/<account>/<server>; null: none"
     )
+    groups: AbsolutePath | None = Field(
+        None, description="groups' shared folders at <groups>/<group>; needed for them on Slurm"
+    )
 
 
 class SlurmSettings(Strict):
@@ -438,10 +441,22 @@ class Storage(Strict):
     home: Size = "10G"  # type: ignore[assignment]
 
 
+class SharedFolders(Strict):
+    """Where groups' shared folders live on the hub, and the one every user reads."""
+
+    path: AbsolutePath | None = Field(
+        None, description="where the folders are mounted; null: <data_dir>/shared"
+    )
+    everyone: SharedFolder | None = Field(
+        None, description="shared/everyone, read by all and written by admins; null: none"
+    )
+
+
 class PolicySettings(Strict):
     named_servers: NamedServers = Field(default_factory=NamedServers)
     idle_timeout: Duration = "2h"  # type: ignore[assignment]
     storage: Storage = Field(default_factory=Storage)
+    shared: SharedFolders = Field(default_factory=SharedFolders)
 
 
 def default_machines() -> list[Machine]:
@@ -504,6 +519,28 @@ class Config(Strict):
                     "repository; choose another id"
                 )
         return items
+
+    @model_validator(mode="after")
+    def _shared_folders_have_a_place(self) -> Self:
+        """shared/everyone is the hub-wide folder's; Slurm nodes need a path they all see."""
+        shared = [name for name, group in self.groups.items() if group.shared is not None]
+        if "everyone" in shared:
+            raise problem(
+                ("groups", "everyone", "shared"),
+                "shared/everyone is the hub-wide folder (policy.shared.everyone); "
+                "name the group otherwise",
+                "everyone",
+            )
+        everyone = self.policy.shared.everyone is not None
+        slurm = self.backend.slurm
+        if self.backend.type == "slurm" and (shared or everyone) and slurm.shared.groups is None:
+            raise problem(
+                ("backend", "slurm", "shared", "groups"),
+                "must be a path every node sees, for the shared folders of "
+                + ", ".join(shared + ["everyone"] * everyone),
+                None,
+            )
+        return self
 
     @model_validator(mode="after")
     def _containers_are_environments(self) -> Self:

@@ -325,7 +325,17 @@ class HubstackSpawner(Spawner):
             except PrepareFailed as exc:
                 raise self._spawn_error(exc.message, "environment") from None
         self.port = random_port()
-        spec = ServerSpec(self.user.name, self.name, request, self.get_env(), self.port, built)
+        spec = ServerSpec(
+            self.user.name,
+            self.name,
+            request,
+            self.get_env(),
+            self.port,
+            built,
+            # Read now, so a change of membership takes effect at the next start.
+            groups=frozenset(group.name for group in self.user.groups),
+            admin=bool(self.user.admin),
+        )
         try:
             started = await self.backend.start(spec, self._emit, self._record, resume)
         except StartFailed as exc:
