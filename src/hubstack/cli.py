@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from hubstack.config import Config, ConfigError, dump, load
 from hubstack.config.safety import unsafe_settings
+from hubstack.config.secrets import unreadable_secrets
 from hubstack.units import format_duration, format_size, parse_duration
 from hubstack.untrusted import InvalidLaunch
 
 if TYPE_CHECKING:
     from hubstack.envs.cache import EnvCache
+    from hubstack.hub.group_admin import GroupAdmin
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -38,12 +40,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Print the effective config; warn on stderr about unsafe settings (status stays 0)."""
+    """Print the effective config; warn on stderr about unsafe settings; a secret that
+    cannot be read is an error (status 1)."""
     config = _load(args)
     print(dump(config), end="")
     for warning in unsafe_settings(config):
         print(f"hubstack: warning: {warning}", file=sys.stderr)
-    return 0
+    problems = unreadable_secrets(config)
+    for problem in problems:
+        print(f"hubstack: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _prepare_data_dir(config: Config) -> None:
@@ -53,6 +59,8 @@ def _prepare_data_dir(config: Config) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = _load(args)
+    if problems := unreadable_secrets(config):
+        raise ConfigError(str(args.config or "hubstack.yaml"), problems)
     _prepare_data_dir(config)
     from hubstack.hub.run import run
 
@@ -91,6 +99,39 @@ def cmd_reset_password(args: argparse.Namespace) -> int:
     with builtin_accounts.session(_accounts_db(args)) as db:
         password = builtin_accounts.reset_password(db, args.name, _password_arg(args))
     print(f"new password for {args.name!r}" + ("" if args.password_stdin else f": {password}"))
+    return 0
+
+
+def _group_admin(args: argparse.Namespace) -> GroupAdmin:
+    from hubstack.hub.group_admin import GroupAdmin
+    from hubstack.hub.settings import db_url
+
+    config = _load(args)
+    return GroupAdmin(config, db_url(config))
+
+
+def cmd_group_list(args: argparse.Namespace) -> int:
+    admin = _group_admin(args)
+    for group in admin.groups():
+        print(f"{group['name']}  {len(group['users'])} member(s)")
+    return 0
+
+
+def cmd_group_show(args: argparse.Namespace) -> int:
+    shown = _group_admin(args).show(args.group)
+    if args.json:
+        print(json.dumps(shown, indent=1))
+        return 0
+    print(f"group {shown['name']} (members kept by the {shown['source']})")
+    print("champions: " + (", ".join(shown["champions"]) or "none"))
+    print("members: " + (", ".join(shown["members"]) or "none"))
+    return 0
+
+
+def cmd_group_change(args: argparse.Namespace) -> int:
+    _group_admin(args).change(args.group, args.user, args.add, args.champion)
+    role = "champion" if args.champion else "member"
+    print(f"{args.user} {'is now' if args.add else 'is no longer'} a {role} of {args.group}")
     return 0
 
 
@@ -214,6 +255,27 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("name", help="hub user name")
         p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
         p.set_defaults(func=func, verbose_source=False)
+
+    group = sub.add_parser("group", help="groups of the running hub: members and champions")
+    group_sub = group.add_subparsers(dest="group_command", required=True, metavar="ACTION")
+    p = group_sub.add_parser("list", parents=[common], help="groups and their sizes")
+    p.set_defaults(func=cmd_group_list, verbose_source=False)
+    p = group_sub.add_parser("show", parents=[common], help="a group's champions and members")
+    p.add_argument("group")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_group_show, verbose_source=False)
+    for name, add, champion in (
+        ("add-member", True, False),
+        ("remove-member", False, False),
+        ("add-champion", True, True),
+        ("remove-champion", False, True),
+    ):
+        p = group_sub.add_parser(
+            name, parents=[common], help=name.replace("-", " ") + " of a group"
+        )
+        p.add_argument("group")
+        p.add_argument("user", help="hub user name")
+        p.set_defaults(func=cmd_group_change, verbose_source=False, add=add, champion=champion)
 
     env = sub.add_parser("env", help="environments built from repositories: list, rebuild, prune")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")

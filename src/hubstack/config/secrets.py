@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from hubstack.config.base import Strict, problem
 
@@ -48,3 +48,21 @@ class SecretSource(Strict):
 
 class SecretMissing(Exception):
     """A secret named in the config cannot be read."""
+
+
+def unreadable_secrets(model: BaseModel, at: str = "") -> list[str]:
+    """A line for each secret in ``model`` (a config or a section) that cannot be read,
+    naming its key and where it was looked for, never a value: `hubstack check` reports
+    them and `hubstack up` refuses to start with them."""
+    problems: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{at}.{name}" if at else name
+        if isinstance(value, SecretSource):
+            try:
+                value.read()
+            except SecretMissing as exc:
+                problems.append(f"{key}: {exc}")
+        elif isinstance(value, BaseModel):
+            problems += unreadable_secrets(value, key)
+    return problems
