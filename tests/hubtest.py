@@ -326,8 +326,8 @@ class Hub:
         assert result.returncode == 0, result.stderr
         return result.stdout.rsplit(": ", 1)[1].strip()
 
-    def login(self, name: str, password: str) -> Session:
-        """Log in through the login form, then make an API token with that session."""
+    def post_login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
+        """Send the login form as a browser does; the session and the hub's answer."""
         http = requests.Session()
         page = http.get(f"{self.url}/hub/login", timeout=30)
         page.raise_for_status()
@@ -338,8 +338,13 @@ class Hub:
             allow_redirects=False,
             timeout=30,
         )
+        return http, resp
+
+    def login(self, name: str, password: str) -> Session:
+        """Log in through the login form, then make an API token with that session."""
+        http, resp = self.post_login(name, password)
         assert resp.status_code == 302, f"login failed for {name}: {resp.status_code}"
-        xsrf = http.cookies.get("_xsrf", path="/hub/") or xsrf
+        xsrf = http.cookies.get("_xsrf", path="/hub/")
         token = http.post(
             f"{self.url}/hub/api/users/{name}/tokens",
             json={"note": "tests"},
@@ -374,6 +379,11 @@ class Hub:
             name = line.split(":", 1)[0]
             if name.startswith(self.prefix):
                 subprocess.run(["userdel", name], check=False, capture_output=True)
+        # Shared folders' groups are named after the prefix too.
+        for line in Path("/etc/group").read_text().splitlines():
+            name = line.split(":", 1)[0]
+            if name.startswith(self.prefix):
+                subprocess.run(["groupdel", name], check=False, capture_output=True)
         if not os.environ.get("HUBSTACK_KEEP_TEST_ROOT"):
             shutil.rmtree(self.root, ignore_errors=True)
 
