@@ -67,11 +67,16 @@ class Slapd:
     service_password: str = "service-secret-5d1c"
     root_password: str = "root-secret-77a0"
     port: int = field(default_factory=lambda: free_port_block(1))
+    ssl_port: int = field(default_factory=lambda: free_port_block(1))
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def uri(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ssl_uri(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ssl_port}"
 
     @property
     def ca_file(self) -> Path:
@@ -105,7 +110,7 @@ class Slapd:
         return self
 
     def _certificates(self) -> None:
-        """A CA and a certificate for 127.0.0.1 signed by it, for StartTLS."""
+        """A CA and a certificate for 127.0.0.1 signed by it, for StartTLS and ldaps."""
 
         def openssl(*args: str | Path) -> None:
             subprocess.run([OPENSSL, *args], check=True, capture_output=True, timeout=60)
@@ -154,7 +159,15 @@ class Slapd:
         log = (self.root / "slapd.log").open("ab")
         # -d keeps slapd in the foreground, so that this process owns it.
         self.proc = subprocess.Popen(
-            [SLAPD, "-f", self.root / "slapd.conf", "-h", f"{self.uri}/", "-d", "0"],
+            [
+                SLAPD,
+                "-f",
+                self.root / "slapd.conf",
+                "-h",
+                f"{self.uri}/ {self.ssl_uri}/",
+                "-d",
+                "0",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -4,6 +4,8 @@ away and comes back, and the search account's password kept out of sight."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,9 +16,16 @@ import pytest
 import yaml
 from conftest import needs_root
 from hubtest import Hub, Session, running_hub
+from tornado import web
+from traitlets.config import Config as TraitletsConfig
 
 from hubstack.config.load import ConfigError, validate
-from hubstack.hub.ldap import DIRECTORY_DOWN, NOT_ALLOWED
+from hubstack.hub.ldap import (
+    DIRECTORY_DOWN,
+    NOT_ALLOWED,
+    HubstackLDAPAuthenticator,
+    configure_ldap,
+)
 from login.slapd import GROUPS, PEOPLE, Slapd, group_dn, running_slapd
 
 PEOPLE_PASSWORDS = {
@@ -177,6 +186,53 @@ def test_unreadable_search_password_stops_the_hub_naming_the_key(hub: Hub, tmp_p
     assert up.returncode != 0
     assert "auth.ldap.search_bind_password" in up.stderr
     assert str(missing) in up.stderr
+
+
+def authenticator(settings: dict[str, Any], **traits: Any) -> HubstackLDAPAuthenticator:
+    """The hub's authenticator as ``hubstack up`` configures it, without a hub around it."""
+    c = TraitletsConfig()
+    configure_ldap(c, validate({"auth": {"type": "ldap", "ldap": settings}}))
+    for name, value in traits.items():
+        setattr(c.HubstackLDAPAuthenticator, name, value)
+    return HubstackLDAPAuthenticator(config=c)
+
+
+def authenticate(auth: HubstackLDAPAuthenticator, name: str) -> dict[str, Any] | None:
+    data = {"username": name, "password": PEOPLE_PASSWORDS[name]}
+    return asyncio.run(auth.authenticate(None, data))  # type: ignore[arg-type]
+
+
+TEMPLATE = {"bind_dn_template": [f"uid={{username}},{PEOPLE}"], "groups": {"search_base": GROUPS}}
+
+
+def test_ldaps_with_a_bind_template(slapd: Slapd) -> None:
+    auth = authenticator({"server": slapd.ssl_uri, "ca_file": str(slapd.ca_file), **TEMPLATE})
+    model = authenticate(auth, "ldap-bob")
+    assert model is not None
+    assert (model["name"], model["groups"]) == ("ldap-bob", ["physics"])
+
+
+@pytest.mark.parametrize("scheme", ["starttls", "ssl"])
+def test_a_certificate_from_another_ca_is_refused(slapd: Slapd, scheme: str) -> None:
+    """Without ca_file the system's CAs decide, and they do not know the test CA."""
+    server = slapd.uri if scheme == "starttls" else slapd.ssl_uri
+    auth = authenticator({"server": server, **TEMPLATE})
+    with pytest.raises(web.HTTPError) as refused:
+        authenticate(auth, "ldap-bob")
+    assert (refused.value.status_code, refused.value.log_message) == (503, DIRECTORY_DOWN)
+
+
+def test_a_directory_that_never_answers_gives_the_message(slapd: Slapd) -> None:
+    """A server that takes the connection and says nothing: the login is not held up
+    longer than directory_timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        server = f"ldap://127.0.0.1:{silent.getsockname()[1]}"
+        auth = authenticator({"server": server, **TEMPLATE}, directory_timeout=1.0)
+        with pytest.raises(web.HTTPError) as refused:
+            authenticate(auth, "ldap-bob")
+    assert (refused.value.status_code, refused.value.log_message) == (503, DIRECTORY_DOWN)
 
 
 BASE = {"server": "ldap://dir.example.org", "user_search_base": "ou=people,dc=example,dc=org"}

@@ -86,6 +86,11 @@ def unsafe_settings(config: Config) -> list[str]:
             "passwords of every account without end; set per_account, per_address and "
             "lockout above 0."
         )
+    if auth.ldap is not None and auth.ldap.tls_mode == "none":
+        warnings.append(
+            "auth.ldap.tls is none: every password people log in with crosses the network "
+            "to the directory in clear; use starttls or ssl (ca_file names the directory's CA)."
+        )
     unencrypted = [s for s in config.binder.allowed_schemes if s in UNENCRYPTED_SCHEMES]
     if config.binder.enabled and unencrypted:
         listed = " and ".join(f"{scheme}://" for scheme in unencrypted)
