@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from hubstack.config.models import Choice
 from hubstack.untrusted import InvalidLaunch, choose
 
 # An id and the groups that may pick it (empty: everyone), in the config's order.
 Offered = Mapping[str, Sequence[str]]
+
+
+class ForGroups(Protocol):
+    """A machine type or an environment: an id, and who may pick it (empty: everyone)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def groups(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,9 @@ class Access:
 NO_GROUPS = Access()
 
 
-def offered_items(items: Iterable[object]) -> dict[str, list[str]]:
-    """Machine types or environments (anything with ``id`` and ``groups``) as :data:`Offered`."""
-    return {item.id: list(item.groups) for item in items}  # type: ignore[attr-defined]
+def offered_items(items: Iterable[ForGroups]) -> dict[str, list[str]]:
+    """Machine types or environments as :data:`Offered`."""
+    return {item.id: list(item.groups) for item in items}
 
 
 def offered_choices(choice: Choice) -> dict[str, list[str]]:
