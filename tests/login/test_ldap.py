@@ -212,13 +212,23 @@ def test_ldaps_with_a_bind_template(slapd: Slapd) -> None:
     assert (model["name"], model["groups"]) == ("ldap-bob", ["physics"])
 
 
-@pytest.mark.parametrize("scheme", ["starttls", "ssl"])
-def test_a_certificate_from_another_ca_is_refused(slapd: Slapd, scheme: str) -> None:
-    """Without ca_file the system's CAs decide, and they do not know the test CA."""
-    server = slapd.uri if scheme == "starttls" else slapd.ssl_uri
-    auth = authenticator({"server": server, **TEMPLATE})
+@pytest.mark.parametrize(
+    ("server", "trusted"),
+    [
+        # Without ca_file the system's CAs decide, and they do not know the test CA.
+        ("{uri}", False),
+        ("{ssl_uri}", False),
+        # The certificate is for 127.0.0.1, not for localhost.
+        ("ldaps://localhost:{ssl_port}", True),
+    ],
+)
+def test_a_certificate_not_for_this_directory_is_refused(
+    slapd: Slapd, server: str, trusted: bool
+) -> None:
+    server = server.format(uri=slapd.uri, ssl_uri=slapd.ssl_uri, ssl_port=slapd.ssl_port)
+    settings = {"server": server, **TEMPLATE} | ({"ca_file": str(slapd.ca_file)} if trusted else {})
     with pytest.raises(web.HTTPError) as refused:
-        authenticate(auth, "ldap-bob")
+        authenticate(authenticator(settings), "ldap-bob")
     assert (refused.value.status_code, refused.value.log_message) == (503, DIRECTORY_DOWN)
 
 
