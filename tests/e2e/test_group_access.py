@@ -102,7 +102,9 @@ def test_a_group_machine_is_for_its_members_from_their_next_start(
     set_member(admin, ben.name, False)
     resp = ben.api("POST", ben.server_path("work"))
     assert refused(resp), resp.text
-    assert machines_on(form(hub, ben)) == ["small"]
+    page = form(hub, ben)
+    assert machines_on(page) == ["small"]
+    assert f"{REFUSAL} It is not selected." in page  # its saved choice, said why
 
 
 def test_admins_may_pick_every_machine(hub: Hub, admin: Session) -> None:

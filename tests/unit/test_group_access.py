@@ -302,9 +302,20 @@ def test_the_form_shows_only_what_the_user_may_pick(
 def test_the_form_says_who_a_choice_is_for_and_keeps_a_previous_choice_only_if_open() -> None:
     html = unescape(render_options_form(local_config(), {"machine": "gpu"}, access=LAB_B))
     assert checked(html, "machine") == "small"
+    refusal = "The machine type 'gpu' is for groups: lab-a, and you are in none of them."
+    assert f"{refusal} It is not selected." in html
     assert "For groups: lab-a, lab-b" in html  # on the card of "big"
     html = render_options_form(local_config(), {"machine": "big"}, access=LAB_B)
     assert checked(html, "machine") == "big"
+    assert "not selected" not in html
+
+
+def test_the_form_says_why_a_linked_slurm_choice_is_not_selected() -> None:
+    link = {"partition": "gpu", "feature": "a100"}
+    html = unescape(render_options_form(slurm_config(), link=link, access=LAB_B))
+    assert "The partition 'gpu' is for groups: lab-a" in html
+    assert "The Node feature 'a100' is for groups: lab-a" in html
+    assert re.search(r'<option value="shared" selected', html)
 
 
 @pytest.mark.parametrize(("overrides", "message"), NOTHING_OPEN)

@@ -73,6 +73,11 @@ def for_groups(groups: Sequence[str]) -> str:
     return f"for groups: {', '.join(groups)}"
 
 
+def not_open(label: str, value: str, groups: Sequence[str]) -> str:
+    """Why a configured ``value`` is not for this person."""
+    return f"The {label} {value!r} is {for_groups(groups)}, and you are in none of them."
+
+
 def nothing_open(label: str, offered: Offered) -> str:
     """Why someone may pick no ``label`` at all, and who can change that."""
     which = "; ".join(f"{item} is {for_groups(groups)}" for item, groups in offered.items())
@@ -100,7 +105,6 @@ def pick(
     value = options[key]
     if isinstance(value, str) and value in offered and value not in ids:
         raise InvalidLaunch(
-            f"The {label} {value!r} is {for_groups(offered[value])}, and you are in none of "
-            f"them. Choose one of: {', '.join(ids)}."
+            f"{not_open(label, value, offered[value])} Choose one of: {', '.join(ids)}."
         )
     return choose(label, value, ids)

@@ -24,6 +24,7 @@ from hubstack.launch.access import (
     NO_GROUPS,
     Access,
     for_groups,
+    not_open,
     nothing_open,
     offered_choices,
     offered_items,
@@ -31,6 +32,7 @@ from hubstack.launch.access import (
 from hubstack.launch.profiles import LABELS, offered_environments
 from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.launch.slurm_fields import (
+    CHOICE_FIELDS,
     NUMBER_FIELDS,
     capitalized,
     number_text,
@@ -212,6 +214,26 @@ def _slurm_rows(
     return rows
 
 
+def _not_selected(config: Config, current: Mapping[str, object], access: Access) -> list[str]:
+    """Why a previous or linked choice is not selected: it is for groups the person is not
+    in (any more), which the form would otherwise leave unsaid."""
+    offered = {
+        "machine": offered_items(config.machines),
+        "environment": offered_items(offered_environments(config)),
+    }
+    if config.backend.type == "slurm":
+        fields = config.backend.slurm.fields
+        offered |= {name: offered_choices(getattr(fields, name)) for name in CHOICE_FIELDS}
+        offered |= {extra.id: offered_choices(extra) for extra in fields.extras}
+    notices = []
+    for field, choices in offered.items():
+        value = current.get(field)
+        if isinstance(value, str) and value in choices and not access.may_pick(choices[value]):
+            label = LABELS.get(field) or slurm_label(config, field)
+            notices.append(f"{not_open(label, value, choices[value])} It is not selected.")
+    return notices
+
+
 def render_options_form(
     config: Config,
     current: Mapping[str, object] | None = None,
@@ -247,7 +269,7 @@ def render_options_form(
         ),
         repository=repo if config.binder.enabled else None,
         slurm=_slurm_rows(config, current, access),
-        notices=list(notices),
+        notices=[*notices, *_not_selected(config, current, access)],
         asked=asked,
         warning=REPOSITORY_WARNING,
     )
