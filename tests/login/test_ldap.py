@@ -232,6 +232,18 @@ def test_a_certificate_not_for_this_directory_is_refused(
     assert (refused.value.status_code, refused.value.log_message) == (503, DIRECTORY_DOWN)
 
 
+def test_a_search_account_the_directory_refuses_gives_the_message(
+    slapd: Slapd, tmp_path: Path
+) -> None:
+    """The hub's own account failing is not the person's wrong password."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-service-password")
+    auth = authenticator(ldap_settings(slapd, wrong))
+    with pytest.raises(web.HTTPError) as refused:
+        authenticate(auth, "ldap-bob")
+    assert (refused.value.status_code, refused.value.log_message) == (503, DIRECTORY_DOWN)
+
+
 def test_a_directory_that_never_answers_gives_the_message(slapd: Slapd) -> None:
     """A server that takes the connection and says nothing: the login is not held up
     longer than directory_timeout."""

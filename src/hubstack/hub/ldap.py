@@ -114,16 +114,8 @@ class HubstackLDAPAuthenticator(LDAPAuthenticator):
 
     def get_connection(self, userdn: str, password: str) -> ldap3.Connection | None:
         conn = super().get_connection(userdn, password)
-        searching = self.lookup_dn and self.lookup_dn_search_user
-        if (
-            conn is None
-            and searching
-            and (userdn, password)
-            == (
-                self.lookup_dn_search_user,
-                self.lookup_dn_search_password,
-            )
-        ):
+        search_account = (self.lookup_dn_search_user, self.lookup_dn_search_password)
+        if conn is None and self.lookup_dn_search_user and (userdn, password) == search_account:
             raise DirectoryUnavailable(f"the search account {userdn} cannot bind")
         return conn
 
