@@ -125,9 +125,11 @@ def test_outsider_is_refused_with_a_message(hub: Hub, github: FakeGitHub, admin_
     assert hub_user(hub, admin_token, "mallory-gh") is None
 
 
-def test_the_client_secret_is_not_logged(hub: Hub, admin_token: str) -> None:
-    assert "grace-gh" in hub.log()
-    assert SECRET not in hub.log()
+def test_secrets_are_not_logged(hub: Hub, github: FakeGitHub, admin_token: str) -> None:
+    log = hub.log()
+    assert "grace-gh" in log
+    assert SECRET not in log
+    assert github.tokens and not any(token in log for token in github.tokens)
 
 
 def test_github_down_during_login_is_an_error_page(

@@ -61,6 +61,9 @@ class OidcClaims(Strict):
     )
     admin_groups: list[str] = Field(default_factory=list)
     mapping: dict[str, GroupName] = Field(default_factory=dict, description=GROUP_MAPPING_HELP)
+    display: str | None = Field(
+        None, min_length=1, description="the login button says `Sign in with <display>`"
+    )
 
 
 class OidcAuth(OAuthClient, OidcClaims):

@@ -129,7 +129,7 @@ def configure_oauth(c: TraitletsConfig, config: Config) -> None:
         c.GenericOAuthenticator.authorize_url = section.authorize_url
         c.GenericOAuthenticator.token_url = section.token_url
         c.GenericOAuthenticator.userdata_url = section.userinfo_url
-        c.GenericOAuthenticator.login_service = "your organisation's login"
+        c.GenericOAuthenticator.login_service = section.display or "your organisation's login"
         _claims(c, section)
     else:
         _azuread(c, section)
@@ -152,6 +152,8 @@ def _github(c: TraitletsConfig, section: GithubAuth) -> None:
 def _azuread(c: TraitletsConfig, section: AzureAdAuth) -> None:
     c.JupyterHub.authenticator_class = f"{__name__}.HubstackAzureAdAuthenticator"
     c.AzureAdOAuthenticator.tenant_id = section.tenant_id
+    if section.display:
+        c.AzureAdOAuthenticator.login_service = section.display
     # The v2.0 endpoints (AzureAdOAuthenticator's defaults are v1's), which take scopes.
     tenant = f"{section.authority}/{section.tenant_id}/oauth2/v2.0"
     c.AzureAdOAuthenticator.authorize_url = f"{tenant}/authorize"
