@@ -290,6 +290,12 @@ BASE = {"server": "ldap://dir.example.org", "user_search_base": "ou=people,dc=ex
             "not under groups.search_base",
         ),
         (
+            # YAML's [cn=staff,ou=groups,...] is a list of parts of a DN.
+            {"allowed_groups": ["cn=staff", "ou=groups"], "groups": {"search_base": "dc=org"}},
+            "auth.ldap.allowed_groups[0]",
+            "quote DNs",
+        ),
+        (
             {"groups": {"search_base": "ou=groups,dc=x", "mapping": {"Lab": "Not Safe"}}},
             "auth.ldap.groups.mapping.Lab",
             "lowercase",

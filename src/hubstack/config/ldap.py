@@ -195,10 +195,12 @@ class LdapAuth(Strict):
             if (why := dn_problem(group)) is not None:
                 raise problem(("allowed_groups", index), why, group)
             if not (normal_dn(group) == base or normal_dn(group).endswith("," + base)):
+                # [cn=a,dc=b] in YAML is a list of two items: the usual way to get here.
+                hint = "; quote DNs in a [...] list" if len(parse_dn(group)) == 1 else ""
                 raise problem(
                     ("allowed_groups", index),
                     f"is not under groups.search_base ({self.groups.search_base}), so no "
-                    "user's groups would ever include it",
+                    f"user's groups would ever include it{hint}",
                     group,
                 )
 
