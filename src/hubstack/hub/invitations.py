@@ -137,7 +137,9 @@ def create(db: Session, group: str, by: str, seconds: int, uses: int) -> tuple[s
 def find(db: Session, code: str) -> Invitation | None:
     if not code or len(code) > 100:
         return None
-    return db.query(Invitation).filter_by(code_hash=code_hash(code)).first()
+    # populate_existing: the hub's session keeps loaded rows, and take_use changes them in SQL.
+    query = db.query(Invitation).filter_by(code_hash=code_hash(code)).populate_existing()
+    return query.first()
 
 
 def take_use(db: Session, invitation: Invitation) -> bool:
@@ -187,7 +189,7 @@ class InvitationsAPIHandler(GroupsMixin, APIHandler):
     def get(self, group_name: str) -> None:
         self.invitable(group_name)
         now = _now()
-        found = self.db.query(Invitation).filter_by(group=group_name).all()
+        found = self.db.query(Invitation).filter_by(group=group_name).populate_existing().all()
         self.write({"invitations": [i.describe() for i in found if not i.refusal(now)]})
 
     @needs_scope("groups")
@@ -211,7 +213,7 @@ class InvitationsPageHandler(GroupsMixin, BaseHandler):
 
     async def page(self, group: str, **extra: Any) -> None:
         now = _now()
-        found = self.db.query(Invitation).filter_by(group=group).all()
+        found = self.db.query(Invitation).filter_by(group=group).populate_existing().all()
         html = await self.render_template(
             "invitations.html",
             group=group,
