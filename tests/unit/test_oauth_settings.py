@@ -13,6 +13,7 @@ from tornado.httpclient import HTTPClientError
 
 from hubstack.config import ConfigError
 from hubstack.config.load import validate
+from hubstack.config.safety import unsafe_settings
 from hubstack.hub.oauth import HubstackAzureAdAuthenticator, HubstackOidcAuthenticator
 from hubstack.hub.settings import jupyterhub_config
 
@@ -141,3 +142,13 @@ def test_provider_failures_are_error_pages(
         asyncio.run(authenticator.authenticate(None))
     assert error.value.status_code == status
     assert fragment in str(error.value.log_message)
+
+
+def test_check_warns_about_plain_http_endpoints(secret: Path) -> None:
+    plain = {**URLS, "token_url": "http://login.example.org/token"}
+    warnings = unsafe_settings(config_of("oidc", plain, secret))
+    assert any(w.startswith("auth.oidc.token_url is plain http") for w in warnings), warnings
+    loopback = {**URLS, "userinfo_url": "http://127.0.0.1:9000/userinfo"}
+    assert not any("plain http" in w for w in unsafe_settings(config_of("oidc", loopback, secret)))
+    github = config_of("github", {"allowed_organizations": ["o"], "url": "http://ghe.lan"}, secret)
+    assert any(w.startswith("auth.github.url is plain http") for w in unsafe_settings(github))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
@@ -83,3 +84,23 @@ class AzureAdAuth(OAuthClient, OidcClaims):
     tenant_id: str = Field(pattern=r"^[A-Za-z0-9.-]+$")
     authority: ProviderUrl = "https://login.microsoftonline.com"
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+
+
+# The provider's addresses the hub sends the client secret or people's tokens to.
+ENDPOINT_KEYS = ("url", "authorize_url", "token_url", "userinfo_url", "authority")
+
+
+def clear_text_endpoints(section: OAuthClient) -> list[str]:
+    """The keys of ``section`` whose URL is plain http to another machine: the client
+    secret, codes and tokens would cross the network in clear."""
+    keys = []
+    for key in ENDPOINT_KEYS:
+        url = urlsplit(getattr(section, key, None) or "")
+        host = url.hostname or ""
+        if (
+            url.scheme == "http"
+            and host not in ("localhost", "::1")
+            and not host.startswith("127.")
+        ):
+            keys.append(key)
+    return keys

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hubstack.config.models import Config
+from hubstack.config.oauth import clear_text_endpoints
 from hubstack.system.accounts import account_name
 
 # Schemes without encryption or authentication of the server: anyone on the network path
@@ -91,6 +92,13 @@ def unsafe_settings(config: Config) -> list[str]:
             "auth.ldap.tls is none: every password people log in with crosses the network "
             "to the directory in clear; use starttls or ssl (ca_file names the directory's CA)."
         )
+    if auth.provider_accounts and auth.type != "ldap":
+        section = getattr(auth, auth.type)
+        for key in clear_text_endpoints(section):
+            warnings.append(
+                f"auth.{auth.type}.{key} is plain http: the client secret and people's login "
+                "codes and tokens cross the network in clear; use https."
+            )
     unencrypted = [s for s in config.binder.allowed_schemes if s in UNENCRYPTED_SCHEMES]
     if config.binder.enabled and unencrypted:
         listed = " and ".join(f"{scheme}://" for scheme in unencrypted)
