@@ -20,6 +20,7 @@ from tornado import web
 from traitlets.config import Config as TraitletsConfig
 
 from hubstack.config.load import ConfigError, validate
+from hubstack.config.safety import unsafe_settings
 from hubstack.hub.ldap import (
     DIRECTORY_DOWN,
     NOT_ALLOWED,
@@ -335,3 +336,12 @@ def test_server_address_and_tls(
     ldap = validate({"auth": {"type": "ldap", "ldap": settings}}).auth.ldap
     assert ldap is not None
     assert (ldap.host, ldap.port_number, ldap.tls_mode) == (host, port, mode)
+
+
+@pytest.mark.parametrize(("tls", "warned"), [("none", True), ("starttls", False)])
+def test_check_warns_when_passwords_would_cross_the_network_in_clear(
+    tls: str, warned: bool
+) -> None:
+    config = validate({"auth": {"type": "ldap", "ldap": {**BASE, "tls": tls}}})
+    warnings = [w for w in unsafe_settings(config) if w.startswith("auth.ldap.tls")]
+    assert bool(warnings) == warned
