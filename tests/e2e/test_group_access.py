@@ -83,9 +83,16 @@ def test_a_group_machine_is_for_its_members_from_their_next_start(
     assert machines_on(form(hub, ben)) == ["small"]
     assert refused(ben.start("work", {"machine": "gpu"}))
     assert refused(ben.start("", {"machine": "gpu"}))
+    assert refused(
+        ben.api("PUT", ben.server_path("made"), json={"user_options": {"machine": "gpu"}})
+    )
+    # Nor can a person put themselves in the group: that takes an admin (or a champion).
+    resp = ben.api("POST", f"/groups/{GROUP}/users", json={"users": [ben.name]})
+    assert resp.status_code in (403, 404), resp.text
     resp = form_post(hub, ben, "viaform", {"machine": "gpu", "environment": "python"})
     assert resp.status_code == 400 and REFUSAL in html.unescape(resp.content.decode())
-    assert ben.model("work", include_stopped=True) is None
+    for server in ("work", "made", "viaform"):
+        assert ben.model(server, include_stopped=True) is None
 
     # In the group: the form offers it, with who it is for, and the server starts on it.
     set_member(admin, ben.name, True)
