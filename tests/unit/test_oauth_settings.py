@@ -152,3 +152,10 @@ def test_check_warns_about_plain_http_endpoints(secret: Path) -> None:
     assert not any("plain http" in w for w in unsafe_settings(config_of("oidc", loopback, secret)))
     github = config_of("github", {"allowed_organizations": ["o"], "url": "http://ghe.lan"}, secret)
     assert any(w.startswith("auth.github.url is plain http") for w in unsafe_settings(github))
+
+
+def test_check_warns_about_the_default_admin_name_with_a_provider(secret: Path) -> None:
+    config = config_of("oidc", URLS, secret)
+    assert any(w.startswith("hub.admin_users names 'admin'") for w in unsafe_settings(config))
+    config.hub.admin_users = ["ada@example.org"]
+    assert not any("admin_users" in w for w in unsafe_settings(config))

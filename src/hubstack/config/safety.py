@@ -92,6 +92,12 @@ def unsafe_settings(config: Config) -> list[str]:
             "auth.ldap.tls is none: every password people log in with crosses the network "
             "to the directory in clear; use starttls or ssl (ca_file names the directory's CA)."
         )
+    if auth.provider_accounts and "admin" in config.hub.admin_users:
+        warnings.append(
+            f"hub.admin_users names 'admin' (the default) while people log in through "
+            f"{auth.type}: whoever {auth.type} calls 'admin' is a hub admin; list the admins "
+            "by the names they log in with, or set it to [] and use admin groups."
+        )
     if auth.provider_accounts and auth.type != "ldap":
         section = getattr(auth, auth.type)
         for key in clear_text_endpoints(section):
