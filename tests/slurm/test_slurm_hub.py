@@ -272,11 +272,13 @@ def test_bad_fields_are_refused_before_anything_is_submitted(
 
 def test_a_queued_job_says_why_it_waits_then_starts(hub: Hub, alice: Session) -> None:
     blocker = Blocker()
+    homes: list[str] = []
     try:
         assert alice.start("queued").status_code in (201, 202)
 
         def release_when_queued(event: dict[str, Any]) -> None:
             if "reason Resources" in str(event.get("message")):
+                homes.append(alice.http.get(f"{hub.url}/hub/home", timeout=30).text)
                 blocker.release()
 
         events = stream_progress(alice, "queued", release_when_queued, timeout=240)
@@ -285,6 +287,10 @@ def test_a_queued_job_says_why_it_waits_then_starts(hub: Hub, alice: Session) ->
     assert events[-1].get("ready"), events
     queued = [e["message"] for e in events if "queued on partition debug" in e["message"]]
     assert any("reason Resources, position 1, expected start" in m for m in queued), queued
+    # The home page's card of the queued server: its job and why it waits.
+    job = job_of(hub, "alice", "queued")
+    assert f'<span class="hs-job">{job}</span>' in homes[0]
+    assert '<span class="hs-queue">PENDING (Resources)</span>' in homes[0]
     alice.stop("queued")
 
 
