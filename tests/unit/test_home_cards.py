@@ -3,17 +3,22 @@ what each server's card says, the home's usage and the groups a person sees."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
 from jupyterhub import orm
+from jupyterhub.app import JupyterHub
 
 from hubstack.backends.base import StorageUse, Usage
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config.load import validate
 from hubstack.config.models import Config
-from hubstack.hub.home import Card, Volume, home_page
+from hubstack.hub.home import Card, HomePage, Volume, home_page
+from hubstack.hub.settings import TEMPLATES
 from hubstack.hub.spawner import HubstackSpawner
 from hubstack.slurm.client import JobInfo
 from hubstack.slurm.watcher import Tracked
@@ -181,3 +186,43 @@ def test_home_usage_groups_and_the_groups_one_champions() -> None:
 
 def test_no_home_volume_where_nothing_was_measured() -> None:
     assert home_page(config(), [], [], StorageUse(), no_queue).home is None
+
+
+def render_home(page: HomePage) -> str:
+    """Our home.html as JupyterHub renders it: its loaders, autoescape, async Jinja."""
+    base = JupyterHub()._template_paths_default()[0]
+    loader = ChoiceLoader(
+        [
+            PrefixLoader({"templates": FileSystemLoader([base])}, "/"),
+            FileSystemLoader([str(TEMPLATES), base]),
+        ]
+    )
+    env = Environment(loader=loader, autoescape=True, enable_async=True)
+
+    async def load() -> HomePage:
+        return page
+
+    user = SimpleNamespace(name="a", escaped_name="a", server_url=lambda name: f"/user/a/{name}/")
+    return asyncio.run(
+        env.get_template("home.html").render_async(
+            user=user,
+            hubstack_home=load,
+            base_url="/hub/",
+            static_url=lambda path, **_: f"/static/{path}",
+            allow_named_servers=True,
+            no_spawner_check=True,
+        )
+    )
+
+
+def test_what_users_gave_is_escaped_on_the_page() -> None:
+    cfg = config()
+    options = {"machine": "small", "environment": "repository", "repo": REPO}
+    notice = {"time": "t", "message": "stopped: <img src=x onerror=alert(1)>"}
+    stopped = row("analysis", options, {"notices": [notice]})
+    page = home_page(cfg, [stopped], ["<g>", "<g>-champions"], StorageUse(), no_queue)
+    html = render_home(page)
+    assert "<script>analysis" not in html and "&lt;script&gt;analysis.git" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<g>" not in html and "champion of <strong>&lt;g&gt;</strong>" in html
+    assert 'href="/hub/spawn/a/analysis"' in html
