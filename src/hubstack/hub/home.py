@@ -16,12 +16,10 @@ from typing import Any, Literal
 
 from hubstack.backends.base import Backend, StorageUse, Usage
 from hubstack.config import Config
+from hubstack.config.groups import CHAMPIONS_SUFFIX
 from hubstack.config.models import REPOSITORY_ENVIRONMENT
 from hubstack.hub.spawner import backend_for, config_from_json
 from hubstack.units import human_size
-
-CHAMPIONS_SUFFIX = "-champions"
-"""JupyterHub group ``<G>-champions`` holds the champions of group ``<G>``."""
 
 Status = Literal["running", "starting", "stopping", "stopped"]
 
@@ -172,6 +170,7 @@ def home_page(
     cards = [server_card(config, spawner, use, queue_state) for spawner in spawners]
     cards.sort(key=lambda card: (card.name != "", card.name))
     names = sorted(groups)
+    # JupyterHub group ``<G>-champions`` holds the champions of group ``<G>``.
     champion_of = [
         name.removesuffix(CHAMPIONS_SUFFIX)
         for name in names
