@@ -17,6 +17,7 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
@@ -276,7 +277,7 @@ class InviteHandler(GroupsMixin, BaseHandler):
             native=self.native,
             login_url=self.get_login_url()
             + "?next="
-            + web.url_escape(f"{self.hub.base_url}invite?invite_code={code}", plus=False),
+            + quote(f"{self.hub.base_url}invite?invite_code={code}", safe=""),
             joined=extra.get("joined", False),
             created=extra.get("created", ""),
             error=extra.get("error", ""),
