@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_default_env, needs_root
+from hubprocesses import single_user_servers
 from hubtest import Hub, Session
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
@@ -79,3 +80,31 @@ def test_tmp_is_the_servers_own_and_counted_in_its_volume(
 
     alice.stop("scratchy", remove=True)
     bob.stop("peeky", remove=True)
+
+
+def mounts_of(pid: int) -> list[str]:
+    """The mount points in ``pid``'s mount namespace."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return [line.split(" ")[4] for line in f]
+
+
+def test_a_stopped_servers_home_leaves_the_other_servers_namespaces(hub: Hub) -> None:
+    """Each server's namespace is a copy of the hub's mounts taken at its start: a home the
+    hub unmounts later must leave it too, or the home's next mount waits for that server."""
+    ida, ned = hub.new_user("ida"), hub.new_user("ned")
+    assert ida.start().status_code in (201, 202)
+    ida.wait_ready()
+    assert ned.start().status_code in (201, 202)
+    ned.wait_ready()
+    ida_home = str(hub.home_base / f"{hub.prefix}ida")
+    ned_uid = pwd.getpwnam(f"{hub.prefix}ned").pw_uid
+    (ned_server,) = single_user_servers({ned_uid})[ned_uid]
+    assert ida_home in mounts_of(ned_server)
+
+    ida.stop()
+    assert ida_home not in mounts_of(ned_server), "ned's server still holds ida's home"
+    assert ida.start().status_code in (201, 202)
+    ida.wait_ready()
+
+    ida.stop()
+    ned.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -42,9 +43,19 @@ from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ServerPlan, server_label, server_plan
-from hubstack.system import SystemOpError, accounts, cgroups, shared_folders, tool, volumes
+from hubstack.system import (
+    SystemOpError,
+    accounts,
+    cgroups,
+    propagation,
+    shared_folders,
+    tool,
+    volumes,
+)
 from hubstack.system.userpaths import own_dir
 from hubstack.units import format_size
+
+log = logging.getLogger("hubstack.local")
 
 STOP_GRACE_SECONDS = 5.0
 # env(1)'s exit statuses for a command it found but could not run, and one it did not find.
@@ -107,6 +118,8 @@ class LocalBackend:
         self.data_dir = config.hub.data_dir
         self.shared = shared_folders.SharedFolders(config)
         self._locks: dict[str, threading.Lock] = {}
+        self._homes_shared = False
+        self._sharing_homes = threading.Lock()
 
     def describe(self) -> str:
         if not self.accounts.root:
@@ -170,6 +183,7 @@ class LocalBackend:
             mountpoint.mkdir(parents=True, exist_ok=True)
             return
         if not self.accounts.existing:
+            self._share_homes()
             home_image = self.data_dir / "storage/homes" / f"{account.name}.img"
             volumes.create_image(home_image, storage.home, account.uid, account.gid)
             volumes.mount(home_image, account.home, account.uid, account.gid)
@@ -177,6 +191,20 @@ class LocalBackend:
         volumes.create_image(image, storage.server_volume, account.uid, account.gid)
         # The home is the user's: ~/volumes is walked from it, never followed.
         volumes.mount(image, mountpoint, account.uid, account.gid, below=account.home)
+
+    def _share_homes(self) -> None:
+        """Once per hub, before the first home is mounted: homes unmounted here must leave
+        the namespaces of servers started while they were mounted (see system.propagation)."""
+        with self._sharing_homes:
+            if self._homes_shared:
+                return
+            if not propagation.share(self.local.home_base):
+                log.warning(
+                    "Mounts below %s are not shared: a stopped server's home stays busy until "
+                    "the servers started while it was mounted end. Unmount them to fix this.",
+                    self.local.home_base,
+                )
+            self._homes_shared = True
 
     def _volume(self, account: accounts.Account, label: str) -> Path:
         """Where the server's storage is mounted (in dev mode: a plain directory)."""
