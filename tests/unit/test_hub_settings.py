@@ -11,6 +11,7 @@ from traitlets.utils.importstring import import_item
 from hubstack.config.load import validate
 from hubstack.config.models import Config
 from hubstack.hub.address import ROUTE, ServerAddressHandler
+from hubstack.hub.groups import CLI_SERVICE
 from hubstack.hub.settings import BINDER_SERVICE, jupyterhub_config
 from hubstack.hub.spawner import HubstackSpawner
 
@@ -32,13 +33,13 @@ def test_every_backend_runs_under_the_one_spawner(backend: str) -> None:
 
 def test_local_servers_report_nothing_and_start_in_jupyterhubs_time() -> None:
     _, c = hub_config()
-    assert "extra_handlers" not in c.JupyterHub
+    assert (ROUTE, ServerAddressHandler) not in c.JupyterHub.extra_handlers
     assert "start_timeout" not in c.HubstackSpawner
 
 
 def test_slurm_jobs_report_their_address_and_may_wait_in_the_queue() -> None:
     config, c = hub_config(backend={"type": "slurm", "slurm": {"start_timeout": "2h"}})
-    assert c.JupyterHub.extra_handlers == [(ROUTE, ServerAddressHandler)]
+    assert c.JupyterHub.extra_handlers[-1] == (ROUTE, ServerAddressHandler)
     assert c.HubstackSpawner.start_timeout == config.backend.slurm.start_timeout == 7200
 
 
@@ -61,7 +62,8 @@ def test_servers_outlive_the_hub_unless_told_otherwise() -> None:
 def test_the_binder_service_runs_only_when_enabled(enabled: bool) -> None:
     _, c = hub_config(binder={"enabled": enabled})
     services = [service["name"] for service in c.JupyterHub.services]
-    assert services == (["idle-culler", BINDER_SERVICE] if enabled else ["idle-culler"])
+    binder = [BINDER_SERVICE] if enabled else []
+    assert services == ["idle-culler", *binder, CLI_SERVICE]
 
 
 def test_extra_jupyterhub_config_has_the_last_word() -> None:
