@@ -88,13 +88,23 @@ def test_config_groups_and_members_are_in_the_database(tmp_path: Path) -> None:
     sync_groups(url, config)
     sync_groups(url, config)  # a restart adds nothing twice
     db = orm.new_session_factory(url)()
-    members = {g.name: sorted(u.name for u in g.users) for g in db.query(orm.Group)}
-    assert members == {
+    assert members(db) == {
         "lab": ["max", "mia"],
         "lab-champions": ["chris"],
         "staff": [],
         "staff-champions": ["pat"],
     }
+    # Someone added at run time stays; someone taken out of the file leaves.
+    lab_champions = orm.Group.find(db, "lab-champions")
+    lab_champions.users.append(orm.User(name="carl"))
+    db.commit()
+    sync_groups(url, validate({"groups": {"lab": {"members": ["mia"]}}}))
+    db.expire_all()
+    assert members(db)["lab"] == ["mia"] and members(db)["lab-champions"] == ["carl"]
+
+
+def members(db) -> dict[str, list[str]]:
+    return {g.name: sorted(u.name for u in g.users) for g in db.query(orm.Group)}
 
 
 @pytest.mark.parametrize(

@@ -83,29 +83,40 @@ def hub_managed_groups(config: Config) -> frozenset[str]:
     return frozenset(names)
 
 
+# A group property: the members the file gave at the last start, so that someone taken
+# out of the file (a champion above all) leaves the group at the next start.
+FROM_CONFIG = "hubstack_from_config"
+
+
 def sync_groups(db_url: str, config: Config) -> None:
     """Create the config's groups and add their members, in the hub's database, before
     JupyterHub starts.
 
     Not JupyterHub's ``load_groups``: JupyterHub refuses it when the authenticator manages
-    groups (a login provider), and one way for every ``auth.type`` is simpler. Members
-    added at run time stay; someone removed at run time but listed here comes back at the
-    next start, as the file says. Users made here get JupyterHub's default role at start.
+    groups (a login provider), and it never takes anyone out. Here members the file gave
+    at the last start and no longer lists are taken out; members added at run time (admin
+    page, ``hubstack group``, invitations) stay. Users made here get JupyterHub's default
+    role at start.
     """
     db = orm.new_session_factory(db_url)()
     try:
         for group_name, user_names in config_memberships(config).items():
             group = orm.Group.find(db, group_name)
             if group is None:
-                group = orm.Group(name=group_name)
+                group = orm.Group(name=group_name, properties={})
                 db.add(group)
+            properties = dict(group.properties or {})
+            dropped = set(properties.get(FROM_CONFIG, [])) - set(user_names)
+            group.users = [user for user in group.users if user.name not in dropped]
             for user_name in user_names:
                 user = orm.User.find(db, user_name)
                 if user is None:
                     user = orm.User(name=user_name)
                     db.add(user)
-                if group not in user.groups:
+                if user not in group.users:
                     group.users.append(user)
+            properties[FROM_CONFIG] = sorted(user_names)
+            group.properties = properties
         db.commit()
     finally:
         db.close()
