@@ -11,7 +11,9 @@ with ``shared.volumes`` set, each server also gets its own directory there, remo
 the server is deleted. Hard size limits on those are the shared filesystem's quotas. Root
 makes only the account's directories under those two root-owned bases; everything in them
 (the job logs' directory, the server's directory and its link) is made, read and removed as
-the user, or through descriptors checked to be the user's.
+the user, or through descriptors checked to be the user's. Groups' shared folders are
+mounted by the hub under ``shared.groups``, which every node must see (see
+:mod:`hubstack.system.shared_folders`); the job links them at ``~/shared`` as the user.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ from hubstack.config import Config
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ALL_ADDRESSES, server_label, server_plan
 from hubstack.slurm.client import JobEnd, Slurm, SlurmError, reason_from_log
-from hubstack.slurm.jobscript import JobScript, JobScriptError, render_job_script
+from hubstack.slurm.jobscript import JobScript, JobScriptError, render_job_script, shared_links
 from hubstack.slurm.watcher import JobWatcher, Tracked
-from hubstack.system import SystemOpError, accounts, tool, userpaths
+from hubstack.system import SystemOpError, accounts, shared_folders, tool, userpaths
 from hubstack.units import slurm_time
 
 log = logging.getLogger("hubstack.slurm")
@@ -140,6 +142,7 @@ class SlurmBackend:
             self.settings.unknown_grace,
         )
         self._addresses: dict[str, asyncio.Future[None]] = {}
+        self.shared = shared_folders.SharedFolders(config)
 
     def describe(self) -> str:
         return (
@@ -220,6 +223,22 @@ class SlurmBackend:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    async def _share(self, spec: ServerSpec, account: accounts.Account) -> str:
+        """Mount the shared folders the user's groups grant under ``shared.groups`` and
+        give the account their groups (which the job's processes get on every node from the
+        site's shared account database); the job script links them at ``~/shared``. A hub
+        that is not root can do neither, and offers no shared folders."""
+        if not self.shared.folders or not self.accounts.root:
+            return ""
+        granted = self.shared.grants(spec.groups, spec.admin)
+        try:
+            await asyncio.to_thread(self.shared.prepare, account.name, granted)
+        except SystemOpError as exc:
+            raise StartFailed(
+                f"Your groups' shared folders could not be prepared: {exc}", reason="storage"
+            ) from None
+        return shared_links(self.shared.mounts, granted)
+
     async def check_request(self, hub_user: str, request: LaunchRequest) -> str | None:
         """Check the choice against the scheduler's own view (cached), before submitting.
 
@@ -289,6 +308,7 @@ class SlurmBackend:
         )
         if spec.built is not None:
             await place_files(spec.built, volume, account if self.accounts.root else None)
+        shared = await self._share(spec, account)
         job = JobScript(
             job_name=plan.unit,
             output=str(account.home / ".hubstack/jobs" / f"{plan.label}-%j.log"),
@@ -303,6 +323,7 @@ class SlurmBackend:
                 '${JUPYTERHUB_SERVICE_PREFIX}"'
             ),
             command=plan.argv,
+            shared=shared,
         )
         try:
             script = render_job_script(self.settings.script, job)

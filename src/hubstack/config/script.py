@@ -23,6 +23,7 @@ SCRIPT_VARIABLES = (
     "reporter",
     "command",
     "request",
+    "shared",
 )
 
 

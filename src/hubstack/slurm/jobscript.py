@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hubstack.config.models import SAFE_TOKEN, SBATCH_OPTION
 from hubstack.config.script import script_environment
@@ -32,6 +33,9 @@ DEFAULT_TEMPLATE = """\
 set -e
 {{ prologue }}
 set -u
+{% if shared %}
+{{ shared }}
+{% endif %}
 cd {{ workdir | sh }}
 {{ reporter }}
 exec {{ command }} --port="$port"
@@ -57,6 +61,33 @@ class JobScript:
     prologue: str  # the site's lines (trusted), e.g. module load
     reporter: str  # trusted bash that sets $port and reports the server's address
     command: Sequence[str]  # argv of the server, container prefix included; not quoted
+    shared: str = ""  # trusted bash that links ~/shared/<folder> (see shared_links)
+
+
+def shared_links(base: Path, granted: Iterable[str]) -> str:
+    """Bash that makes ``~/shared/<folder>`` a link to ``<base>/<folder>`` for each
+    ``granted`` folder and removes links to ``base`` left from earlier jobs (membership ends).
+
+    It runs in the job, as the user, so whatever the user keeps in ``~/shared`` can only
+    mislead the user's own rights; root never touches it. What the user may read or write
+    in a folder is its Unix permissions, on every node.
+    """
+    names = sorted(granted)
+    lines = [
+        'if [ -d "$HOME/shared" ]; then for link in "$HOME"/shared/*; do',
+        f'  case "$(readlink -- "$link" || true)" in {shlex.quote(str(base))}/*) '
+        'rm -f -- "$link" ;; esac',
+        "done; fi",
+    ]
+    if names:
+        lines.append('mkdir -p -- "$HOME/shared" 2>/dev/null || true')
+    for name in names:
+        target, link = shlex.quote(str(base / name)), shlex.quote(name)
+        lines.append(
+            f'ln -sT -- {target} "$HOME/shared/"{link} 2>/dev/null || '
+            f'echo "hubstack: ~/shared/"{link}" is in the way of the shared folder" >&2'
+        )
+    return "\n".join(lines)
 
 
 def _on_sbatch_line(what: str, value: str) -> str:
@@ -105,6 +136,7 @@ def render_job_script(template: str | None, job: JobScript) -> str:
         "reporter": job.reporter,
         "command": shlex.join(_in_body("command argument", arg) for arg in job.command),
         "request": job.request,
+        "shared": job.shared,
     }
     try:
         source = DEFAULT_TEMPLATE if template is None else template

@@ -60,8 +60,9 @@ def unix_group(prefix: str, folder: str, role: str) -> str:
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(folder.encode()).hexdigest()[:_HASH_LEN]
-    keep = MAX_NAME - len(prefix) - _HASH_LEN - 1 - len(role) - 1
-    return f"{prefix}{folder[:keep]}-{digest}_{role}"
+    keep = MAX_NAME - len(prefix) - _HASH_LEN - len(f"-_{role}")
+    stem = f"{folder[:keep]}-{digest}" if keep > 0 else digest
+    return f"{prefix}{stem}_{role}"
 
 
 @dataclass(frozen=True)
