@@ -64,7 +64,9 @@ def test_a_safe_config_gets_no_warning(root: Path) -> None:
     assert check(root, safe_config(root)) == []
 
 
-@pytest.mark.parametrize("key", ["hub.data_dir", "binder.root", "backend.local.home_base"])
+@pytest.mark.parametrize(
+    "key", ["hub.data_dir", "binder.root", "backend.local.home_base", "policy.shared.path"]
+)
 def test_a_directory_above_writable_by_every_account(root: Path, key: str) -> None:
     config = safe_config(root)
     shared = root / "shared"

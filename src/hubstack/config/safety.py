@@ -62,11 +62,15 @@ def _directories(config: Config) -> Iterator[tuple[str, Path]]:
         yield "binder.root", config.binder.root
     if config.backend.type == "local":
         yield "backend.local.home_base", config.backend.local.home_base
+        if config.policy.shared.path is not None:
+            yield "policy.shared.path", config.policy.shared.path
     else:
         shared = config.backend.slurm.shared
         yield "backend.slurm.shared.home_base", shared.home_base
         if shared.volumes is not None:
             yield "backend.slurm.shared.volumes", shared.volumes
+        if shared.groups is not None:
+            yield "backend.slurm.shared.groups", shared.groups
 
 
 def unsafe_settings(config: Config) -> list[str]:
