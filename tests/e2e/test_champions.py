@@ -141,3 +141,13 @@ def test_cli_refuses_with_a_message(hub: Hub) -> None:
     assert unknown.returncode == 1 and "'nope' is not a group" in unknown.stderr
     nobody = hub.cli("group", "add-member", "lab", "ch-nobody")
     assert nobody.returncode == 1 and "ch-nobody" in nobody.stderr
+
+
+def test_admin_makes_a_champion_as_the_admin_page_does(hub: Hub, mia: Session) -> None:
+    """The admin page edits the champions' group through the REST API."""
+    admin = hub.login("admin", hub.admin_password)
+    dora = hub.new_user("ch-dora")
+    assert admin.api("POST", "/groups/lab-champions/users", json={"users": ["ch-dora"]}).ok
+    assert names(dora.api("GET", "/users")) == {"ch-mia"}
+    assert admin.api("DELETE", "/groups/lab-champions/users", json={"users": ["ch-dora"]}).ok
+    assert dora.api("GET", "/users").status_code == 403
