@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import needs_default_env, needs_root
-from hubtest import Hub, Session, running_hub
+from hubprocesses import kill_hub
+from hubtest import Hub, Session, running_hub, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -131,13 +132,37 @@ def test_a_full_folder_stops_its_writer_only(people: dict[str, Session]) -> None
         champion,
         '{"fill": lambda: write(home + "/shared/sflab/big", "x" * (16 * 2**20)),'
         ' "home": lambda: write(home + "/after-full.txt", "still fine"),'
-        ' "read": lambda: open(home + "/shared/sflab/notes.txt").read()}',
+        ' "read": lambda: open(home + "/shared/sflab/notes.txt").read(),'
+        ' "free": lambda: os.remove(home + "/shared/sflab/big")}',
     )
     assert result["fill"] == {"errno": 28}, "ENOSPC for the writer"
     assert result["home"] == {"ok": True}
     assert result["read"] == {"ok": "from the champion"}
+    assert result["free"] == {"ok": None}, "the writer can make room again"
     model = champion.model()
     assert model is not None and model["ready"], "the server still runs"
+
+
+def test_folders_and_membership_survive_kill_of_the_hub(
+    hub: Hub, people: dict[str, Session]
+) -> None:
+    """The folders' state is on disk (images, the group file): a crash loses none of it."""
+    kill_hub(hub)
+    hub.start()
+    champion = people["champ"]
+    wait_for(lambda: champion.model() is not None, 60, "the champion's server to be taken back")
+    running = probe(champion, '{"read": lambda: open(home + "/shared/sflab/notes.txt").read()}')
+    assert running["read"] == {"ok": "from the champion"}
+
+    champion.stop()
+    assert champion.start().status_code in (201, 202)
+    champion.wait_ready()
+    again = probe(
+        champion,
+        f'{{"write": lambda: write(home + "/shared/sflab/after-crash.txt", "kept"), {GROUPS}}}',
+    )
+    assert again["write"] == {"ok": True}
+    assert ours(hub, again) == {"sfchamp", "sflab_r", "sflab_w"}
 
 
 def test_a_removed_member_loses_the_folder_at_the_next_start(
