@@ -4,7 +4,9 @@ change."""
 
 from __future__ import annotations
 
+import grp
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -18,9 +20,9 @@ from system.conftest import RunAs
 
 from hubstack.backends.local import LocalBackend
 from hubstack.config.models import Config
-from hubstack.system import SystemOpError, cgroups
+from hubstack.system import SystemOpError, cgroups, volumes
 from hubstack.system.accounts import Account
-from hubstack.system.shared_folders import home_folders
+from hubstack.system.shared_folders import SharedFolders, home_folders
 
 pytestmark = [needs_root]
 
@@ -194,3 +196,28 @@ def test_the_namespace_refuses_a_shared_directory_swapped_after_the_check(
     seen = namespace(scratch, uid, path, shared, f"ls {victim}/lab; echo RAN")
     assert "changed while the server started" in seen
     assert "RAN" not in seen and "secret" not in seen, "nothing ran, nothing was mounted"
+
+
+def test_a_mount_base_others_can_write_is_refused(scratch: Path) -> None:
+    """Another account could plant a link where root mounts and chowns: refused, not used."""
+    prefix = f"hs{secrets.token_hex(2)}-"
+    opened = scratch / "open"
+    opened.mkdir()
+    os.chmod(opened, 0o777)
+    config = Config.model_validate(
+        {
+            "hub": {"data_dir": str(scratch / "data")},
+            "accounts": {"prefix": prefix},
+            "groups": {"lab": {"shared": {"quota": "8M"}}},
+            "policy": {"shared": {"path": str(opened / "shared")}},
+        }
+    )
+    shared = SharedFolders(config)
+    try:
+        with pytest.raises(SystemOpError, match="writable by root alone"):
+            shared.prepare("nobody", {"lab": False})
+        assert not volumes.is_in_use(scratch / "data/storage/shared/lab.img")
+    finally:
+        for group in grp.getgrall():
+            if group.gr_name.startswith(prefix):
+                subprocess.run(["groupdel", group.gr_name], check=False)

@@ -36,6 +36,7 @@ import grp
 import hashlib
 import os
 import pwd
+import stat
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from pathlib import Path
 
 from hubstack.config import Config
 from hubstack.config.groups import CHAMPIONS_SUFFIX
-from hubstack.system import NO_FOLLOW_DIR, SystemOpError, run, volumes
+from hubstack.system import NO_FOLLOW_DIR, SystemOpError, run, userpaths, volumes
 from hubstack.system.accounts import MAX_NAME, account_db_lock
 
 EVERYONE = "everyone"
@@ -151,24 +152,36 @@ class SharedFolders:
 
     def _ensure(self, folder: Folder) -> None:
         """Create the folder's groups and image if missing, mount it and set its
-        permissions (again each time: a recreated group may have a new gid)."""
+        permissions (again each time: a recreated group may have a new gid).
+
+        The mount base must be root's alone up from ``/`` (checked, not assumed), and the
+        folder's root is then changed through a descriptor opened without following links.
+        """
         writers = ensure_unix_group(folder.writers)
         owner = writers if folder.readers is None else ensure_unix_group(folder.readers)
         image = self.images / f"{folder.name}.img"
         volumes.create_image(image, folder.quota, 0, owner)
-        mountpoint = self.path(folder.name)
-        volumes.mount(image, mountpoint, 0, owner, mode=0o2770)
-        # A folder's root is root's, in root's own directory: nothing on this path is a
-        # user's to swap. setfacl (the acl package) writes the ACL xattrs, a format better
-        # left to the library that defines it.
+        self.mounts.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.close(userpaths.open_root_dir(self.mounts))
+        volumes.mount(image, self.path(folder.name), 0, owner, mode=0o2770)
         if folder.readers is None:
             entries = "u::rwx,g::rwx,o::r-x"
         else:
             entries = f"u::rwx,g::r-x,g:{writers}:rwx,m::rwx,o::---"
         default = ",".join(f"d:{entry}" for entry in entries.split(","))
-        os.chown(mountpoint, 0, owner, follow_symlinks=False)
-        run(["setfacl", "--physical", "--set", f"{entries},{default}", str(mountpoint)])
-        os.chmod(mountpoint, os.stat(mountpoint).st_mode | 0o2000)
+        base = userpaths.open_root_dir(self.mounts)
+        try:
+            root = os.open(folder.name, NO_FOLLOW_DIR, dir_fd=base)
+        finally:
+            os.close(base)
+        try:
+            os.fchown(root, 0, owner)
+            # setfacl (the acl package) writes the ACL xattrs, a format better left to the
+            # library that defines it; it is given the descriptor's path, not a name.
+            run(["setfacl", "--set", f"{entries},{default}", f"/proc/{os.getpid()}/fd/{root}"])
+            os.fchmod(root, stat.S_IMODE(os.fstat(root).st_mode) | stat.S_ISGID)
+        finally:
+            os.close(root)
 
 
 def ensure_unix_group(name: str) -> int:
