@@ -43,6 +43,10 @@ for pair in "${needs[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# PostgreSQL: the usage ledger's tests start a throwaway cluster (Debian keeps initdb off PATH).
+if [ "$with_test" = 1 ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   need_root "installing ${missing[*]}"
   step "apt-get install ${missing[*]}"
