@@ -21,17 +21,18 @@ from pydantic import (
     model_validator,
 )
 
+from hubstack.config.alerts import AlertSettings
 from hubstack.config.auth import AuthSettings
-from hubstack.config.base import Strict, problem
+from hubstack.config.base import HTTP_URL, AbsolutePath, Strict, problem
 from hubstack.config.groups import GroupName, GroupSettings, SharedFolder
 from hubstack.config.script import check_script
+from hubstack.config.usage import UsageSettings
 from hubstack.units import Duration, Size, format_size
 
 SLUG = r"^[a-z][a-z0-9-]{0,29}$"
 BIND = r"^[^:\s]*:\d{1,5}$"
 BASE_URL = r"^/([A-Za-z0-9._~-]+/)*$"
 URL_PATH = r"^/[A-Za-z0-9/_.-]*$"
-HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 ORIGIN = r"^https?://[a-z0-9.-]+(:[0-9]{1,5})?$"
 # Values that end up on an ``#SBATCH`` line: no whitespace, quotes, ``#``, ``$`` or line
 # breaks, so none can end the line, start another option or reach the shell.
@@ -66,12 +67,6 @@ def default_data_dir() -> Path:
     return Path.home() / ".local/share/hubstack"
 
 
-def _absolute(value: Path) -> Path:
-    if not value.is_absolute():
-        raise ValueError(f"{str(value)!r} is not an absolute path")
-    return value
-
-
 def _split_command(value: object) -> object:
     """A command line written as one string is split the way a shell would split it."""
     if not isinstance(value, str):
@@ -92,7 +87,6 @@ def _port_range(value: str) -> str:
     raise ValueError("not a port range; use LOW-HIGH within 1024-65535, e.g. 20000-29999")
 
 
-AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 Command = Annotated[
     list[str], BeforeValidator(_split_command), PlainSerializer(shlex.join, return_type=str)
 ]
@@ -487,6 +481,8 @@ class Config(Strict):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     binder: BinderSettings = Field(default_factory=BinderSettings)
     groups: dict[GroupName, GroupSettings] = Field(default_factory=dict)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     extra_jupyterhub_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("machines", "environments")
@@ -574,6 +570,18 @@ class Config(Strict):
                         f" to max {shown(limits.max)}; set a default or widen the range",
                         shown(needs(machine)),
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _prices_are_for_machines(self) -> Self:
+        ids = [m.id for m in self.machines]
+        for machine_id in self.usage.prices.machines:
+            if machine_id not in ids:
+                raise problem(
+                    ("usage", "prices", "machines", machine_id),
+                    f"is not a machine type id; machine types: {', '.join(ids)}",
+                    machine_id,
+                )
         return self
 
     def machine(self, machine_id: str) -> Machine | None:
