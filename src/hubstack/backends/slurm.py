@@ -26,6 +26,7 @@ import pwd
 import shlex
 import shutil
 import socket
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
@@ -46,6 +47,7 @@ from hubstack.backends.base import (
 from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
+from hubstack.hub import metrics
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ALL_ADDRESSES, server_label, server_plan
 from hubstack.slurm.client import JobEnd, Slurm, SlurmError, reason_from_log
@@ -287,10 +289,13 @@ class SlurmBackend:
         else:
             state = await self._submit(spec, emit)
             record(state)
+        submitted = time.monotonic()
         tracked = self.watcher.track(state["job_id"])
         tracked.urgent = True
         try:
             await self._wait_for_address(state, tracked, emit)
+            if not resume:
+                metrics.SLURM_QUEUE_WAIT.observe(time.monotonic() - submitted)
             await self._wait_listening(state, tracked, spec.env["JUPYTERHUB_SERVICE_PREFIX"])
         finally:
             tracked.urgent = False
@@ -352,6 +357,10 @@ class SlurmBackend:
             # it is readable by root only, like the hub's own secrets.
             "api_token": spec.env["JUPYTERHUB_API_TOKEN"],
         }
+
+    def server_socket(self) -> None:
+        """None: a job's server binds a port on its node and reports it (report_address)."""
+        return None
 
     async def refuse_address(self, state: dict[str, Any], host: str) -> str | None:
         """Why ``host`` is not where the job's server can listen; None if it is.

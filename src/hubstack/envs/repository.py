@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from hubstack.envs.cache import BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
 from hubstack.errors import Explained
+from hubstack.hub import metrics
 from hubstack.launch.repo import RepoSource, repo_source
 from hubstack.system import cgroups
 from hubstack.system.accounts import Account
@@ -145,6 +147,7 @@ class Repositories:
         for notice in spec.notices:
             phase("fetching", f"Note: {notice}")
         env = self.cache.get(key)
+        metrics.environment_found(cached=env is not None)
         if env is None:
             job = BuildJob(
                 key=key, spec=spec, python=self.pythons[python], mirror=mirror, commit=commit
@@ -226,7 +229,9 @@ class Repositories:
             self._check_queue(owner)
             build = _Build(asyncio.ensure_future(self._run(job, source, python)))
             self._builds[job.key] = build
+            metrics.build_queued(job.key)
             build.task.add_done_callback(lambda _: self._builds.pop(job.key, None))
+            build.task.add_done_callback(lambda _: metrics.build_left_queue(job.key))
         else:
             phase("building", "Another launch is building this environment: following its log")
             for line in build.lines:
@@ -288,8 +293,15 @@ class Repositories:
                 if existing is not None:
                     return existing
                 build.started = True
+                metrics.build_left_queue(job.key)
                 build.line(f"Building the environment {job.key[:12]} for {source.url}")
-                await self.builder.build(job, build.line)
+                began = time.monotonic()
+                try:
+                    await self.builder.build(job, build.line)
+                except BaseException:
+                    metrics.build_finished(time.monotonic() - began, ok=False)
+                    raise
+                metrics.build_finished(time.monotonic() - began, ok=True)
                 meta = {
                     "repo": source.url,
                     "ref": source.ref,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
 
+from hubstack.hub import metrics
+
 
 class HubstackProxy(ConfigurableHTTPProxy):
     """JupyterHub's proxy, ending a proxy left by a killed hub only if it is one.
@@ -27,3 +29,11 @@ class HubstackProxy(ConfigurableHTTPProxy):
             raise ProcessLookupError(pid) from None
         if owner != os.geteuid() or os.fsencode(self.command[0]) not in argv:
             raise ProcessLookupError(pid)
+
+    async def check_running(self) -> None:
+        """JupyterHub's check, which starts a stopped proxy again; counted for the metrics
+        and the proxy-restarted alert."""
+        stopped = self.proxy_process is not None and self.proxy_process.poll() is not None
+        await super().check_running()
+        if stopped:
+            metrics.proxy_restarted()

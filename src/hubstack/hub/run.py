@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from hubstack.config import Config
-from hubstack.hub import builtin_accounts, invitations
+from hubstack.hub import builtin_accounts, invitations, storage
 from hubstack.hub.groups import sync_groups
 from hubstack.hub.settings import db_url, jupyterhub_config
 from hubstack.hub.spawner import backend_for
@@ -29,11 +29,12 @@ def announce_admins(config: Config) -> None:
 
 def run(config: Config, stop_servers: bool = False) -> int:
     """Run the hub until it is stopped; ``stop_servers``: stop users' servers with it."""
-    from jupyterhub.app import JupyterHub
+    from hubstack.hub.app import HubstackHub
 
     announce_admins(config)
     sync_groups(db_url(config), config)
     invitations.create_table(db_url(config))
+    storage.create_table(db_url(config))
     c = jupyterhub_config(config, stop_servers)
     # Only our config: never pick up a stray jupyterhub_config.py from the working directory.
     empty = config.hub.data_dir / "jupyterhub_config.py"
@@ -41,6 +42,6 @@ def run(config: Config, stop_servers: bool = False) -> int:
     c.JupyterHub.config_file = str(empty)
     backend = backend_for(c.HubstackSpawner.hubstack_config)
     print(f"hubstack: {backend.describe()}", flush=True)
-    JupyterHub.instance(config=c)
-    JupyterHub.launch_instance([])
+    HubstackHub.instance(config=c)
+    HubstackHub.launch_instance([])
     return 0

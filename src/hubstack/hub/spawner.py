@@ -30,6 +30,7 @@ from hubstack.backends.local import LocalBackend
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
 from hubstack.envs.repository import PrepareFailed, Repositories
+from hubstack.hub import metrics
 from hubstack.launch import (
     InvalidLaunch,
     LaunchRequest,
@@ -75,6 +76,15 @@ def form_options(config: Config, formdata: dict[str, list[Any]]) -> dict[str, st
         return options_from_form(formdata, config)
     except InvalidLaunch as exc:
         raise web.HTTPError(400, exc.message) from None
+
+
+def _refusal(exc: Exception) -> str:
+    """What the hub answered to a refused request, as the user should read it."""
+    response = getattr(exc, "response", None)
+    if response is not None and response.body:
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(response.body)["message"])
+    return str(exc)
 
 
 def access_of(user: Any) -> Access:
@@ -310,6 +320,16 @@ class HubstackSpawner(Spawner):
             await self._events_changed.wait()
 
     async def start(self) -> tuple[str, int]:
+        began = time.monotonic()
+        ok = False
+        try:
+            address = await self._start()
+            ok = True
+            return address
+        finally:
+            metrics.spawn_finished(self.hubstack.backend.type, time.monotonic() - began, ok)
+
+    async def _start(self) -> tuple[str, int]:
         request = self.request or resolve(self.hubstack, self.user_options, access_of(self.user))
         self._events = []
         resume = None
@@ -324,7 +344,10 @@ class HubstackSpawner(Spawner):
                 request, built = await self._prepare_repository(request)
             except PrepareFailed as exc:
                 raise self._spawn_error(exc.message, "environment") from None
-        self.port = random_port()
+        # Where the backend binds the server's socket, its port is the server's from now on;
+        # a port picked here (and bound by the server later) is only a job's placeholder.
+        listening = self.backend.server_socket()
+        self.port = random_port() if listening is None else listening.getsockname()[1]
         spec = ServerSpec(
             self.user.name,
             self.name,
@@ -335,11 +358,15 @@ class HubstackSpawner(Spawner):
             # Read now, so a change of membership takes effect at the next start.
             groups=frozenset(group.name for group in self.user.groups),
             admin=bool(self.user.admin),
+            listening=listening,
         )
         try:
             started = await self.backend.start(spec, self._emit, self._record, resume)
         except StartFailed as exc:
             raise self._spawn_error(exc.message, exc.reason) from None
+        finally:
+            if listening is not None:
+                listening.close()  # the server holds its own copy
         self.backend_state = started.state
         return started.ip, started.port
 
@@ -379,10 +406,27 @@ class HubstackSpawner(Spawner):
             )
         except (OSError, HTTPClientError) as exc:
             self.log.error("Could not resume the start of %s: %s", self._log_name, exc)
-            self.add_notice(
+            await self._give_up_resume(
                 f"Your server {self._server_label()} could not be started again after a "
-                f"hub restart: {exc}"
+                f"hub restart: {_refusal(exc)}"
             )
+
+    async def _give_up_resume(self, notice: str) -> None:
+        """End the job of a start that could not be taken back (e.g. its owner has left the
+        group its machine type is for): left queued with no server in the hub, it would hold
+        the scheduler's resources, and the owner's next start would take it back unasked.
+
+        JupyterHub may have made a new spawner for this server since the restart; the
+        current one holds the state (and the notices) the hub shows and the next start reads.
+        """
+        current = self.user.spawners[self.name]
+        state = self.backend_state or current.backend_state
+        for spawner in {id(self): self, id(current): current}.values():
+            spawner._resuming = spawner.will_resume = False
+        if state:
+            await self.backend.stop(state)
+        current.backend_state = {}
+        current.add_notice(notice)
 
     async def poll(self) -> int | None:
         if not self.backend_state:

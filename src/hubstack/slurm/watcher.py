@@ -59,6 +59,8 @@ class JobWatcher:
         self.pending_interval = pending_interval
         self.unknown_grace = unknown_grace
         self.jobs: dict[str, Tracked] = {}
+        # When queries began to fail (None: the last one was answered), for the alert.
+        self.failing_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -101,6 +103,8 @@ class JobWatcher:
             found = await self.slurm.queue([t.job_id for t in tracked])
         except SlurmError as exc:
             now = time.monotonic()
+            if self.failing_since is None:
+                self.failing_since = now
             for t in tracked:
                 if t.unknown_since is None:
                     t.unknown_since = now
@@ -108,6 +112,7 @@ class JobWatcher:
                     log.warning("job %s: the scheduler has not answered for a while", t.job_id)
             log.warning("squeue failed; keeping %d job(s) as last seen: %s", len(tracked), exc)
         else:
+            self.failing_since = None
             for t in tracked:
                 t.unknown_since = None
                 t.info = found.get(t.job_id, t.info)

@@ -1,0 +1,50 @@
+"""JupyterHub's application with hubstack's watch started beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from jupyterhub import orm
+from jupyterhub.app import JupyterHub
+
+from hubstack.config.groups import CHAMPIONS_SUFFIX
+from hubstack.hub import metrics
+from hubstack.hub.monitor import Monitor
+from hubstack.hub.spawner import backend_for, config_from_json
+
+
+class HubstackHub(JupyterHub):
+    """JupyterHub, plus the monitor task and the running-servers metric once it has started
+    (JupyterHub has no hook for tasks of its own on its event loop)."""
+
+    _monitor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        config_json = self.config.HubstackSpawner.hubstack_config
+        config = config_from_json(config_json)
+        backend: Any = backend_for(config_json)
+        metrics.register_running_servers(self._running_servers)
+        self._monitor = asyncio.ensure_future(
+            Monitor(config, lambda: _scheduler_silent(backend)).run()
+        )
+
+    def _running_servers(self) -> Iterator[metrics.RunningServer]:
+        """Servers with an address or a start under way, from the hub's database."""
+        query = self.db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
+        for spawner in query:
+            machine = str((spawner.user_options or {}).get("machine", ""))
+            groups = tuple(
+                g.name for g in spawner.user.groups if not g.name.endswith(CHAMPIONS_SUFFIX)
+            )
+            yield metrics.RunningServer(machine, groups)
+
+
+def _scheduler_silent(backend: Any) -> float | None:
+    """Seconds the Slurm watcher has gone without an answer (None: answering, or no Slurm)."""
+    watcher = getattr(backend, "watcher", None)
+    since = getattr(watcher, "failing_since", None)
+    return None if since is None else time.monotonic() - since
