@@ -135,6 +135,15 @@ def cmd_group_change(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from hubstack.hub.settings import db_url
+    from hubstack.hub.status import status
+
+    config = _load(args)
+    print(status(config, db_url(config)))
+    return 0
+
+
 def _environments(args: argparse.Namespace) -> tuple[Config, EnvCache]:
     from hubstack.envs.cache import EnvCache
 
@@ -276,6 +285,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("group")
         p.add_argument("user", help="hub user name")
         p.set_defaults(func=cmd_group_change, verbose_source=False, add=add, champion=champion)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="what runs, the queue, disks and recent failures"
+    )
+    p.set_defaults(func=cmd_status, verbose_source=False)
 
     env = sub.add_parser("env", help="environments built from repositories: list, rebuild, prune")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")

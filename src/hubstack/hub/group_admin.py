@@ -17,8 +17,8 @@ from hubstack.config.groups import CHAMPIONS_SUFFIX
 from hubstack.hub.groups import champions_group, cli_token
 
 
-class GroupAdmin:
-    """One hub's groups through its REST API."""
+class HubApi:
+    """One running hub's REST API, as the CLI's service."""
 
     def __init__(self, config: Config, db_url: str) -> None:
         self.config = config
@@ -44,6 +44,10 @@ class GroupAdmin:
                 f"cannot reach the hub at {self.api} ({exc.reason}); is `hubstack up` running?"
             ) from None
         return json.loads(text) if text else None
+
+
+class GroupAdmin(HubApi):
+    """One hub's groups through its REST API."""
 
     def known(self, group: str) -> None:
         if group not in self.config.groups:

@@ -22,7 +22,8 @@ from hubstack.config.groups import CHAMPIONS_SUFFIX, GroupSettings
 # A service with no process: the ``hubstack group`` command acts as it, with a token it
 # issues itself in the hub's database for a few minutes (see ``cli_token``).
 CLI_SERVICE = "hubstack-cli"
-CLI_SCOPES = ["admin:groups", "list:users", "read:users"]
+# read:servers: `hubstack status` lists the servers.
+CLI_SCOPES = ["admin:groups", "list:users", "read:users", "read:servers"]
 CLI_TOKEN_SECONDS = 300
 
 
