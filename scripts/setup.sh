@@ -3,7 +3,7 @@
 #   - Debian packages: Python 3 (for the world-readable default environment), Node.js
 #     and npm (for configurable-http-proxy), e2fsprogs/util-linux (loop volumes), git,
 #     acl (setfacl: groups' shared folders);
-#     with --test also Chromium for the browser tests, sudo (for the tests of
+#     with --test also Chromium for the browser tests, Azurite (storage tests), sudo (for the tests of
 #     `submit_as: sudo`) and the local Slurm cluster's packages
 #     (scripts/slurm-cluster.sh install).
 #   - uv, configurable-http-proxy, the hub's virtualenv (.venv) and the default
@@ -89,6 +89,17 @@ if [ "$with_test" = 1 ] && ! grep -qs "\"version\": \"$oidc_version\"" \
     "oidc-provider@$oidc_version"
 fi
 
+# With --test, Azurite (Microsoft's Azure Storage emulator, from npm) for the storage tests.
+azurite_version=3.37.0
+if [ "$with_test" = 1 ] && ! grep -qs "\"version\": \"$azurite_version\"" \
+    "$prefix/test-node/node_modules/azurite/package.json"; then
+  need_root "installing azurite into $prefix/test-node"
+  step "azurite $azurite_version (tests)"
+  mkdir -p "$prefix/test-node"
+  npm install --silent --no-audit --no-fund --prefix "$prefix/test-node" \
+    "azurite@$azurite_version"
+fi
+
 # 4. The hub's own virtualenv (in the checkout)
 step "hub virtualenv (.venv)"
 sync_args=(--frozen --python /usr/bin/python3)
@@ -117,6 +128,23 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     --override "$overrides" -r "$reqs"
   chmod -R a+rX "$prefix/envs"
   echo "$want" > "$stamp"
+fi
+
+# 5b. hubdata and fsspec's hub:// (default-environment/hubdata) in the default environment,
+# reinstalled when its source changes.
+hubdata_src="$here/default-environment/hubdata"
+hubdata_stamp="$env_dir/.hubstack-hubdata.sha256"
+want_hubdata=$(cd "$hubdata_src" && find . -type f \( -name '*.py' -o -name '*.toml' \) \
+  | LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -d' ' -f1)
+if [ ! -f "$hubdata_stamp" ] || [ "$(cat "$hubdata_stamp")" != "$want_hubdata" ]; then
+  need_root "installing hubdata into $env_dir"
+  step "hubdata ($env_dir)"
+  umask 022
+  # Its dependencies (fsspec, adlfs, s3fs) are pinned in requirements.txt, installed above.
+  "$uv" pip install -q --reinstall --no-deps --compile-bytecode \
+    --python "$env_dir/bin/python" "$hubdata_src"
+  chmod -R a+rX "$prefix/envs"
+  echo "$want_hubdata" > "$hubdata_stamp"
 fi
 
 # 6. The default environment's site config (default-environment/etc, e.g. ipyparallel's Slurm

@@ -1,0 +1,83 @@
+"""A connection's filesystem, with credentials asked from the hub at each use.
+
+The server's own token (``JUPYTERHUB_API_TOKEN``, in the server's environment only) asks
+``/hub/api/storage/users/<user>/credentials/<name>``; the answer lives in this process's
+memory only: never written to the home, put on a command line or logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import fsspec
+import requests
+from fsspec.implementations.dirfs import DirFileSystem
+
+
+class ConnectionError_(Exception):
+    """The hub refused or could not give the connection; the message says why."""
+
+
+@dataclass
+class Connection:
+    name: str
+    mode: str
+    group: str | None
+    fs: DirFileSystem  # rooted at the connection's container/prefix
+
+    def check_writable(self) -> None:
+        if self.mode != "rw":
+            raise PermissionError(
+                f"the storage connection {self.name!r} of group {self.group!r} is read-only"
+            )
+
+
+def hub_request(path: str) -> dict[str, Any]:
+    try:
+        api = os.environ["JUPYTERHUB_API_URL"].rstrip("/")
+        token = os.environ["JUPYTERHUB_API_TOKEN"]
+        user = os.environ["JUPYTERHUB_USER"]
+    except KeyError as missing:
+        raise ConnectionError_(
+            f"{missing} is not set: storage connections work in hub servers only"
+        ) from None
+    url = f"{api}/storage/users/{quote(user, safe='')}/{path}"
+    try:
+        resp = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=30)
+    except requests.RequestException as exc:
+        raise ConnectionError_(f"the hub cannot be reached: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        try:
+            message = resp.json().get("message", "")
+        except ValueError:
+            message = resp.text[:200]
+        raise ConnectionError_(message or f"the hub answered {resp.status_code}")
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+def connections() -> list[dict[str, Any]]:
+    """The connections this server's user may use (no credentials)."""
+    return list(hub_request("connections")["connections"])
+
+
+def open_connection(name: str) -> Connection:
+    """The connection ``name`` of this server's user (their own, else a group's)."""
+    answer = hub_request(f"credentials/{quote(name, safe='')}")
+    # A fresh client each time: a revoked or changed connection takes effect at once.
+    fs = fsspec.filesystem(
+        answer["protocol"], skip_instance_cache=True, **answer["storage_options"]
+    )
+    root = "/".join(p for p in (answer["container"], answer["prefix"]) if p)
+    return Connection(name, answer["mode"], answer["group"], DirFileSystem(path=root, fs=fs))
+
+
+def clean_path(path: str) -> str:
+    """A path inside a connection: relative, without ``..`` (never outside its prefix)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{path!r}: paths in a storage connection may not contain '..'")
+    return "/".join(parts)
