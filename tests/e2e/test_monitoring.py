@@ -4,23 +4,18 @@ loop-mounted file system, a proxy killed under the hub, and ``hubstack status``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 from aiosmtpd.controller import Controller
+from alertsink import MailHandler, Received, scrape, value, webhook_receiver
 from conftest import needs_default_env, needs_root
 from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, free_port_block, new_test_root, wait_for
-from prometheus_client.parser import text_string_to_metric_families
 
 from hubstack.system import volumes
 
@@ -28,48 +23,6 @@ pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
 WEBHOOK_TOKEN = "webhook-secret-for-tests"
 DISK_SIZE = 16 * 1024 * 1024
-
-
-@dataclass
-class Received:
-    """What the test's webhook receiver and SMTP server were sent."""
-
-    posts: list[dict[str, Any]] = field(default_factory=list)
-    authorizations: list[str] = field(default_factory=list)
-    mails: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def alerts(self, key: str, state: str = "firing") -> list[dict[str, Any]]:
-        with self.lock:
-            return [p for p in self.posts if p["key"] == key and p["state"] == state]
-
-
-def webhook_receiver(received: Received) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with received.lock:
-                received.posts.append(json.loads(body))
-                received.authorizations.append(self.headers.get("Authorization", ""))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-class MailHandler:
-    def __init__(self, received: Received) -> None:
-        self.received = received
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.received.lock:
-            self.received.mails.append(envelope.content.decode())
-        return "250 OK"
 
 
 @dataclass
@@ -127,24 +80,6 @@ def setup() -> Iterator[Setup]:
         hub.cleanup()
         smtp.stop()
         webhook.shutdown()
-
-
-def scrape(admin: Session) -> dict[str, list[Any]]:
-    """Every sample at /hub/metrics by metric family name, through Prometheus' own parser."""
-    resp = requests.get(
-        f"{admin.hub.url}/hub/metrics",
-        headers={"Authorization": f"token {admin.token}"},
-        timeout=30,
-    )
-    resp.raise_for_status()
-    return {f.name: f.samples for f in text_string_to_metric_families(resp.text)}
-
-
-def value(samples: list[Any], name: str, **labels: str) -> float | None:
-    for sample in samples:
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-            return float(sample.value)
-    return None
 
 
 def checks(admin: Session) -> float:

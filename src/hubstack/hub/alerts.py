@@ -112,7 +112,7 @@ class Notifier:
                 if email.username is not None and email.password is not None:
                     smtp.login(email.username, email.password.read())
                 smtp.send_message(message)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, ValueError) as exc:  # ValueError: a bad header
             log.error("alert mail through %s failed: %s", email.smtp_host, exc)
             return False
         return True

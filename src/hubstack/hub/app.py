@@ -32,6 +32,11 @@ class HubstackHub(JupyterHub):
             Monitor(config, lambda: _scheduler_silent(backend)).run()
         )
 
+    async def cleanup(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        await super().cleanup()
+
     def _running_servers(self) -> Iterator[metrics.RunningServer]:
         """Servers with an address or a start under way, from the hub's database."""
         query = self.db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
