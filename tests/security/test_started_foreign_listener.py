@@ -1,5 +1,6 @@
 """A server is started when it answers as itself, not when something listens on its port:
-another program (or another user's server) on that port is never taken for it."""
+another program (or another user's server) on that port is never taken for it, and no other
+account can even listen there, since the hub binds the port and hands the socket over."""
 
 from __future__ import annotations
 
@@ -17,12 +18,25 @@ from system.conftest import PYTHON
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
-# Listens on the port the hub chose and answers as a server for someone else would: Jupyter's
-# JSON at another user's prefix, 404 everywhere else. It logs each path it is asked for.
+# Serves on the socket the hub handed over (as the server would) and answers as a server for
+# someone else would: Jupyter's JSON at another user's prefix, 404 everywhere else. It logs
+# each path it is asked for.
 FOREIGN = f"""#!{DEFAULT_ENV}/bin/python
-import http.server, os, urllib.parse
+import http.server, os, socket, urllib.parse
 
 PORT = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"]).port
+
+
+def handed_over():
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        if s.family == socket.AF_INET and s.getsockname()[1] == PORT:
+            return s
+        s.detach()
+    raise SystemExit("no socket on " + str(PORT))
 
 
 class Foreign(http.server.BaseHTTPRequestHandler):
@@ -37,14 +51,18 @@ class Foreign(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-http.server.HTTPServer(("127.0.0.1", PORT), Foreign).serve_forever()
+server = http.server.HTTPServer(("127.0.0.1", PORT), Foreign, bind_and_activate=False)
+server.socket.close()
+server.socket = handed_over()
+server.serve_forever()
 """
 
 
-# Never listens: tells the test which port the hub chose, so that another account can.
-SILENT = """#!/bin/sh
-echo "port ${JUPYTERHUB_SERVICE_URL##*:}"
-exec sleep 300
+# Never answers: tells the test which port the hub chose, so that another account can try it.
+SILENT = f"""#!{DEFAULT_ENV}/bin/python
+import os, time
+print("port", os.environ["JUPYTERHUB_SERVICE_URL"].rsplit(":", 1)[1], flush=True)
+time.sleep(300)
 """
 
 # Another account's program on that port, answering exactly as the user's server would.
@@ -65,7 +83,11 @@ class Imposter(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-server = http.server.HTTPServer(("127.0.0.1", port), Imposter)
+try:
+    server = http.server.HTTPServer(("127.0.0.1", port), Imposter)
+except OSError as exc:
+    print(exc.strerror, flush=True)
+    raise SystemExit(1)
 print("listening", flush=True)
 server.serve_forever()
 """
@@ -79,6 +101,10 @@ def envs() -> Iterator[Path]:
         server = base / name / "bin/jupyterhub-singleuser"
         server.write_text(script)
         server.chmod(0o755)
+        # The hub runs a local server through its environment's Python (listen_fd.py).
+        python = base / name / "bin/python3"
+        python.write_text(f'#!/bin/sh\nexec {DEFAULT_ENV}/bin/python3 "$@"\n')
+        python.chmod(0o755)
         (base / name).chmod(0o755)
     yield base
     shutil.rmtree(base, ignore_errors=True)
@@ -121,10 +147,12 @@ def test_a_foreign_listener_on_the_port_is_not_the_users_server(hub: Hub) -> Non
     assert "failed to start in 15 seconds" in hub.log()
 
 
-def test_another_accounts_listener_answering_as_the_server_is_not_it(
+def test_another_account_cannot_listen_on_the_port_the_server_was_given(
     hub: Hub, free_ids: tuple[int, int]
 ) -> None:
-    """A server's prefix can be guessed: another account may answer just as Jupyter would."""
+    """A server's prefix can be guessed: another account could answer just as Jupyter
+    would, if it could listen on the server's port. It cannot: the port is bound before
+    the hub names it, and stays so while the server starts."""
     gina = hub.new_user("gina")
     log = hub.data_dir / "logs" / f"{hub.prefix}gina" / "silent.log"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -144,7 +172,8 @@ def test_another_accounts_listener_answering_as_the_server_is_not_it(
         )
         try:
             assert imposter.stdout is not None
-            assert imposter.stdout.readline() == "listening\n"
+            assert imposter.stdout.readline() == "Address already in use\n"
+            assert imposter.wait(30) == 1
             resp = started.result()
             start_fails(gina, "silent", resp.status_code)
         finally:

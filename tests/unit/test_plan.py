@@ -22,6 +22,7 @@ MACHINES = [
 ]
 ENVIRONMENTS = [{"id": "python", "display": "Python 3", "prefix": "/opt/envs/python"}]
 SERVER = "/opt/envs/python/bin/jupyterhub-singleuser"
+IPC = "--KernelManager.transport=ipc"  # kernels on the hub's machine take no TCP port
 ALICE = Account("hs-alice", 1001, 1001, Path("/home/hs-alice"))
 HUB_ENV = {
     "JUPYTERHUB_API_TOKEN": "secret",
@@ -107,6 +108,7 @@ def home_server(
     return ServerPlan(
         argv=(
             SERVER,
+            IPC,
             f"--ServerApp.root_dir={account.home}",
             f"--ServerApp.preferred_dir={volume}",
         ),
@@ -144,6 +146,7 @@ TABLE: dict[str, tuple[Launch, ServerPlan]] = {
                 *START,
                 "/home/hs-alice/volumes/default/repo/binder/start",
                 f"{BUILT}/bin/jupyterhub-singleuser",
+                IPC,
                 "--ServerApp.root_dir=/home/hs-alice/volumes/default/repo",
                 "--ServerApp.preferred_dir=/home/hs-alice/volumes/default/repo",
                 r"--ServerApp.allow_origin_pat=^(https://docs\.example\.org)$",
@@ -261,3 +264,21 @@ def test_a_repository_launch_runs_its_built_environment_and_nothing_else_does(
     config = local()
     with pytest.raises(ValueError, match="built environment"):
         server_plan(config, resolve(config, options), "", ALICE, Path("/v"), HUB_ENV, built)
+
+
+def test_a_local_server_runs_through_the_code_that_adopts_its_socket() -> None:
+    """Inside a repository's start script, so the script still runs the server it execs."""
+    launch, expected = TABLE["repository launch"]
+    request = resolve(launch.config, launch.options)
+    plan = server_plan(
+        launch.config,
+        request,
+        "",
+        ALICE,
+        Path(launch.volume),
+        HUB_ENV,
+        launch.built,
+        listen_code="adopt()",
+    )
+    python = (f"{BUILT}/bin/python3", "-c", "adopt()")
+    assert plan.argv == (*expected.argv[:4], *python, *expected.argv[4:])

@@ -7,6 +7,7 @@ a backend only knows how to start, watch, stop and delete one server where it ru
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ class ServerSpec:
     # the shared folders the server sees.
     groups: frozenset[str] = frozenset()
     admin: bool = False
+    # The socket listening on ``port`` that the server is to serve on, where the backend
+    # binds it (see Backend.server_socket); the hub closes its own copy after the start.
+    listening: socket.socket | None = None
 
     @property
     def label(self) -> str:
@@ -155,6 +159,11 @@ class Backend(Protocol):
 
     def address_reported(self, state: dict[str, Any], host: str, port: int) -> None:
         """Record the address a starting server reported; ValueError if it cannot report."""
+        ...
+
+    def server_socket(self) -> socket.socket | None:
+        """A socket listening on the port the next server is to serve on, where the backend
+        binds it and hands it over; None where the server binds and reports its own."""
         ...
 
     def describe(self) -> str:

@@ -20,13 +20,16 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hubstack.backends.admission import Admission
 from hubstack.backends.base import (
     Emit,
     Exit,
@@ -38,6 +41,7 @@ from hubstack.backends.base import (
     Usage,
     log_tail,
 )
+from hubstack.backends.listen_fd import VARIABLE as LISTEN_FD
 from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
@@ -60,8 +64,12 @@ log = logging.getLogger("hubstack.local")
 STOP_GRACE_SECONDS = 5.0
 # env(1)'s exit statuses for a command it found but could not run, and one it did not find.
 _CANNOT_EXECUTE = (126, 127)
-_TCP_LISTEN = "0A"  # the state of a listening socket in /proc/net/tcp
-_NO_REPORTS = "Servers on the hub's machine listen where the hub tells them; none reports it."
+_NO_REPORTS = "Servers on the hub's machine listen on a socket the hub binds; none reports it."
+_LISTEN_CODE = resources.files("hubstack.backends").joinpath("listen_fd.py").read_text()
+# Where a server's kernels put their connection files and IPC sockets: its private /tmp
+# (see _private_tmp), a short path (a Unix socket's is at most 107 bytes) nobody else sees.
+_RUNTIME_DIR = "/tmp/jupyter-runtime"
+_ANSWER_INTERVAL_S = 0.1
 
 
 def _alive(pid: int) -> bool:
@@ -72,20 +80,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _listeners(port: int) -> set[int]:
-    """The uids owning the sockets that listen on TCP ``port`` here (IPv4 and IPv6), from
-    the kernel's socket tables."""
-    uids: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
-            next(f)  # the header
-            for line in f:
-                fields = line.split()
-                if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    uids.add(int(fields[7]))
-    return uids
 
 
 def _usage(measured: tuple[int, int] | None) -> Usage | None:
@@ -120,6 +114,7 @@ class LocalBackend:
         self._locks: dict[str, threading.Lock] = {}
         self._homes_shared = False
         self._sharing_homes = threading.Lock()
+        self.admission = Admission(config.backend.local.concurrent_starts)
 
     def describe(self) -> str:
         if not self.accounts.root:
@@ -300,14 +295,40 @@ class LocalBackend:
         """Refused: the hub chose where a local server listens."""
         raise ValueError(_NO_REPORTS)
 
+    def server_socket(self) -> socket.socket:
+        """A socket listening on a port of the loopback that the kernel picked, to hand to
+        the next server (see ``listen_fd.py``): from the moment the hub knows the port, no
+        other program, kernel or server can listen on it."""
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(socket.SOMAXCONN)
+        except OSError:
+            listening.close()
+            raise
+        return listening
+
     async def start(
         self, spec: ServerSpec, emit: Emit, record: Record, resume: dict[str, Any] | None = None
     ) -> Started:
+        if spec.listening is None:
+            raise ValueError("a local server needs the socket from server_socket()")
+        async with self.admission.turn(emit):
+            return await self._start(spec, emit)
+
+    async def _start(self, spec: ServerSpec, emit: Emit) -> Started:
         emit("Preparing your account")
         account = await asyncio.to_thread(self._account, spec.hub_user)
         volume = self._volume(account, spec.label)
         plan = server_plan(
-            self.config, spec.request, spec.server_name, account, volume, spec.env, spec.built
+            self.config,
+            spec.request,
+            spec.server_name,
+            account,
+            volume,
+            spec.env,
+            spec.built,
+            listen_code=_LISTEN_CODE,
         )
         state: dict[str, Any] = {
             "unit": plan.unit,
@@ -388,14 +409,20 @@ class LocalBackend:
         else:
             argv, cwd = list(plan.argv), str(plan.workdir)
         cmd = self.enforcer.wrap_command(plan.unit, limits, argv)
+        assert spec.listening is not None
+        fd = spec.listening.fileno()
+        env = {**plan.env, LISTEN_FD: str(fd)}
+        if self.accounts.root:
+            env["JUPYTER_RUNTIME_DIR"] = _RUNTIME_DIR
 
         emit(f"Starting {environment.display} on {machine.display}")
         try:
             with log_path.open("ab") as log:
                 proc = subprocess.Popen(
                     cmd,
-                    env=plan.env,
+                    env=env,
                     cwd=cwd,
+                    pass_fds=(fd,),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -416,7 +443,8 @@ class LocalBackend:
     ) -> StartFailed:
         return StartFailed(
             f"The environment {spec.request.environment.display!r} cannot be started: "
-            f"{plan.executable} is missing or not usable by {account.name} ({why}).",
+            f"{plan.executable} or {plan.python[-1]} is missing or not usable by "
+            f"{account.name} ({why}).",
             reason="environment",
         )
 
@@ -432,10 +460,12 @@ class LocalBackend:
         """Return once the server answers as itself; explain it if the server dies first.
 
         JupyterHub would only notice a dead server after its HTTP wait times out, and then
-        with a bare status; waiting here lets the user read the real cause. Something else
-        listening on the port is not this server (see :func:`answers_as_itself`; here, it
-        must also be the account's own socket, since a prefix can be guessed): the start
-        keeps waiting and ends with JupyterHub's timeout instead of sending the user there.
+        with a bare status; waiting here lets the user read the real cause. The port is the
+        socket the hub bound and handed to this server alone, so whatever listens there is
+        this server's process (or one it passed the socket to); it must still answer its own
+        API at its own prefix (see :func:`answers_as_itself`), or the start keeps waiting and
+        ends with JupyterHub's timeout instead of sending the user there. A request sent
+        before the server accepts waits in the socket's queue and is answered once it does.
         """
         while True:
             status = proc.poll()
@@ -448,10 +478,9 @@ class LocalBackend:
                 if tail and not ended.out_of_memory:
                     message += f"\nLast lines of its log:\n{tail}"
                 raise StartFailed(message, reason="oom" if ended.out_of_memory else "exited")
-            ours = _listeners(spec.port) == {account.uid}
-            if ours and await answers_as_itself("127.0.0.1", spec.port, prefix):
+            if await answers_as_itself("127.0.0.1", spec.port, prefix):
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(_ANSWER_INTERVAL_S)
 
     def _group(self, state: dict[str, Any]) -> cgroups.Cgroup:
         return self.enforcer.open(state["unit"])

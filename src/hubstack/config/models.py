@@ -137,6 +137,12 @@ class AccountsSettings(Strict):
 class LocalSettings(Strict):
     home_base: Path = Path("/home")
     max_processes: int = Field(1024, ge=16, description="per server: a guard against fork bombs")
+    concurrent_starts: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="servers starting at once; more wait in line (null: the CPU count)",
+    )
 
 
 class Choice(Strict):

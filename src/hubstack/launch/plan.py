@@ -26,6 +26,7 @@ SERVER = "bin/jupyterhub-singleuser"
 PYTHON = "bin/python3"
 # A job's server learns its port and address only on its node (see the job script).
 ALL_ADDRESSES = "0.0.0.0"
+KERNELS_OVER_IPC = "--KernelManager.transport=ipc"
 
 
 def server_label(server_name: str) -> str:
@@ -118,9 +119,16 @@ def server_plan(
     volume: Path,
     hub_env: Mapping[str, str],
     built: BuiltRepository | None = None,
+    listen_code: str | None = None,
 ) -> ServerPlan:
     """The plan of a server of ``account`` with its storage at ``volume``, started with the
     variables JupyterHub gives it (``hub_env``) on the configured backend.
+
+    ``listen_code`` is Python that the environment's interpreter runs with the server's
+    command line as its arguments, in place of that command (the local backend's hand-over
+    of the socket it bound, see ``backends/listen_fd.py``). Kernels talk to the server over
+    Unix sockets in its runtime directory on the hub's machine, never on TCP ports that
+    another server or kernel could take first.
 
     A launch from a repository (``request.repo``) runs ``built``, its environment once
     built, and opens the repository's directory in the volume (as Binder does, so paths in
@@ -135,10 +143,13 @@ def server_plan(
     checkout = None if built is None else built.content.directory(volume)
     workdir = checkout or account.home
     container = tuple(config.backend.slurm.containers.get(environment.id, ())) if on_slurm else ()
+    server = [str(prefix / SERVER)]
+    if listen_code is not None:
+        server = [str(prefix / PYTHON), "-c", listen_code, *server]
     command = [
         *container,
-        str(prefix / SERVER),
-        *([f"--ip={ALL_ADDRESSES}"] if on_slurm else []),
+        *server,
+        *([f"--ip={ALL_ADDRESSES}"] if on_slurm else [KERNELS_OVER_IPC]),
         f"--ServerApp.root_dir={workdir}",
         f"--ServerApp.preferred_dir={checkout or volume}",
     ]
