@@ -89,6 +89,13 @@ def test_queue_wait_and_an_unreachable_scheduler(setup: tuple[Hub, Received, Pat
     assert value(waits, "hubstack_slurm_queue_wait_seconds_count") == 1
     started = scrape(admin)["hubstack_spawn_duration_seconds"]
     assert value(started, "hubstack_spawn_duration_seconds_count", backend="slurm") == 1
+    status = hub.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "Slurm jobs of the hub's servers: 1" in status.stdout
+    job = next(
+        line for line in status.stdout.splitlines() if "mon-cy" in line and "RUNNING" in line
+    )
+    assert job.split()[1:4] == ["mon-cy", "(default)", "RUNNING"]
 
     (bin_dir / "outage").touch()
     try:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from jupyterhub import orm
 from jupyterhub.app import JupyterHub
 
+from hubstack.backends.base import Backend
+from hubstack.backends.slurm import SlurmBackend
 from hubstack.config.groups import CHAMPIONS_SUFFIX
 from hubstack.hub import metrics
 from hubstack.hub.monitor import Monitor
@@ -26,11 +28,10 @@ class HubstackHub(JupyterHub):
         await super().start()
         config_json = self.config.HubstackSpawner.hubstack_config
         config = config_from_json(config_json)
-        backend: Any = backend_for(config_json)
+        backend = backend_for(config_json)
         metrics.register_running_servers(self._running_servers)
-        self._monitor = asyncio.ensure_future(
-            Monitor(config, lambda: _scheduler_silent(backend)).run()
-        )
+        silent = functools.partial(_scheduler_silent, backend)
+        self._monitor = asyncio.ensure_future(Monitor(config, silent).run())
 
     async def cleanup(self) -> None:
         if self._monitor is not None:
@@ -48,8 +49,8 @@ class HubstackHub(JupyterHub):
             yield metrics.RunningServer(machine, groups)
 
 
-def _scheduler_silent(backend: Any) -> float | None:
+def _scheduler_silent(backend: Backend) -> float | None:
     """Seconds the Slurm watcher has gone without an answer (None: answering, or no Slurm)."""
-    watcher = getattr(backend, "watcher", None)
-    since = getattr(watcher, "failing_since", None)
-    return None if since is None else time.monotonic() - since
+    if not isinstance(backend, SlurmBackend) or backend.watcher.failing_since is None:
+        return None
+    return time.monotonic() - backend.watcher.failing_since

@@ -23,6 +23,13 @@ from hubstack.units import format_size
 RECENT_NOTICES = 10
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``?``: names and messages come partly from
+    users and the scheduler, and must not move the cursor or recolour the operator's
+    terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return [
@@ -142,4 +149,6 @@ def status(config: Config, db_url: str) -> str:
         notice_lines(states),
         alert_lines(config),
     ]
-    return "\n\n".join("\n".join(section) for section in sections if section)
+    return "\n\n".join(
+        "\n".join(printable(line) for line in section) for section in sections if section
+    )
