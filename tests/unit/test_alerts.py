@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hubstack.config import Config, ConfigError
+from hubstack.config import Config, ConfigError, dump
 from hubstack.config.load import validate
 from hubstack.config.secrets import unreadable_secrets
 from hubstack.hub import metrics
@@ -54,8 +54,10 @@ def test_secrets_of_alerts_are_checked_and_never_in_the_config(tmp_path: Path) -
     problems = unreadable_secrets(config)
     assert any(p.startswith("alerts.webhook.token: environment variable NO_SUCH") for p in problems)
     assert any(p.startswith("alerts.email.password: cannot read") for p in problems)
-    # The JSON copy handed to the spawner and services reads back the same, from and all.
+    # The JSON copy handed to the spawner and services reads back the same, from and all;
+    # `hubstack check` shows the key as it is written.
     assert Config.model_validate_json(config.model_dump_json()) == config
+    assert "    from: hub@example.org\n" in dump(config)
 
 
 class FakeNotifier(Notifier):

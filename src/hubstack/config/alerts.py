@@ -26,7 +26,7 @@ class Email(Strict):
     """Mail through the site's SMTP server (the standard library's smtplib)."""
 
     # ``from`` is a Python keyword: the field is ``sender``, written ``from`` in the file.
-    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, serialize_by_alias=True)
 
     smtp_host: str = Field(pattern=r"^[A-Za-z0-9.-]+$")
     smtp_port: int = Field(25, ge=1, le=65535)
