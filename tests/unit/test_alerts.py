@@ -13,6 +13,7 @@ import pytest
 
 from hubstack.config import Config, ConfigError, dump
 from hubstack.config.load import validate
+from hubstack.config.safety import alert_warnings
 from hubstack.config.secrets import unreadable_secrets
 from hubstack.hub import metrics
 from hubstack.hub.alerts import Alert, Incidents, Notifier, read_firing
@@ -116,3 +117,21 @@ def test_conditions_and_what_they_say(tmp_path: Path) -> None:
     assert "scontrol ping" in found["scheduler-unreachable"].action
     assert "60 min" in found["build-queue-stuck"].summary
     assert Monitor(config).alerts([]) == []
+
+
+def test_check_warns_of_alert_secrets_in_clear() -> None:
+    config = validate(
+        {
+            "alerts": {
+                "webhook": {"url": "http://chat.example.org/hook", "token": {"env": "T"}},
+                "email": {**EMAIL, "tls": "none", "username": "u", "password": {"env": "P"}},
+            }
+        }
+    )
+    warnings = alert_warnings(config)
+    assert [w.split(":")[0] for w in warnings] == [
+        "alerts.webhook.url is plain http",
+        "alerts.email.tls is none",
+    ]
+    safe = {"webhook": {"url": "https://chat.example.org/hook", "token": {"env": "T"}}}
+    assert alert_warnings(validate({"alerts": safe})) == []

@@ -125,4 +125,21 @@ def unsafe_settings(config: Config) -> list[str]:
             "address it reaches, this machine and the internal network included; list the "
             "forges you use."
         )
+    return warnings + alert_warnings(config)
+
+
+def alert_warnings(config: Config) -> list[str]:
+    """Alerts' secrets sent where the network can read them."""
+    warnings = []
+    webhook, email = config.alerts.webhook, config.alerts.email
+    if webhook is not None and webhook.token is not None and webhook.url.startswith("http:"):
+        warnings.append(
+            "alerts.webhook.url is plain http: its token crosses the network in clear with "
+            "every alert; use https."
+        )
+    if email is not None and email.password is not None and email.tls == "none":
+        warnings.append(
+            "alerts.email.tls is none: the SMTP password crosses the network in clear; use "
+            "starttls or ssl."
+        )
     return warnings
