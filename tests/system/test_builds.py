@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from gitserver import GitDaemon, add_commit, make_repo
 from hubtest import new_test_root, python_as_nobody, startup_facts
+from prometheus_client import REGISTRY
 
 from hubstack.config.models import Config
 from hubstack.envs.builder import fetch_account_name
@@ -279,11 +280,20 @@ def test_apt_txt_and_dockerfile_are_named_not_ignored(site: Site) -> None:
 # -- the cache --------------------------------------------------------------------------------
 
 
+def counted(name: str, **labels: str) -> float:
+    """A metric of this process's registry, as the hub serves it at /hub/metrics."""
+    return REGISTRY.get_sample_value(name, labels) or 0
+
+
 def test_a_second_launch_and_a_readme_commit_do_not_rebuild(site: Site) -> None:
+    builds = counted("hubstack_build_duration_seconds_count", outcome="success")
+    hits = counted("hubstack_environment_lookups_total", result="cache_hit")
     name = site.repo({"requirements.txt": f"{TABULATE}\n", "README.md": "v1\n"})
     first, _ = site.prepare(name)
     again, events = site.prepare(name)
     assert again.env.key == first.env.key
+    assert counted("hubstack_build_duration_seconds_count", outcome="success") == builds + 1
+    assert counted("hubstack_environment_lookups_total", result="cache_hit") == hits + 1
     assert "building" not in phases(events)
     assert ("built", f"Found the environment {first.env.key[:12]}, built before") in events
 
@@ -337,9 +347,11 @@ def test_two_concurrent_launches_build_once(site: Site) -> None:
 
 
 def test_a_post_build_that_loops_is_stopped_at_the_time_limit(site: Site) -> None:
+    failed = counted("hubstack_build_duration_seconds_count", outcome="failure")
     name = site.repo({"postBuild": "#!/bin/sh\nwhile :; do :; done\n"}, executable=("postBuild",))
     message = site.refused(name, time="20s")
     assert "took longer than the limit of 20s" in message
+    assert counted("hubstack_build_duration_seconds_count", outcome="failure") == failed + 1
 
 
 def test_a_post_build_that_fills_the_disk_is_stopped_at_the_size_limit(site: Site) -> None:
