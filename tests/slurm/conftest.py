@@ -174,3 +174,33 @@ def _exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def job_state(job: str) -> str:
+    out = subprocess.run(
+        [tool("squeue"), "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+class Blocker:
+    """A job on every idle CPU, so that the next job has to wait (reason Resources)."""
+
+    def __init__(self) -> None:
+        idle = int(
+            subprocess.run(
+                [tool("sinfo"), "-h", "-p", "debug", "-o", "%C"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split("/")[1]
+        )
+        assert idle > 0, "the node has no idle CPU to fill"
+        command = f"{tool('sbatch')} --parsable -pdebug -t10 -c{idle} --mem=64M -o/dev/null"
+        self.job = subprocess.run(
+            [*command.split(), "--wrap=sleep 600"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        wait_for(lambda: job_state(self.job) == "RUNNING", 60, "the blocker")
+
+    def release(self) -> None:
+        subprocess.run([tool("scancel"), self.job], check=False)

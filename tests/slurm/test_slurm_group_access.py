@@ -3,15 +3,21 @@ submitted for its members only, from the membership the hub has at each start.""
 
 from __future__ import annotations
 
+import copy
 import re
+import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import needs_default_env, needs_root
+from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, running_hub, wait_for
+
+from hubstack.system import tool
+from slurm.conftest import job_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -45,7 +51,7 @@ OVERRIDES: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def hub(slurm_cluster: Any) -> Iterator[Hub]:
-    with running_hub(OVERRIDES) as running:
+    with running_hub(copy.deepcopy(OVERRIDES)) as running:
         yield running
         account = running.prefix + USER
         subprocess.run(["scancel", f"--user={account}"], check=False, capture_output=True)
@@ -117,3 +123,51 @@ def test_a_group_partition_is_submitted_for_members_only(
     resp = sue.api("POST", sue.server_path("job"))  # again, with its saved options
     assert resp.status_code == 400 and REFUSAL in resp.json()["message"], resp.text
     assert jobs_of(account) == []
+
+
+@pytest.fixture
+def held_partition(slurm_cluster: Any) -> Iterator[str]:
+    """A partition that queues jobs but starts none (State=DOWN), for this test alone: a
+    start stays under way however busy the cluster's node is."""
+    name = f"hs-held-{secrets.token_hex(3)}"
+    scontrol = tool("scontrol")
+    subprocess.run(
+        [scontrol, "create", f"PartitionName={name}", "Nodes=ALL", "State=DOWN"], check=True
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run([scontrol, "delete", f"PartitionName={name}"], check=False)
+
+
+def restart_with(hub: Hub, members: list[str], partition: str, stop: Callable[[Hub], None]) -> None:
+    """Restart the hub with ``members`` in the group and its partition for the group only."""
+    fields = hub.overrides["backend"]["slurm"]["fields"]
+    fields["partition"] = {"choices": [partition], "groups": {partition: [GROUP]}}
+    hub.overrides["groups"] = {GROUP: {"members": members}}
+    stop(hub)
+    hub.write_config()
+    hub.start()
+
+
+def test_a_queued_start_is_ended_when_its_owner_left_the_group_during_a_restart(
+    hub: Hub, sue: Session, held_partition: str
+) -> None:
+    """The restarted hub cannot take back a start the owner may no longer make: it ends the
+    job instead of leaving it queued for the owner's next start to take back unasked."""
+    account = hub.prefix + USER
+    restart_with(hub, [USER], held_partition, Hub.stop)
+    resp = sue.start("queued", {"partition": held_partition})
+    assert resp.status_code in (201, 202), resp.text
+    wait_for(lambda: jobs_of(account), 60, "the job in the queue")
+    [job] = jobs_of(account)
+    assert job.split()[1] == held_partition and job_state(job.split()[0]) == "PENDING"
+
+    restart_with(hub, [], held_partition, kill_hub)
+    wait_for(lambda: not jobs_of(account), 90, "the job of the refused start to end")
+    model = sue.model("queued", include_stopped=True) or {}
+    assert not model.get("ready") and not model.get("pending"), model
+    home = sue.http.get(f"{hub.url}/hub/home", timeout=60).text.replace("&#39;", "'")
+    assert "could not be started again after a hub restart" in home, home[-3000:]
+    [notice] = re.findall(r"hub restart: ([^<]*)", home)
+    assert f"{held_partition} is for groups: {GROUP}" in notice, notice

@@ -14,6 +14,8 @@ from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, make_repo
 from hubtest import DEFAULT_ENV, Hub, Session, new_test_root, running_hub, wait_for
 
+from slurm.conftest import Blocker
+
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,29 +131,6 @@ def stream_progress(
                 if event.get("ready") or event.get("failed"):
                     break
     return events
-
-
-class Blocker:
-    """A job on every idle CPU, so that the next job has to wait (reason Resources)."""
-
-    def __init__(self) -> None:
-        idle = int(
-            subprocess.run(
-                ["sinfo", "-h", "-p", "debug", "-o", "%C"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split("/")[1]
-        )
-        assert idle > 0, "the node has no idle CPU to fill"
-        command = f"sbatch --parsable -pdebug -t10 -c{idle} --mem=64M -o/dev/null"
-        self.job = subprocess.run(
-            [*command.split(), "--wrap=sleep 600"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        wait_for(lambda: squeue("-j", self.job, "-o", "%T") == "RUNNING", 60, "the blocker")
-
-    def release(self) -> None:
-        subprocess.run(["scancel", self.job], check=False)
 
 
 def messages(events: list[dict[str, Any]]) -> str:
