@@ -184,6 +184,7 @@ def execute(base: str, kernel_id: str, token: str, code: str, timeout: float) ->
         )
     )
     result = Execution("ok")
+    replied = idle = False
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -200,6 +201,12 @@ def execute(base: str, kernel_id: str, token: str, code: str, timeout: float) ->
                 result.status = "error"
                 result.error = f"{content.get('ename')}: {content.get('evalue')}"
             elif kind == "execute_reply":
+                replied = True
+            elif kind == "status" and content.get("execution_state") == "idle":
+                idle = True
+            # The reply (shell channel) may come before the output (iopub): the kernel's
+            # "idle" on iopub comes after all of the cell's output.
+            if replied and idle:
                 return result
     except websocket.WebSocketConnectionClosedException:
         return Execution("died", result.stdout, "connection closed")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import needs_default_env, needs_root
+from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, running_hub
 from storage_emulators import AZURITE, AZURITE_ACCOUNT, AZURITE_KEY, Store, azurite, moto_s3
 
@@ -46,6 +47,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Store
             "az = adlfs.AzureBlobFileSystem(connection_string=sys.argv[3])\n"
             "az.mkdir('sc-lab')\n"
             f"az.pipe_file('sc-lab/shared/table.csv', {CSV.encode()!r})\n"
+            # Bigger than the home quota (40M) of the hub below.
+            "s3.pipe_file('sc-bucket/alice/huge.bin', bytes(48 * 1024 * 1024))\n"
         )
         subprocess.run(
             [str(DEFAULT_ENV / "bin/python"), "-c", code, "k", s3.endpoint, azure_string(blob)],
@@ -64,7 +67,8 @@ def azure_string(blob: Store) -> str:
 
 @pytest.fixture(scope="module")
 def hub(stores: dict[str, Store]) -> Iterator[Hub]:
-    with running_hub({"groups": GROUPS}) as running:
+    # A small home, so that a copy fills it (home volumes are ext4 images: ENOSPC).
+    with running_hub({"groups": GROUPS, "policy": {"storage": {"home": "40M"}}}) as running:
         yield running
 
 
@@ -127,7 +131,7 @@ for i in range(12):
     with open(f'data/sub/f{i}.bin' if i % 2 else f'data/f{i}.bin', 'wb') as out:
         out.write(os.urandom(1500 * (i + 1)))
 with open('data/big.bin', 'wb') as out:
-    out.write(os.urandom(20 * 1024 * 1024))
+    out.write(os.urandom(4 * 1024 * 1024))
 print(json.dumps(True))
 """
 
@@ -192,12 +196,46 @@ def test_own_connection_copies_in_and_out_with_checksums(
     assert rc == 2 and "'..'" in err
 
 
+def test_a_full_home_stops_the_copy_and_keeps_what_was_copied(alice: Session) -> None:
+    rc, _, err = hubdata(alice, "cp", "mine:huge.bin", "huge.bin")
+    assert rc == 3 and "quota" in err and "free space and run the same command again" in err
+    assert in_server(alice, TREE + "print(json.dumps(tree('~/data') == tree('~/back')))")
+    leftovers = "import json, os; print(json.dumps(sorted(os.listdir(os.path.expanduser('~')))))"
+    assert not [n for n in in_server(alice, leftovers) if "huge" in n], "no partial file left"
+    # The server goes on: the space is free again and a copy works.
+    rc, _, err = hubdata(alice, "cp", "mine:t.csv", "t.csv")
+    assert rc == 0, err
+
+
+def test_store_errors_are_named(alice: Session, stores: dict[str, Store]) -> None:
+    add = f"/storage/users/{alice.name}/connections"
+    down = s3_connection(stores, name="down", endpoint="http://127.0.0.1:9")
+    nobucket = s3_connection(stores, name="nobucket", container="sc-missing")
+    wrongkey = {
+        "name": "wrongkey",
+        "kind": "azure-blob",
+        "endpoint": stores["azure"].endpoint,
+        "container": "sc-lab",
+        "credential": {"account_name": AZURITE_ACCOUNT, "account_key": "d3Jvbmcga2V5IGhlcmU="},
+    }
+    for body in (down, nobucket, wrongkey):
+        assert alice.api("POST", add, json=body).status_code == 201
+    rc, _, err = hubdata(alice, "ls", "down:")
+    assert rc == 2 and "127.0.0.1:9" in err, err
+    rc, _, err = hubdata(alice, "ls", "nobucket:")
+    assert rc == 2 and "nobucket" in err and "does not exist" in err, err
+    rc, _, err = hubdata(alice, "ls", "wrongkey:")
+    assert rc == 2 and ("Authentication" in err or "authoriz" in err.lower()), err
+    assert "Traceback" not in err
+
+
 def test_killed_copy_resumes_and_corruption_is_found(alice: Session) -> None:
     # The copy is killed once some files are in (the condition, not a delay, decides).
     code = TREE + (
         "import subprocess, sys, signal, time\n"
         "tool = os.path.join(os.path.dirname(sys.executable), 'hubdata')\n"
-        "def whole(): return [k for k in tree('~/resumed') if 'partial' not in k]\n"
+        "top = os.path.expanduser('~/resumed')\n"
+        "def whole(): return [f for _, _, fs in os.walk(top) for f in fs if 'partial' not in f]\n"
         "p = subprocess.Popen([tool, 'cp', '-r', 'mine:in', 'resumed'],\n"
         "    cwd=os.path.expanduser('~'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "deadline = time.monotonic() + 120\n"
@@ -253,7 +291,7 @@ def test_group_connection_is_read_only_for_members(
         c["name"]
         for c in alice.api("GET", f"/storage/users/{alice.name}/connections").json()["connections"]
     }
-    assert names == {"mine", "labdata"}
+    assert {"mine", "labdata"} <= names
     rc, out, err = hubdata(alice, "ls")
     assert "labdata" in out and "read-only" in out, err
     rc, out, err = hubdata(alice, "cp", "labdata:table.csv", "table.csv")
@@ -308,6 +346,15 @@ def test_revoked_connection_is_refused(hub: Hub, alice: Session, carol: Session)
     assert resp.status_code == 204, resp.text
     rc, _, err = hubdata(alice, "ls", "labdata:")
     assert rc == 2 and "revoked by sc-carol" in err
+
+
+def test_connections_survive_kill_of_the_hub(hub: Hub, alice: Session) -> None:
+    kill_hub(hub)
+    hub.start()
+    rc, out, err = hubdata(alice, "cp", "mine:t.csv", "after-restart.csv")
+    assert rc == 0 and "copied 1 files" in out, err
+    rc, _, err = hubdata(alice, "ls", "labdata:")
+    assert rc == 2 and "revoked" in err
 
 
 def test_no_secret_in_clear_anywhere(hub: Hub, alice: Session) -> None:

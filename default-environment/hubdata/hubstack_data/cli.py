@@ -9,6 +9,7 @@ hubdata cp -r results NAME:out  copy out
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from fsspec.implementations.local import LocalFileSystem
@@ -90,11 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hubdata: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
-        print(f"hubdata: not found: {exc}", file=sys.stderr)
+        named = " or ".join(a for a in (getattr(args, k, None) for k in WHERE) if a)
+        print(f"hubdata: {named or 'a path'}: not found ({describe(exc)})", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"hubdata: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # the store's own errors: bad credential, endpoint down...
+        print(f"hubdata: {describe(exc)}", file=sys.stderr)
         return 2
+
+
+WHERE = ("target", "source", "destination")
+SIGNATURE = re.compile(r"(sig|Signature|AccountKey|SharedAccessSignature)=[^&;\s'\"]+")
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a store's error, with any signature or key in it blanked: Azure's
+    and botocore's messages may quote a request URL."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    hidden = SIGNATURE.sub(r"\1=<hidden>", first)
+    return f"{type(exc).__name__}: {hidden}"
 
 
 if __name__ == "__main__":
