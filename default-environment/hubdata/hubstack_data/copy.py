@@ -1,7 +1,8 @@
 """Copies between a server's files and a storage connection: resumable, checksummed.
 
-Each file is streamed through fsspec (adlfs or s3fs do the store's protocol) while its
-SHA-256 is computed, then the destination is read back and its SHA-256 compared. A local
+Each download is streamed through fsspec (adlfs or s3fs do the store's protocol) while its
+SHA-256 is computed; each upload is hashed, then handed to the library's ``put_file``. The
+destination is then read back and its SHA-256 compared. A local
 destination is written under a temporary name and renamed when complete, and an object in a
 store appears only when its upload completes, so after an interruption a file either is
 whole or is missing: a rerun copies what is missing or differs in size (``checksum``: also
@@ -103,6 +104,14 @@ def plan(src: Side, dst: Side, recursive: bool, checksum: bool) -> list[Item]:
 
 
 def copy_one(src: Side, dst: Side, item: Item, progress: Callable[[int], Any]) -> None:
+    if src.local:
+        # Uploads go through the library's own put_file (adlfs and s3fs upload large
+        # files in parallel blocks); the local file's hash is read from the page cache.
+        expected = sha256_of(src.fs, item.src)
+        dst.fs.put_file(item.src, item.dst)
+        progress(item.size)
+        verify(dst, item, expected)
+        return
     digest = hashlib.sha256()
     target = item.dst + PARTIAL if dst.local else item.dst
     if dst.local:
@@ -117,7 +126,11 @@ def copy_one(src: Side, dst: Side, item: Item, progress: Callable[[int], Any]) -
             progress(len(chunk))
     if dst.local:
         os.replace(target, item.dst)
-    if sha256_of(dst.fs, item.dst) != digest.hexdigest():
+    verify(dst, item, digest.hexdigest())
+
+
+def verify(dst: Side, item: Item, expected: str) -> None:
+    if sha256_of(dst.fs, item.dst) != expected:
         dst.fs.rm_file(item.dst)
         raise CopyStopped(
             f"checksum mismatch: {item.dst} differs from what was read from {item.src} "
