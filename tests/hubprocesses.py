@@ -137,6 +137,8 @@ def single_user_servers(uids: set[int]) -> dict[int, list[int]]:
         except OSError:
             continue
         argv = _read(entry / "cmdline").split(b"\0")
-        if owner in uids and any(a.endswith(b"jupyterhub-singleuser") for a in argv[:2]):
+        # ``<python> jupyterhub-singleuser ...``, on the local backend through listen_fd.py:
+        # ``<python> -c <code> jupyterhub-singleuser ...``.
+        if owner in uids and any(a.endswith(b"jupyterhub-singleuser") for a in argv[:4]):
             found[owner].append(int(entry.name))
     return found

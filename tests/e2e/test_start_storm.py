@@ -8,6 +8,7 @@ asserted."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import pwd
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import needs_default_env, needs_root
 from hubprocesses import hub_processes
-from hubtest import Hub, Session, running_hub
+from hubtest import Abort, Hub, Session, running_hub, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -54,8 +55,13 @@ def arrive(session: Session) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def storm(hub: Hub) -> dict[str, dict[str, Any]]:
-    sessions = [hub.new_user(name) for name in USERS]
+def sessions(hub: Hub) -> list[Session]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(hub.new_user, USERS))
+
+
+@pytest.fixture(scope="module")
+def storm(sessions: list[Session]) -> dict[str, dict[str, Any]]:
     with concurrent.futures.ThreadPoolExecutor(len(sessions)) as pool:
         results = pool.map(arrive, sessions)
         return dict(zip(USERS, results, strict=True))
@@ -91,15 +97,46 @@ def test_starts_beyond_the_limit_wait_in_line_and_see_their_place(
         assert max(seen) <= len(USERS) - CONCURRENT - 1, (name, seen)
 
 
-def test_the_hub_stops_with_its_services_on_sigterm(
-    hub: Hub, storm: dict[str, dict[str, Any]]
+def waits_in_line(session: Session, server: str) -> bool:
+    """Whether the start of ``server`` is (or was) in line: its progress says so."""
+
+    def started() -> dict[str, Any] | None:
+        assert session.hub.proc is not None
+        if session.hub.proc.poll() is not None:
+            raise Abort("the hub has stopped")
+        return session.model(server)
+
+    wait_for(started, 60, f"{session.name}'s start of {server!r}")
+    path = f"{session.server_path(server)}/progress"
+    with session.api("GET", path, stream=True, timeout=120) as resp:
+        for line in resp.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                message = json.loads(line[5:]).get("message", "")
+                if WAITING.match(message):
+                    return True
+    return False
+
+
+def test_the_hub_stops_with_its_services_on_sigterm_while_starts_wait(
+    hub: Hub, sessions: list[Session], storm: dict[str, dict[str, Any]]
 ) -> None:
-    """After the storm, SIGTERM to the hub alone: it exits with status 0, its proxy and
-    services are gone, and the binder service stopped on the hub's signal."""
+    """Every user starts a second server at once; while some are still in line, SIGTERM to
+    the hub alone: it exits with status 0 (queued starts and the threads preparing storage
+    do not hold it), its proxy and services are gone, and the binder service stopped on
+    the hub's signal."""
     assert hub.proc is not None
     before = hub_processes(hub)
     assert all(before.values()), before
-    os.kill(hub.proc.pid, signal.SIGTERM)
-    assert hub.proc.wait(60) == 0
+    with concurrent.futures.ThreadPoolExecutor(len(sessions)) as pool:
+        for session in sessions:
+            pool.submit(session.start, "late")
+        in_line = [pool.submit(waits_in_line, session, "late") for session in sessions]
+        for seen in concurrent.futures.as_completed(in_line, timeout=300):
+            if seen.result():
+                break
+        else:
+            pytest.fail("no start waited in line")
+        os.kill(hub.proc.pid, signal.SIGTERM)
+        assert hub.proc.wait(60) == 0
     assert not any(hub_processes(hub).values())
     assert "binder service stopped" in hub.log()

@@ -443,8 +443,7 @@ class LocalBackend:
     ) -> StartFailed:
         return StartFailed(
             f"The environment {spec.request.environment.display!r} cannot be started: "
-            f"{plan.executable} or {plan.python[-1]} is missing or not usable by "
-            f"{account.name} ({why}).",
+            f"{plan.executable} is missing or not usable by {account.name} ({why}).",
             reason="environment",
         )
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 from hubstack.config import Config
+from hubstack.exits import exit_now
 from hubstack.hub import builtin_accounts, invitations, storage
 from hubstack.hub.groups import sync_groups
 from hubstack.hub.settings import db_url, jupyterhub_config
@@ -27,7 +29,7 @@ def announce_admins(config: Config) -> None:
         )
 
 
-def run(config: Config, stop_servers: bool = False) -> int:
+def run(config: Config, stop_servers: bool = False) -> NoReturn:
     """Run the hub until it is stopped; ``stop_servers``: stop users' servers with it."""
     from hubstack.hub.app import HubstackHub
 
@@ -44,4 +46,5 @@ def run(config: Config, stop_servers: bool = False) -> int:
     print(f"hubstack: {backend.describe()}", flush=True)
     HubstackHub.instance(config=c)
     HubstackHub.launch_instance([])
-    return 0
+    # JupyterHub has stopped its services and proxy; see hubstack.exits for what is left.
+    exit_now(0)

@@ -41,6 +41,7 @@ from tornado.web import Application, HTTPError, RedirectHandler, RequestHandler,
 from hubstack.config.models import Config
 from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
+from hubstack.exits import exit_now
 from hubstack.hub.logs import redact_handlers
 from hubstack.launch.form import REPOSITORY_WARNING, source_facts
 from hubstack.launch.policy import repository_launch_timeout
@@ -593,6 +594,8 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     await stop.wait()
     server.stop()
     app_log.info("binder service stopped")
+    # At once: neither open event streams nor worker threads hold the hub's shutdown.
+    exit_now(0)
 
 
 def main() -> None:
