@@ -7,7 +7,7 @@ command (the default environment's ``jupyterhub-singleuser``). What differs is t
 
 * hubstack: a ``hubstack up`` hub (tests/hubtest.py) on its default machine, so every spawn
   checks the user's account, loop-mounts the home and the server's volume, creates the cgroup
-  and waits for the server's port;
+  and waits until the server answers on the socket it bound for it;
 * plain: JupyterHub's stock ``LocalProcessSpawner`` running the server as a Unix account.
 
 One spawn is timed from sending ``POST /hub/api/users/<user>/server`` until the progress
@@ -22,8 +22,9 @@ temporary directories) is removed at the end, also on errors and Ctrl-C.
 Reading the result: JupyterHub only calls a server ready once its own HTTP check gets an
 answer. LocalProcessSpawner returns right after starting the process, so the hub polls with
 exponential backoff (full jitter, waits up to 0.2, 0.4, 0.8, 1.6, 3.2 s ...) and notices a
-server that took ~4 s to boot up to a few seconds late. hubstack's backend waits for the port
-itself every 50 ms, so the hub's first check succeeds. That, not storage or cgroups (~15 ms
+server that took ~4 s to boot up to a few seconds late. hubstack's backend asks the server
+on the socket it handed over until it answers (a request sent early waits in the socket's
+queue and is answered as soon as the server accepts), so the hub's first check succeeds. That, not storage or cgroups (~15 ms
 per spawn), is most of the difference between the two.
 """
 
