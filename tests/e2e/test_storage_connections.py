@@ -316,6 +316,16 @@ def test_group_connection_is_read_only_for_members(
     )
 
 
+def test_storage_page_lists_and_refuses_bad_input(hub: Hub, carol: Session) -> None:
+    page = carol.http.get(f"{hub.url}/hub/storage", timeout=60)
+    assert page.status_code == 200 and "labdata" in page.text and "read-only" in page.text
+    assert AZURITE_KEY not in page.text
+    xsrf = carol.http.cookies.get("_xsrf", path="/hub/")
+    form = {"name": "Bad Name", "kind": "s3", "container": "b-1", "_xsrf": xsrf}
+    bad = carol.http.post(f"{hub.url}/hub/storage", data=form, timeout=60)
+    assert bad.status_code == 400 and "name:" in bad.text
+
+
 def test_nobody_else_gets_a_connection(hub: Hub, alice: Session, bob: Session) -> None:
     listing = bob.api("GET", f"/storage/users/{bob.name}/connections").json()["connections"]
     assert listing == []
