@@ -1,0 +1,226 @@
+"""The ledger: one row per server session, with what it was given, what it used and the
+rate in force when it started.
+
+It has its own database (SQLite beside the hub's by default, or PostgreSQL): JupyterHub's
+migrations own the hub database's schema, and a ledger must outlive a reset of the hub
+database. A session's cost is computed from its row (start, last time seen running or
+stop, rate), so metering it again after a hub restart never counts a moment twice.
+Blocking: the hub calls it in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    or_,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from hubstack.usage.budgets import Scope
+from hubstack.usage.pricing import Charge, Rate, charge
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite keeps no time zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SessionRow(Base):
+    """One server session: who, which server, where, what it was given, used and cost."""
+
+    __tablename__ = "hubstack_usage_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    server: Mapped[str] = mapped_column(String(255))
+    backend: Mapped[str] = mapped_column(String(16))
+    machine: Mapped[str] = mapped_column(String(64), index=True)
+    fields: Mapped[dict[str, str]] = mapped_column(JSON)
+    cores: Mapped[float] = mapped_column(Float)
+    memory: Mapped[int] = mapped_column(BigInteger)
+    gpus: Mapped[int] = mapped_column(Integer)
+    rate: Mapped[float] = mapped_column(Float)  # money per hour, fixed at start
+    currency: Mapped[str] = mapped_column(String(8))
+    started: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The last moment the server was seen running: where a session the hub lost sight
+    # of (it was down when the server ended) is charged up to.
+    metered: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_memory: Mapped[int | None] = mapped_column(BigInteger)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    # When a budget this session counts against was found spent (grace runs from here).
+    over_budget_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    groups: Mapped[list[GroupRow]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+
+    @property
+    def end(self) -> datetime:
+        """Up to when the session is charged: its stop, or the last time seen running."""
+        return self.stopped or self.metered
+
+    @property
+    def charge_total(self) -> Charge:
+        return charge(self.rate, self.cores, self.started, self.end, self.started, self.end)
+
+
+class GroupRow(Base):
+    """A group the session's user was in when it started: whose group budgets it counts
+    against (a later change of membership does not move past spending)."""
+
+    __tablename__ = "hubstack_usage_session_groups"
+
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("hubstack_usage_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What is known of a session as it starts."""
+
+    user: str
+    server: str
+    backend: str
+    machine: str
+    fields: dict[str, str]
+    rate: Rate
+    currency: str
+    groups: frozenset[str]
+    job_id: str | None = None
+
+
+class Ledger:
+    """The sessions in one database."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url, pool_pre_ping=True)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def open(self, opened: Opened, now: datetime) -> int:
+        """Record a session that started at ``now``; its id."""
+        row = SessionRow(
+            user=opened.user,
+            server=opened.server,
+            backend=opened.backend,
+            machine=opened.machine,
+            fields=opened.fields,
+            cores=opened.rate.cores,
+            memory=opened.rate.memory,
+            gpus=opened.rate.gpus,
+            rate=opened.rate.money,
+            currency=opened.currency,
+            started=now,
+            metered=now,
+            job_id=opened.job_id,
+            groups=[GroupRow(name=name) for name in sorted(opened.groups)],
+        )
+        with self._sessions.begin() as db:
+            db.add(row)
+            db.flush()
+            return row.id
+
+    def get(self, session_id: int) -> SessionRow | None:
+        with self._sessions() as db:
+            return db.get(SessionRow, session_id)
+
+    def meter(
+        self,
+        session_id: int,
+        now: datetime,
+        cpu_seconds: float | None = None,
+        peak_memory: int | None = None,
+    ) -> SessionRow | None:
+        """The session was seen running at ``now``, having used what is given."""
+        with self._sessions.begin() as db:
+            row = db.get(SessionRow, session_id)
+            if row is None or row.stopped is not None:
+                return row
+            row.metered = max(row.metered, now)
+            if cpu_seconds is not None:
+                row.cpu_seconds = max(row.cpu_seconds or 0.0, cpu_seconds)
+            if peak_memory is not None:
+                row.peak_memory = max(row.peak_memory or 0, peak_memory)
+            return row
+
+    def close(self, session_id: int, end: datetime) -> SessionRow | None:
+        """The session ended at ``end``; a second close changes nothing."""
+        with self._sessions.begin() as db:
+            row = db.get(SessionRow, session_id)
+            if row is not None and row.stopped is None:
+                row.stopped = max(row.started, end)
+                row.metered = row.stopped
+            return row
+
+    def mark_over_budget(self, session_id: int, since: datetime | None) -> None:
+        with self._sessions.begin() as db:
+            row = db.get(SessionRow, session_id)
+            if row is not None:
+                row.over_budget_since = since
+
+    def sessions(
+        self,
+        since: datetime,
+        until: datetime,
+        users: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
+    ) -> list[SessionRow]:
+        """Sessions that ran within ``[since, until]``: of ``users``, or of members of
+        ``groups`` (either given narrows to them; neither: everyone's)."""
+        query = select(SessionRow).where(
+            SessionRow.started < until,
+            or_(SessionRow.stopped.is_(None), SessionRow.stopped > since),
+        )
+        who = []
+        if users is not None:
+            who.append(SessionRow.user.in_(list(users)))
+        if groups is not None:
+            member = select(GroupRow.session_id).where(GroupRow.name.in_(list(groups)))
+            who.append(SessionRow.id.in_(member))
+        if who:
+            query = query.where(or_(*who))
+        with self._sessions() as db:
+            return list(db.scalars(query.order_by(SessionRow.started, SessionRow.id)))
+
+    def spent(
+        self, scopes: Iterable[Scope], since: datetime, until: datetime
+    ) -> dict[Scope, Charge]:
+        """What each user's or group's sessions cost within ``[since, until]``."""
+        scopes = list(scopes)
+        users = [s.name for s in scopes if s.kind == "user"]
+        groups = [s.name for s in scopes if s.kind == "group"]
+        totals = {scope: Charge() for scope in scopes}
+        for row in self.sessions(since, until, users, groups):
+            cost = charge(row.rate, row.cores, row.started, row.end, since, until)
+            for scope in scopes:
+                if (scope.kind == "user" and scope.name == row.user) or (
+                    scope.kind == "group" and scope.name in {g.name for g in row.groups}
+                ):
+                    totals[scope] += cost
+        return totals

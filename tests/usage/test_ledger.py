@@ -1,0 +1,99 @@
+"""The ledger on SQLite and on a real PostgreSQL: sessions, their cost at the rate of
+their start, and what users' and groups' budgets have spent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hubstack.usage.budgets import Scope
+from hubstack.usage.ledger import Ledger, Opened
+from hubstack.usage.pricing import Rate
+from usage.postgres import postgres_cluster
+
+T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def opened(user: str, money: float, cores: float = 1, groups: tuple[str, ...] = ()) -> Opened:
+    return Opened(
+        user=user,
+        server="",
+        backend="local",
+        machine="small",
+        fields={"machine": "small"},
+        rate=Rate(money=money, cores=cores, memory=2**30, gpus=0),
+        currency="EUR",
+        groups=frozenset(groups),
+    )
+
+
+def test_a_session_is_charged_at_the_rate_it_started_with(database: str) -> None:
+    ledger = Ledger(database)
+    user = f"rate-{database[:5]}"
+    first = ledger.open(opened(user, money=2.0, cores=2), T0)
+    ledger.meter(first, T0 + HOUR, cpu_seconds=1800.0, peak_memory=10)
+    ledger.meter(first, T0 + HOUR / 2, cpu_seconds=900.0, peak_memory=5)  # late: ignored
+    # A price change: the next session has a new rate, the first keeps its own.
+    second = ledger.open(opened(user, money=10.0), T0 + HOUR)
+    ledger.close(second, T0 + 2 * HOUR)
+    row = ledger.get(first)
+    assert row is not None
+    assert (row.metered, row.cpu_seconds, row.peak_memory) == (T0 + HOUR, 1800.0, 10)
+    spent = ledger.spent([Scope("user", user)], T0, T0 + 10 * HOUR)
+    assert spent[Scope("user", user)].money == pytest.approx(2.0 + 10.0)
+    assert spent[Scope("user", user)].core_hours == pytest.approx(2 + 1)
+
+
+def test_closing_twice_or_metering_after_close_counts_nothing_more(database: str) -> None:
+    ledger = Ledger(database)
+    user = f"twice-{database[:5]}"
+    session = ledger.open(opened(user, money=1.0), T0)
+    ledger.close(session, T0 + HOUR)
+    ledger.close(session, T0 + 3 * HOUR)
+    ledger.meter(session, T0 + 5 * HOUR)
+    # A second ledger on the same database (a restarted hub) sees the same.
+    again = Ledger(database)
+    spent = again.spent([Scope("user", user)], T0, T0 + 10 * HOUR)
+    assert spent[Scope("user", user)].money == pytest.approx(1.0)
+    row = again.get(session)
+    assert row is not None and row.stopped == T0 + HOUR
+
+
+def test_group_budgets_count_the_groups_at_the_start(database: str) -> None:
+    ledger = Ledger(database)
+    tag = database[:5]
+    group, other = f"lab-{tag}", f"art-{tag}"
+    ledger.close(ledger.open(opened(f"a-{tag}", 1.0, groups=(group,)), T0), T0 + HOUR)
+    ledger.close(ledger.open(opened(f"b-{tag}", 2.0, groups=(group, other)), T0), T0 + HOUR)
+    ledger.close(ledger.open(opened(f"c-{tag}", 4.0), T0), T0 + HOUR)
+    scopes = [Scope("group", group), Scope("group", other), Scope("user", f"c-{tag}")]
+    spent = ledger.spent(scopes, T0, T0 + HOUR)
+    assert [spent[s].money for s in scopes] == pytest.approx([3.0, 2.0, 4.0])
+
+
+def test_only_the_window_is_charged(database: str) -> None:
+    ledger = Ledger(database)
+    user = f"window-{database[:5]}"
+    running = ledger.open(opened(user, money=1.0), T0 - HOUR)
+    ledger.meter(running, T0 + HOUR)
+    ledger.close(ledger.open(opened(user, 5.0), T0 - 3 * HOUR), T0 - 2 * HOUR)
+    spent = ledger.spent([Scope("user", user)], T0, T0 + 10 * HOUR)
+    assert spent[Scope("user", user)].money == pytest.approx(1.0)
+    assert [r.id for r in ledger.sessions(T0, T0 + HOUR, users=[user])] == [running]
