@@ -307,6 +307,19 @@ def test_group_connection_is_read_only_for_members(
         "    print(json.dumps(str(e)))\n"
     )
     assert "read-only" in in_server(alice, code)
+    code = (
+        "import fsspec, json\n"
+        "fs = fsspec.filesystem('hub', connection='labdata')\n"
+        "refused = []\n"
+        "for write in (lambda: fs.rm('table.csv'), lambda: fs.pipe_file('y', b'1'),\n"
+        "              lambda: fs._pipe_file('y', b'1'), lambda: fs.mv('table.csv', 'z')):\n"
+        "    try:\n"
+        "        write()\n"
+        "    except PermissionError:\n"
+        "        refused.append(True)\n"
+        "print(json.dumps([len(refused), fs.cat('table.csv').decode()]))\n"
+    )
+    assert in_server(alice, code) == [4, CSV]
     assert (
         in_server(
             alice,

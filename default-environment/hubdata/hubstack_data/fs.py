@@ -27,6 +27,18 @@ WRITES = (
     "makedirs",
     "touch",
     "write_text",
+    "open_async",
+    # The coroutine methods too, for asynchronous users of the filesystem.
+    "_put_file",
+    "_put",
+    "_pipe_file",
+    "_pipe",
+    "_rm_file",
+    "_rm",
+    "_cp_file",
+    "_copy",
+    "_mkdir",
+    "_makedirs",
 )
 
 

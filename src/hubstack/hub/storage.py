@@ -289,12 +289,17 @@ class StoragePageHandler(StorageMixin, BaseHandler):
 
     async def page(self, **extra: Any) -> None:
         user = self.current_user
-        members, championed = groups_of(user)
+        shown = visible(self.db, user)
+        if user.admin:
+            everyone = {g.name for g in self.db.query(orm.Group).all()}
+            groups = {g for g in everyone if not g.endswith(CHAMPIONS_SUFFIX)}
+        else:
+            groups = groups_of(user)[1]
         html = await self.render_template(
             "storage.html",
-            connections=[c.describe() for c in visible(self.db, user)],
-            revocable={c.id for c in visible(self.db, user) if may_revoke(user, c)},
-            groups=sorted(championed if not user.admin else members | championed),
+            connections=[c.describe() for c in shown],
+            revocable={c.id for c in shown if may_revoke(user, c)},
+            groups=sorted(groups),
             error=extra.get("error"),
             added=extra.get("added"),
         )
