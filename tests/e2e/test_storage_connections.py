@@ -350,6 +350,12 @@ def test_nobody_else_gets_a_connection(hub: Hub, alice: Session, bob: Session) -
     admin = hub.login("admin", hub.admin_password)
     resp = admin.api("GET", f"/storage/users/{alice.name}/credentials/mine")
     assert resp.status_code == 403, "not even an admin gets a user's credential"
+    listing = admin.api("GET", "/storage/users/admin/connections?all=1")
+    assert "mine" in {c["name"] for c in listing.json()["connections"]}
+    assert S3_SECRET not in listing.text
+    assert bob.api("GET", f"/storage/users/{bob.name}/connections?all=1").json() == {
+        "connections": []
+    }, "only admins see all"
     key = hub.data_dir / "storage-connections.key"
     assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_uid == 0
     code = (

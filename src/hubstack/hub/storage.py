@@ -232,8 +232,13 @@ class ConnectionsAPIHandler(StorageMixin, APIHandler):
 
     @needs_scope("users:activity")
     def get(self, user_name: str) -> None:
+        """``?all=1``: an admin sees every connection (to revoke any), never a credential."""
         user = self.acting_user(user_name)
-        self.write({"connections": [c.describe() for c in visible(self.db, user)]})
+        if self.get_argument("all", "") and user.admin:
+            found = active(self.db).order_by(Connection.name).all()
+        else:
+            found = visible(self.db, user)
+        self.write({"connections": [c.describe() for c in found]})
 
     @needs_scope("tokens")
     def post(self, user_name: str) -> None:
@@ -289,7 +294,12 @@ class StoragePageHandler(StorageMixin, BaseHandler):
 
     async def page(self, **extra: Any) -> None:
         user = self.current_user
-        shown = visible(self.db, user)
+        # Admins see every connection, to revoke any of them.
+        shown = (
+            active(self.db).order_by(Connection.name).all()
+            if user.admin
+            else visible(self.db, user)
+        )
         if user.admin:
             everyone = {g.name for g in self.db.query(orm.Group).all()}
             groups = {g for g in everyone if not g.endswith(CHAMPIONS_SUFFIX)}
