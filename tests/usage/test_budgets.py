@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hubstack.config.load import validate
+from hubstack.config.load import ConfigError, validate
 from hubstack.config.usage import UsageSettings
 from hubstack.launch import resolve
 from hubstack.launch.access import Access
@@ -138,3 +138,19 @@ def test_refusal_names_the_budget_and_when_it_resets() -> None:
     spent[Scope("group", "physics")] = Charge(money=1)
     message = warning(usage, standings(usage, "ada", ["physics"], spent, T0))
     assert message is not None and message.startswith("85 % of the user budget of ada is used")
+
+
+@pytest.mark.parametrize(
+    ("usage", "says"),
+    [
+        ({"prices": {"machines": {"huge": 1}}}, "usage.prices.machines.huge: is not a machine"),
+        ({"budgets": {"users": {"ada": {}}}}, "usage.budgets.users.ada: a budget needs money"),
+        ({"budgets": {"groups": {"lab": {"money": -1}}}}, "usage.budgets.groups.lab.money"),
+        ({"period": "10s"}, "usage.period: must be 'month' or at least 1m"),
+        ({"database": "mysql://db"}, "usage.database"),
+    ],
+)
+def test_bad_usage_config_names_the_key(usage: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate({"usage": usage})
+    assert says in str(error.value)

@@ -148,6 +148,11 @@ class Backend(Protocol):
 
     async def delete(self, hub_user: str, server_name: str) -> None: ...
 
+    def measure(self, state: dict[str, Any]) -> tuple[float | None, int | None]:
+        """CPU-seconds used and peak memory of the server so far (None: not measured);
+        blocking (call it in a thread)."""
+        ...
+
     def new_oom_kills(self, state: dict[str, Any]) -> int:
         """Processes killed for memory since the last call (and update ``state``)."""
         ...

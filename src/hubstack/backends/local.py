@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -66,8 +68,8 @@ STOP_GRACE_SECONDS = 5.0
 _CANNOT_EXECUTE = (126, 127)
 _NO_REPORTS = "Servers on the hub's machine listen on a socket the hub binds; none reports it."
 _LISTEN_CODE = resources.files("hubstack.backends").joinpath("listen_fd.py").read_text()
-# Where a server's kernels put their connection files and IPC sockets: its private /tmp
-# (see _private_tmp), a short path (a Unix socket's is at most 107 bytes) nobody else sees.
+# Where a server's kernels put their connection files and IPC sockets (as root): its private
+# /tmp (see _private_tmp), a short path (a Unix socket's is at most 107 bytes) nobody else sees.
 _RUNTIME_DIR = "/tmp/jupyter-runtime"
 _ANSWER_INTERVAL_S = 0.1
 
@@ -414,6 +416,11 @@ class LocalBackend:
         env = {**plan.env, LISTEN_FD: str(fd)}
         if self.accounts.root:
             env["JUPYTER_RUNTIME_DIR"] = _RUNTIME_DIR
+        else:
+            # No private /tmp in dev mode, and the home may be too deep for a socket's path:
+            # a directory of the hub's own account (the server's) that only it can enter.
+            state["runtime"] = tempfile.mkdtemp(prefix="hubstack-runtime-")
+            env["JUPYTER_RUNTIME_DIR"] = state["runtime"]
 
         emit(f"Starting {environment.display} on {machine.display}")
         try:
@@ -495,6 +502,12 @@ class LocalBackend:
             return Exit(status, f"it was killed by signal {signal.Signals(-status).name}")
         return Exit(status, f"it exited with status {status}")
 
+    def measure(self, state: dict[str, Any]) -> tuple[float | None, int | None]:
+        """CPU-seconds and peak memory of the server's cgroup; blocking (a thread)."""
+        if "unit" not in state:
+            return None, None
+        return self._group(state).usage()
+
     def new_oom_kills(self, state: dict[str, Any]) -> int:
         if "unit" not in state:
             return 0
@@ -547,6 +560,8 @@ class LocalBackend:
         The home is unmounted too when this was the account's last running server.
         """
         self._group(state).remove()
+        if state.get("runtime"):
+            shutil.rmtree(state["runtime"], ignore_errors=True)
         if not self.accounts.root or not state.get("volume"):
             return
         name, home = state["account"], Path(state["volume"]).parent.parent

@@ -529,6 +529,10 @@ class SlurmBackend:
             return f"RUNNING on {info.nodes}"
         return info.state
 
+    def measure(self, state: dict[str, Any]) -> tuple[float | None, int | None]:
+        """Not measured while a job runs: sacct reports a job's use once it has ended."""
+        return None, None
+
     def new_oom_kills(self, state: dict[str, Any]) -> int:
         """Slurm reports a job killed for memory as its end state; nothing to count here."""
         return 0

@@ -126,7 +126,8 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     c.JupyterHub.spawner_class = "hubstack.hub.spawner.HubstackSpawner"
     c.HubstackSpawner.hubstack_config = config.model_dump_json()
     # Frequent polls are cheap here (a waitpid and a cgroup read) and surface OOM kills fast.
-    c.HubstackSpawner.poll_interval = 10
+    # Each poll also meters the server for the usage ledger and its budgets.
+    c.HubstackSpawner.poll_interval = min(10, config.usage.meter_interval)
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = named_server_policy(config)
     # Servers (processes, jobs) outlive the hub: a restart takes them back with their routes.

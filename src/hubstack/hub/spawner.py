@@ -31,6 +31,7 @@ from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub import metrics
+from hubstack.hub.usage import close_session, meter_session, open_session, refuse_spent_budget
 from hubstack.launch import (
     InvalidLaunch,
     LaunchRequest,
@@ -99,10 +100,12 @@ async def checked_request(
     """The launch ``user_options`` ask for on a server of JupyterHub ``user``, validated
     against the config, the user's groups and the backend; HTTP 400 with the reason a
     person can read when it is refused."""
+    config, access = config_from_json(config_json), access_of(user)
     try:
-        request = resolve(config_from_json(config_json), user_options, access_of(user))
+        request = resolve(config, user_options, access)
     except InvalidLaunch as exc:
         raise web.HTTPError(400, exc.message) from None
+    await refuse_spent_budget(config, user.name, access.groups)
     refusal = await backend_for(config_json).check_request(user.name, request)
     if refusal:
         raise web.HTTPError(400, refusal)
@@ -144,6 +147,8 @@ class HubstackSpawner(Spawner):
         self._resume_task: asyncio.Future[None] | None = None
         self.env_key: str | None = None  # the repository environment the server runs
         self._env_marked = 0.0
+        self.usage_session: int | None = None  # the server's session in the usage ledger
+        self._budget_warned = False
 
     # -- options --------------------------------------------------------------------------
 
@@ -199,6 +204,8 @@ class HubstackSpawner(Spawner):
         self.notices = list(state.get("notices", []))
         self._resuming = bool(state.get("resuming"))
         self.env_key = state.get("env_key")
+        self.usage_session = state.get("usage_session")
+        self._budget_warned = bool(state.get("budget_warned"))
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -214,6 +221,10 @@ class HubstackSpawner(Spawner):
             state["resuming"] = True
         if self.env_key:
             state["env_key"] = self.env_key
+        if self.usage_session is not None:
+            state["usage_session"] = self.usage_session
+        if self._budget_warned:
+            state["budget_warned"] = True
         return state
 
     def clear_state(self) -> None:
@@ -225,6 +236,8 @@ class HubstackSpawner(Spawner):
         if not self._resuming:
             self.backend_state = {}
             self.env_key = None
+            self.usage_session = None
+            self._budget_warned = False
 
     def _record(self, state: dict[str, Any]) -> None:
         """Save a start's state now (e.g. a job id), so a hub restart can find it again."""
@@ -368,6 +381,16 @@ class HubstackSpawner(Spawner):
             if listening is not None:
                 listening.close()  # the server holds its own copy
         self.backend_state = started.state
+        if self.usage_session is None:
+            self.usage_session = await open_session(
+                self.hubstack,
+                self.user.name,
+                self.name,
+                request,
+                spec.groups,
+                started.state.get("job_id"),
+            )
+            self._save_state()
         return started.ip, started.port
 
     def address_reported(self, host: str, port: int) -> None:
@@ -441,10 +464,46 @@ class HubstackSpawner(Spawner):
         await self._mark_env_used()
         ended = await self.backend.poll(self.backend_state)
         if ended is None:
-            return None
+            return await self._meter()
+        await self._close_usage()
         if ended.reason:
             self.add_notice(f"Your server {self._server_label()} stopped: {ended.reason}.")
         return ended.status
+
+    async def _meter(self) -> int | None:
+        """Meter the running server in the usage ledger; warn near a budget's end, and
+        stop the server (its exit status) once a spent budget's grace period is over."""
+        if self.usage_session is None:
+            return None
+        measured = await asyncio.to_thread(self.backend.measure, self.backend_state)
+        groups = frozenset(group.name for group in self.user.groups)
+        verdict = await meter_session(
+            self.hubstack,
+            self.usage_session,
+            self.user.name,
+            groups,
+            measured,
+            self._budget_warned,
+        )
+        if verdict.notice is None:
+            return None
+        self.log.warning("Budget of %s: %s", self._log_name, verdict.notice)
+        if not verdict.stop:
+            self._budget_warned = True
+            self.add_notice(f"Budget: {verdict.notice}")
+            return None
+        await self.backend.stop(self.backend_state)
+        self.backend_state = {}
+        await self._close_usage()
+        self.add_notice(f"Your server {self._server_label()} stopped: {verdict.notice}.")
+        return 0
+
+    async def _close_usage(self) -> None:
+        """End the server's ledger session (once: a second end changes nothing)."""
+        if self.usage_session is not None:
+            await close_session(self.hubstack, self.usage_session)
+            self.usage_session = None
+            self._save_state()
 
     async def _mark_env_used(self) -> None:
         """A running server keeps its environment "used", so ``env prune`` spares it."""
@@ -459,6 +518,7 @@ class HubstackSpawner(Spawner):
         self.check_memory()
         await self.backend.stop(self.backend_state)
         self.backend_state = {}
+        await self._close_usage()
 
     async def rename(self, old_name: str, new_name: str) -> None:
         """Refused: a server's volume, cgroup and Slurm job are named after it, and

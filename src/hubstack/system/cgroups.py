@@ -137,6 +137,11 @@ class Cgroup(ABC):
     def read_limits(self) -> Limits:
         """The limits the kernel actually enforces, for display and tests."""
 
+    def usage(self) -> tuple[float | None, int | None]:
+        """CPU-seconds used and peak memory in bytes so far, where the kernel counts them:
+        what the usage ledger compares with what the server was given."""
+        return None, None
+
     def _kill_until_empty(self) -> None:
         """SIGKILL until the group is empty; a killed process takes a moment to leave."""
         for _ in range(_REMOVE_ATTEMPTS):
@@ -194,6 +199,15 @@ class CgroupV1(_FsCgroup):
     def oom_kills(self) -> int:
         return _read_counter(self.memory_dir / "memory.oom_control", "oom_kill")
 
+    def usage(self) -> tuple[float | None, int | None]:
+        """CPU time only where cpuacct is mounted with cpu (the group hubstack makes)."""
+        nanoseconds = _read(self.cpu_dir / "cpuacct.usage") if self.cpu_dir else None
+        peak = _read(self.memory_dir / "memory.max_usage_in_bytes")
+        return (
+            int(nanoseconds) / 1e9 if nanoseconds else None,
+            int(peak) if peak else None,
+        )
+
     def read_limits(self) -> Limits:
         memory = int(_read(self.memory_dir / "memory.limit_in_bytes") or _V1_NO_LIMIT)
         cpu = None
@@ -214,6 +228,12 @@ class CgroupV2(_FsCgroup):
 
     def oom_kills(self) -> int:
         return _read_counter(self.path / "memory.events", "oom_kill")
+
+    def usage(self) -> tuple[float | None, int | None]:
+        """memory.peak exists from Linux 5.19 on."""
+        peak = _read(self.path / "memory.peak")
+        microseconds = _read_counter(self.path / "cpu.stat", "usage_usec")
+        return microseconds / 1e6, int(peak) if peak else None
 
     def read_limits(self) -> Limits:
         cpu = None

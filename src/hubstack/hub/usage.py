@@ -1,0 +1,155 @@
+"""The usage ledger and budgets in the hub: a spent budget refuses a start (HTTP 400,
+whatever asks: form, REST API, named server), each poll of a running server meters it,
+warns past ``warn_at`` and stops it once a spent budget's grace period is over.
+
+The meter runs in the spawner's poll (JupyterHub's own periodic check of every running
+server, also run for each server when a restarted hub takes it back), so no second loop
+has to find the servers, and a restart resumes metering where the ledger left off.
+Database work and cgroup reads run in threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tornado import web
+
+from hubstack.config import Config
+from hubstack.launch.profiles import LaunchRequest
+from hubstack.usage.budgets import (
+    Level,
+    Standing,
+    period_of,
+    refusal,
+    scopes_of,
+    standings,
+    stop_at,
+    warning,
+)
+from hubstack.usage.ledger import Ledger, Opened
+from hubstack.usage.pricing import rate_of
+
+# Sessions whose server ended before this hub process saw it run ended while the hub was
+# down: they are charged up to the last time they were seen running.
+HUB_STARTED = datetime.now(UTC)
+
+
+def ledger_url(config: Config) -> str:
+    return config.usage.database_url or f"sqlite:///{config.hub.data_dir / 'usage.sqlite'}"
+
+
+@functools.cache
+def ledger_for(url: str) -> Ledger:
+    """One ledger (engine and connection pool) per database."""
+    return Ledger(url)
+
+
+def _standings(config: Config, user: str, groups: frozenset[str], now: datetime) -> list[Standing]:
+    scopes = scopes_of(config.usage, user, groups)
+    if not scopes:
+        return []
+    since, until = period_of(config.usage, now)
+    spent = ledger_for(ledger_url(config)).spent(scopes, since, until)
+    return standings(config.usage, user, groups, spent, now)
+
+
+async def refuse_spent_budget(config: Config, user: str, groups: frozenset[str]) -> None:
+    """HTTP 400 naming the spent budget and when it resets, before anything starts."""
+    found = await asyncio.to_thread(_standings, config, user, groups, datetime.now(UTC))
+    message = refusal(config.usage, found)
+    if message:
+        raise web.HTTPError(400, message)
+
+
+async def open_session(
+    config: Config,
+    user: str,
+    server: str,
+    request: LaunchRequest,
+    groups: frozenset[str],
+    job_id: str | None,
+) -> int:
+    """Record a started server at the rate in force now."""
+    opened = Opened(
+        user=user,
+        server=server,
+        backend=config.backend.type,
+        machine=request.machine.id,
+        fields=request.as_user_options(),
+        rate=rate_of(config.usage.prices, request),
+        currency=config.usage.currency,
+        groups=groups,
+        job_id=job_id,
+    )
+    ledger = ledger_for(ledger_url(config))
+    return await asyncio.to_thread(ledger.open, opened, datetime.now(UTC))
+
+
+async def close_session(config: Config, session_id: int, seen_ended_now: bool = True) -> None:
+    """The session's server has ended: now, or, if this hub never saw it run (it ended
+    while the hub was down), when it was last seen running."""
+    ledger = ledger_for(ledger_url(config))
+
+    def close() -> None:
+        row = ledger.get(session_id)
+        if row is None:
+            return
+        end = datetime.now(UTC)
+        if not seen_ended_now or row.metered < HUB_STARTED:
+            end = row.metered
+        ledger.close(session_id, end)
+
+    await asyncio.to_thread(close)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a meter pass found for one server: a notice to give, and whether to stop it."""
+
+    notice: str | None = None
+    stop: bool = False
+
+
+async def meter_session(
+    config: Config,
+    session_id: int,
+    user: str,
+    groups: frozenset[str],
+    measured: tuple[float | None, int | None],
+    warned: bool,
+) -> Verdict:
+    """Meter a running server up to now and judge its budgets."""
+    ledger = ledger_for(ledger_url(config))
+    usage = config.usage
+
+    def judge() -> Verdict:
+        now = datetime.now(UTC)
+        row = ledger.meter(session_id, now, *measured)
+        if row is None or row.stopped is not None:
+            return Verdict()
+        found = _standings(config, user, groups, now)
+        spent = [s for s in found if s.level(usage.warn_at) is Level.SPENT]
+        if not spent:
+            if row.over_budget_since is not None:  # a new period or a raised budget
+                ledger.mark_over_budget(session_id, None)
+            message = warning(usage, found)
+            return Verdict(None if warned or message is None else message)
+        since = row.over_budget_since
+        if since is None:
+            ledger.mark_over_budget(session_id, now)
+            until = stop_at(usage, now).strftime("%Y-%m-%d %H:%M:%S UTC")
+            return Verdict(f"{spent[0].describe(usage.currency)}; this server stops at {until}.")
+        if now >= stop_at(usage, since):
+            return Verdict(f"it was stopped because {spent[0].describe(usage.currency)}", stop=True)
+        return Verdict()
+
+    return await asyncio.to_thread(judge)
+
+
+def session_state(state: dict[str, Any]) -> int | None:
+    value = state.get("usage_session")
+    return value if isinstance(value, int) else None

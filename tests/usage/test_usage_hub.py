@@ -1,0 +1,114 @@
+"""Budgets on a real hub: costs accrue for a running server at the rate of its start, 80 %
+warns, 100 % stops it after the grace period and refuses new starts (REST API and named
+servers alike, with the budget and its reset named), group budgets apply, and a hub killed
+with ``kill -9`` loses no session and counts none twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from conftest import needs_default_env, needs_root
+from hubprocesses import kill_hub
+from hubtest import Hub, Session, running_hub, wait_for
+
+from hubstack.usage.budgets import Scope
+from hubstack.usage.ledger import Ledger, SessionRow
+
+pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
+
+PRICE = 360.0  # per hour: 0.1 a second
+BUDGET = 2.0  # about 20 s of a small server
+SPENDER, GROUPED, STEADY = "ub-spender", "ub-grouped", "ub-steady"
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    usage = {
+        "prices": {"machines": {"small": PRICE}},
+        "budgets": {
+            "users": {SPENDER: {"money": BUDGET}},
+            "groups": {"broke": {"money": 0}},
+        },
+        "period": "1d",
+        "grace": "6s",
+        "meter_interval": "2s",
+    }
+    groups = {"broke": {"members": [GROUPED]}}
+    with running_hub({"usage": usage, "groups": groups}) as hub:
+        yield hub
+
+
+def ledger(hub: Hub) -> Ledger:
+    return Ledger(f"sqlite:///{hub.data_dir / 'usage.sqlite'}")
+
+
+def sessions_of(hub: Hub, user: str) -> list[SessionRow]:
+    return ledger(hub).sessions(datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC), [user])
+
+
+def home(session: Session) -> str:
+    return session.http.get(f"{session.hub.url}/hub/home", timeout=30).text
+
+
+def test_spending_warns_then_stops_the_server_and_refuses_new_ones(hub: Hub) -> None:
+    spender = hub.new_user(SPENDER)
+    assert spender.start("", {"machine": "small"}).status_code in (201, 202)
+    spender.wait_ready()
+    (row,) = sessions_of(hub, SPENDER)
+    assert (row.rate, row.machine, row.cores, row.stopped) == (PRICE, "small", 1.0, None)
+
+    wait_for(lambda: "% of the user budget of ub-spender is used" in home(spender), 90, "80 %")
+    wait_for(lambda: "this server stops at" in home(spender), 60, "the spent budget's notice")
+    wait_for(lambda: spender.model() is None, 60, "the server stopped after the grace period")
+    assert "it was stopped because the user budget of ub-spender" in home(spender)
+
+    (row,) = sessions_of(hub, SPENDER)
+    assert row.stopped is not None and row.over_budget_since is not None
+    # Charged at its rate up to its stop: the budget plus at most the grace and a poll.
+    assert BUDGET <= row.charge_total.money <= BUDGET + (6 + 2 * 2 + 2) * PRICE / 3600
+
+    for server, options in (("", {}), ("other", {"machine": "tiny"}), ("", {"machine": "x"})):
+        refused = spender.start(server, options)
+        assert refused.status_code == 400, refused.text
+        if options.get("machine") != "x":
+            message = refused.json()["message"]
+            assert message.startswith("No new server can start: the user budget of ub-spender")
+            assert "It resets on" in message
+    assert spender.model("other", include_stopped=True) is None
+    assert len(sessions_of(hub, SPENDER)) == 1
+
+
+def test_a_spent_group_budget_refuses_its_members(hub: Hub) -> None:
+    member = hub.new_user(GROUPED)
+    for server in ("", "named"):
+        refused = member.start(server, {"machine": "tiny"})
+        assert refused.status_code == 400, refused.text
+        assert "the group budget of broke" in refused.json()["message"]
+    assert sessions_of(hub, GROUPED) == []
+
+
+def test_kill_9_loses_no_session_and_counts_none_twice(hub: Hub) -> None:
+    steady = hub.new_user(STEADY)
+    assert steady.start("", {"machine": "small"}).status_code in (201, 202)
+    steady.wait_ready()
+    (before,) = sessions_of(hub, STEADY)
+    wait_for(lambda: sessions_of(hub, STEADY)[0].metered > before.started, 30, "a meter pass")
+
+    kill_hub(hub)
+    # A price change while the hub is down does not change the running session's rate.
+    hub.overrides["usage"]["prices"]["machines"]["small"] = PRICE * 10
+    hub.write_config()
+    restarted = datetime.now(UTC)
+    hub.start()
+    wait_for(lambda: sessions_of(hub, STEADY)[0].metered > restarted, 60, "metering again")
+    (row,) = sessions_of(hub, STEADY)
+    assert (row.id, row.started, row.rate, row.stopped) == (before.id, before.started, PRICE, None)
+
+    steady.stop()
+    (row,) = sessions_of(hub, STEADY)
+    assert row.stopped is not None and row.stopped >= restarted
+    hours = (row.stopped - row.started).total_seconds() / 3600
+    spent = ledger(hub).spent([Scope("user", STEADY)], row.started, datetime.now(UTC))
+    assert spent[Scope("user", STEADY)].money == pytest.approx(PRICE * hours)
