@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -218,6 +218,32 @@ def cmd_env_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Spending and use per user and machine type from the usage ledger."""
+    from hubstack.usage.budgets import period_of
+    from hubstack.usage.ledger import Ledger, ledger_url
+    from hubstack.usage.report import as_csv, as_dicts, as_table, report
+
+    config = _load(args)
+    now = datetime.now(UTC)
+    since, until = period_of(config.usage, now)
+    if args.since is not None:
+        since, until = now - args.since, now
+    users = [args.user] if args.user else None
+    groups = [args.group] if args.group else None
+    rows = Ledger(ledger_url(config)).sessions(since, until, users, groups)
+    lines = report(rows, since, min(until, now))
+    if args.csv:
+        print(as_csv(lines), end="")
+    elif args.json:
+        window = {"since": since.isoformat(), "until": min(until, now).isoformat()}
+        print(json.dumps({**window, "currency": config.usage.currency, "lines": as_dicts(lines)}))
+    else:
+        print(f"# {since:%Y-%m-%d %H:%M} to {min(until, now):%Y-%m-%d %H:%M} UTC")
+        print(as_table(lines, config.usage.currency))
+    return 0
+
+
 def _duration(text: str) -> int:
     try:
         return parse_duration(text)
@@ -290,6 +316,22 @@ def parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="what runs, the queue, disks and recent failures"
     )
     p.set_defaults(func=cmd_status, verbose_source=False)
+
+    p = sub.add_parser(
+        "usage", parents=[common], help="spending and use per user and machine type (ledger)"
+    )
+    p.add_argument(
+        "--since",
+        type=lambda text: timedelta(seconds=_duration(text)),
+        metavar="DURATION",
+        help="the last DURATION (e.g. 7d); default: the current budget period",
+    )
+    p.add_argument("--user", help="only this hub user's servers")
+    p.add_argument("--group", help="only servers of this group's members")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="print CSV")
+    out.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_usage, verbose_source=False)
 
     env = sub.add_parser("env", help="environments built from repositories: list, rebuild, prune")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")

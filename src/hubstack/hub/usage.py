@@ -30,16 +30,12 @@ from hubstack.usage.budgets import (
     stop_at,
     warning,
 )
-from hubstack.usage.ledger import Ledger, Opened
+from hubstack.usage.ledger import Ledger, Opened, ledger_url
 from hubstack.usage.pricing import rate_of
 
 # Sessions whose server ended before this hub process saw it run ended while the hub was
 # down: they are charged up to the last time they were seen running.
 HUB_STARTED = datetime.now(UTC)
-
-
-def ledger_url(config: Config) -> str:
-    return config.usage.database_url or f"sqlite:///{config.hub.data_dir / 'usage.sqlite'}"
 
 
 @functools.cache

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from hubstack.config import Config
 from hubstack.usage.budgets import Scope
 from hubstack.usage.pricing import Charge, Rate, charge
 
@@ -113,6 +114,11 @@ class Opened:
     currency: str
     groups: frozenset[str]
     job_id: str | None = None
+
+
+def ledger_url(config: Config) -> str:
+    """The ledger's database: ``usage.database``, else SQLite beside the hub's."""
+    return config.usage.database_url or f"sqlite:///{config.hub.data_dir / 'usage.sqlite'}"
 
 
 class Ledger:
