@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_default_env, needs_root
-from hubtest import Hub, new_test_root, running_hub, wait_for
+from hubtest import DEFAULT_ENV, Hub, new_test_root, running_hub, wait_for
 
 from hubstack.system import volumes
 
@@ -22,8 +22,12 @@ def stalled_env() -> Iterator[Path]:
     prefix = new_test_root() / "stalled"
     (prefix / "bin").mkdir(parents=True, mode=0o755)
     server = prefix / "bin/jupyterhub-singleuser"
-    server.write_text("#!/bin/sh\nexec sleep 300\n")
+    server.write_text(f"#!{DEFAULT_ENV}/bin/python3\nimport time\ntime.sleep(300)\n")
     server.chmod(0o755)
+    # The hub runs a local server through its environment's Python (listen_fd.py).
+    python = prefix / "bin/python3"
+    python.write_text(f'#!/bin/sh\nexec {DEFAULT_ENV}/bin/python3 "$@"\n')
+    python.chmod(0o755)
     prefix.chmod(0o755)
     yield prefix
     shutil.rmtree(prefix.parent, ignore_errors=True)
