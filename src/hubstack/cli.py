@@ -220,26 +220,20 @@ def cmd_env_prune(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     """Spending and use per user and machine type from the usage ledger."""
-    from hubstack.usage.budgets import period_of
     from hubstack.usage.ledger import Ledger, ledger_url
-    from hubstack.usage.report import as_csv, as_dicts, as_table, report
+    from hubstack.usage.report import Window, as_csv, as_json, as_table, usage_report
 
     config = _load(args)
-    now = datetime.now(UTC)
-    since, until = period_of(config.usage, now)
-    if args.since is not None:
-        since, until = now - args.since, now
+    window = Window.of(config.usage, datetime.now(UTC), args.since)
     users = [args.user] if args.user else None
     groups = [args.group] if args.group else None
-    rows = Ledger(ledger_url(config)).sessions(since, until, users, groups)
-    lines = report(rows, since, min(until, now))
+    lines = usage_report(Ledger(ledger_url(config)), config.usage, window, users, groups)
     if args.csv:
         print(as_csv(lines), end="")
     elif args.json:
-        window = {"since": since.isoformat(), "until": min(until, now).isoformat()}
-        print(json.dumps({**window, "currency": config.usage.currency, "lines": as_dicts(lines)}))
+        print(json.dumps(as_json(lines, config.usage, window)))
     else:
-        print(f"# {since:%Y-%m-%d %H:%M} to {min(until, now):%Y-%m-%d %H:%M} UTC")
+        print(f"# {window.since:%Y-%m-%d %H:%M} to {window.until:%Y-%m-%d %H:%M} UTC")
         print(as_table(lines, config.usage.currency))
     return 0
 

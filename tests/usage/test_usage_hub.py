@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
 PRICE = 360.0  # per hour: 0.1 a second
 BUDGET = 2.0  # about 20 s of a small server
-SPENDER, GROUPED, STEADY = "ub-spender", "ub-grouped", "ub-steady"
+SPENDER, GROUPED, STEADY, CHAMPION = "ub-spender", "ub-grouped", "ub-steady", "ub-champion"
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,19 @@ def hub() -> Iterator[Hub]:
         "grace": "6s",
         "meter_interval": "2s",
     }
-    groups = {"broke": {"members": [GROUPED]}}
+    groups = {"broke": {"members": [GROUPED], "champions": [CHAMPION]}}
     with running_hub({"usage": usage, "groups": groups}) as hub:
         yield hub
+
+
+@pytest.fixture(scope="module")
+def spender(hub: Hub) -> Session:
+    return hub.new_user(SPENDER)
+
+
+@pytest.fixture(scope="module")
+def member(hub: Hub) -> Session:
+    return hub.new_user(GROUPED)
 
 
 def ledger(hub: Hub) -> Ledger:
@@ -52,8 +62,9 @@ def home(session: Session) -> str:
     return session.http.get(f"{session.hub.url}/hub/home", timeout=30).text
 
 
-def test_spending_warns_then_stops_the_server_and_refuses_new_ones(hub: Hub) -> None:
-    spender = hub.new_user(SPENDER)
+def test_spending_warns_then_stops_the_server_and_refuses_new_ones(
+    hub: Hub, spender: Session
+) -> None:
     assert spender.start("", {"machine": "small"}).status_code in (201, 202)
     spender.wait_ready()
     (row,) = sessions_of(hub, SPENDER)
@@ -80,13 +91,35 @@ def test_spending_warns_then_stops_the_server_and_refuses_new_ones(hub: Hub) -> 
     assert len(sessions_of(hub, SPENDER)) == 1
 
 
-def test_a_spent_group_budget_refuses_its_members(hub: Hub) -> None:
-    member = hub.new_user(GROUPED)
+def test_a_spent_group_budget_refuses_its_members(hub: Hub, member: Session) -> None:
     for server in ("", "named"):
         refused = member.start(server, {"machine": "tiny"})
         assert refused.status_code == 400, refused.text
         assert "the group budget of broke" in refused.json()["message"]
     assert sessions_of(hub, GROUPED) == []
+
+
+def test_usage_is_read_by_its_user_the_group_champions_and_no_one_else(
+    hub: Hub, spender: Session, member: Session
+) -> None:
+    champion = hub.new_user(CHAMPION)
+    own = spender.api("GET", f"/usage/users/{SPENDER}?since=1d")
+    assert own.status_code == 200, own.text
+    (line,) = own.json()["lines"]
+    assert (line["user"], line["machine"], line["sessions"]) == (SPENDER, "small", 1)
+    assert line["cost"] >= BUDGET
+    for reader, path in (
+        (member, f"/usage/users/{SPENDER}"),
+        (spender, f"/usage/users/{GROUPED}"),
+        (member, "/usage/groups/broke"),
+        (champion, f"/usage/users/{SPENDER}"),
+    ):
+        refused = reader.api("GET", path)
+        assert refused.status_code in (403, 404), (reader.name, path, refused.text)
+    for path in (f"/usage/users/{GROUPED}", "/usage/groups/broke"):
+        assert champion.api("GET", path).json()["lines"] == []
+    bad = spender.api("GET", f"/usage/users/{SPENDER}?since=soon")
+    assert bad.status_code == 400 and "since:" in bad.json()["message"]
 
 
 def test_kill_9_loses_no_session_and_counts_none_twice(hub: Hub) -> None:

@@ -8,9 +8,11 @@ import io
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from hubstack.usage.ledger import SessionRow
+from hubstack.config.usage import UsageSettings
+from hubstack.usage.budgets import period_of
+from hubstack.usage.ledger import Ledger, SessionRow
 from hubstack.usage.pricing import charge, overlap_hours
 
 COLUMNS = ("user", "machine", "sessions", "hours", "core_hours", "cost", "cpu_hours")
@@ -54,6 +56,44 @@ def report(rows: Iterable[SessionRow], since: datetime, until: datetime) -> list
         if line.cpu_hours is not None and line._measured_core_hours > 0:
             line.efficiency = line.cpu_hours / line._measured_core_hours
     return sorted(lines.values(), key=lambda line: (-line.cost, line.user, line.machine))
+
+
+@dataclass(frozen=True)
+class Window:
+    """What a report covers: ``since`` to ``until``, by default the current budget period
+    up to now."""
+
+    since: datetime
+    until: datetime
+
+    @classmethod
+    def of(cls, settings: UsageSettings, now: datetime, last: timedelta | None) -> Window:
+        if last is not None:
+            return cls(now - last, now)
+        since, until = period_of(settings, now)
+        return cls(since, min(until, now))
+
+
+def usage_report(
+    ledger: Ledger,
+    settings: UsageSettings,
+    window: Window,
+    users: list[str] | None = None,
+    groups: list[str] | None = None,
+) -> list[Line]:
+    """The report of ``users``' or ``groups``' members' sessions (neither: everyone's);
+    blocking (the hub calls it in a thread)."""
+    rows = ledger.sessions(window.since, window.until, users, groups)
+    return report(rows, window.since, window.until)
+
+
+def as_json(lines: list[Line], settings: UsageSettings, window: Window) -> dict[str, object]:
+    return {
+        "since": window.since.isoformat(),
+        "until": window.until.isoformat(),
+        "currency": settings.currency,
+        "lines": as_dicts(lines),
+    }
 
 
 def as_dicts(lines: list[Line]) -> list[dict[str, object]]:
