@@ -238,6 +238,18 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit log as JSON lines, oldest first."""
+    from hubstack.usage.audit import as_json_lines, entries
+    from hubstack.usage.ledger import Ledger, ledger_url
+
+    config = _load(args)
+    now = datetime.now(UTC)
+    rows = entries(Ledger(ledger_url(config)), now - args.since, now, args.user)
+    print(as_json_lines(rows), end="")
+    return 0
+
+
 def _duration(text: str) -> int:
     try:
         return parse_duration(text)
@@ -326,6 +338,19 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", action="store_true", help="print CSV")
     out.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_usage, verbose_source=False)
+
+    p = sub.add_parser(
+        "audit", parents=[common], help="who started, stopped, deleted what (JSON lines)"
+    )
+    p.add_argument(
+        "--since",
+        type=lambda text: timedelta(seconds=_duration(text)),
+        default=timedelta(days=30),
+        metavar="DURATION",
+        help="the last DURATION (default 30d)",
+    )
+    p.add_argument("--user", help="only entries about or by this hub user")
+    p.set_defaults(func=cmd_audit, verbose_source=False)
 
     env = sub.add_parser("env", help="environments built from repositories: list, rebuild, prune")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")

@@ -3,12 +3,14 @@ their start, and what users' and groups' budgets have spent."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from hubstack.usage import audit
 from hubstack.usage.budgets import Scope
 from hubstack.usage.ledger import Ledger, Opened
 from hubstack.usage.pricing import Rate
@@ -97,3 +99,22 @@ def test_only_the_window_is_charged(database: str) -> None:
     spent = ledger.spent([Scope("user", user)], T0, T0 + 10 * HOUR)
     assert spent[Scope("user", user)].money == pytest.approx(1.0)
     assert [r.id for r in ledger.sessions(T0, T0 + HOUR, users=[user])] == [running]
+
+
+def test_the_audit_log_is_append_only(database: str) -> None:
+    ledger = Ledger(database)
+    user = f"audited-{database[:5]}"
+    audit.record(ledger, T0, user, "start", user, "", "127.0.0.1", options={"machine": "s"})
+    audit.record(ledger, T0 + HOUR, "hub", "stop", user, "", None, reason="budget")
+    rows = audit.entries(ledger, T0, T0 + HOUR, user)
+    assert [(r.actor, r.action, r.source) for r in rows] == [
+        (user, "start", "127.0.0.1"),
+        ("hub", "stop", None),
+    ]
+    lines = audit.as_json_lines(rows).splitlines()
+    assert json.loads(lines[1])["detail"] == {"reason": "budget"}
+    with pytest.raises(PermissionError), ledger.begin() as db:
+        db.get(audit.AuditRow, rows[0].id).action = "nothing"  # type: ignore[union-attr]
+    with pytest.raises(PermissionError), ledger.begin() as db:
+        db.delete(db.get(audit.AuditRow, rows[0].id))
+    assert len(audit.entries(ledger, T0, T0 + HOUR, user)) == 2

@@ -31,7 +31,13 @@ from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub import metrics
-from hubstack.hub.usage import close_session, meter_session, open_session, refuse_spent_budget
+from hubstack.hub.usage import (
+    audit,
+    close_session,
+    meter_session,
+    open_session,
+    refuse_spent_budget,
+)
 from hubstack.launch import (
     InvalidLaunch,
     LaunchRequest,
@@ -391,6 +397,15 @@ class HubstackSpawner(Spawner):
                 started.state.get("job_id"),
             )
             self._save_state()
+            await audit(
+                self.hubstack,
+                self.handler,
+                "start",
+                self.user.name,
+                self.name,
+                options=self.user_options,
+                session=self.usage_session,
+            )
         return started.ip, started.port
 
     def address_reported(self, host: str, port: int) -> None:
@@ -494,6 +509,15 @@ class HubstackSpawner(Spawner):
             return None
         await self.backend.stop(self.backend_state)
         self.backend_state = {}
+        await audit(
+            self.hubstack,
+            None,
+            "stop",
+            self.user.name,
+            self.name,
+            reason=verdict.notice,
+            session=self.usage_session,
+        )
         await self._close_usage()
         self.add_notice(f"Your server {self._server_label()} stopped: {verdict.notice}.")
         return 0
@@ -518,6 +542,9 @@ class HubstackSpawner(Spawner):
         self.check_memory()
         await self.backend.stop(self.backend_state)
         self.backend_state = {}
+        await audit(
+            self.hubstack, None, "stop", self.user.name, self.name, session=self.usage_session
+        )
         await self._close_usage()
 
     async def rename(self, old_name: str, new_name: str) -> None:
@@ -532,4 +559,5 @@ class HubstackSpawner(Spawner):
     async def delete_forever(self) -> None:
         """A deleted server's volume goes with it; stopping keeps it."""
         await self.backend.delete(self.user.name, self.name)
+        await audit(self.hubstack, None, "delete", self.user.name, self.name)
         self.notices = []

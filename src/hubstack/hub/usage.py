@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Gauge
 from tornado import web
 
 from hubstack.config import Config
 from hubstack.launch.profiles import LaunchRequest
+from hubstack.usage.audit import record
 from hubstack.usage.budgets import (
     Level,
     Standing,
@@ -42,6 +44,37 @@ HUB_STARTED = datetime.now(UTC)
 def ledger_for(url: str) -> Ledger:
     """One ledger (engine and connection pool) per database."""
     return Ledger(url)
+
+
+# Beside JupyterHub's own at /hub/metrics (one registry, see hub.metrics); set by each
+# meter pass for the budgets of the metered server's owner.
+SPENT = Gauge(
+    "hubstack_usage_spent",
+    "Spent in the current budget period by a user or group with a budget",
+    ["scope", "name", "unit"],
+)
+REMAINING = Gauge(
+    "hubstack_budget_remaining",
+    "What is left of a user's or group's budget in the current period",
+    ["scope", "name", "unit"],
+)
+SESSIONS = Gauge(
+    "hubstack_usage_sessions_running", "Running server sessions by machine type", ["machine"]
+)
+
+
+def _export(config: Config, found: list[Standing], running: dict[str, int]) -> None:
+    for standing in found:
+        scope = standing.scope
+        for unit, spent, limit in (
+            ("money", standing.spent.money, standing.budget.money),
+            ("core_hours", standing.spent.core_hours, standing.budget.core_hours),
+        ):
+            if limit is not None:
+                SPENT.labels(scope.kind, scope.name, unit).set(spent)
+                REMAINING.labels(scope.kind, scope.name, unit).set(max(limit - spent, 0.0))
+    for machine in config.machines:
+        SESSIONS.labels(machine.id).set(running.get(machine.id, 0))
 
 
 def _standings(config: Config, user: str, groups: frozenset[str], now: datetime) -> list[Standing]:
@@ -98,6 +131,7 @@ async def close_session(config: Config, session_id: int, seen_ended_now: bool = 
         if not seen_ended_now or row.metered < HUB_STARTED:
             end = row.metered
         ledger.close(session_id, end)
+        _export(config, [], ledger.running_by_machine())
 
     await asyncio.to_thread(close)
 
@@ -128,6 +162,7 @@ async def meter_session(
         if row is None or row.stopped is not None:
             return Verdict()
         found = _standings(config, user, groups, now)
+        _export(config, found, ledger.running_by_machine())
         spent = [s for s in found if s.level(usage.warn_at) is Level.SPENT]
         if not spent:
             if row.over_budget_since is not None:  # a new period or a raised budget
@@ -149,3 +184,17 @@ async def meter_session(
 def session_state(state: dict[str, Any]) -> int | None:
     value = state.get("usage_session")
     return value if isinstance(value, int) else None
+
+
+async def audit(
+    config: Config, handler: Any, action: str, user: str, server: str, **detail: Any
+) -> None:
+    """Add to the audit log: ``handler`` is the request that asked (its user and address),
+    None when the hub acts on its own (a budget, a poll, a stop JupyterHub asked for)."""
+    who = getattr(handler, "current_user", None) if handler is not None else None
+    actor = getattr(who, "name", None) or "hub"
+    source = handler.request.remote_ip if handler is not None else None
+    ledger = ledger_for(ledger_url(config))
+    await asyncio.to_thread(
+        record, ledger, datetime.now(UTC), actor, action, user, server, source, **detail
+    )

@@ -11,6 +11,7 @@ Blocking: the hub calls it in a thread.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,10 +24,18 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    func,
     or_,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 from sqlalchemy.types import TypeDecorator
 
 from hubstack.config import Config
@@ -125,9 +134,15 @@ class Ledger:
     """The sessions in one database."""
 
     def __init__(self, url: str) -> None:
+        from hubstack.usage import audit  # noqa: F401  (its table, created with the others)
+
         self.engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def begin(self) -> AbstractContextManager[Session]:
+        """A transaction on the ledger's database, for its other tables (the audit log)."""
+        return self._sessions.begin()
 
     def open(self, opened: Opened, now: datetime) -> int:
         """Record a session that started at ``now``; its id."""
@@ -213,6 +228,16 @@ class Ledger:
             query = query.where(or_(*who))
         with self._sessions() as db:
             return list(db.scalars(query.order_by(SessionRow.started, SessionRow.id)))
+
+    def running_by_machine(self) -> dict[str, int]:
+        """Sessions not yet stopped, per machine type."""
+        query = (
+            select(SessionRow.machine, func.count())
+            .where(SessionRow.stopped.is_(None))
+            .group_by(SessionRow.machine)
+        )
+        with self._sessions() as db:
+            return {machine: count for machine, count in db.execute(query)}
 
     def spent(
         self, scopes: Iterable[Scope], since: datetime, until: datetime
