@@ -5,10 +5,13 @@ with ``kill -9`` loses no session and counts none twice."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from alertsink import scrape
 from conftest import needs_default_env, needs_root
 from hubprocesses import kill_hub
 from hubtest import Hub, Session, running_hub, wait_for
@@ -90,6 +93,11 @@ def test_spending_warns_then_stops_the_server_and_refuses_new_ones(
     assert spender.model("other", include_stopped=True) is None
     assert len(sessions_of(hub, SPENDER)) == 1
 
+    audit = [json.loads(line) for line in hub.cli("audit", "--user", SPENDER).stdout.splitlines()]
+    assert [(e["action"], e["actor"]) for e in audit] == [("start", SPENDER), ("stop", "hub")]
+    assert audit[0]["source"] == "127.0.0.1" and audit[0]["detail"]["options"]["machine"] == "small"
+    assert audit[1]["detail"]["reason"].startswith("it was stopped because the user budget")
+
 
 def test_a_spent_group_budget_refuses_its_members(hub: Hub, member: Session) -> None:
     for server in ("", "named"):
@@ -120,6 +128,26 @@ def test_usage_is_read_by_its_user_the_group_champions_and_no_one_else(
         assert champion.api("GET", path).json()["lines"] == []
     bad = spender.api("GET", f"/usage/users/{SPENDER}?since=soon")
     assert bad.status_code == 400 and "since:" in bad.json()["message"]
+
+
+def test_the_spawn_form_shows_prices_and_the_budget(hub: Hub, spender: Session) -> None:
+    form = spender.http.get(f"{hub.url}/hub/spawn", timeout=30).text
+    assert f"Price per hour: Small {PRICE:.2f} EUR." in form
+    assert f"The user budget of {SPENDER}: " in form and f"of {BUDGET:.2f} EUR used (resets" in form
+
+
+def test_metrics_show_spending_and_what_is_left(hub: Hub) -> None:
+    metrics = scrape(hub.login("admin", hub.admin_password))
+    labels = {"scope": "user", "name": SPENDER, "unit": "money"}
+    spent = labelled(metrics["hubstack_usage_spent"], labels)
+    assert spent is not None and spent >= BUDGET
+    assert labelled(metrics["hubstack_budget_remaining"], labels) == 0
+    assert labelled(metrics["hubstack_usage_sessions_running"], {"machine": "small"}) == 0
+
+
+def labelled(samples: list[Any], labels: dict[str, str]) -> float | None:
+    """The sample with ``labels`` (one of which is called ``name``)."""
+    return next((float(s.value) for s in samples if s.labels == labels), None)
 
 
 def test_kill_9_loses_no_session_and_counts_none_twice(hub: Hub) -> None:

@@ -34,6 +34,7 @@ from hubstack.hub import metrics
 from hubstack.hub.usage import (
     audit,
     close_session,
+    form_lines,
     meter_session,
     open_session,
     refuse_spent_budget,
@@ -162,11 +163,12 @@ class HubstackSpawner(Spawner):
     def _options_form_default(self) -> Any:
         return self._render_form
 
-    def _render_form(self, _spawner: Spawner) -> str:
+    async def _render_form(self, _spawner: Spawner) -> str:
+        cost = await form_lines(self.hubstack, self.user.name, access_of(self.user).groups)
         return render_options_form(
             self.hubstack,
             self.user_options,
-            [n["message"] for n in self.notices],
+            [*cost, *(n["message"] for n in self.notices)],
             link_options(self.handler),
             access_of(self.user),
         )

@@ -198,3 +198,31 @@ async def audit(
     await asyncio.to_thread(
         record, ledger, datetime.now(UTC), actor, action, user, server, source, **detail
     )
+
+
+def _price_line(config: Config) -> str | None:
+    prices, currency = config.usage.prices, config.usage.currency
+    parts = [
+        f"{machine.display} {prices.machines[machine.id]:.2f} {currency}"
+        for machine in config.machines
+        if machine.id in prices.machines
+    ]
+    if config.backend.type == "slurm":
+        parts += [
+            f"{text} {price:.2f} {currency}"
+            for text, price in (("each core", prices.core_hour), ("each GPU", prices.gpu_hour))
+            if price
+        ]
+    return f"Price per hour: {', '.join(parts)}." if parts else None
+
+
+async def form_lines(config: Config, user: str, groups: frozenset[str]) -> list[str]:
+    """What the spawn form says about cost: the prices per hour, and each budget of the
+    user with what is used of it and when it resets."""
+    found = await asyncio.to_thread(_standings, config, user, groups, datetime.now(UTC))
+    lines = [
+        f"{standing.describe(config.usage.currency)} (resets {standing.resets:%Y-%m-%d %H:%M} UTC)."
+        for standing in found
+    ]
+    price = _price_line(config)
+    return ([price] if price else []) + [line[0].upper() + line[1:] for line in lines]
