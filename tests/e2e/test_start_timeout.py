@@ -37,7 +37,7 @@ def stalled_env() -> Iterator[Path]:
 def hub(stalled_env: Path) -> Iterator[Hub]:
     overrides = {
         "environments": [{"id": "stalled", "display": "Stalled", "prefix": str(stalled_env)}],
-        "extra_jupyterhub_config": {"HubstackSpawner": {"start_timeout": 15}},
+        "backend": {"local": {"start_timeout": "15s"}},
     }
     with running_hub(overrides) as running:
         yield running
@@ -60,7 +60,8 @@ def test_a_start_that_times_out_is_undone(hub: Hub) -> None:
         return model is not None and not model["pending"] and not model["ready"]
 
     wait_for(settled, 90, "the start to time out")
-    assert "failed to start in 15 seconds" in hub.log()
+    home_page = erin.http.get(f"{hub.url}/hub/home", timeout=60).text
+    assert "Your server did not answer within 15s of its start" in home_page, home_page[-3000:]
     wait_for(lambda: not processes_of(account), 30, "no process of the account to remain")
     home = hub.home_base / account
     assert not volumes.is_mounted(home / "volumes/slow")

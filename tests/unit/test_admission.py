@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hubstack.backends.admission import Admission, default_limit
+from hubstack.backends.base import StartFailed
 
 
 class Start:
     """One start: the messages its progress stream got, and a gate the test opens."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, patience: float = 60) -> None:
         self.messages: list[str] = []
         self.running = asyncio.Event()
         self.finish = asyncio.Event()
-        self.task = asyncio.ensure_future(self._run(admission))
+        self.task = asyncio.ensure_future(self._run(admission, patience))
 
-    async def _run(self, admission: Admission) -> None:
-        async with admission.turn(self.messages.append):
+    async def _run(self, admission: Admission, patience: float) -> None:
+        async with admission.turn(self.messages.append, patience):
             self.running.set()
             await self.finish.wait()
 
@@ -94,3 +97,24 @@ def test_a_cancelled_start_leaves_the_line_and_frees_nothing_it_did_not_hold() -
 
 def test_a_start_cancelled_as_its_turn_came_passes_the_turn_on() -> None:
     asyncio.run(_test_a_start_cancelled_as_its_turn_came_passes_the_turn_on())
+
+
+async def _test_a_start_that_waits_too_long_fails_saying_why_and_leaves_the_line() -> None:
+    admission = Admission(1)
+    first = Start(admission)
+    impatient = Start(admission, patience=0.05)
+    last = Start(admission)
+    with pytest.raises(StartFailed, match="waited 0s in line without its turn") as failed:
+        await impatient.task
+    assert failed.value.reason == "queue"
+    assert last.messages[-1] == "Waiting to start: you are next"
+    first.finish.set()
+    await settle()
+    assert last.running.is_set()
+    last.finish.set()
+    await asyncio.gather(first.task, last.task)
+    assert admission.running == 0 and not admission.waiting
+
+
+def test_a_start_that_waits_too_long_fails_saying_why_and_leaves_the_line() -> None:
+    asyncio.run(_test_a_start_that_waits_too_long_fails_saying_why_and_leaves_the_line())

@@ -17,7 +17,8 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from hubstack.backends.base import Emit
+from hubstack.backends.base import Emit, StartFailed
+from hubstack.units import format_duration
 
 
 def default_limit() -> int:
@@ -55,9 +56,23 @@ class Admission:
         self.waiting: list[_Waiter] = []
 
     @contextlib.asynccontextmanager
-    async def turn(self, emit: Emit) -> AsyncIterator[None]:
-        """Wait for this start's turn (telling ``emit`` the place in line), run, pass it on."""
-        await self._enter(emit)
+    async def turn(self, emit: Emit, patience: float) -> AsyncIterator[None]:
+        """Wait for this start's turn (telling ``emit`` the place in line), run, pass it on.
+
+        A start that has not had its turn after ``patience`` seconds fails, saying why.
+        """
+        try:
+            # asyncio.timeout cancels this task itself (wait_for would run _enter in a
+            # task of its own, and a turn given just as it timed out could be lost).
+            async with asyncio.timeout(patience):
+                await self._enter(emit)
+        except TimeoutError:
+            raise StartFailed(
+                f"The hub is starting many servers at once, and yours waited "
+                f"{format_duration(round(patience))} in line without its turn. "
+                "Try again in a few minutes.",
+                reason="queue",
+            ) from None
         try:
             yield
         finally:

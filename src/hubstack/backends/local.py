@@ -59,7 +59,7 @@ from hubstack.system import (
     volumes,
 )
 from hubstack.system.userpaths import own_dir
-from hubstack.units import format_size
+from hubstack.units import format_duration, format_size
 
 log = logging.getLogger("hubstack.local")
 
@@ -315,8 +315,19 @@ class LocalBackend:
     ) -> Started:
         if spec.listening is None:
             raise ValueError("a local server needs the socket from server_socket()")
-        async with self.admission.turn(emit):
-            return await self._start(spec, emit)
+        local = self.config.backend.local
+        async with self.admission.turn(emit, local.queue_timeout):
+            try:
+                async with asyncio.timeout(local.start_timeout) as limit:
+                    return await self._start(spec, emit)
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+                raise StartFailed(
+                    f"Your server did not answer within {format_duration(local.start_timeout)} "
+                    "of its start (backend.local.start_timeout); an admin can raise it.",
+                    reason="timeout",
+                ) from None
 
     async def _start(self, spec: ServerSpec, emit: Emit) -> Started:
         emit("Preparing your account")

@@ -143,6 +143,12 @@ class LocalSettings(Strict):
         le=1000,
         description="servers starting at once; more wait in line (null: the CPU count)",
     )
+    start_timeout: Duration = Field(
+        "1m", description="how long a start may take once its turn has come"
+    )  # type: ignore[assignment]
+    queue_timeout: Duration = Field(
+        "10m", description="how long a start may wait in line for its turn"
+    )  # type: ignore[assignment]
 
 
 class Choice(Strict):
