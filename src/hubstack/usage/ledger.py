@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,8 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    Row,
+    Select,
     String,
     create_engine,
     func,
@@ -33,6 +36,7 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     mapped_column,
+    noload,
     relationship,
     sessionmaker,
 )
@@ -86,7 +90,7 @@ class SessionRow(Base):
     job_id: Mapped[str | None] = mapped_column(String(32))
     # When a budget this session counts against was found spent (grace runs from here).
     over_budget_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    groups: Mapped[list[GroupRow]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+    groups: Mapped[list[GroupRow]] = relationship(cascade="all, delete-orphan")
 
     @property
     def end(self) -> datetime:
@@ -123,6 +127,28 @@ class Opened:
     currency: str
     groups: frozenset[str]
     job_id: str | None = None
+
+
+def _within(
+    query: Select[Any],
+    since: datetime,
+    until: datetime,
+    users: Iterable[str] | None,
+    groups: Iterable[str] | None,
+) -> Select[Any]:
+    """``query`` narrowed to sessions within ``[since, until]`` of ``users`` or of members
+    of ``groups`` (neither: everyone's)."""
+    query = query.where(
+        SessionRow.started < until,
+        or_(SessionRow.stopped.is_(None), SessionRow.stopped > since),
+    )
+    who = []
+    if users is not None:
+        who.append(SessionRow.user.in_(list(users)))
+    if groups is not None:
+        member = select(GroupRow.session_id).where(GroupRow.name.in_(list(groups)))
+        who.append(SessionRow.id.in_(member))
+    return query.where(or_(*who)) if who else query
 
 
 def ledger_url(config: Config) -> str:
@@ -214,20 +240,33 @@ class Ledger:
     ) -> list[SessionRow]:
         """Sessions that ran within ``[since, until]``: of ``users``, or of members of
         ``groups`` (either given narrows to them; neither: everyone's)."""
-        query = select(SessionRow).where(
-            SessionRow.started < until,
-            or_(SessionRow.stopped.is_(None), SessionRow.stopped > since),
-        )
-        who = []
-        if users is not None:
-            who.append(SessionRow.user.in_(list(users)))
-        if groups is not None:
-            member = select(GroupRow.session_id).where(GroupRow.name.in_(list(groups)))
-            who.append(SessionRow.id.in_(member))
-        if who:
-            query = query.where(or_(*who))
+        query = _within(select(SessionRow), since, until, users, groups)
+        # Without their groups: a report needs none, and spent() asks for the few it needs.
+        query = query.options(noload(SessionRow.groups))
         with self._sessions() as db:
             return list(db.scalars(query.order_by(SessionRow.started, SessionRow.id)))
+
+    def charged(
+        self,
+        since: datetime,
+        until: datetime,
+        users: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
+    ) -> list[Row[Any]]:
+        """What :meth:`sessions` gives, as plain rows of what costs and reports need (with
+        ``end``): many times faster than whole objects over a year of sessions."""
+        columns = select(
+            SessionRow.id,
+            SessionRow.user,
+            SessionRow.machine,
+            SessionRow.rate,
+            SessionRow.cores,
+            SessionRow.started,
+            func.coalesce(SessionRow.stopped, SessionRow.metered).label("end"),
+            SessionRow.cpu_seconds,
+        )
+        with self._sessions() as db:
+            return list(db.execute(_within(columns, since, until, users, groups)))
 
     def running_by_machine(self) -> dict[str, int]:
         """Sessions not yet stopped, per machine type."""
@@ -247,11 +286,20 @@ class Ledger:
         users = [s.name for s in scopes if s.kind == "user"]
         groups = [s.name for s in scopes if s.kind == "group"]
         totals = {scope: Charge() for scope in scopes}
-        for row in self.sessions(since, until, users, groups):
+        rows = self.charged(since, until, users, groups)
+        member: dict[int, set[str]] = {}
+        if groups and rows:
+            query = select(GroupRow.session_id, GroupRow.name).where(
+                GroupRow.name.in_(groups), GroupRow.session_id.in_([row.id for row in rows])
+            )
+            with self._sessions() as db:
+                for session_id, name in db.execute(query):
+                    member.setdefault(session_id, set()).add(name)
+        for row in rows:
             cost = charge(row.rate, row.cores, row.started, row.end, since, until)
             for scope in scopes:
                 if (scope.kind == "user" and scope.name == row.user) or (
-                    scope.kind == "group" and scope.name in {g.name for g in row.groups}
+                    scope.kind == "group" and scope.name in member.get(row.id, ())
                 ):
                     totals[scope] += cost
         return totals

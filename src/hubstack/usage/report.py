@@ -9,6 +9,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row
 
 from hubstack.config.usage import UsageSettings
 from hubstack.usage.budgets import period_of
@@ -33,7 +36,7 @@ class Line:
     _measured_core_hours: float = 0.0
 
 
-def report(rows: Iterable[SessionRow], since: datetime, until: datetime) -> list[Line]:
+def report(rows: Iterable[SessionRow | Row[Any]], since: datetime, until: datetime) -> list[Line]:
     """Per (user, machine type), what sessions cost and used within ``[since, until]``.
 
     A session's measured CPU time is counted in proportion to its share in the window.
@@ -83,7 +86,7 @@ def usage_report(
 ) -> list[Line]:
     """The report of ``users``' or ``groups``' members' sessions (neither: everyone's);
     blocking (the hub calls it in a thread)."""
-    rows = ledger.sessions(window.since, window.until, users, groups)
+    rows = ledger.charged(window.since, window.until, users, groups)
     return report(rows, window.since, window.until)
 
 
