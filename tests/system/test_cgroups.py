@@ -187,6 +187,19 @@ def test_v1_cpu_quota_throttles(v1: CgroupV1Enforcer) -> None:
 
 @needs_root
 @needs_v1
+def test_v1_usage_counts_cpu_time_and_peak_memory(v1: CgroupV1Enforcer) -> None:
+    """What the usage ledger records beside what a server was given."""
+    cg = v1.prepare("hstest-usage", Limits(cpu=None, memory=None))
+    burn = run_in(cg, BURN)
+    hog = run_in(cg, ALLOCATE, "32")
+    assert burn.returncode == hog.returncode == 0, burn.stderr + hog.stderr
+    cpu, peak = cg.usage()
+    assert cpu is not None and cpu >= float(burn.stdout) * 0.9
+    assert peak is not None and peak >= 32 * MiB
+
+
+@needs_root
+@needs_v1
 def test_v1_pids_limit_stops_a_fork_bomb(v1: CgroupV1Enforcer) -> None:
     cg = v1.prepare("hstest-pids", Limits(cpu=None, memory=None, pids=20))
     result = run_in(cg, FORK_MANY)

@@ -166,6 +166,9 @@ def test_kill_9_loses_no_session_and_counts_none_twice(hub: Hub) -> None:
     wait_for(lambda: sessions_of(hub, STEADY)[0].metered > restarted, 60, "metering again")
     (row,) = sessions_of(hub, STEADY)
     assert (row.id, row.started, row.rate, row.stopped) == (before.id, before.started, PRICE, None)
+    # What it used, from its cgroup, beside what it was given.
+    assert row.cpu_seconds is not None and row.cpu_seconds > 0
+    assert row.peak_memory is not None and 0 < row.peak_memory <= row.memory
 
     steady.stop()
     (row,) = sessions_of(hub, STEADY)

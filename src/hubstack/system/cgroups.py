@@ -192,16 +192,25 @@ class _FsCgroup(Cgroup):
 class CgroupV1(_FsCgroup):
     """A group spread over the separate v1 hierarchies (memory, cpu, pids)."""
 
-    def __init__(self, unit: str, memory: Path, cpu: Path | None, pids: Path | None) -> None:
-        super().__init__(unit, [d for d in (memory, cpu, pids) if d is not None])
+    def __init__(
+        self,
+        unit: str,
+        memory: Path,
+        cpu: Path | None,
+        pids: Path | None,
+        cpuacct: Path | None = None,
+    ) -> None:
+        dirs = [d for d in (memory, cpu, pids, cpuacct) if d is not None]
+        super().__init__(unit, dirs)
         self.memory_dir, self.cpu_dir, self.pids_dir = memory, cpu, pids
+        # CPU time is counted where cpuacct is: with cpu, or in its own hierarchy.
+        self.cpuacct_dir = cpuacct or cpu
 
     def oom_kills(self) -> int:
         return _read_counter(self.memory_dir / "memory.oom_control", "oom_kill")
 
     def usage(self) -> tuple[float | None, int | None]:
-        """CPU time only where cpuacct is mounted with cpu (the group hubstack makes)."""
-        nanoseconds = _read(self.cpu_dir / "cpuacct.usage") if self.cpu_dir else None
+        nanoseconds = _read(self.cpuacct_dir / "cpuacct.usage") if self.cpuacct_dir else None
         peak = _read(self.memory_dir / "memory.max_usage_in_bytes")
         return (
             int(nanoseconds) / 1e9 if nanoseconds else None,
@@ -316,6 +325,14 @@ class CgroupV1Enforcer(Enforcer):
                 return self.root / name
         return None
 
+    def _cpuacct_root(self) -> Path | None:
+        """cpuacct mounted on its own (not with cpu): where a server's CPU time is counted."""
+        cpuacct = self.root / "cpuacct"
+        if cpuacct.is_symlink() or not (cpuacct / "cpuacct.usage").exists():
+            return None
+        cpu_root = self._cpu_root()
+        return None if cpu_root is not None and cpu_root.resolve() == cpuacct.resolve() else cpuacct
+
     def prepare(self, unit: str, limits: Limits) -> Cgroup:
         check_unit(unit)
         memory_root = self.root / "memory"
@@ -353,6 +370,9 @@ class CgroupV1Enforcer(Enforcer):
             pids = pids_root / self.parent / unit
             _mkdir(pids)
             _write(pids / "pids.max", "max" if limits.pids is None else str(limits.pids))
+        cpuacct_root = self._cpuacct_root()
+        if cpuacct_root is not None:
+            _mkdir(cpuacct_root / self.parent / unit)
         return self.open(unit)
 
     def open(self, unit: str) -> Cgroup:
@@ -364,7 +384,15 @@ class CgroupV1Enforcer(Enforcer):
             memory=self.root / "memory" / self.parent / unit,
             cpu=cpu_root / self.parent / unit if cpu_root is not None else None,
             pids=pids_root / self.parent / unit if (pids_root / "cgroup.procs").exists() else None,
+            cpuacct=self._cpuacct_root_of(unit),
         )
+
+    def _cpuacct_root_of(self, unit: str) -> Path | None:
+        """The unit's own cpuacct group, if prepare made one (servers started before it
+        existed have none)."""
+        root = self._cpuacct_root()
+        group = root / self.parent / unit if root is not None else None
+        return group if group is not None and group.is_dir() else None
 
 
 class CgroupV2Enforcer(Enforcer):
