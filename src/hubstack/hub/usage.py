@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,9 +41,18 @@ from hubstack.usage.pricing import rate_of
 HUB_STARTED = datetime.now(UTC)
 
 
-@functools.cache
+_LEDGERS_LOCK = threading.Lock()
+
+
 def ledger_for(url: str) -> Ledger:
-    """One ledger (engine and connection pool) per database."""
+    """One ledger (engine and connection pool) per database; made once, though the
+    threads that meter servers may ask for it at the same time."""
+    with _LEDGERS_LOCK:
+        return _ledger(url)
+
+
+@functools.cache
+def _ledger(url: str) -> Ledger:
     return Ledger(url)
 
 
