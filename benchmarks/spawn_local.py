@@ -24,8 +24,8 @@ answer. LocalProcessSpawner returns right after starting the process, so the hub
 exponential backoff (full jitter, waits up to 0.2, 0.4, 0.8, 1.6, 3.2 s ...) and notices a
 server that took ~4 s to boot up to a few seconds late. hubstack's backend asks the server
 on the socket it handed over until it answers (a request sent early waits in the socket's
-queue and is answered as soon as the server accepts), so the hub's first check succeeds. That, not storage or cgroups (~15 ms
-per spawn), is most of the difference between the two.
+queue and is answered as soon as the server accepts), so the hub's first check succeeds.
+That, not storage or cgroups (~15 ms per spawn), is most of the difference between the two.
 """
 
 from __future__ import annotations

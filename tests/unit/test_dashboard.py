@@ -9,7 +9,7 @@ from pathlib import Path
 import jupyterhub.metrics  # noqa: F401  (registers JupyterHub's own metrics)
 from prometheus_client import REGISTRY
 
-from hubstack.hub import metrics
+from hubstack.hub import metrics, usage  # noqa: F401  (usage registers the budget metrics)
 
 DASHBOARD = Path(__file__).parents[2] / "monitoring/grafana-dashboard.json"
 
