@@ -529,6 +529,10 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=5
 Waittime=0
+# slurmctld caches each user's groups for the jobs it launches this long (default 600 s):
+# a group membership the hub sets at a start must reach the job started right after it,
+# also for an account that reuses the uid of one removed minutes before (tests do both).
+GroupUpdateTime=2
 
 # Scheduling: backfill (expected start times for pending jobs), cores and memory are
 # consumable, so a node can be full and jobs pend with reason Resources.
