@@ -20,6 +20,7 @@ from hubstack.hub.groups import (
 )
 from hubstack.hub.provider_groups import hub_groups
 from hubstack.hub.settings import jupyterhub_config
+from hubstack.hub.tables import create_tables, utcnow
 
 GROUPS = {
     "lab": {"champions": ["chris"], "members": ["mia", "max"]},
@@ -130,13 +131,13 @@ def test_invitation_defaults() -> None:
 
 def test_invitations_are_stored_hashed_and_used_up(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
-    invitations.create_table(url)
+    create_tables(url)
     db = orm.new_session_factory(url)()
     code, invitation = invitations.create(db, "lab", "chris", 3600, 2)
     assert code not in invitation.code_hash and len(code) >= 32
     assert invitations.find(db, code) is invitation
     assert invitations.find(db, code + "x") is None and invitations.find(db, "") is None
-    now = invitations._now()
+    now = utcnow()
     assert invitation.refusal(now) is None
     assert invitations.take_use(db, invitation) and invitations.take_use(db, invitation)
     assert not invitations.take_use(db, invitation), "two uses only"

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -25,11 +25,12 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.scopes import needs_scope
 from nativeauthenticator import NativeAuthenticator
 from sqlalchemy import DateTime, Integer, Unicode, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 from tornado import web
 
 from hubstack.config.groups import GroupSettings
 from hubstack.hub import builtin_accounts
+from hubstack.hub.tables import HubTable, utcnow
 from hubstack.units import format_duration, parse_duration
 
 CODE_BYTES = 24
@@ -40,11 +41,7 @@ DEFAULT_EXPIRY = 7 * 86400
 NEW_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Invitation(Base):
+class Invitation(HubTable):
     """One link: its group, who made it, until when and how many times it may be used."""
 
     __tablename__ = "hubstack_invitations"
@@ -77,11 +74,6 @@ class Invitation(Base):
         }
 
 
-def _now() -> datetime:
-    """UTC without a zone, as JupyterHub's own tables store times."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _iso(moment: datetime) -> str:
     return moment.isoformat() + "Z"
 
@@ -89,14 +81,6 @@ def _iso(moment: datetime) -> str:
 def code_hash(code: str) -> str:
     # A random 192-bit code needs no slow hash: nobody can guess it from its SHA-256.
     return hashlib.sha256(code.encode()).hexdigest()
-
-
-def create_table(db_url: str) -> None:
-    db = orm.new_session_factory(db_url)()
-    try:
-        Base.metadata.create_all(db.get_bind(), checkfirst=True)
-    finally:
-        db.close()
 
 
 def parse_request(expires_in: object, uses: object) -> tuple[int, int]:
@@ -120,7 +104,7 @@ def parse_request(expires_in: object, uses: object) -> tuple[int, int]:
 def create(db: Session, group: str, by: str, seconds: int, uses: int) -> tuple[str, Invitation]:
     """A new invitation and its code (shown once: only its hash is kept)."""
     code = secrets.token_urlsafe(CODE_BYTES)
-    now = _now()
+    now = utcnow()
     invitation = Invitation(
         group=group,
         code_hash=code_hash(code),
@@ -151,7 +135,7 @@ def take_use(db: Session, invitation: Invitation) -> bool:
         .where(
             Invitation.id == invitation.id,
             Invitation.used < Invitation.uses,
-            Invitation.expires_at > _now(),
+            Invitation.expires_at > utcnow(),
         )
         .values(used=Invitation.used + 1)
     )
@@ -189,7 +173,7 @@ class InvitationsAPIHandler(GroupsMixin, APIHandler):
     @needs_scope("read:groups")
     def get(self, group_name: str) -> None:
         self.invitable(group_name)
-        now = _now()
+        now = utcnow()
         found = self.db.query(Invitation).filter_by(group=group_name).populate_existing().all()
         self.write({"invitations": [i.describe() for i in found if not i.refusal(now)]})
 
@@ -213,7 +197,7 @@ class InvitationsPageHandler(GroupsMixin, BaseHandler):
     """``/hub/groups/<G>/invitations``: a page to make an invitation and copy its link."""
 
     async def page(self, group: str, **extra: Any) -> None:
-        now = _now()
+        now = utcnow()
         found = self.db.query(Invitation).filter_by(group=group).populate_existing().all()
         html = await self.render_template(
             "invitations.html",
@@ -259,7 +243,7 @@ class InviteHandler(GroupsMixin, BaseHandler):
             raise web.HTTPError(
                 404, "This invitation link is not valid. Check that it was copied whole."
             )
-        refusal = invitation.refusal(_now())
+        refusal = invitation.refusal(utcnow())
         if refusal:
             raise web.HTTPError(410, refusal)
         return code, invitation

@@ -7,10 +7,11 @@ from typing import NoReturn
 
 from hubstack.config import Config
 from hubstack.exits import exit_now
-from hubstack.hub import builtin_accounts, invitations, storage
+from hubstack.hub import builtin_accounts
 from hubstack.hub.groups import sync_groups
 from hubstack.hub.settings import db_url, jupyterhub_config
 from hubstack.hub.spawner import backend_for
+from hubstack.hub.tables import create_tables
 
 log = logging.getLogger("hubstack")
 
@@ -35,8 +36,7 @@ def run(config: Config, stop_servers: bool = False) -> NoReturn:
 
     announce_admins(config)
     sync_groups(db_url(config), config)
-    invitations.create_table(db_url(config))
-    storage.create_table(db_url(config))
+    create_tables(db_url(config))
     c = jupyterhub_config(config, stop_servers)
     # Only our config: never pick up a stray jupyterhub_config.py from the working directory.
     empty = config.hub.data_dir / "jupyterhub_config.py"

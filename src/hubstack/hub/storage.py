@@ -12,7 +12,7 @@ groups and roles, which only the hub knows first-hand.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,15 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.scopes import needs_scope
 from sqlalchemy import DateTime, Integer, Unicode, UnicodeText
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 from tornado import web
 
 from hubstack.config.groups import CHAMPIONS_SUFFIX
+from hubstack.hub.tables import HubTable, utcnow
 from hubstack.storage import secretbox, spec
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Connection(Base):
+class Connection(HubTable):
     """A user's own connection (``owner``) or a group's (``group``, read-only or not)."""
 
     __tablename__ = "hubstack_storage_connections"
@@ -69,18 +66,6 @@ class Connection(Base):
             "created_at": self.created_at.isoformat() + "Z",
             "revoked": self.revoked_at is not None,
         }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def create_table(db_url: str) -> None:
-    db = orm.new_session_factory(db_url)()
-    try:
-        Base.metadata.create_all(db.get_bind(), checkfirst=True)
-    finally:
-        db.close()
 
 
 def groups_of(user: Any) -> tuple[set[str], set[str]]:
@@ -180,7 +165,7 @@ def add(db: Session, box: Fernet, user: Any, body: object) -> Connection:
         group=wanted.group,
         mode=wanted.mode,
         created_by=user.name,
-        created_at=_now(),
+        created_at=utcnow(),
         sealed=secretbox.seal(box, json.dumps(credential)),
     )
     db.add(connection)
@@ -197,7 +182,7 @@ def revoke(db: Session, user: Any, connection_id: str) -> Connection:
         raise web.HTTPError(404, f"no storage connection with id {connection_id[:20]!r}")
     if not may_revoke(user, found):
         raise web.HTTPError(403, "only admins and the group's champions revoke its connections")
-    found.revoked_at = _now()
+    found.revoked_at = utcnow()
     found.revoked_by = user.name
     found.sealed = ""
     db.commit()
