@@ -60,9 +60,13 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
 
 
 def free_port_block(size: int = 4) -> int:
-    """A port whose ``size`` consecutive neighbours are free (the hub uses port..port+3)."""
+    """A port whose ``size`` consecutive neighbours are free (the hub uses port..port+3).
+
+    Below the kernel's ephemeral range (32768 up, where any outgoing connection may take a
+    port between this check and the hub's bind) and below the Slurm servers' port range
+    (20000 up by default)."""
     for _ in range(200):
-        base = random.randint(20000, 50000)
+        base = random.randint(10000, 19990)
         try:
             with contextlib.ExitStack() as stack:
                 for port in range(base, base + size):
