@@ -399,6 +399,18 @@ class Hub:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def hub_user(hub: Hub, token: str, name: str) -> dict[str, Any] | None:
+    """The hub's model of user ``name`` as ``token`` may see it; None if there is none."""
+    resp = requests.get(
+        f"{hub.url}/hub/api/users/{name}", headers={"Authorization": f"token {token}"}, timeout=30
+    )
+    if resp.status_code == 404:
+        return None
+    resp.raise_for_status()
+    user: dict[str, Any] = resp.json()
+    return user
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``extra`` into a copy of ``base`` (lists and scalars replace)."""
     out = dict(base)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
 from conftest import needs_root
-from hubtest import Hub, new_test_root, running_hub
+from hubtest import Hub, hub_user, new_test_root, running_hub
 
 from .fake_github import FakeGitHub, GitHubUser
 
@@ -80,17 +79,6 @@ def admin_token(hub: Hub, github: FakeGitHub) -> str:
     )
     assert token.status_code == 201, token.text
     return str(token.json()["token"])
-
-
-def hub_user(hub: Hub, token: str, name: str) -> dict[str, Any] | None:
-    resp = requests.get(
-        f"{hub.url}/hub/api/users/{name}", headers={"Authorization": f"token {token}"}, timeout=30
-    )
-    if resp.status_code == 404:
-        return None
-    resp.raise_for_status()
-    user: dict[str, Any] = resp.json()
-    return user
 
 
 def test_org_member_gets_in_with_teams_as_groups(

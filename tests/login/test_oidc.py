@@ -25,7 +25,7 @@ import requests
 import yaml
 from browser.chromium import chromium, needs_chromium
 from conftest import needs_root
-from hubtest import Hub, free_port_block, new_test_root, running_hub, wait_for
+from hubtest import Hub, free_port_block, hub_user, new_test_root, running_hub, wait_for
 from playwright.sync_api import Browser, Page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, needs_root, needs_chromium]
@@ -187,17 +187,6 @@ def admin_token(hub: Hub, browser: Browser) -> str:
     token = str(resp.json()["token"])
     page.context.close()
     return token
-
-
-def hub_user(hub: Hub, token: str, name: str) -> dict[str, Any] | None:
-    resp = requests.get(
-        f"{hub.url}/hub/api/users/{name}", headers={"Authorization": f"token {token}"}, timeout=30
-    )
-    if resp.status_code == 404:
-        return None
-    resp.raise_for_status()
-    user: dict[str, Any] = resp.json()
-    return user
 
 
 @needs_provider
