@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ldap3
 from hubtest import free_port_block, wait_for
@@ -86,6 +87,18 @@ class Slapd:
     def service_dn(self) -> str:
         """An account that may search the directory, as a hub's search account does."""
         return f"cn=hub,{SUFFIX}"
+
+    def search_settings(self, password_file: Path) -> dict[str, Any]:
+        """The ``auth.ldap`` keys of a hub that finds people here with the search account
+        (its password in ``password_file``), over StartTLS."""
+        return {
+            "server": self.uri,
+            "tls": "starttls",
+            "ca_file": str(self.ca_file),
+            "user_search_base": PEOPLE,
+            "search_bind_dn": self.service_dn,
+            "search_bind_password": {"file": str(password_file)},
+        }
 
     def create(self) -> Slapd:
         (self.root / "db").mkdir(parents=True)

@@ -13,7 +13,7 @@ import pytest
 from conftest import needs_root
 from hubtest import Hub, Session, running_hub
 
-from login.slapd import GROUPS, PEOPLE, Slapd, running_slapd
+from login.slapd import GROUPS, Slapd, running_slapd
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -43,12 +43,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 def overrides(slapd: Slapd, password_file: Path) -> dict:
     ldap = {
-        "server": slapd.uri,
-        "tls": "starttls",
-        "ca_file": str(slapd.ca_file),
-        "user_search_base": PEOPLE,
-        "search_bind_dn": slapd.service_dn,
-        "search_bind_password": {"file": str(password_file)},
+        **slapd.search_settings(password_file),
         "groups": {"search_base": GROUPS},
     }
     return {

@@ -54,12 +54,7 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 
 def ldap_settings(slapd: Slapd, password_file: Path) -> dict[str, Any]:
     return {
-        "server": slapd.uri,
-        "tls": "starttls",
-        "ca_file": str(slapd.ca_file),
-        "user_search_base": PEOPLE,
-        "search_bind_dn": slapd.service_dn,
-        "search_bind_password": {"file": str(password_file)},
+        **slapd.search_settings(password_file),
         # One allowed group by DN, one by name.
         "allowed_groups": [group_dn("hub-users"), "physics"],
         "groups": {"search_base": GROUPS, "mapping": {"Data Science Lab": "datalab"}},
