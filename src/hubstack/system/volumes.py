@@ -7,6 +7,7 @@ file to back up, move or delete.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from hubstack.system import NO_FOLLOW_DIR, SystemOpError, run
 
-_UMOUNT_FAILED = 32
+_MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8
 _UMOUNT_ATTEMPTS = 5
 _UMOUNT_WAIT_S = 0.2
 _LOOP_RELEASE_TIMEOUT_S = 5.0
@@ -96,8 +98,12 @@ def mount(
             raise SystemOpError(
                 f"cannot mount {image} at {mountpoint}: something else is mounted there"
             )
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(mountpoint.name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the directory walked to was removed meanwhile
+            raise SystemOpError(f"{mountpoint.parent} does not exist any more") from None
         spot = _open_dir(mountpoint.name, parent, mountpoint, owner)
         try:
             target = _fd_path(spot)
@@ -132,19 +138,22 @@ def unmount(mountpoint: Path, *, below: Path | None = None) -> None:
             return
         source = _mount_source(spot)
         os.close(spot)  # an open descriptor would keep the mount busy
-        # umount(8) gets the last component relative to the parent opened above: nothing
-        # else can be swapped in there, since a mount point cannot be renamed or removed.
-        argv = ["umount", "--no-canonicalize", mountpoint.name]
-        here = _fd_path(parent)
+        # The mount point is named through the parent's descriptor: nothing else can be
+        # swapped in there, since a mount point cannot be renamed or removed. umount(8) would
+        # not do: it turns a relative path into an absolute one by the directory's current
+        # name, which the directory's owner can change in between.
+        target = f"{_fd_path(parent)}/{mountpoint.name}"
         for _ in range(_UMOUNT_ATTEMPTS):
-            proc = run(argv, ok_codes=(0, _UMOUNT_FAILED), cwd=here)
-            if proc.returncode == 0:
+            failure = _umount2(target, 0)
+            if failure is None:
                 break
-            if "busy" not in proc.stderr:
-                raise SystemOpError(f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
+            if failure != errno.EBUSY:
+                raise SystemOpError(f"cannot unmount {mountpoint}: {os.strerror(failure)}")
             time.sleep(_UMOUNT_WAIT_S)
         else:
-            run([*argv[:2], "--lazy", *argv[2:]], cwd=here)
+            failure = _umount2(target, _MNT_DETACH)
+            if failure is not None:
+                raise SystemOpError(f"cannot detach {mountpoint}: {os.strerror(failure)}")
             return
     backing = _loop_backing_file(source)
     if backing is not None:
@@ -301,11 +310,16 @@ def _parent(path: Path, below: Path | None, owner: tuple[int, int] | None = None
             # ``below`` is trusted: a link in it (/home -> /export/home) is the operator's.
             fds.append(os.open(below, NO_FOLLOW_DIR & ~os.O_NOFOLLOW))
             for depth, part in enumerate(parts[:-1], 1):
+                shown = below.joinpath(*parts[:depth])
                 if owner is not None:
-                    with contextlib.suppress(FileExistsError):
+                    try:
                         os.mkdir(part, 0o755, dir_fd=fds[-1])
                         os.chown(part, *owner, dir_fd=fds[-1], follow_symlinks=False)
-                fds.append(_open_dir(part, fds[-1], below.joinpath(*parts[:depth]), owner))
+                    except FileExistsError:
+                        pass
+                    except FileNotFoundError:  # its owner moved it away meanwhile
+                        raise SystemOpError(f"{shown} does not exist any more") from None
+                fds.append(_open_dir(part, fds[-1], shown, owner))
         except (SystemOpError, OSError) as exc:
             if owner is not None:
                 if isinstance(exc, SystemOpError):
@@ -351,6 +365,15 @@ def _open_dir(name: str, parent: int, shown: Path, owner: tuple[int, int] | None
         os.close(fd)
         raise SystemOpError(f"{shown} belongs to another account; hubstack does not mount there")
     return fd
+
+
+def _umount2(target: str, flags: int) -> int | None:
+    """umount2(2) on ``target``, never following a link in its last component: the errno of
+    a failure, or None. Python's os module has no umount; ctypes reaches libc's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(target), flags | _UMOUNT_NOFOLLOW) == 0:
+        return None
+    return ctypes.get_errno()
 
 
 def _fd_path(fd: int) -> str:
