@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from hubstack.usage import audit
 from hubstack.usage.budgets import Scope
@@ -118,3 +120,20 @@ def test_the_audit_log_is_append_only(database: str) -> None:
     with pytest.raises(PermissionError), ledger.begin() as db:
         db.delete(db.get(audit.AuditRow, rows[0].id))
     assert len(audit.entries(ledger, T0, T0 + HOUR, user)) == 2
+
+
+def test_the_database_refuses_to_change_or_remove_audit_rows(database: str) -> None:
+    """Whoever sends the SQL: the triggers, not only hubstack's own sessions, refuse it."""
+    ledger = Ledger(database)
+    user = f"sealed-{database[:5]}"
+    audit.record(ledger, T0, user, "login", user, "", "127.0.0.1")
+    Ledger(database)  # a second start installs nothing twice
+    for statement in (
+        "UPDATE hubstack_audit SET action = 'nothing'",
+        "DELETE FROM hubstack_audit",
+        *(["TRUNCATE hubstack_audit"] if database.startswith("postgresql") else []),
+    ):
+        with pytest.raises(DBAPIError, match="append-only"), ledger.engine.begin() as db:
+            db.execute(text(statement))
+    (row,) = audit.entries(ledger, T0, T0, user)
+    assert row.action == "login"

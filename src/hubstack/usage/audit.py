@@ -1,6 +1,8 @@
-"""The audit log: who started, stopped or deleted which server, when and from where, and
-what the budgets did to it. Append-only: rows are only ever added (this module has no way
-to change one, and a session that tries is refused), kept in the ledger's database."""
+"""The audit log: who started, stopped or deleted which server, who logged in or failed
+to, what admins changed (users, groups, budgets), when and from where. Append-only, kept in
+the ledger's database: rows are only ever added; an ORM session that tries to change one
+is refused, and so is any UPDATE, DELETE (or, on PostgreSQL, TRUNCATE) sent to the
+database by anyone, by triggers the ledger installs (:func:`protect`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, event, select
+from sqlalchemy import JSON, Engine, Integer, String, event, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hubstack.usage.ledger import Base, Ledger, UTCDateTime
@@ -43,7 +45,43 @@ def _append_only(session: Session, _context: object, _instances: object) -> None
     """No session changes or removes an audit row once written."""
     for row in (*session.dirty, *session.deleted):
         if isinstance(row, AuditRow):
-            raise PermissionError("the audit log is append-only")
+            raise PermissionError(APPEND_ONLY)
+
+
+APPEND_ONLY = "the audit log is append-only"
+
+# The database refuses changes to written rows, whoever sends them (a script, a console,
+# a bug): the ORM check above only covers hubstack's own sessions. A database owner can
+# still drop a trigger; sites that need more give the hub's role INSERT and SELECT only.
+_SQLITE = [
+    f"""CREATE TRIGGER IF NOT EXISTS hubstack_audit_no_{verb.lower()}
+    BEFORE {verb} ON hubstack_audit BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"""
+    for verb in ("UPDATE", "DELETE")
+]
+_POSTGRESQL = [
+    f"""CREATE OR REPLACE FUNCTION hubstack_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{APPEND_ONLY}'; END $$""",
+    """CREATE TRIGGER hubstack_audit_no_change BEFORE UPDATE OR DELETE ON hubstack_audit
+    FOR EACH ROW EXECUTE FUNCTION hubstack_audit_append_only()""",
+    """CREATE TRIGGER hubstack_audit_no_truncate BEFORE TRUNCATE ON hubstack_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION hubstack_audit_append_only()""",
+]
+
+
+def protect(engine: Engine) -> None:
+    """Install the triggers that make the audit table append-only, once per database
+    (also on one made before they existed)."""
+    with engine.begin() as db:
+        if engine.dialect.name == "sqlite":
+            for statement in _SQLITE:
+                db.execute(text(statement))
+            return
+        installed = db.scalar(
+            text("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'hubstack_audit'::regclass")
+        )
+        if installed == 0:
+            for statement in _POSTGRESQL:
+                db.execute(text(statement))
 
 
 def record(

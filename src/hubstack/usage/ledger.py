@@ -160,10 +160,11 @@ class Ledger:
     """The sessions in one database."""
 
     def __init__(self, url: str) -> None:
-        from hubstack.usage import audit  # noqa: F401  (its table, created with the others)
+        from hubstack.usage import audit  # its table, created with the others
 
         self.engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
+        audit.protect(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def begin(self) -> AbstractContextManager[Session]:
