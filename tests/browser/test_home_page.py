@@ -57,7 +57,10 @@ def test_a_named_server_from_start_to_delete_on_its_card(hub: Hub, page: Page) -
     expect(page.locator(".hs-groups")).to_contain_text("optics")
     champion = page.locator(".hs-champion")
     expect(champion).to_contain_text("You are a champion of optics")
-    expect(champion.get_by_role("link")).to_have_attribute("href", "/hub/admin")
+    members = champion.get_by_role("link", name="its members and their servers")
+    expect(members).to_have_attribute("href", "/hub/admin")
+    usage = champion.get_by_role("link", name="its usage")
+    expect(usage).to_have_attribute("href", "/hub/usage?group=optics")
 
     page.get_by_label("New server name").fill("lens")
     page.get_by_role("button", name="New server…").click()

@@ -16,7 +16,7 @@ from traitlets.config import Config as TraitletsConfig
 from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
-from hubstack.hub import invitations, storage, usage_api
+from hubstack.hub import invitations, storage, usage_api, usage_page
 from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.groups import configure_groups
 from hubstack.hub.home import home_template_var
@@ -138,6 +138,7 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     c.JupyterHub.extra_handlers = invitations.handlers(config.groups)
     c.JupyterHub.extra_handlers += storage.handlers(data)
     c.JupyterHub.extra_handlers += usage_api.handlers(config)
+    c.JupyterHub.extra_handlers += usage_page.handlers(config)
     if config.backend.type == "slurm":
         c.JupyterHub.extra_handlers.append((ROUTE, ServerAddressHandler))
         # Starting a job includes its time in the queue: waiting there is not a failure.

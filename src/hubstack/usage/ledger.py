@@ -160,7 +160,7 @@ class Ledger:
     """The sessions in one database."""
 
     def __init__(self, url: str) -> None:
-        from hubstack.usage import audit  # its table, created with the others
+        from hubstack.usage import audit, overrides  # noqa: F401  (their tables, created here)
 
         self.engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
@@ -268,6 +268,23 @@ class Ledger:
         )
         with self._sessions() as db:
             return list(db.execute(_within(columns, since, until, users, groups)))
+
+    def session_groups(
+        self,
+        since: datetime,
+        until: datetime,
+        users: Iterable[str] | None = None,
+        groups: Iterable[str] | None = None,
+    ) -> dict[int, set[str]]:
+        """The groups each session of :meth:`charged` counted against, by session id (one
+        query whatever the number of sessions: no list of ids to bind)."""
+        ids = _within(select(SessionRow.id), since, until, users, groups)
+        query = select(GroupRow.session_id, GroupRow.name).where(GroupRow.session_id.in_(ids))
+        found: dict[int, set[str]] = {}
+        with self._sessions() as db:
+            for session_id, name in db.execute(query):
+                found.setdefault(session_id, set()).add(name)
+        return found
 
     def running_by_machine(self) -> dict[str, int]:
         """Sessions not yet stopped, per machine type."""
