@@ -12,9 +12,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from hubstack.config.usage import Budget, UsageSettings
 from hubstack.usage import audit
 from hubstack.usage.budgets import Scope
-from hubstack.usage.ledger import Ledger, Opened
+from hubstack.usage.ledger import Ledger, Opened, Reading
+from hubstack.usage.meter import Meter
+from hubstack.usage.overrides import BudgetBook
 from hubstack.usage.pricing import Rate
 from usage.postgres import postgres_cluster
 
@@ -137,3 +140,56 @@ def test_the_database_refuses_to_change_or_remove_audit_rows(database: str) -> N
             db.execute(text(statement))
     (row,) = audit.entries(ledger, T0, T0, user)
     assert row.action == "login"
+
+
+def test_a_meter_pass_counts_each_session_once_as_the_ledger_does(database: str) -> None:
+    """Readings written in one statement only move figures forward; a pass's spending per
+    user and group is the ledger's own, before and after a session stops."""
+    ledger = Ledger(database)
+    meter = Meter(ledger)
+    settings = UsageSettings(period="1d")
+    user, group = f"meter-{database[:5]}", f"metered-{database[:5]}"
+    stopped = ledger.open(opened(user, money=1.0, groups=(group,)), T0)
+    ledger.close(stopped, T0 + HOUR)
+    running = ledger.open(opened(user, money=2.0, cores=2, groups=(group,)), T0)
+    alone = ledger.open(opened(f"{user}-b", money=4.0, groups=(group,)), T0)
+    scopes = [Scope("user", user), Scope("group", group)]
+    day = (datetime(2026, 3, 14, tzinfo=UTC), datetime(2026, 3, 15, tzinfo=UTC))
+
+    meter.read(Reading(running, T0 + HOUR, 60.0, 10))
+    meter.read(Reading(alone, T0 + HOUR))
+    spent = meter.spent(settings, T0 + HOUR, timedelta(0))
+    assert {s: spent[s] for s in scopes} == ledger.spent(scopes, *day)
+    assert spent[Scope("group", group)].money == pytest.approx(1 + 2 + 4)
+    running_before = meter.running_by_machine()["small"]  # with other tests' on PostgreSQL
+    assert running_before >= 2
+    ledger.record([Reading(running, T0 + HOUR / 2, 30.0, 5)])  # late: changes nothing
+    assert (ledger.get(running).metered, ledger.get(running).cpu_seconds) == (T0 + HOUR, 60.0)  # type: ignore[union-attr]
+
+    meter.read(Reading(running, T0 + 2 * HOUR))
+    meter.close(running, lambda row: row.metered)  # its last reading is written first
+    meter.read(Reading(alone, T0 + 2 * HOUR))
+    spent = meter.spent(settings, T0 + 2 * HOUR, timedelta(0))
+    assert {s: spent[s] for s in scopes} == ledger.spent(scopes, *day)
+    assert spent[Scope("user", user)].money == pytest.approx(1 + 2 * 2)
+    assert spent[Scope("group", group)].money == pytest.approx(1 + 2 * 2 + 4 * 2)
+    assert meter.running_by_machine()["small"] == running_before - 1
+
+
+def test_budgets_changed_at_run_time_are_kept_and_undone(database: str) -> None:
+    """A change is in force at once and after a restart; removing it brings back the
+    config's budget."""
+    user = f"changed-{database[:5]}"
+    settings = UsageSettings(budgets={"users": {user: {"money": 5}}})
+    book = BudgetBook(Ledger(database), settings)
+    old = book.set(Scope("user", user), Budget(core_hours=3), "admin", T0)
+    assert old == Budget(money=5)
+    book.set(Scope("group", "new-group"), Budget(money=1), "admin", T0)
+    again = BudgetBook(Ledger(database), settings)
+    assert again.settings.budgets.users[user] == Budget(core_hours=3)
+    assert again.settings.budgets.groups["new-group"] == Budget(money=1)
+    (entry,) = [e for e in again.entries() if e.scope == Scope("user", user)]
+    assert (entry.changed_by, entry.changed_at) == ("admin", T0)
+    assert again.set(Scope("user", user), None, "admin", T0) == Budget(core_hours=3)
+    assert again.settings.budgets.users[user] == Budget(money=5)
+    assert BudgetBook(Ledger(database), settings).get(Scope("user", user)) == Budget(money=5)

@@ -4,7 +4,10 @@ warns past ``warn_at`` and stops it once a spent budget's grace period is over.
 
 The meter runs in the spawner's poll (JupyterHub's own periodic check of every running
 server, also run for each server when a restarted hub takes it back), so no second loop
-has to find the servers, and a restart resumes metering where the ledger left off.
+has to find the servers, and a restart resumes metering where the ledger left off. Polls
+share one :class:`~hubstack.usage.meter.Meter`, which counts spending once per pass for
+all servers. Budgets are the config's with admins' run-time changes
+(:class:`~hubstack.usage.overrides.BudgetBook`), in force as soon as they are made.
 Database work and cgroup reads run in threads, off the event loop.
 """
 
@@ -14,7 +17,7 @@ import asyncio
 import functools
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Gauge
@@ -26,14 +29,14 @@ from hubstack.usage.audit import record
 from hubstack.usage.budgets import (
     Level,
     Standing,
-    period_of,
     refusal,
-    scopes_of,
     standings,
     stop_at,
     warning,
 )
-from hubstack.usage.ledger import Ledger, Opened, ledger_url
+from hubstack.usage.ledger import Ledger, Opened, Reading, SessionRow, ledger_url
+from hubstack.usage.meter import Meter
+from hubstack.usage.overrides import BudgetBook
 from hubstack.usage.pricing import rate_of
 
 # Sessions whose server ended before this hub process saw it run ended while the hub was
@@ -54,6 +57,34 @@ def ledger_for(url: str) -> Ledger:
 @functools.cache
 def _ledger(url: str) -> Ledger:
     return Ledger(url)
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """The hub's ledger, its meter and the budgets in force."""
+
+    ledger: Ledger
+    meter: Meter
+    book: BudgetBook
+
+
+_ACCOUNTING: dict[str, Accounting] = {}
+
+
+def accounting(config: Config) -> Accounting:
+    """The one :class:`Accounting` of the hub's ledger (blocking the first time)."""
+    url = ledger_url(config)
+    with _LEDGERS_LOCK:
+        if url not in _ACCOUNTING:
+            ledger = _ledger(url)
+            _ACCOUNTING[url] = Accounting(ledger, Meter(ledger), BudgetBook(ledger, config.usage))
+        return _ACCOUNTING[url]
+
+
+def pass_age(config: Config) -> timedelta:
+    """How old the spending a poll or a start is judged by may be: half the meter
+    interval, so a budget is found spent at most one interval late."""
+    return timedelta(seconds=config.usage.meter_interval / 2)
 
 
 # Beside JupyterHub's own at /hub/metrics (one registry, see hub.metrics); set by each
@@ -88,12 +119,10 @@ def _export(config: Config, found: list[Standing], running: dict[str, int]) -> N
 
 
 def _standings(config: Config, user: str, groups: frozenset[str], now: datetime) -> list[Standing]:
-    scopes = scopes_of(config.usage, user, groups)
-    if not scopes:
-        return []
-    since, until = period_of(config.usage, now)
-    spent = ledger_for(ledger_url(config)).spent(scopes, since, until)
-    return standings(config.usage, user, groups, spent, now)
+    books = accounting(config)
+    settings = books.book.settings
+    spent = books.meter.spent(settings, now, pass_age(config))
+    return standings(settings, user, groups, spent, now)
 
 
 async def refuse_spent_budget(config: Config, user: str, groups: frozenset[str]) -> None:
@@ -131,17 +160,16 @@ async def open_session(
 async def close_session(config: Config, session_id: int, seen_ended_now: bool = True) -> None:
     """The session's server has ended: now, or, if this hub never saw it run (it ended
     while the hub was down), when it was last seen running."""
-    ledger = ledger_for(ledger_url(config))
+
+    def end(row: SessionRow) -> datetime:
+        if not seen_ended_now or row.metered < HUB_STARTED:
+            return row.metered
+        return datetime.now(UTC)
 
     def close() -> None:
-        row = ledger.get(session_id)
-        if row is None:
-            return
-        end = datetime.now(UTC)
-        if not seen_ended_now or row.metered < HUB_STARTED:
-            end = row.metered
-        ledger.close(session_id, end)
-        _export(config, [], ledger.running_by_machine())
+        meter = accounting(config).meter
+        meter.close(session_id, end)
+        _export(config, [], meter.running_by_machine())
 
     await asyncio.to_thread(close)
 
@@ -163,25 +191,23 @@ async def meter_session(
     warned: bool,
 ) -> Verdict:
     """Meter a running server up to now and judge its budgets."""
-    ledger = ledger_for(ledger_url(config))
     usage = config.usage
 
     def judge() -> Verdict:
         now = datetime.now(UTC)
-        row = ledger.meter(session_id, now, *measured)
-        if row is None or row.stopped is not None:
-            return Verdict()
+        meter = accounting(config).meter
+        meter.read(Reading(session_id, now, *measured))
         found = _standings(config, user, groups, now)
-        _export(config, found, ledger.running_by_machine())
+        _export(config, found, meter.running_by_machine())
         spent = [s for s in found if s.level(usage.warn_at) is Level.SPENT]
+        since = meter.over_budget_since(session_id)
         if not spent:
-            if row.over_budget_since is not None:  # a new period or a raised budget
-                ledger.mark_over_budget(session_id, None)
+            if since is not None:  # a new period or a raised budget
+                meter.mark_over_budget(session_id, None)
             message = warning(usage, found)
             return Verdict(None if warned or message is None else message)
-        since = row.over_budget_since
         if since is None:
-            ledger.mark_over_budget(session_id, now)
+            meter.mark_over_budget(session_id, now)
             until = stop_at(usage, now).strftime("%Y-%m-%d %H:%M:%S UTC")
             return Verdict(f"{spent[0].describe(usage.currency)}; this server stops at {until}.")
         if now >= stop_at(usage, since):

@@ -26,10 +26,13 @@ from sqlalchemy import (
     Row,
     Select,
     String,
+    bindparam,
+    case,
     create_engine,
     func,
     or_,
     select,
+    update,
 )
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -112,6 +115,16 @@ class GroupRow(Base):
         ForeignKey("hubstack_usage_sessions.id", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A session seen running at ``at``, having used what is given (None: not measured)."""
+
+    session_id: int
+    at: datetime
+    cpu_seconds: float | None = None
+    peak_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +239,56 @@ class Ledger:
                 row.metered = row.stopped
             return row
 
+    def record(self, readings: Iterable[Reading]) -> None:
+        """Many sessions seen running, in one transaction and one statement (what a meter
+        pass writes); each reading only ever moves a session's figures forward."""
+        table = SessionRow.__table__
+
+        def forward(column: Any, value: Any) -> Any:
+            return case((or_(column.is_(None), column < value), value), else_=column)
+
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("session_id"), table.c.stopped.is_(None))
+            .values(
+                metered=forward(table.c.metered, bindparam("at", type_=UTCDateTime)),
+                cpu_seconds=forward(table.c.cpu_seconds, bindparam("cpu", type_=Float)),
+                peak_memory=forward(table.c.peak_memory, bindparam("peak", type_=BigInteger)),
+            )
+        )
+        rows = [
+            {"session_id": r.session_id, "at": r.at, "cpu": r.cpu_seconds, "peak": r.peak_memory}
+            for r in readings
+        ]
+        if rows:
+            with self.engine.begin() as db:
+                db.execute(statement, rows)
+
+    def period_rows(self, since: datetime, until: datetime, running: bool) -> list[Row[Any]]:
+        """The running (or the stopped) sessions within ``[since, until]``, one row per
+        session and group it counts against (``group`` None: in none), with what costs
+        need: one query for a whole meter pass."""
+        columns = select(
+            SessionRow.id,
+            SessionRow.user,
+            SessionRow.machine,
+            SessionRow.rate,
+            SessionRow.cores,
+            SessionRow.started,
+            func.coalesce(SessionRow.stopped, SessionRow.metered).label("end"),
+            SessionRow.over_budget_since,
+            GroupRow.name.label("group"),
+        ).outerjoin(GroupRow)
+        state = SessionRow.stopped.is_(None) if running else SessionRow.stopped.is_not(None)
+        with self._sessions() as db:
+            return list(db.execute(_within(columns, since, until, None, None).where(state)))
+
+    def groups_of(self, session_id: int) -> list[str]:
+        """The groups a session counts against."""
+        query = select(GroupRow.name).where(GroupRow.session_id == session_id)
+        with self._sessions() as db:
+            return list(db.scalars(query))
+
     def mark_over_budget(self, session_id: int, since: datetime | None) -> None:
         with self._sessions.begin() as db:
             row = db.get(SessionRow, session_id)
@@ -285,16 +348,6 @@ class Ledger:
             for session_id, name in db.execute(query):
                 found.setdefault(session_id, set()).add(name)
         return found
-
-    def running_by_machine(self) -> dict[str, int]:
-        """Sessions not yet stopped, per machine type."""
-        query = (
-            select(SessionRow.machine, func.count())
-            .where(SessionRow.stopped.is_(None))
-            .group_by(SessionRow.machine)
-        )
-        with self._sessions() as db:
-            return {machine: count for machine, count in db.execute(query)}
 
     def spent(
         self, scopes: Iterable[Scope], since: datetime, until: datetime
