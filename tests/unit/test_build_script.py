@@ -81,3 +81,22 @@ def test_the_server_starts_through_start_and_opens_to_listed_sites() -> None:
     )
     plain = Content(name="repo", url="u", commit="0" * 40, mirror=Path("/m.git"))
     assert start_command(Path("/w"), plain, ["srv"]) == ["srv"]
+
+
+def test_apt_packages_are_unpacked_first_and_post_build_sees_the_servers_paths() -> None:
+    script = build_script(
+        spec(apt_packages=("figlet", "g++"), post_build="postBuild"),
+        TARGET,
+        Path("/usr/bin/python3.11"),
+        "/opt/uv",
+    )
+    lines = script.splitlines()
+    unpack = next(i for i, line in enumerate(lines) if "apt-get -s -q" in line)
+    venv = next(i for i, line in enumerate(lines) if " venv --quiet --seed " in line)
+    assert unpack < venv  # and pip is in the environment (--seed)
+    assert "install -- figlet g++ > plan" in lines[unpack]
+    run = lines[-2]
+    assert f"PATH={TARGET}/env/bin:{TARGET}/env/apt/usr/local/bin:" in run
+    assert f"LD_LIBRARY_PATH={TARGET}/env/apt/usr/lib/" in run
+    assert f"REPO_DIR={TARGET}/repo ./postBuild" in run
+    assert subprocess.run(["bash", "-n", "-c", script], check=False).returncode == 0

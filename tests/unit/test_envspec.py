@@ -706,8 +706,9 @@ def test_what_cannot_be_honoured_is_said(tmp_path: Path) -> None:
     )
     assert spec.kind == "requirements"
     assert spec.notices == (
-        "apt.txt asks for system packages (graphviz, libgl1-mesa-glx) that hubstack cannot "
-        "install without root; they are not installed.",
+        "The system packages of apt.txt (graphviz, libgl1-mesa-glx) are unpacked into the "
+        "environment without running their installation scripts; the build log names the "
+        "packages that have some.",
         "Dockerfile cannot be used without a container engine; the environment is built from "
         "the repository's other files.",
         "Project.toml describes a Julia environment, which hubstack does not build; it is ignored.",
@@ -720,17 +721,24 @@ def test_what_cannot_be_honoured_is_said(tmp_path: Path) -> None:
     assert spec.defining_files == ("requirements.txt",)
 
 
-def test_apt_txt_names_are_shown_safely(tmp_path: Path) -> None:
-    names = "".join(f"pkg{i}\n" for i in range(11)) + "<script>\n"
+def test_apt_txt_packages_are_part_of_the_plan_and_the_key(tmp_path: Path) -> None:
+    names = "".join(f"pkg{i}\n" for i in range(11)) + "g++\npkg0\n"
     spec = spec_of(tmp_path / "a", {"binder/apt.txt": names})
-    assert spec.notices == (
-        "binder/apt.txt asks for system packages (pkg0, pkg1, pkg2, pkg3, pkg4, pkg5, pkg6, "
-        "pkg7, pkg8, pkg9 and 2 more) that hubstack cannot install without root; they are not "
-        "installed.",
+    assert spec.apt_packages == (*(f"pkg{i}" for i in range(11)), "g++")
+    assert spec.notices[0].startswith(
+        "The system packages of binder/apt.txt (pkg0, pkg1, pkg2, pkg3, pkg4, pkg5, pkg6, "
+        "pkg7, pkg8, pkg9 and 2 more) are unpacked"
     )
-    spec = spec_of(tmp_path / "b", {"apt.txt": "<script>\n"})
-    assert "('<script>')" in spec.notices[0]
     assert spec_of(tmp_path / "c", {"apt.txt": "# nothing\n"}).notices == ()
+
+
+@pytest.mark.parametrize(
+    "line", ["<script>", "Figlet", "-o=Dir::Etc=/tmp", "figlet=2.2", "figlet:i386", "a", "x y"]
+)
+def test_apt_txt_lines_that_are_not_package_names_are_refused(tmp_path: Path, line: str) -> None:
+    message = refusal(tmp_path, {"apt.txt": f"figlet\n{line}\n"})
+    assert message.startswith("apt.txt should list Debian package names")
+    assert "figlet," not in message
 
 
 def test_post_build_and_start(tmp_path: Path) -> None:
@@ -811,7 +819,9 @@ def test_key_follows_only_the_defining_files(tmp_path: Path) -> None:
     key = key_of(repo)
     assert key_after(repo, {"README.md": "# changed\n", "notebooks/new.ipynb": "{}"}) == key
     assert key_after(repo, {"start": '#!/bin/sh\nexport X=1\nexec "$@"\n'}) == key
-    assert key_after(repo, {"apt.txt": "curl\nwget\n"}) == key
+    key = key_after(repo, {"apt.txt": "curl\nwget\n"})  # system packages are built too
+    assert key != key_of(make(tmp_path / "before", BASE))
+    assert key_after(repo, {"apt.txt": "# tools\ncurl\nwget\n"}) == key
     changed = key_after(repo, {"extra.txt": "pandas==2.2\n"})
     assert changed != key
     assert key_after(repo, {"requirements.txt": "-r extra.txt\nnumpy<3\n"}) != changed

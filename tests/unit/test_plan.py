@@ -11,6 +11,7 @@ import pytest
 
 from hubstack.config.load import validate
 from hubstack.config.models import Config
+from hubstack.envs.layout import MULTIARCH
 from hubstack.launch import resolve
 from hubstack.launch.plan import BuiltRepository, Content, Limits, ServerPlan, server_plan
 from hubstack.system.accounts import Account
@@ -23,6 +24,7 @@ MACHINES = [
 ENVIRONMENTS = [{"id": "python", "display": "Python 3", "prefix": "/opt/envs/python"}]
 SERVER = "/opt/envs/python/bin/jupyterhub-singleuser"
 IPC = "--KernelManager.transport=ipc"  # kernels on the hub's machine take no TCP port
+TERMINALS = '--ServerApp.terminado_settings=shell_command=["/bin/bash"]'  # not a login shell
 ALICE = Account("hs-alice", 1001, 1001, Path("/home/hs-alice"))
 HUB_ENV = {
     "JUPYTERHUB_API_TOKEN": "secret",
@@ -74,7 +76,7 @@ def server_vars(
     return {
         "HOME": str(account.home),
         "USER": account.name,
-        "PATH": f"{path}:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{path}:{account.home}/.local/bin:/usr/local/bin:/usr/bin:/bin",
         "HUBSTACK_MACHINE": machine,
         "HUBSTACK_ENVIRONMENT": "python",
         "HUBSTACK_VOLUME": volume,
@@ -111,6 +113,7 @@ def home_server(
             IPC,
             f"--ServerApp.root_dir={account.home}",
             f"--ServerApp.preferred_dir={volume}",
+            TERMINALS,
         ),
         env={**HUB_ENV, **server_vars(account, volume, machine=machine_id), "SHELL": "/bin/bash"},
         workdir=account.home,
@@ -149,11 +152,15 @@ TABLE: dict[str, tuple[Launch, ServerPlan]] = {
                 IPC,
                 "--ServerApp.root_dir=/home/hs-alice/volumes/default/repo",
                 "--ServerApp.preferred_dir=/home/hs-alice/volumes/default/repo",
+                TERMINALS,
                 r"--ServerApp.allow_origin_pat=^(https://docs\.example\.org)$",
             ),
             env={
                 **HUB_ENV,
                 **server_vars(ALICE, "/home/hs-alice/volumes/default", f"{BUILT}/bin"),
+                # as repo2docker has them: the user's and the repository's .local/bin
+                "PATH": f"{BUILT}/bin:/home/hs-alice/.local/bin:"
+                "/home/hs-alice/volumes/default/repo/.local/bin:/usr/local/bin:/usr/bin:/bin",
                 "HUBSTACK_ENVIRONMENT": "repository",
                 "REPO_DIR": "/home/hs-alice/volumes/default/repo",
                 "BINDER_REPO_URL": "https://github.com/org/repo",
@@ -182,6 +189,7 @@ TABLE: dict[str, tuple[Launch, ServerPlan]] = {
                 "--ip=0.0.0.0",
                 "--ServerApp.root_dir=/home/hs-alice",
                 "--ServerApp.preferred_dir=/home/hs-alice/volumes/gpu",
+                TERMINALS,
             ),
             env={
                 **{k: v for k, v in HUB_ENV.items() if k != "JUPYTERHUB_SERVICE_URL"},
@@ -282,3 +290,21 @@ def test_a_local_server_runs_through_the_code_that_adopts_its_socket() -> None:
     )
     python = (f"{BUILT}/bin/python3", "-c", "adopt()")
     assert plan.argv == (*expected.argv[:4], *python, *expected.argv[4:])
+
+
+def test_debian_packages_of_a_repository_are_found_by_server_kernels_and_man() -> None:
+    launch, _ = TABLE["repository launch"]
+    env = plan_of(
+        dataclasses.replace(launch, built=BuiltRepository(BUILT, REPO_FILES, apt=True))
+    ).env
+    apt = f"{BUILT}/apt"
+    assert env["PATH"].split(":")[:5] == [
+        f"{BUILT}/bin",
+        f"{apt}/usr/local/bin",
+        f"{apt}/usr/bin",
+        f"{apt}/bin",
+        "/home/hs-alice/.local/bin",
+    ]
+    assert env["LD_LIBRARY_PATH"].split(":")[0] == f"{apt}/usr/lib/{MULTIARCH}"
+    assert env["MANPATH"] == f"{apt}/usr/share/man:"  # and the system's pages
+    assert "LD_LIBRARY_PATH" not in plan_of(launch).env

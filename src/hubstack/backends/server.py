@@ -9,7 +9,7 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hubstack.backends.base import StartFailed
-from hubstack.envs.checkout import check_out
+from hubstack.envs.checkout import check_out, copy_home
 from hubstack.launch.plan import BuiltRepository
 from hubstack.system import SystemOpError
 from hubstack.system.accounts import Account
@@ -21,9 +21,11 @@ _ANSWER_TIMEOUT_S = 2.0
 
 async def place_files(built: BuiltRepository, volume: Path, account: Account | None) -> None:
     """Check the repository out into the server's volume (as ``account``; None: as the hub's
-    own user), where its plan opens it; a failure is the user's to read."""
+    own user), where its plan opens it, and give the home what the build left in its own; a
+    failure is the user's to read."""
     try:
         await check_out(built.content, volume, account)
+        await copy_home(built.content, account)
     except (OSError, SystemOpError) as exc:
         raise StartFailed(
             f"The repository's files could not be put in your server's storage: {exc}",

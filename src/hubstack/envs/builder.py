@@ -45,7 +45,10 @@ from typing import IO
 
 from hubstack.config.models import BinderSettings
 from hubstack.envs.cache import META, EnvCache, tree_size
+from hubstack.envs.conda import create_steps as conda_steps
+from hubstack.envs.conda import installer_input
 from hubstack.envs.git import export
+from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
 from hubstack.system import NO_FOLLOW_DIR, SystemOpError, cgroups, run, tool, volumes
@@ -58,7 +61,8 @@ SERVER_OVERRIDES = Path(__file__).with_name("server-overrides.txt")
 # Part of every environment key: a change to how environments are built rebuilds them.
 # 2: bytecode compiled at build time, base packages installed with SERVER_OVERRIDES.
 # 3: no uv or pip configuration file read (earlier builds may have honoured a repository's).
-BUILDER_VERSION = "3"
+# 4: pip in every environment, the build's home kept, npm's global prefix, apt.txt.
+BUILDER_VERSION = "4"
 # Passed from the hub's environment to uv, so a site's index, proxy and CA settings apply.
 PASSED_ENV = (
     "http_proxy",
@@ -76,6 +80,7 @@ PASSED_ENV = (
     "UV_NATIVE_TLS",
 )
 LOG_TAIL = 12
+CONDA_INPUT = "conda.json"
 SCRATCH = ".hubstack-build"
 LINE_MAX = 1000
 """Characters of one log line kept (in memory, on the launch page and in the log file)."""
@@ -118,13 +123,13 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
     relative references (``-r other.txt``, ``-e .``) mean what their authors meant.
     """
     q = shlex.quote
-    env, repo, scratch = target / "env", target / "repo", target / SCRATCH
+    env, repo, scratch = target / ENV, target / "repo", target / SCRATCH
     pip = f"{q(uv)} pip install --python {q(str(env / 'bin/python'))}"
     lines = [
         "set -eu",
+        *apt_steps(spec.apt_packages, env / APT, scratch / "apt"),
         f"cd {q(str(repo))}",
-        f"echo {q(f'Creating the environment with {python.name}')}",
-        f"{q(uv)} venv --quiet --python {q(str(python))} {q(str(env))}",
+        *_create_steps(spec, env, scratch, python, uv),
         "echo 'Installing the Jupyter server and kernel'",
         f"{pip} --override {q(str(scratch / 'server-overrides.txt'))} "
         f"-r {q(str(scratch / 'base-requirements.txt'))}",
@@ -143,13 +148,91 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
     if spec.install_project:
         lines += ["echo 'Installing the repository as a package'", f"{pip} ."]
     if spec.post_build:
+        # What the server will have: the environment's and the packages' paths, REPO_DIR.
+        paths = search_paths(env, target / HOME, repo, bool(spec.apt_packages))
+        exports = " ".join(f"{name}={q(value)}" for name, value in paths.items())
         lines += [
             f"echo {q(f'Running {spec.post_build}')}",
             f"chmod +x {q(spec.post_build)}",
-            f"PATH={q(str(env / 'bin'))}:$PATH ./{q(spec.post_build)}",
+            f"{exports} REPO_DIR={q(str(repo))} ./{q(spec.post_build)}",
         ]
     lines.append("echo 'Build finished'")
     return "\n".join(lines) + "\n"
+
+
+def _create_steps(spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str) -> list[str]:
+    """The environment itself: conda packages (their own Python), else a virtualenv of a hub
+    Python; either way with pip, for postBuild scripts and users (`pip install`)."""
+    q = shlex.quote
+    if spec.conda is not None:
+        # conda's pip only when the file asks for it; PyPI's otherwise, as for virtualenvs.
+        seed_pip = f"{q(uv)} pip install --quiet --python {q(str(env / 'bin/python'))} pip"
+        has_pip = f"{q(str(env / 'bin/python'))} -c 'import pip' 2>/dev/null"
+        return [*conda_steps(spec.conda, scratch / CONDA_INPUT), f"{has_pip} || {seed_pip}"]
+    return [
+        f"echo {q(f'Creating the environment with {python.name}')}",
+        f"{q(uv)} venv --quiet --seed --python {q(str(python))} {q(str(env))}",
+    ]
+
+
+def apt_steps(packages: tuple[str, ...], root: Path, work: Path) -> list[str]:
+    """Shell lines that unpack the Debian ``packages`` and what they need that the host
+    lacks into ``root``, as the unprivileged build account, from the host's apt sources.
+
+    Nothing here needs root: ``apt-get -s install`` resolves the dependencies against what the
+    host has installed (the same answer a real install would give), ``apt-get download``
+    fetches exactly those versions (apt checks them against the signed package lists the
+    site's ``apt-get update`` keeps) and ``dpkg-deb -x`` unpacks them. Maintainer scripts
+    are not run (they would need root, and act on the host): the log names the packages
+    that have some, as what they set up (alternatives, users, caches) is missing.
+    """
+    if not packages:
+        return []
+    q = shlex.quote
+    apt_get, dpkg_deb = q(tool("apt-get")), q(tool("dpkg-deb"))
+    names = " ".join(q(name) for name in packages)
+    return [
+        f"echo {q('Installing system packages: ' + ', '.join(packages))}",
+        f"mkdir -p {q(str(work))} {q(str(root))}",
+        f"cd {q(str(work))}",
+        f"if ! {apt_get} -s -q --no-install-recommends install -- {names} > plan 2>&1; then",
+        "  grep -E '^E: ' plan || tail -n 5 plan",
+        '  echo "apt.txt asks for packages that cannot be installed from the Debian sources '
+        'of this site (see above)."',
+        "  exit 1",
+        "fi",
+        # "Inst name (version origin [arch])": download exactly the versions apt chose.
+        r"sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) .*/\1=\2/p' plan > wanted",
+        f"xargs -r {apt_get} download -q < wanted",
+        "with_scripts=''",
+        ": > alternatives",
+        "for deb in *.deb; do",
+        '  [ -e "$deb" ] || continue',
+        f'  {dpkg_deb} -x "$deb" {q(str(root))}',
+        f'  {dpkg_deb} --ctrl-tarfile "$deb" > control.tar',
+        r'  if tar -tf control.tar | grep -qE "^\./(pre|post)inst$"; then',
+        '    with_scripts="$with_scripts ${deb%%_*}"',
+        "  fi",
+        # The one thing most postinst scripts do that a user notices: the command named by
+        # an alternative (figlet, editors, compilers). Recorded with its priority...
+        "  tar -xOf control.tar ./postinst 2>/dev/null "
+        "| sed -e ':a' -e '/\\\\$/N; s/\\\\\\n//; ta' "
+        '| awk \'{for (i = 2; i + 4 <= NF; i++) if ($i == "--install" && $(i-1) ~ '
+        "/update-alternatives$/) print $(i+4), $(i+1), $(i+3)}' >> alternatives",
+        "done",
+        # ...and linked, the highest priority first, where the package left nothing.
+        "sort -rn alternatives | while read -r _ link path; do",
+        f'  target={q(str(root))}"$path" name={q(str(root))}"$link"',
+        '  case "$link$path" in *..*) continue ;; esac',
+        '  if [ -e "$target" ] && [ ! -e "$name" ] && [ ! -L "$name" ]; then',
+        '    mkdir -p "${name%/*}" && ln -s "$target" "$name"',
+        "  fi",
+        "done",
+        'echo "Unpacked $(wc -l < wanted) Debian packages into the environment"',
+        'if [ -n "$with_scripts" ]; then',
+        '  echo "Note: the installation scripts of these packages were not run:$with_scripts"',
+        "fi",
+    ]
 
 
 class Builder:
@@ -227,10 +310,18 @@ class Builder:
         shutil.copyfile(BASE_REQUIREMENTS, scratch / "base-requirements.txt")
         shutil.copyfile(SERVER_OVERRIDES, scratch / "server-overrides.txt")
         (scratch / "requirements.txt").write_text("\n".join(job.spec.requirements) + "\n")
-        for name in ("home", *(name for _, name in PRIVATE_TMP)):
+        if job.spec.conda is not None:
+            target = self.cache.path(job.key)  # where the build sees its scratch folder
+            instructions = installer_input(
+                job.spec.conda, self.binder.conda, target / ENV, target / SCRATCH / "rattler"
+            )
+            (scratch / CONDA_INPUT).write_text(instructions)
+        for name in (name for _, name in PRIVATE_TMP):
             (scratch / name).mkdir(mode=0o700)
+        (work / HOME).mkdir(mode=0o700)
         if account is not None:
-            run(["chown", "-R", "-h", f"{account.uid}:{account.gid}", str(scratch)])
+            owner = f"{account.uid}:{account.gid}"
+            run(["chown", "-R", "-h", owner, str(scratch), str(work / HOME)])
 
     def _environ(self, target: Path) -> dict[str, str]:
         """The build's whole environment: the hub's index and proxy settings, nothing else of
@@ -240,8 +331,11 @@ class Builder:
         env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
         env.update(
             PATH="/usr/local/bin:/usr/bin:/bin",
-            HOME=str(scratch / "home"),
-            XDG_CONFIG_HOME=str(scratch / "home/.config"),
+            # Kept with the environment, for users' homes (see checkout.copy_home).
+            HOME=str(target / HOME),
+            # `npm install -g` installs into the environment, whose bin is on PATH.
+            NPM_CONFIG_PREFIX=str(target / ENV),
+            NPM_CONFIG_CACHE=str(scratch / "npm-cache"),
             LANG="C.UTF-8",
             UV_CACHE_DIR=str(scratch / "uv-cache"),
             UV_NO_CONFIG="1",
@@ -355,6 +449,10 @@ class Builder:
         shutil.rmtree(work / SCRATCH)
         if not job.spec.post_build:
             shutil.rmtree(work / "repo")
+        for cache in HOME_CACHES:
+            shutil.rmtree(work / HOME / cache, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: kept
+            (work / HOME).rmdir()
         if not self.root:
             if tree_size(target) > self.limits.size:
                 raise BuildFailed(self._outgrown())

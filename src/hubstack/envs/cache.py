@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hubstack.config.models import Config
+from hubstack.envs.layout import APT, HOME
 
 META = "meta.json"
 
@@ -56,6 +57,17 @@ class BuiltEnv:
     @property
     def prefix(self) -> Path:
         return self.path / "env"
+
+    @property
+    def home(self) -> Path | None:
+        """What the build left in its home, if anything."""
+        home = self.path / HOME
+        return home if home.is_dir() else None
+
+    @property
+    def apt(self) -> bool:
+        """Whether Debian packages were unpacked into the environment."""
+        return (self.prefix / APT).is_dir()
 
     @property
     def snapshot(self) -> Path | None:

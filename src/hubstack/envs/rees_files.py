@@ -435,29 +435,53 @@ def _pip_item(tree: RepoTree, item: object, base: str, source: str, plan: Planne
     plan.requirements.append(line)
 
 
-def read_environment_yml(tree: RepoTree, rel: str) -> PlannedInstall:
-    """environment.yml's PyPI-installable dependencies and pip: section; conda-only ones are
-    refused by name, since installing the rest would be a different environment."""
+@dataclass
+class EnvironmentFile:
+    """An environment.yml as written: its channels and conda dependencies (checked by their
+    reader), and its pip: section as a plan."""
+
+    channels: list[str]
+    dependencies: list[str]
+    pip: PlannedInstall
+
+
+def read_environment_file(tree: RepoTree, rel: str) -> EnvironmentFile:
+    """environment.yml's parts; its shape is checked here, the conda dependencies by the
+    build that uses them (PyPI names or conda packages)."""
     data = _parse(tree, rel, "YAML", yaml.safe_load, CONFIG_MAX)
     if data is not None and not isinstance(data, dict):
         raise SpecError(f"{rel} should be a mapping with a dependencies: list.")
     deps = (data or {}).get("dependencies") or []
     if not isinstance(deps, list):
         raise SpecError(f"{rel}: dependencies should be a list.")
-    plan = PlannedInstall()
+    channels = (data or {}).get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise SpecError(f"{rel}: channels should be a list of channel names.")
+    found = EnvironmentFile(channels, [], PlannedInstall())
     base = posixpath.dirname(rel)
-    conda: list[str] = []
     for dep in deps:
         if isinstance(dep, dict) and set(dep) == {"pip"}:
             items = dep["pip"] or []
             if not isinstance(items, list):
                 raise SpecError(f"{rel}: the pip: section should be a list.")
             for item in items:
-                _pip_item(tree, item, base, rel, plan)
+                _pip_item(tree, item, base, rel, found.pip)
         elif isinstance(dep, str):
-            _conda_dependency(dep, rel, plan, conda)
+            found.dependencies.append(dep)
         else:
             raise _not_understood(rel, dep)
+    return found
+
+
+def read_environment_yml(tree: RepoTree, rel: str) -> PlannedInstall:
+    """environment.yml's PyPI-installable dependencies and pip: section; conda-only ones are
+    refused by name, since installing the rest would be a different environment."""
+    found = read_environment_file(tree, rel)
+    plan = PlannedInstall(requirement_files=found.pip.requirement_files, reach=found.pip.reach)
+    conda: list[str] = []
+    for dep in found.dependencies:
+        _conda_dependency(dep, rel, plan, conda)
+    plan.requirements += found.pip.requirements
     if conda:
         raise SpecError(
             f"{rel} asks for packages that need conda, which hubstack does not use (it builds "
@@ -622,7 +646,20 @@ def is_python_project(tree: RepoTree, rel: str) -> bool:
         return False
 
 
+# Debian Policy 5.6.1: lower case letters, digits, +, - and ., at least two, starting with a
+# letter or digit. Nothing else reaches apt: no versions, architectures, paths or options.
+_DEBIAN_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]{1,99}")
+
+
 def read_apt(tree: RepoTree, rel: str) -> list[str]:
-    """The package names of an apt.txt (one a line, # comments)."""
+    """The package names of an apt.txt (one a line, # comments); refuses anything that is
+    not a Debian package name."""
     lines = (line.split("#", 1)[0].strip() for line in tree.read(rel).splitlines())
-    return [line for line in lines if line]
+    names = list(dict.fromkeys(line for line in lines if line))
+    bad = [name for name in names if not _DEBIAN_NAME.fullmatch(name)]
+    if bad:
+        raise SpecError(
+            f"{rel} should list Debian package names (lower case letters, digits, '+', '-' "
+            f"and '.'), one a line; these are not: {listing(bad)}."
+        )
+    return names

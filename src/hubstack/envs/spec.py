@@ -19,6 +19,8 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 
+from hubstack.config.models import CondaSettings
+from hubstack.envs.conda import CondaPlan, read_conda_file
 from hubstack.envs.rees_files import (
     PlannedInstall,
     PythonAsk,
@@ -85,6 +87,10 @@ class EnvSpec:
     defining_files: tuple[str, ...]  # files whose content defines the environment
     whole_tree: bool  # the build reads the rest of the repository too
     notices: tuple[str, ...]  # what is not honoured here, for the launch page
+    # Debian packages of apt.txt, unpacked into the environment (see builder.apt_steps)
+    apt_packages: tuple[str, ...] = ()
+    # environment.yml as conda packages (see envs.conda); None: a virtualenv of a hub Python
+    conda: CondaPlan | None = None
 
 
 @dataclass
@@ -94,6 +100,7 @@ class _Plan:
     defining: list[str]
     asks: list[PythonAsk]
     install_project: bool = False
+    conda: CondaPlan | None = None
 
 
 def _binder_dir(tree: RepoTree) -> str:
@@ -171,10 +178,22 @@ def _pipenv_plan(tree: RepoTree, at: dict[str, str], ignored: list[str]) -> _Pla
     return plan
 
 
-def _conda_plan(tree: RepoTree, at: dict[str, str], ignored: list[str]) -> _Plan:
-    """environment.yml wins over every other file; runtime.txt is ignored with it."""
+def _conda_plan(
+    tree: RepoTree,
+    at: dict[str, str],
+    ignored: list[str],
+    settings: CondaSettings | None,
+    notices: list[str],
+) -> _Plan:
+    """environment.yml wins over every other file; runtime.txt is ignored with it. With
+    conda builds on, its packages (Python too) come from conda channels; else from PyPI."""
     rel = at.get("environment.yml") or at["environment.yaml"]
-    plan = _Plan("environment.yml", read_environment_yml(tree, rel), [rel], [])
+    if settings is not None and settings.enabled:
+        found = read_conda_file(tree, rel, settings)
+        notices += found.notices
+        plan = _Plan("environment.yml", found.pip, [rel], [], conda=found.conda)
+    else:
+        plan = _Plan("environment.yml", read_environment_yml(tree, rel), [rel], [])
     if plan.install.python is not None:
         plan.asks.append(plan.install.python)
     ignored += ["environment.yaml", "Pipfile.lock", "Pipfile", "requirements.txt"]
@@ -214,8 +233,9 @@ def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> list[str]:
             )
     if "apt.txt" in at and (packages := read_apt(tree, at["apt.txt"])):
         notices.append(
-            f"{at['apt.txt']} asks for system packages ({listing(packages)}) that hubstack "
-            "cannot install without root; they are not installed."
+            f"The system packages of {at['apt.txt']} ({listing(packages)}) are unpacked into "
+            "the environment without running their installation scripts; the build log names "
+            "the packages that have some."
         )
     notices += [text.format(at[name]) for name, text in _UNSUPPORTED.items() if name in at]
     if "DESCRIPTION" in at:
@@ -223,8 +243,11 @@ def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> list[str]:
     return notices
 
 
-def detect(root: Path, available_pythons: Collection[str]) -> EnvSpec:
-    """The environment the checked-out tree at ``root`` asks for.
+def detect(
+    root: Path, available_pythons: Collection[str], conda_settings: CondaSettings | None = None
+) -> EnvSpec:
+    """The environment the checked-out tree at ``root`` asks for; ``conda_settings``: how
+    environment.yml is built (None: from PyPI, as with ``binder.conda.enabled`` false).
 
     Raises :class:`SpecError` for what cannot be built here: both binder folders, conda-only
     packages, R, a Python version this hub does not have, malformed or oversized files, and
@@ -238,7 +261,7 @@ def detect(root: Path, available_pythons: Collection[str]) -> EnvSpec:
         refuse_r_runtime(tree, at["runtime.txt"])
     ignored: list[str] = []
     if "environment.yml" in at or "environment.yaml" in at:
-        plan = _conda_plan(tree, at, ignored)
+        plan = _conda_plan(tree, at, ignored, conda_settings, notices)
     elif "Pipfile.lock" in at or "Pipfile" in at:
         plan = _pipenv_plan(tree, at, ignored)
     else:
@@ -253,6 +276,7 @@ def detect(root: Path, available_pythons: Collection[str]) -> EnvSpec:
         )
     reach = plan.install.reach
     post_build = at.get("postBuild")
+    apt = tuple(read_apt(tree, at["apt.txt"])) if "apt.txt" in at else ()
     defining = [*plan.defining, *reach.files, *([post_build] if post_build else [])]
     return EnvSpec(
         binder_dir=binder_dir,
@@ -266,6 +290,8 @@ def detect(root: Path, available_pythons: Collection[str]) -> EnvSpec:
         defining_files=tuple(dict.fromkeys(defining)),
         whole_tree=reach.local or plan.install_project or post_build is not None,
         notices=tuple(notices),
+        apt_packages=apt,
+        conda=plan.conda,
     )
 
 
@@ -287,6 +313,8 @@ def environment_key(root: Path, spec: EnvSpec, salt: str) -> str:
         "install_project": spec.install_project,
         "post_build": spec.post_build,
         "whole_tree": spec.whole_tree,
+        "apt_packages": spec.apt_packages,
+        "conda": spec.conda and [spec.conda.channels, spec.conda.specs],
     }
     digest.update(json.dumps(plan, sort_keys=True).encode() + b"\0")
     if spec.whole_tree:

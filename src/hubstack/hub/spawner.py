@@ -319,10 +319,11 @@ class HubstackSpawner(Spawner):
             mirror=prepared.mirror,
             snapshot=prepared.env.snapshot,
             start=prepared.start,
+            home=prepared.env.home,
             allow_origins=tuple(self.hubstack.binder.cors_origins),
         )
         self._emit(f"Launching a server with the environment of {request.repo.url}", "launching")
-        return request, BuiltRepository(prepared.env.prefix, content)
+        return request, BuiltRepository(prepared.env.prefix, content, apt=prepared.env.apt)
 
     def _spawn_error(self, message: str, reason: str) -> SpawnException:
         self.add_notice(message)
@@ -482,7 +483,7 @@ class HubstackSpawner(Spawner):
         ended = await self.backend.poll(self.backend_state)
         if ended is None:
             return await self._meter()
-        await self._close_usage()
+        await self._close_usage(ended.ended_at)
         if ended.reason:
             self.add_notice(f"Your server {self._server_label()} stopped: {ended.reason}.")
         return ended.status
@@ -524,10 +525,11 @@ class HubstackSpawner(Spawner):
         self.add_notice(f"Your server {self._server_label()} stopped: {verdict.notice}.")
         return 0
 
-    async def _close_usage(self) -> None:
-        """End the server's ledger session (once: a second end changes nothing)."""
+    async def _close_usage(self, ended_at: datetime | None = None) -> None:
+        """End the server's ledger session (once: a second end changes nothing), at
+        ``ended_at`` when the backend knows when the server really ended."""
         if self.usage_session is not None:
-            await close_session(self.hubstack, self.usage_session)
+            await close_session(self.hubstack, self.usage_session, ended_at=ended_at)
             self.usage_session = None
             self._save_state()
 

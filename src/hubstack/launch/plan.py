@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubstack.config.models import Config
+from hubstack.envs.layout import search_paths
 from hubstack.launch.profiles import LaunchRequest
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ PYTHON = "bin/python3"
 # A job's server learns its port and address only on its node (see the job script).
 ALL_ADDRESSES = "0.0.0.0"
 KERNELS_OVER_IPC = "--KernelManager.transport=ipc"
+# Terminals as interactive, not login shells: Debian's /etc/profile sets PATH anew for a login
+# shell, which would lose the environment's bin in terminals while kernels have it.
+TERMINAL_SHELL = '--ServerApp.terminado_settings=shell_command=["/bin/bash"]'
 
 
 def server_label(server_name: str) -> str:
@@ -44,6 +48,7 @@ class Content:
     mirror: Path
     snapshot: Path | None = None
     start: str | None = None
+    home: Path | None = None  # what the build left in its home, for the user's
     # Web sites whose pages may use the server (Binder clients such as thebe run there).
     allow_origins: tuple[str, ...] = ()
 
@@ -59,6 +64,7 @@ class BuiltRepository:
 
     prefix: Path
     content: Content
+    apt: bool = False  # Debian packages are unpacked in the environment (envs/layout.py)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ def server_plan(
         *([f"--ip={ALL_ADDRESSES}"] if on_slurm else [KERNELS_OVER_IPC]),
         f"--ServerApp.root_dir={workdir}",
         f"--ServerApp.preferred_dir={checkout or volume}",
+        TERMINAL_SHELL,
     ]
     env = dict(hub_env)
     if on_slurm:
@@ -162,7 +169,7 @@ def server_plan(
     env |= {
         "HOME": str(account.home),
         "USER": account.name,
-        "PATH": f"{prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        **search_paths(prefix, account.home, checkout, built is not None and built.apt),
         "HUBSTACK_MACHINE": request.machine.id,
         "HUBSTACK_ENVIRONMENT": environment.id,
         "HUBSTACK_VOLUME": str(volume),
