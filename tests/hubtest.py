@@ -269,6 +269,9 @@ class Hub:
                 "allowed_hosts": ["127.0.0.1:*"],
                 "allowed_schemes": ["git", "http"],
                 "build_account": f"{self.prefix}build",
+                # Public conda channels are out of reach here; a test module that serves a
+                # channel (tests/condachannel.py) turns this on with its mirror.
+                "conda": {"enabled": False},
             },
         }
         if self.overrides.get("backend", {}).get("type") == "slurm":

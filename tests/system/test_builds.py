@@ -41,7 +41,7 @@ class Site:
 
     root: Path
     git: GitDaemon
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # of binder's settings
 
     def config(self, **limits: Any) -> Config:
         binder = {
@@ -50,6 +50,10 @@ class Site:
             "allowed_schemes": ["git"],
             "build_account": self.account,
             "limits": {"time": "5m", "size": "1G", **limits},
+            # The public conda channels cannot be reached from here: environment.yml is
+            # built from PyPI in this module, from a local channel in test_conda_builds.
+            "conda": {"enabled": False},
+            **self.overrides,
         }
         hub = {"data_dir": str(self.root / "data")}
         return Config.model_validate({"hub": hub, "binder": binder})

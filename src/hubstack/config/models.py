@@ -398,6 +398,30 @@ class BuildLimits(Strict):
     queued: int = Field(20, ge=1, description="builds the hub lets wait at once")
 
 
+CONDA_CHANNEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class CondaSettings(Strict):
+    """environment.yml builds: conda packages, solved and installed without conda."""
+
+    enabled: bool = Field(
+        True,
+        description="build environment.yml with conda packages; false: install its "
+        "dependencies from PyPI and refuse those only conda has",
+    )
+    channels: list[Annotated[str, Field(pattern=CONDA_CHANNEL)]] = Field(
+        default_factory=lambda: ["conda-forge"],
+        description="the channels an environment.yml may name; with none named it gets the first",
+        min_length=1,
+    )
+    mirror: str | None = Field(
+        None,
+        pattern=HTTP_URL,
+        description="a site's proxy of the channels, read as <mirror>/<channel>; "
+        "null: https://conda.anaconda.org/<channel>",
+    )
+
+
 class BinderSettings(Strict):
     """Environments built from a git repository (Binder-style launches)."""
 
@@ -414,6 +438,7 @@ class BinderSettings(Strict):
     )
     build_account: str = Field("hubstack-build", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     limits: BuildLimits = Field(default_factory=BuildLimits)
+    conda: CondaSettings = Field(default_factory=CondaSettings)
     pythons: dict[str, AbsolutePath] = Field(
         default_factory=dict,
         description="Python versions builds may use, e.g. {'3.12': /usr/bin/python3.12}; "

@@ -49,6 +49,8 @@ from hubstack.envs.conda import create_steps as conda_steps
 from hubstack.envs.conda import installer_input
 from hubstack.envs.git import export
 from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
+from hubstack.envs.server_packages import install_steps as server_steps
+from hubstack.envs.server_packages import same_major
 from hubstack.envs.spec import EnvSpec
 from hubstack.errors import Explained
 from hubstack.system import NO_FOLLOW_DIR, SystemOpError, cgroups, run, tool, volumes
@@ -131,8 +133,12 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
         f"cd {q(str(repo))}",
         *_create_steps(spec, env, scratch, python, uv),
         "echo 'Installing the Jupyter server and kernel'",
-        f"{pip} --override {q(str(scratch / 'server-overrides.txt'))} "
-        f"-r {q(str(scratch / 'base-requirements.txt'))}",
+        *server_steps(
+            pip,
+            str(scratch / "server-overrides.txt"),
+            str(scratch / "base-requirements.txt"),
+            str(scratch / "base-requirements-same-major.txt"),
+        ),
     ]
     for path in spec.requirement_files:
         folder, name = os.path.split(path)
@@ -308,6 +314,8 @@ class Builder:
         scratch = work / SCRATCH
         scratch.mkdir()
         shutil.copyfile(BASE_REQUIREMENTS, scratch / "base-requirements.txt")
+        relaxed = same_major(BASE_REQUIREMENTS.read_text())
+        (scratch / "base-requirements-same-major.txt").write_text(relaxed)
         shutil.copyfile(SERVER_OVERRIDES, scratch / "server-overrides.txt")
         (scratch / "requirements.txt").write_text("\n".join(job.spec.requirements) + "\n")
         if job.spec.conda is not None:

@@ -1,0 +1,69 @@
+"""Solve and install one conda environment with rattler: a build's step, not the hub's.
+
+Run by a build script (see :func:`hubstack.envs.conda.create_steps`) as the build account in
+the build's sandbox, with ``python -I`` and this file's path, so it imports nothing but the
+standard library and rattler. Its one argument is a JSON file of channel URLs, match specs and
+the prefix. Failures end with one message for the build log and exit status 1: a solve that
+cannot be satisfied names the packages in conflict (rattler's own explanation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import rattler
+from rattler.exceptions import GatewayError, InstallerError, InvalidMatchSpecError, SolverError
+
+
+def fail(message: str) -> None:
+    print(message, flush=True)
+    sys.exit(1)
+
+
+async def build(channels: list[str], specs: list[str], prefix: Path, cache: Path) -> None:
+    gateway = rattler.Gateway(cache_dir=cache / "repodata")
+    platform = rattler.Platform.current()
+    try:
+        records = await rattler.solve(
+            channels,
+            specs,
+            gateway=gateway,
+            platforms=[platform, rattler.Platform("noarch")],
+            virtual_packages=rattler.VirtualPackage.detect(),
+        )
+    except SolverError as exc:
+        fail(f"The conda packages cannot be installed together: {exc}")
+    except GatewayError as exc:
+        fail(f"The channels could not be read ({', '.join(channels)}): {exc}")
+    names = ", ".join(f"{r.name.normalized} {r.version}" for r in records)
+    print(f"Installing {len(records)} conda packages: {names}", flush=True)
+    try:
+        await rattler.install(
+            records,
+            prefix,
+            cache_dir=cache / "pkgs",
+            show_progress=False,
+            # Link scripts would run package code outside the steps the log shows; conda-forge
+            # asks packages to work without them.
+            execute_link_scripts=False,
+        )
+    except InstallerError as exc:
+        fail(f"The conda packages could not be installed: {exc}")
+
+
+def main() -> None:
+    instructions = json.loads(Path(sys.argv[1]).read_text())
+    for spec in instructions["specs"]:
+        try:
+            rattler.MatchSpec(spec)
+        except InvalidMatchSpecError as exc:
+            fail(f"{spec!r} is not a conda package specification: {exc}")
+    prefix, cache = Path(instructions["prefix"]), Path(instructions["cache"])
+    asyncio.run(build(instructions["channels"], instructions["specs"], prefix, cache))
+
+
+if __name__ == "__main__":
+    main()
