@@ -140,11 +140,15 @@ pid_alive() {
   [ -n "$pid" ] && running "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
 }
 
-# pids_of NAME: live processes whose command name is exactly NAME, one per line.
+# pids_of NAME: live processes whose command name is exactly NAME, one per line; not those
+# given another configuration with -f (another cluster on this machine, e.g. one made to
+# try power saving), which this script neither counts as its own nor stops.
 pids_of() {
   local p
   for p in $(pgrep -x "$1" || true); do
-    if running "$p"; then echo "$p"; fi
+    if running "$p" && ! tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qx -- -f; then
+      echo "$p"
+    fi
   done
 }
 
