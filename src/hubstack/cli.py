@@ -20,6 +20,8 @@ from hubstack.untrusted import InvalidLaunch
 if TYPE_CHECKING:
     from hubstack.envs.cache import EnvCache
     from hubstack.hub.group_admin import GroupAdmin
+    from hubstack.slurm.client import AccountedJob
+    from hubstack.usage.report import Window
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -225,6 +227,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     config = _load(args)
     window = Window.of(config.usage, datetime.now(UTC), args.since)
+    if args.reconcile:
+        return _reconcile(config, window, args)
     users = [args.user] if args.user else None
     groups = [args.group] if args.group else None
     lines = usage_report(Ledger(ledger_url(config)), config.usage, window, users, groups)
@@ -236,6 +240,64 @@ def cmd_usage(args: argparse.Namespace) -> int:
         print(f"# {window.since:%Y-%m-%d %H:%M} to {window.until:%Y-%m-%d %H:%M} UTC")
         print(as_table(lines, config.usage.currency))
     return 0
+
+
+def _reconcile(config: Config, window: Window, args: argparse.Namespace) -> int:
+    """The ledger's Slurm sessions of ``window`` against Slurm's accounting: 0 if they
+    agree, 1 if not (each difference printed), 2 if accounting cannot say."""
+    import asyncio
+
+    from hubstack.slurm.client import Slurm, SlurmError
+    from hubstack.usage import reconcile
+    from hubstack.usage.ledger import Ledger, ledger_url
+
+    if config.backend.type != "slurm":
+        print(
+            "hubstack: usage --reconcile: backend.type is 'local'; it compares the ledger "
+            "with Slurm's accounting (backend.type: slurm)",
+            file=sys.stderr,
+        )
+        return 2
+    sessions = [
+        row
+        for row in Ledger(ledger_url(config)).sessions(window.since, window.until)
+        if row.backend == "slurm" and row.job_id and (args.user is None or row.user == args.user)
+    ]
+    slurm = Slurm(config.backend.slurm.bin_dir, config.backend.slurm.submit_as)
+
+    async def accounted() -> dict[str, AccountedJob] | None:
+        ran = await slurm.accounted(since=window.since, until=window.until)
+        ids = [row.job_id for row in sessions if row.job_id]
+        named = await slurm.accounted(ids) if ids else {}
+        return None if ran is None or named is None else ran | named
+
+    try:
+        jobs = asyncio.run(accounted())
+    except SlurmError as exc:
+        print(f"hubstack: usage --reconcile: {exc}", file=sys.stderr)
+        return 2
+    if jobs is None:
+        print(
+            "hubstack: usage --reconcile: Slurm's accounting is off (AccountingStorageType)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.user is not None:
+        jobs = {i: j for i, j in jobs.items() if j.user == f"{config.accounts.prefix}{args.user}"}
+    found = reconcile.compare(
+        sessions, jobs, config.accounts.prefix, args.tolerance, datetime.now(UTC)
+    )
+    if args.json:
+        print(reconcile.as_json(found, len(sessions), window.since, window.until))
+    else:
+        print(
+            f"# {window.since:%Y-%m-%d %H:%M} to {window.until:%Y-%m-%d %H:%M} UTC: "
+            f"{len(sessions)} Slurm session(s), "
+            + ("ledger and accounting agree" if not found else f"{len(found)} difference(s)")
+        )
+        if found:
+            print(reconcile.as_table(found))
+    return 1 if found else 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -337,10 +399,23 @@ def parser() -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="print CSV")
     out.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="compare the ledger's Slurm sessions with Slurm's accounting (sacct); exit 1 "
+        "if they differ",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=lambda text: timedelta(seconds=_duration(text)),
+        default=timedelta(minutes=2),
+        metavar="DURATION",
+        help="with --reconcile: the start, end and length differences that count (default 2m)",
+    )
     p.set_defaults(func=cmd_usage, verbose_source=False)
 
     p = sub.add_parser(
-        "audit", parents=[common], help="who started, stopped, deleted what (JSON lines)"
+        "audit", parents=[common], help="logins, starts, stops, admin changes (JSON lines)"
     )
     p.add_argument(
         "--since",
@@ -370,7 +445,54 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.set_defaults(func=cmd_env_prune, verbose_source=False)
+
+    cluster = sub.add_parser("cluster", help="the elastic cluster's nodes (Slurm power saving)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    p = cluster_sub.add_parser("apply", parents=[common], help="write the Slurm lines and programs")
+    p.set_defaults(func=cmd_cluster_apply, verbose_source=False)
+    p = cluster_sub.add_parser("status", parents=[common], help="each node and what it is doing")
+    p.set_defaults(func=cmd_cluster_status, verbose_source=False)
+    for name in ("resume", "suspend", "resume-fail"):
+        p = cluster_sub.add_parser(name, parents=[common], help=f"slurmctld's {name} program")
+        p.add_argument("hostlist", help="Slurm hostlist expression, e.g. cpu[1-3]")
+        p.set_defaults(func=cmd_cluster_program, verbose_source=False)
     return top
+
+
+def cmd_cluster_apply(args: argparse.Namespace) -> int:
+    """Write slurmctld's power-saving programs and the node groups' Slurm lines."""
+    from hubstack.cluster.apply import apply
+
+    config = _load(args)
+    path = (args.config or Path("hubstack.yaml")).resolve()
+    for line in apply(path, config.cluster.slurm_conf) or ["nothing to change"]:
+        print(line)
+    print("restart slurmctld for new or removed nodes (Slurm 22.05 reads them only at start)")
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    """Each node of the node groups: powered down, booting (for how long), idle, busy, failed."""
+    from hubstack.cluster.apply import rows
+    from hubstack.cluster.nodes import Programs
+
+    programs = Programs(_load(args))
+    groups = {node: group.name for node, group in programs.groups.items()}
+    table = rows(groups, programs.slurm.nodes(), programs.records.read())
+    print(f"{'NODE':<16} {'GROUP':<12} {'ADDRESS':<16} STATUS")
+    for row in table:
+        print(f"{row.node:<16} {row.group:<12} {row.address:<16} {row.status}")
+    return 0
+
+
+def cmd_cluster_program(args: argparse.Namespace) -> int:
+    """What slurmctld runs for power saving (resume, suspend, resume-fail) on a hostlist."""
+    from hubstack.cluster.nodes import Programs
+
+    programs = Programs(_load(args))
+    action = {"resume": programs.resume, "suspend": programs.suspend}
+    action.get(args.cluster_command, programs.resume_fail)(args.hostlist)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

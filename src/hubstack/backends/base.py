@@ -11,6 +11,7 @@ import socket
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,6 +96,9 @@ class Exit:
     status: int
     reason: str | None = None
     out_of_memory: bool = False
+    # When it really ended, where the backend keeps a record (Slurm's accounting): a
+    # server that ended while the hub was down is charged up to then.
+    ended_at: datetime | None = None
 
 
 @dataclass

@@ -50,7 +50,7 @@ from hubstack.config import Config
 from hubstack.hub import metrics
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ALL_ADDRESSES, server_label, server_plan
-from hubstack.slurm.client import JobEnd, Slurm, SlurmError, reason_from_log
+from hubstack.slurm.client import JobEnd, Slurm, SlurmError, is_active, reason_from_log
 from hubstack.slurm.jobscript import JobScript, JobScriptError, render_job_script, shared_links
 from hubstack.slurm.watcher import JobWatcher, Tracked
 from hubstack.system import SystemOpError, accounts, shared_folders, tool, userpaths
@@ -491,7 +491,15 @@ class SlurmBackend:
             return None
         reason = await self._why_ended(state, tracked)
         self.watcher.forget(job_id)
-        return Exit(1, reason, out_of_memory="memory" in reason)
+        return Exit(1, reason, out_of_memory="memory" in reason, ended_at=await self._end(job_id))
+
+    async def _end(self, job_id: str) -> datetime | None:
+        """When accounting says the job ended (``_why_ended`` has waited for its record);
+        None if it cannot say."""
+        with contextlib.suppress(SlurmError):
+            job = (await self.slurm.accounted([job_id]) or {}).get(job_id)
+            return job.end if job is not None and not is_active(job.state) else None
+        return None
 
     async def stop(self, state: dict[str, Any]) -> Exit | None:
         job_id = state.get("job_id")

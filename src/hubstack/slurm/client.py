@@ -39,6 +39,7 @@ _SEP = "\x1f"  # ASCII unit separator: no Slurm name, reason or time can contain
 _SQUEUE_FIELDS = ("%i", "%T", "%r", "%N", "%P", "%S", "%Q", "%B")
 _SINFO_FIELDS = ("%P", "%a", "%l", "%L", "%D", "%c", "%m")
 _SACCT_FIELDS = "JobID,State,ExitCode,Timelimit,ReqMem"
+_ACCOUNTED_FIELDS = "JobID,JobName,User,State,Start,End,ElapsedRaw"
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -141,6 +142,22 @@ class JobEnd:
     reason: str
     exit_code: int | None = None
     signal: int | None = None
+
+
+@dataclass(frozen=True)
+class AccountedJob:
+    """One job as accounting (``sacct``) records it: when it really started and ended.
+
+    ``start`` is None for a job that never started, ``end`` for one still running.
+    """
+
+    job_id: str
+    name: str
+    user: str
+    state: str
+    start: datetime | None
+    end: datetime | None
+    elapsed: int  # seconds
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,34 @@ class Slurm:
                 return None
             raise
         return parse_sacct(out, job_id)
+
+    async def accounted(
+        self,
+        job_ids: Collection[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str, AccountedJob] | None:
+        """Every user's jobs that ran within ``[since, until]`` as accounting records them,
+        or (``job_ids`` given) those jobs whenever they ran; by id. None when accounting
+        is off.
+        """
+        for job_id in job_ids:
+            _check_job_id(job_id)
+        argv = [str(self.bin_dir / "sacct"), "--allusers", "--allocations", "--noheader"]
+        argv += ["--parsable2", f"--delimiter={_SEP}", f"--format={_ACCOUNTED_FIELDS}"]
+        if job_ids:
+            argv.append(f"--jobs={','.join(sorted(job_ids, key=_id_key))}")
+        # sacct reads times in the local time zone, which queries run with (_base_env).
+        for option, moment in (("--starttime", since), ("--endtime", until)):
+            if moment is not None:
+                argv.append(f"{option}={moment.astimezone():%Y-%m-%dT%H:%M:%S}")
+        try:
+            out = await self._run(argv, env=_base_env(query=True))
+        except SlurmError as exc:
+            if _says(exc.stderr, _ACCOUNTING_OFF):
+                return None
+            raise
+        return parse_accounted(out)
 
     async def cancel(self, job_id: str) -> None:
         """Cancel ``job_id``; a job that has already ended (or was purged) is no error."""
@@ -441,6 +486,23 @@ def parse_sacct(output: str, job_id: str) -> JobEnd | None:
         )
         return JobEnd(state, reason, exit_code, signo)
     return None
+
+
+def parse_accounted(output: str) -> dict[str, AccountedJob]:
+    """Jobs from ``sacct --parsable2 --delimiter=US --format=JobID,JobName,User,State,Start,
+    End,ElapsedRaw`` output, by id."""
+    found = {}
+    for job_id, name, user, state, start, end, elapsed in _rows("sacct", output, 7):
+        found[job_id] = AccountedJob(
+            job_id=job_id,
+            name=name,
+            user=user,
+            state=normalise_state(state),
+            start=parse_time(start),
+            end=parse_time(end),
+            elapsed=_int(elapsed),
+        )
+    return found
 
 
 def parse_sinfo(output: str) -> dict[str, Partition]:
