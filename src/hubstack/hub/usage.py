@@ -157,11 +157,19 @@ async def open_session(
     return await asyncio.to_thread(ledger.open, opened, datetime.now(UTC))
 
 
-async def close_session(config: Config, session_id: int, seen_ended_now: bool = True) -> None:
-    """The session's server has ended: now, or, if this hub never saw it run (it ended
-    while the hub was down), when it was last seen running."""
+async def close_session(
+    config: Config,
+    session_id: int,
+    seen_ended_now: bool = True,
+    ended_at: datetime | None = None,
+) -> None:
+    """The session's server has ended: at ``ended_at`` if the backend knows (Slurm's
+    accounting); else now, or, if this hub never saw it run (it ended while the hub was
+    down), when it was last seen running."""
 
     def end(row: SessionRow) -> datetime:
+        if ended_at is not None:
+            return min(max(ended_at, row.started), datetime.now(UTC))
         if not seen_ended_now or row.metered < HUB_STARTED:
             return row.metered
         return datetime.now(UTC)
