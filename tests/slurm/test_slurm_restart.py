@@ -3,10 +3,12 @@ takes every running job's server back, with its kernel, and submits nothing twic
 
 from __future__ import annotations
 
+import asyncio
 import pwd
 import secrets
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,7 +23,9 @@ from hubprocesses import (
 )
 from hubtest import Hub, running_hub, wait_for
 
+from hubstack.slurm.client import AccountedJob, Slurm, is_active
 from hubstack.system import tool
+from hubstack.usage.ledger import Ledger, SessionRow
 from slurm.conftest import cluster_script, queued_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
@@ -83,7 +87,39 @@ def test_jobs_and_kernels_survive_kill_and_stop_of_the_hub(hub: Hub) -> None:
         assert sorted(queued_jobs(account)) == jobs, "no job was submitted twice"
         assert single_user_servers({uid}) == processes
 
+    # A job that ends while the hub is down: its session is charged up to the job's end
+    # in Slurm's accounting, not up to when the restarted hub finds it gone.
+    kill_hub(hub)
+    (gone,) = [row for row in erins_sessions(hub) if row.server == "two"]
+    assert gone.job_id is not None and gone.stopped is None
+    subprocess.run([tool("scancel"), gone.job_id], check=True)
+    job = wait_for(lambda: ended_job(gone.job_id), 60, "sacct's record of the cancelled job")
+    hub.start()
+    row = wait_for(
+        lambda: next(r for r in erins_sessions(hub) if r.id == gone.id and r.stopped), 90, "its end"
+    )
+    assert row.stopped == job.end
+
     for kernel in kernels:
-        assert (erin.model(kernel.server) or {}).get("ready")
-        erin.stop(kernel.server)
+        if kernel.server != "two":
+            assert (erin.model(kernel.server) or {}).get("ready")
+            erin.stop(kernel.server)
     wait_for(lambda: not queued_jobs(account), 60, "the stopped servers' jobs to end")
+    # The ledger agrees with accounting (the ledger's start is when the server answered,
+    # later than the job's start by the server's own start on a busy machine).
+    reconciled = hub.cli("usage", "--reconcile", "--user=erin", "--tolerance=3m", "--since=1d")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert "3 Slurm session(s), ledger and accounting agree" in reconciled.stdout
+
+
+def erins_sessions(hub: Hub) -> list[SessionRow]:
+    ledger = Ledger(f"sqlite:///{hub.data_dir / 'usage.sqlite'}")
+    try:
+        return ledger.sessions(datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC), ["erin"])
+    finally:
+        ledger.engine.dispose()
+
+
+def ended_job(job_id: str) -> AccountedJob | None:
+    job = (asyncio.run(Slurm().accounted([job_id])) or {}).get(job_id)
+    return job if job is not None and job.end is not None and not is_active(job.state) else None
