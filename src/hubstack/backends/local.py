@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ from hubstack.backends.base import (
     StorageUse,
     Usage,
     log_tail,
+)
+from hubstack.backends.forking import (
+    ForkFailed,
+    ForkServer,
+    ForkServers,
+    forkable,
+    root_only,
+    server_argv,
 )
 from hubstack.backends.listen_fd import VARIABLE as LISTEN_FD
 from hubstack.backends.runas import Accounts, existing_account
@@ -72,6 +81,9 @@ _LISTEN_CODE = resources.files("hubstack.backends").joinpath("listen_fd.py").rea
 # /tmp (see _private_tmp), a short path (a Unix socket's is at most 107 bytes) nobody else sees.
 _RUNTIME_DIR = "/tmp/jupyter-runtime"
 _ANSWER_INTERVAL_S = 0.1
+# What the usual chain runs last when a fork server starts the server (see forking.py): it
+# says it is in place, then waits for the hub to close its input.
+_STANDIN_SCRIPT = 'echo ready && exec "$0"'
 
 
 def _alive(pid: int) -> bool:
@@ -117,6 +129,7 @@ class LocalBackend:
         self._homes_shared = False
         self._sharing_homes = threading.Lock()
         self.admission = Admission(config.backend.local.concurrent_starts)
+        self.forks = ForkServers(self.data_dir / "logs")
 
     def describe(self) -> str:
         if not self.accounts.root:
@@ -389,6 +402,7 @@ class LocalBackend:
         limits = cgroups.Limits(cpu=wanted.cpu, memory=wanted.memory, pids=wanted.processes)
         group = await asyncio.to_thread(self.enforcer.prepare, plan.unit, limits)
         state["oom_kills"] = group.oom_kills()
+        fork = await self._fork_server(spec, plan, group)
         if spec.built is not None:
             await place_files(spec.built, volume, account if self.accounts.root else None)
         log_path = Path(state["log"])
@@ -418,7 +432,8 @@ class LocalBackend:
                 *(tool("setpriv"), f"--reuid={account.uid}", f"--regid={account.gid}"),
                 *("--init-groups", "--", tool("env"), f"--chdir={plan.workdir}"),
             ]
-            argv, cwd = [*private, *as_user, "--", *plan.argv], f"/proc/self/fd/{base}"
+            server = list(plan.argv) if fork is None else self._standin()
+            argv, cwd = [*private, *as_user, "--", *server], f"/proc/self/fd/{base}"
         else:
             argv, cwd = list(plan.argv), str(plan.workdir)
         cmd = self.enforcer.wrap_command(plan.unit, limits, argv)
@@ -434,27 +449,105 @@ class LocalBackend:
             env["JUPYTER_RUNTIME_DIR"] = state["runtime"]
 
         emit(f"Starting {environment.display} on {machine.display}")
-        try:
-            with log_path.open("ab") as log:
+        with log_path.open("ab") as log:
+            try:
                 proc = subprocess.Popen(
                     cmd,
                     env=env,
                     cwd=cwd,
                     pass_fds=(fd,),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL if fork is None else subprocess.PIPE,
+                    stdout=log if fork is None else subprocess.PIPE,
+                    stderr=subprocess.STDOUT if fork is None else log,
                     preexec_fn=group.attach_self,
                     start_new_session=True,
                 )
-        except (PermissionError, FileNotFoundError) as exc:
-            raise self._unusable(spec, plan, account, exc.strerror) from None
-        finally:
-            if base is not None:
-                os.close(base)
-        state["pid"] = proc.pid
+            except (PermissionError, FileNotFoundError) as exc:
+                raise self._unusable(spec, plan, account, exc.strerror) from None
+            finally:
+                if base is not None:
+                    os.close(base)
+            state["pid"] = proc.pid
+            status: Callable[[], int | None] = proc.poll
+            if fork is not None:
+                start = {
+                    "standin": proc.pid,
+                    "uid": account.uid,
+                    "gid": account.gid,
+                    "cgroup_procs": group.procs_files(),
+                    "env": plan.env | {"JUPYTER_RUNTIME_DIR": _RUNTIME_DIR},
+                    "argv": server_argv(plan.argv, plan.executable),
+                }
+                pid = await self._fork_in(fork, proc, start, fd, log.fileno(), state)
+                state["pid"], state["forked"] = pid, True
+                status = functools.partial(self._status, state)
         prefix = spec.env["JUPYTERHUB_SERVICE_PREFIX"]
-        await self._wait_answering(proc, spec, plan, account, prefix, state)
+        await self._wait_answering(status, spec, plan, account, prefix, state)
+
+    def _standin(self) -> list[str]:
+        return [tool("sh"), "-c", _STANDIN_SCRIPT, tool("cat")]
+
+    async def _fork_server(
+        self, spec: ServerSpec, plan: ServerPlan, group: cgroups.Cgroup
+    ) -> ForkServer | None:
+        """The environment's fork server, if this start may use one (see forking.py)."""
+        if not (self.local.fork_server and self.accounts.root) or spec.built is not None:
+            return None
+        if group.procs_files() is None or not forkable(plan.env):
+            return None
+        python = plan.prefix / "bin/python3"
+        if not await asyncio.to_thread(root_only, plan.prefix, python):
+            return None
+        fork = self.forks.of(python)
+        try:
+            await asyncio.to_thread(fork.ensure_started)
+        except ForkFailed as exc:
+            log.warning("starting servers without a fork server: %s", exc)
+            return None
+        return fork
+
+    async def _fork_in(
+        self,
+        fork: ForkServer,
+        proc: subprocess.Popen[bytes],
+        start: dict[str, Any],
+        listening: int,
+        log_fd: int,
+        state: dict[str, Any],
+    ) -> int:
+        """Fork the server in place of the stand-in ``proc`` once it is ready; then let the
+        stand-in end (the server holds its namespace and cgroup from then on)."""
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            ready = await asyncio.to_thread(proc.stdout.readline)
+            if ready != b"ready\n":
+                ended = self._ended(await asyncio.to_thread(proc.wait), state)
+                tail = log_tail(Path(state["log"]))
+                raise StartFailed(
+                    f"Your server could not be prepared: {ended.reason}."
+                    + (f"\nLast lines of its log:\n{tail}" if tail else ""),
+                    reason="exited",
+                )
+            timeout = self.local.start_timeout
+            try:
+                return await asyncio.to_thread(fork.fork, start, listening, log_fd, timeout)
+            except ForkFailed as exc:
+                raise StartFailed(
+                    f"Your server could not be started: {exc}", reason="exited"
+                ) from None
+        finally:
+            proc.stdin.close()
+            proc.stdout.close()
+            await asyncio.shield(asyncio.to_thread(proc.wait))
+
+    def _status(self, state: dict[str, Any]) -> int | None:
+        """The server's exit status once it has ended, else None; see :func:`_reap`."""
+        pid = state["pid"]
+        if state.get("forked"):
+            status = self.forks.exit_status(pid)
+            if status is not None:
+                return status
+        return _reap(pid)
 
     def _unusable(
         self, spec: ServerSpec, plan: ServerPlan, account: accounts.Account, why: str | None
@@ -467,7 +560,7 @@ class LocalBackend:
 
     async def _wait_answering(
         self,
-        proc: subprocess.Popen[bytes],
+        status_of: Callable[[], int | None],
         spec: ServerSpec,
         plan: ServerPlan,
         account: accounts.Account,
@@ -485,7 +578,7 @@ class LocalBackend:
         before the server accepts waits in the socket's queue and is answered once it does.
         """
         while True:
-            status = proc.poll()
+            status = status_of()
             if status is not None:
                 if status in _CANNOT_EXECUTE:
                     raise self._unusable(spec, plan, account, f"exit status {status}")
@@ -528,10 +621,9 @@ class LocalBackend:
         return max(new, 0)
 
     async def poll(self, state: dict[str, Any]) -> Exit | None:
-        pid = state.get("pid")
-        if not pid:
+        if not state.get("pid"):
             return Exit(0)
-        status = _reap(pid)
+        status = self._status(state)
         if status is None:
             return None
         return self._ended(status, state)
@@ -543,10 +635,10 @@ class LocalBackend:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        status = _reap(pid)
+        status = self._status(state)
         while status is None and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            status = _reap(pid)
+            status = self._status(state)
         if status is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)

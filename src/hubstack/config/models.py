@@ -24,6 +24,7 @@ from pydantic import (
 from hubstack.config.alerts import AlertSettings
 from hubstack.config.auth import AuthSettings
 from hubstack.config.base import HTTP_URL, AbsolutePath, Strict, problem
+from hubstack.config.cluster import ClusterSettings
 from hubstack.config.groups import GroupName, GroupSettings, SharedFolder
 from hubstack.config.script import check_script
 from hubstack.config.usage import UsageSettings
@@ -149,6 +150,11 @@ class LocalSettings(Strict):
     queue_timeout: Duration = Field(
         "10m", description="how long a start may wait in line for its turn"
     )  # type: ignore[assignment]
+    fork_server: bool = Field(
+        False,
+        description="fork servers of root-owned environments from a process that has "
+        "imported Jupyter once, instead of starting each from scratch",
+    )
 
 
 class Choice(Strict):
@@ -439,6 +445,11 @@ class BinderSettings(Strict):
     build_account: str = Field("hubstack-build", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     limits: BuildLimits = Field(default_factory=BuildLimits)
     conda: CondaSettings = Field(default_factory=CondaSettings)
+    python_sources: list[Literal["conda", "uv"]] = Field(
+        default_factory=lambda: ["conda"],
+        description="where builds get a Python version that binder.pythons lacks, in order: "
+        "the first conda channel's python package, or a download by uv; empty: none",
+    )
     pythons: dict[str, AbsolutePath] = Field(
         default_factory=dict,
         description="Python versions builds may use, e.g. {'3.12': /usr/bin/python3.12}; "
@@ -519,6 +530,7 @@ class Config(Strict):
     binder: BinderSettings = Field(default_factory=BinderSettings)
     groups: dict[GroupName, GroupSettings] = Field(default_factory=dict)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     extra_jupyterhub_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -107,6 +107,11 @@ class Cgroup(ABC):
     def __init__(self, unit: str) -> None:
         self.unit = unit
 
+    def procs_files(self) -> list[str] | None:
+        """The ``cgroup.procs`` files a process joins the group through by writing its
+        pid (for a process the hub does not start itself); None: it cannot join so."""
+        return None
+
     @abstractmethod
     def attach_self(self) -> None:
         """Move the calling process into the group.
@@ -162,6 +167,9 @@ class _FsCgroup(Cgroup):
         self.dirs = tuple(dirs)
         # Encoded up front so attach_self does no path work in the forked child.
         self._procs_files = tuple(os.fsencode(d / "cgroup.procs") for d in self.dirs)
+
+    def procs_files(self) -> list[str] | None:
+        return [os.fsdecode(path) for path in self._procs_files]
 
     def attach_self(self) -> None:
         pid = b"%d" % os.getpid()
@@ -259,6 +267,10 @@ class CgroupV2(_FsCgroup):
 class SystemdScope(CgroupV2):
     """The cgroup of a ``systemd-run --scope`` unit: systemd creates and collects it."""
 
+    def procs_files(self) -> list[str] | None:
+        """None: systemd owns the scope's members (systemd-run puts the command in)."""
+        return None
+
     def attach_self(self) -> None:
         """Nothing to do: systemd-run puts the command into the scope."""
 
@@ -269,6 +281,9 @@ class SystemdScope(CgroupV2):
 
 class _NullCgroup(Cgroup):
     """Stands in for a group when limits are off, so callers need no special case."""
+
+    def procs_files(self) -> list[str] | None:
+        return []
 
     def attach_self(self) -> None:
         """Nothing to join."""

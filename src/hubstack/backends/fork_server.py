@@ -1,0 +1,215 @@
+"""Run by an environment's Python as root: fork servers that have Jupyter imported already.
+
+Only the standard library: the local backend starts ``python3 -I -c <this file's text>
+<listen_fd.py's text> <descriptor>`` from a root-owned environment once, and keeps the
+other end of the control socket (a SOCK_SEQPACKET pair, so each message arrives whole).
+Importing Jupyter Server, JupyterLab and the JupyterHub extension costs about a CPU-second
+per server start; here it is paid once, and every server is a fork.
+
+The parent never reads anything of a user: for each start the hub sends one byte with a
+new socket of that start alone (SCM_RIGHTS), and the parent only forks. The child reads
+the start from that socket and becomes the server exactly where the local backend's usual
+command chain has put a stand-in process (``unshare``, the private /tmp binds, ``setpriv``,
+``env --chdir``): it joins the server's cgroups, enters the stand-in's mount namespace,
+takes its user, group and supplementary groups and its directory, then closes every other
+descriptor, replaces the environment and runs ``jupyterhub-singleuser`` on the handed
+socket. What a fork carries over is therefore imported code only: ``random`` reseeds
+itself after fork, Jupyter makes its secrets after this point from ``os.urandom``. The
+parent reports each child's exit status on the control socket (``<pid> <status>``).
+"""
+
+import array
+import contextlib
+import ctypes
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import sys
+import threading
+
+CLONE_NEWNS = 0x00020000
+PRELOAD = (
+    "jupyterhub.singleuser",
+    "jupyterhub.singleuser.extension",
+    "jupyter_server.serverapp",
+    "jupyterlab.labapp",
+)
+
+
+def preload() -> None:
+    """Import what every server imports, and the server extensions the environment enables
+    (names from its ``jupyter_server_config.d``); one that fails is left to the server."""
+    names = list(PRELOAD)
+    config_d = os.path.join(sys.prefix, "etc/jupyter/jupyter_server_config.d")
+    for entry in sorted(os.listdir(config_d)) if os.path.isdir(config_d) else []:
+        try:
+            with open(os.path.join(config_d, entry)) as f:
+                enabled = json.load(f)["ServerApp"]["jpserver_extensions"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        names += [name for name, on in enabled.items() if on is True]
+    for name in names:
+        # One that fails is reported by the server when it imports it itself.
+        with contextlib.suppress(Exception):
+            __import__(name)
+
+
+def _receive_fds(sock: socket.socket, size: int, count: int) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    data, ancillary, _flags, _addr = sock.recvmsg(size, socket.CMSG_SPACE(count * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
+def _ids(status: str, key: str) -> list[int]:
+    for line in status.splitlines():
+        if line.startswith(key + ":"):
+            return [int(value) for value in line.split()[1:]]
+    raise ValueError(f"no {key} in the stand-in's status")
+
+
+def become(start: dict, listen_fd: int, log_fd: int, channel: socket.socket) -> None:
+    """In the forked child (root, one thread): take the stand-in's place, then drop root."""
+    standin = int(start["standin"])
+    for path in start["cgroup_procs"]:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, b"%d" % os.getpid())
+        finally:
+            os.close(fd)
+    os.setsid()
+    # Opened from the hub's namespace, before entering the user's: the stand-in is the
+    # hub's unreaped child, so its number cannot have passed to another process.
+    with open(f"/proc/{standin}/status") as f:
+        status = f.read()
+    uid, gid, groups = _ids(status, "Uid")[0], _ids(status, "Gid")[0], _ids(status, "Groups")
+    if uid != start["uid"] or gid != start["gid"]:
+        raise PermissionError(f"the stand-in runs as {uid}:{gid}, not the server's account")
+    mount_ns = os.open(f"/proc/{standin}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    workdir = os.open(f"/proc/{standin}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(mount_ns, CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "setns into the server's mount namespace")
+    os.close(mount_ns)
+    # From here on, nothing is opened or resolved as root.
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    os.fchdir(workdir)
+    os.close(workdir)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    keep = sorted({listen_fd, channel.fileno()})
+    low = 3
+    for fd in keep:
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    os.environ.clear()
+    os.environ.update(start["env"])
+    channel.sendall(json.dumps({"pid": os.getpid()}).encode())
+    channel.close()
+    os.environ["HUBSTACK_LISTEN_FD"] = str(listen_fd)
+
+
+def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
+    """The forked child: set up, report, then run the server (never returns)."""
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    control.close()
+    channel = socket.socket(fileno=channel_fd)
+    try:
+        data, fds = _receive_fds(channel, 1 << 20, 2)
+        listen_fd, log_fd = fds
+        start = json.loads(data)
+        become(start, listen_fd, log_fd, channel)
+    except BaseException as exc:  # the hub gets the reason; the child ends
+        try:
+            channel.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        finally:
+            os._exit(1)
+    # As the user, as listen_fd.py does in a server started without this parent.
+    namespace: dict = {"__name__": "hubstack_listen_fd"}
+    exec(compile(listen_code, "listen_fd.py", "exec"), namespace)
+    namespace["adopt"](int(os.environ.pop("HUBSTACK_LISTEN_FD")))
+    sys.argv = list(start["argv"])
+    code = 0
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # printed as Python would, exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def serve(control: socket.socket, listen_code: str) -> None:
+    """Fork a child per request until the hub closes the control socket; report exits."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while True:
+        ready, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in ready:
+            while True:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    break
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                try:
+                    control.sendall(b"%d %d\n" % (pid, os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    return  # the hub is gone; its servers go on without this parent
+        if control in ready:
+            try:
+                data, fds = _receive_fds(control, 16, 1)
+            except OSError:
+                return
+            if not data:
+                return
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            if os.fork() == 0:
+                os.close(wake_r)
+                os.close(wake_w)
+                child(control, fds[0], listen_code)
+            os.close(fds[0])
+
+
+def main() -> None:
+    """``python3 -I -c <this> <listen code> <control socket's descriptor>``."""
+    control = socket.socket(fileno=int(sys.argv[2]))
+    listen_code = sys.argv[1]
+    sys.argv = sys.argv[:1]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    preload()
+    if threading.active_count() != 1:
+        sys.exit("hubstack: importing Jupyter started a thread; forking it is not safe")
+    control.sendall(b"ready\n")
+    serve(control, listen_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The hub's side of fork servers (``backend.local.fork_server``): one per environment.
+
+A server start imports Jupyter Server, JupyterLab and JupyterHub's extension: about a
+CPU-second, nearly all of a start's cost. A fork server (``fork_server.py``, run by the
+environment's own Python as root) imports them once and forks each server; the forked child
+takes the place of a stand-in process that the local backend's usual chain has put in the
+server's cgroup, mount namespace, account and directory. The standard library's
+``multiprocessing.forkserver`` forks workers of the same program and user, not into other
+accounts' namespaces, so it does not fit.
+
+Used only for environments that only root can change (the parent runs their code as root)
+and never for repository launches (which run the repository's own start script).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import os
+import socket
+import stat
+import subprocess
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("hubstack.local")
+
+_CODE = resources.files("hubstack.backends").joinpath("fork_server.py").read_text()
+_LISTEN_CODE = resources.files("hubstack.backends").joinpath("listen_fd.py").read_text()
+_READY_TIMEOUT_S = 120.0
+_REPLY_LIMIT = 64 * 1024
+# Read at interpreter start or import time (see fork_server.py): a server whose
+# environment sets one is started the usual way.
+IMPORT_TIME_PREFIXES = ("PYTHON", "JUPYTERHUB_SINGLEUSER_")
+
+
+class ForkFailed(Exception):
+    """The fork server could not start this server; the usual start still can."""
+
+
+def root_only(prefix: Path, python: Path) -> bool:
+    """Whether only root can change the environment's code: the fork server runs it as root."""
+    site = sorted(prefix.glob("lib/python3*/site-packages"))
+    for path in (prefix, prefix / "bin", *site, python.resolve()):
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return bool(site)
+
+
+def forkable(env: dict[str, str]) -> bool:
+    return not any(name.startswith(IMPORT_TIME_PREFIXES) for name in env)
+
+
+class ForkServer:
+    """One environment's fork server: started on first use, ended with the hub.
+
+    It runs in its own session, so a signal to the hub's process group leaves it alone; it
+    ends when the hub's end of the control socket closes, also on ``kill -9`` of the hub,
+    and the servers it forked run on.
+    """
+
+    def __init__(self, python: Path, log_path: Path) -> None:
+        self.python = python
+        self.log_path = log_path
+        self._control: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._exits: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {"PATH": f"{self.python.parent}:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            with self.log_path.open("ab") as out:
+                self._proc = subprocess.Popen(
+                    [str(self.python), "-I", "-c", _CODE, _LISTEN_CODE, str(theirs.fileno())],
+                    env=env,
+                    cwd="/",
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        finally:
+            theirs.close()
+        ours.settimeout(_READY_TIMEOUT_S)
+        try:
+            ready = ours.recv(64)
+        except OSError:
+            ready = b""
+        if ready != b"ready\n":
+            ours.close()
+            raise ForkFailed(
+                f"the fork server of {self.python} did not start (see {self.log_path})"
+            )
+        ours.settimeout(None)
+        threading.Thread(target=self._read_exits, args=(ours,), daemon=True).start()
+        log.info("fork server of %s ready (pid %d)", self.python, self._proc.pid)
+        return ours
+
+    def _read_exits(self, control: socket.socket) -> None:
+        """Exit statuses of forked servers (the fork server is their parent, not the hub)."""
+        while True:
+            try:
+                message = control.recv(64)
+            except OSError:
+                message = b""
+            if not message:
+                break
+            pid, status = (int(part) for part in message.split())
+            with self._lock:
+                self._exits[pid] = status
+        with self._lock:
+            if self._control is control:
+                self._control = None  # the next start starts a new fork server
+        if self._proc is not None:
+            self._proc.wait()
+
+    def exit_status(self, pid: int) -> int | None:
+        with self._lock:
+            return self._exits.get(pid)
+
+    def ensure_started(self) -> None:
+        """Start the fork server unless it runs; ForkFailed if it cannot. Blocking."""
+        with self._lock:
+            if self._control is None:
+                self._control = self._start()
+
+    def fork(self, start: dict[str, Any], listening: int, log_fd: int, timeout: float) -> int:
+        """Fork a server in place of ``start["standin"]``; its pid. Blocking (a thread)."""
+        self.ensure_started()
+        with self._lock:
+            control = self._control
+        if control is None:
+            raise ForkFailed(f"the fork server of {self.python} has ended")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with ours:
+            try:
+                control.sendmsg([b"f"], [_rights(theirs.fileno())])
+            except OSError as exc:
+                raise ForkFailed(f"the fork server of {self.python} is gone: {exc}") from None
+            finally:
+                theirs.close()
+            ours.sendmsg([json.dumps(start).encode()], [_rights(listening, log_fd)])
+            ours.settimeout(timeout)
+            try:
+                reply = json.loads(ours.recv(_REPLY_LIMIT) or b"{}")
+            except (OSError, ValueError) as exc:
+                raise ForkFailed(f"no answer from the fork server: {exc}") from None
+        if "pid" not in reply:
+            raise ForkFailed(str(reply.get("error", "the fork server closed the start")))
+        return int(reply["pid"])
+
+    def close(self) -> None:
+        with self._lock:
+            control, self._control = self._control, None
+        if control is not None:
+            control.close()
+
+
+def _rights(*fds: int) -> tuple[int, int, bytes]:
+    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())
+
+
+class ForkServers:
+    """The fork servers of the hub's environments, by their Python."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._servers: dict[Path, ForkServer] = {}
+        self._lock = threading.Lock()
+
+    def of(self, python: Path) -> ForkServer:
+        with self._lock:
+            if python not in self._servers:
+                name = "-".join(python.parts[1:-2]) or "python"
+                self._servers[python] = ForkServer(python, self.log_dir / f"fork-server-{name}.log")
+            return self._servers[python]
+
+    def exit_status(self, pid: int) -> int | None:
+        with self._lock:
+            servers = list(self._servers.values())
+        for server in servers:
+            status = server.exit_status(pid)
+            if status is not None:
+                return status
+        return None
+
+
+def server_argv(argv: tuple[str, ...], executable: Path) -> list[str]:
+    """The server's own command line in a plan whose argv runs it through listen_fd.py."""
+    return list(argv[argv.index(str(executable)) :])
