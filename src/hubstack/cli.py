@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -451,6 +452,7 @@ def parser() -> argparse.ArgumentParser:
     p = cluster_sub.add_parser("apply", parents=[common], help="write the Slurm lines and programs")
     p.set_defaults(func=cmd_cluster_apply, verbose_source=False)
     p = cluster_sub.add_parser("status", parents=[common], help="each node and what it is doing")
+    p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     p.set_defaults(func=cmd_cluster_status, verbose_source=False)
     for name in ("resume", "suspend", "resume-fail"):
         p = cluster_sub.add_parser(name, parents=[common], help=f"slurmctld's {name} program")
@@ -479,6 +481,9 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     programs = Programs(_load(args))
     groups = {node: group.name for node, group in programs.groups.items()}
     table = rows(groups, programs.slurm.nodes(), programs.records.read())
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in table]))
+        return 0
     print(f"{'NODE':<16} {'GROUP':<12} {'ADDRESS':<16} STATUS")
     for row in table:
         print(f"{row.node:<16} {row.group:<12} {row.address:<16} {row.status}")

@@ -31,7 +31,7 @@ class Budget(Strict):
     """What one user or group may spend per period: money, core-hours, or both."""
 
     money: Price | None = None
-    core_hours: float | None = Field(None, ge=0)
+    core_hours: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _says_how_much(self) -> Self:

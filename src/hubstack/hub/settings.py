@@ -16,7 +16,7 @@ from traitlets.config import Config as TraitletsConfig
 from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
-from hubstack.hub import invitations, storage, usage_api, usage_page
+from hubstack.hub import audit_log, budget_admin, invitations, storage, usage_api, usage_page
 from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.groups import configure_groups
 from hubstack.hub.home import home_template_var
@@ -120,6 +120,8 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     c.JupyterHub.template_paths = [str(TEMPLATES)]
     # No token in a log line, also where tornado logs a failed request's URL.
     c.JupyterHub.logging_config = JUPYTERHUB_LOGGING
+    # Logins and admin changes go to the audit log from JupyterHub's request log.
+    c.JupyterHub.tornado_settings = {"log_function": audit_log.log_function(config)}
 
     configure_login(c, config)
 
@@ -139,6 +141,7 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     c.JupyterHub.extra_handlers += storage.handlers(data)
     c.JupyterHub.extra_handlers += usage_api.handlers(config)
     c.JupyterHub.extra_handlers += usage_page.handlers(config)
+    c.JupyterHub.extra_handlers += budget_admin.handlers(config)
     if config.backend.type == "slurm":
         c.JupyterHub.extra_handlers.append((ROUTE, ServerAddressHandler))
         # Starting a job includes its time in the queue: waiting there is not a failure.

@@ -162,10 +162,12 @@ async def close_session(
     session_id: int,
     seen_ended_now: bool = True,
     ended_at: datetime | None = None,
+    used: tuple[float | None, int | None] | None = None,
 ) -> None:
     """The session's server has ended: at ``ended_at`` if the backend knows (Slurm's
     accounting); else now, or, if this hub never saw it run (it ended while the hub was
-    down), when it was last seen running."""
+    down), when it was last seen running. ``used``: what it used, known only at its end
+    (Slurm's accounting)."""
 
     def end(row: SessionRow) -> datetime:
         if ended_at is not None:
@@ -176,6 +178,8 @@ async def close_session(
 
     def close() -> None:
         meter = accounting(config).meter
+        if used is not None and ended_at is not None:
+            meter.read(Reading(session_id, min(ended_at, datetime.now(UTC)), *used))
         meter.close(session_id, end)
         _export(config, [], meter.running_by_machine())
 
@@ -231,12 +235,20 @@ def session_state(state: dict[str, Any]) -> int | None:
 
 
 async def audit(
-    config: Config, handler: Any, action: str, user: str, server: str, **detail: Any
+    config: Config,
+    handler: Any,
+    action: str,
+    user: str,
+    server: str,
+    actor: str | None = None,
+    **detail: Any,
 ) -> None:
-    """Add to the audit log: ``handler`` is the request that asked (its user and address),
-    None when the hub acts on its own (a budget, a poll, a stop JupyterHub asked for)."""
-    who = getattr(handler, "current_user", None) if handler is not None else None
-    actor = getattr(who, "name", None) or "hub"
+    """Add to the audit log: ``handler`` is the request that asked (its user, unless
+    ``actor`` is given, and address), None when the hub acts on its own (a budget, a poll,
+    a stop JupyterHub asked for)."""
+    if actor is None:
+        who = getattr(handler, "current_user", None) if handler is not None else None
+        actor = getattr(who, "name", None) or "hub"
     source = handler.request.remote_ip if handler is not None else None
     ledger = ledger_for(ledger_url(config))
     await asyncio.to_thread(
