@@ -99,6 +99,7 @@ def test_jobs_and_kernels_survive_kill_and_stop_of_the_hub(hub: Hub) -> None:
         lambda: next(r for r in erins_sessions(hub) if r.id == gone.id and r.stopped), 90, "its end"
     )
     assert row.stopped == job.end
+    assert row.cpu_seconds is not None and row.peak_memory is not None  # from sacct too
 
     for kernel in kernels:
         if kernel.server != "two":

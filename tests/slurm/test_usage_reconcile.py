@@ -28,15 +28,20 @@ from .conftest import Cluster, User
 pytestmark = pytest.mark.slurm
 
 PREFIX = "ts-"  # the test accounts' prefix (conftest.new_slurm_user)
+BUSY = "import time\nwhile time.process_time() < 2: pass"  # 2 CPU-seconds, however busy
 
 
 def submit(user: User, name: str) -> str:
-    """A 2-second job of ``user`` named as hubstack names its jobs."""
+    """A job of ``user`` named as hubstack names its jobs, using 2 CPU-seconds."""
     argv = [tool("runuser"), "-u", user.name, "--", tool("sbatch"), "--parsable"]
     argv += [f"--job-name={name}"]
     argv += [f"--chdir={user.home}", "--output=/dev/null", "--mem=64M", "--time=2"]
     done = subprocess.run(
-        argv, input="#!/bin/sh\nsleep 2\n", capture_output=True, text=True, check=True
+        argv,
+        input=f"#!/bin/sh\nexec {tool('python3')} -c '{BUSY}'\n",
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout.strip().split(";")[0]
 
@@ -116,3 +121,10 @@ def test_reconcile_exits_0_when_the_ledger_and_accounting_agree(
     user = slurm_user.name.removeprefix(PREFIX)
     code, found = run_reconcile(tmp_path, [(job, timedelta()) for job in jobs.values()], user)
     assert (code, found["agree"], found["findings"]) == (0, True, [])
+
+
+def test_accounting_tells_what_an_ended_job_used(jobs: dict[str, AccountedJob]) -> None:
+    for job_id in jobs:
+        cpu, peak = asyncio.run(Slurm().used(job_id))
+        assert cpu is not None and 2.0 <= cpu <= 10, (job_id, cpu)
+        assert peak is not None

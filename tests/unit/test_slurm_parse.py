@@ -8,7 +8,7 @@ is its message format (src/slurmd/slurmstepd/req.c) with this cluster's names fi
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,11 +17,13 @@ from hubstack.slurm.client import (
     SlurmError,
     describe_end,
     normalise_state,
+    parse_accounted,
     parse_sacct,
     parse_sinfo,
     parse_slurm_time,
     parse_squeue,
     parse_time,
+    parse_used,
     reason_from_log,
 )
 from hubstack.slurm.watcher import Tracked
@@ -344,3 +346,37 @@ def test_the_watcher_and_the_client_agree_on_each_state(state: str, active: bool
     assert tracked.active is active
     end = parse_sacct(f"5|{state}|0:0|00:30:00|64M\n", "5")
     assert (end is None) is active, "an active job has no final record yet"
+
+
+def test_sacct_lines_become_accounted_jobs_and_use() -> None:
+    sep = "\x1f"
+    accounted = parse_accounted(
+        sep.join(
+            [
+                "12",
+                "hubstack-hs-ann-default",
+                "hs-ann",
+                "CANCELLED by 0",
+                "2026-01-02T03:04:05",
+                "2026-01-02T04:04:05",
+                "3600",
+            ]
+        )
+        + "\n"
+        + sep.join(["13", "a|b", "bob", "RUNNING", "2026-01-02T03:04:05", "Unknown", "60"])
+        + "\n"
+    )
+    assert accounted["12"].state == "CANCELLED" and accounted["12"].elapsed == 3600
+    assert accounted["12"].end - accounted["12"].start == timedelta(hours=1)
+    assert accounted["13"].name == "a|b" and accounted["13"].end is None
+    used = "\n".join(
+        sep.join(fields)
+        for fields in (
+            ("12", "1-02:03:04", ""),
+            ("12.batch", "1-02:03:04", "1.5M"),
+            ("12.extern", "00:00.004", "900K"),
+            ("12.0", "12:01.250", "0"),
+        )
+    )
+    assert parse_used(used, "12") == (93784.0, 1536 * 1024)
+    assert parse_used(sep.join(["12", "", ""]), "12") == (None, None)

@@ -99,6 +99,9 @@ class Exit:
     # When it really ended, where the backend keeps a record (Slurm's accounting): a
     # server that ended while the hub was down is charged up to then.
     ended_at: datetime | None = None
+    # What it used over its life, where only the end tells (Slurm's accounting): CPU-seconds
+    # and peak memory in bytes, as ``Backend.measure`` gives them.
+    used: tuple[float | None, int | None] | None = None
 
 
 @dataclass

@@ -491,15 +491,19 @@ class SlurmBackend:
             return None
         reason = await self._why_ended(state, tracked)
         self.watcher.forget(job_id)
-        return Exit(1, reason, out_of_memory="memory" in reason, ended_at=await self._end(job_id))
+        ended_at, used = await self._accounted_end(job_id)
+        return Exit(1, reason, out_of_memory="memory" in reason, ended_at=ended_at, used=used)
 
-    async def _end(self, job_id: str) -> datetime | None:
-        """When accounting says the job ended (``_why_ended`` has waited for its record);
-        None if it cannot say."""
+    async def _accounted_end(
+        self, job_id: str
+    ) -> tuple[datetime | None, tuple[float | None, int | None] | None]:
+        """When accounting says the job ended (``_why_ended`` has waited for its record)
+        and what it used; None for what it cannot say."""
         with contextlib.suppress(SlurmError):
             job = (await self.slurm.accounted([job_id]) or {}).get(job_id)
-            return job.end if job is not None and not is_active(job.state) else None
-        return None
+            if job is not None and not is_active(job.state):
+                return job.end, await self.slurm.used(job_id)
+        return None, None
 
     async def stop(self, state: dict[str, Any]) -> Exit | None:
         job_id = state.get("job_id")

@@ -483,7 +483,7 @@ class HubstackSpawner(Spawner):
         ended = await self.backend.poll(self.backend_state)
         if ended is None:
             return await self._meter()
-        await self._close_usage(ended.ended_at)
+        await self._close_usage(ended.ended_at, ended.used)
         if ended.reason:
             self.add_notice(f"Your server {self._server_label()} stopped: {ended.reason}.")
         return ended.status
@@ -525,11 +525,15 @@ class HubstackSpawner(Spawner):
         self.add_notice(f"Your server {self._server_label()} stopped: {verdict.notice}.")
         return 0
 
-    async def _close_usage(self, ended_at: datetime | None = None) -> None:
+    async def _close_usage(
+        self,
+        ended_at: datetime | None = None,
+        used: tuple[float | None, int | None] | None = None,
+    ) -> None:
         """End the server's ledger session (once: a second end changes nothing), at
-        ``ended_at`` when the backend knows when the server really ended."""
+        ``ended_at`` and with what it ``used`` when the backend knows them."""
         if self.usage_session is not None:
-            await close_session(self.hubstack, self.usage_session, ended_at=ended_at)
+            await close_session(self.hubstack, self.usage_session, ended_at=ended_at, used=used)
             self.usage_session = None
             self._save_state()
 

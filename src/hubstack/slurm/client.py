@@ -40,6 +40,8 @@ _SQUEUE_FIELDS = ("%i", "%T", "%r", "%N", "%P", "%S", "%Q", "%B")
 _SINFO_FIELDS = ("%P", "%a", "%l", "%L", "%D", "%c", "%m")
 _SACCT_FIELDS = "JobID,State,ExitCode,Timelimit,ReqMem"
 _ACCOUNTED_FIELDS = "JobID,JobName,User,State,Start,End,ElapsedRaw"
+_CPU_TIME = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)(\.\d+)?")
+_RSS = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)")
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -315,6 +317,21 @@ class Slurm:
             raise
         return parse_accounted(out)
 
+    async def used(self, job_id: str) -> tuple[float | None, int | None]:
+        """What an ended job used, from accounting: CPU-seconds (its steps' user and system
+        time) and its steps' largest resident memory in bytes; None for what it does not
+        record (accounting off, or no ``JobAcctGatherType``)."""
+        _check_job_id(job_id)
+        argv = [str(self.bin_dir / "sacct"), f"--jobs={job_id}", "--noheader", "--parsable2"]
+        argv += [f"--delimiter={_SEP}", "--format=JobID,TotalCPU,MaxRSS"]
+        try:
+            out = await self._run(argv, env=_base_env(query=True))
+        except SlurmError as exc:
+            if _says(exc.stderr, _ACCOUNTING_OFF):
+                return None, None
+            raise
+        return parse_used(out, job_id)
+
     async def cancel(self, job_id: str) -> None:
         """Cancel ``job_id``; a job that has already ended (or was purged) is no error."""
         _check_job_id(job_id)
@@ -503,6 +520,38 @@ def parse_accounted(output: str) -> dict[str, AccountedJob]:
             elapsed=_int(elapsed),
         )
     return found
+
+
+def parse_used(output: str, job_id: str) -> tuple[float | None, int | None]:
+    """CPU-seconds of ``job_id`` and the largest MaxRSS of its steps, from ``sacct
+    --format=JobID,TotalCPU,MaxRSS`` output (the job's own line has no MaxRSS)."""
+    cpu: float | None = None
+    peak: int | None = None
+    for step, total_cpu, max_rss in _rows("sacct", output, 3):
+        if step == job_id:
+            cpu = _cpu_seconds(total_cpu)
+        elif step.startswith(f"{job_id}.") and (rss := _bytes(max_rss)) is not None:
+            peak = max(peak or 0, rss)
+    return cpu, peak
+
+
+def _cpu_seconds(text: str) -> float | None:
+    """sacct's TotalCPU (``[D-][H:]M:S[.fff]``) in seconds."""
+    match = _CPU_TIME.fullmatch(text.strip())
+    if match is None:
+        return None
+    days, hours, minutes, seconds, fraction = match.groups()
+    whole = ((int(days or 0) * 24 + int(hours or 0)) * 60 + int(minutes)) * 60 + int(seconds)
+    return whole + float(fraction or 0)
+
+
+def _bytes(text: str) -> int | None:
+    """sacct's MaxRSS (``123K``, ``1.5M``, ``0``) in bytes; None when empty."""
+    match = _RSS.fullmatch(text.strip())
+    if match is None:
+        return None
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "_KMGTP".index(unit or "_"))
 
 
 def parse_sinfo(output: str) -> dict[str, Partition]:
