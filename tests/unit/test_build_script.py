@@ -93,7 +93,7 @@ def test_apt_packages_are_unpacked_first_and_post_build_sees_the_servers_paths()
     lines = script.splitlines()
     unpack = next(i for i, line in enumerate(lines) if "apt-get -s -q" in line)
     venv = next(i for i, line in enumerate(lines) if " venv --quiet --seed " in line)
-    assert unpack < venv  # and pip is in the environment (--seed)
+    assert venv < unpack  # into the environment, with pip (--seed)
     assert "install -- figlet g++ > plan" in lines[unpack]
     run = lines[-2]
     assert f"PATH={TARGET}/env/bin:{TARGET}/env/apt/usr/local/bin:" in run

@@ -49,6 +49,7 @@ from hubstack.envs.conda import create_steps as conda_steps
 from hubstack.envs.conda import installer_input
 from hubstack.envs.git import export
 from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
+from hubstack.envs.python_sources import uv_steps as uv_python_steps
 from hubstack.envs.server_packages import install_steps as server_steps
 from hubstack.envs.server_packages import same_major
 from hubstack.envs.spec import EnvSpec
@@ -65,7 +66,7 @@ SERVER_OVERRIDES = Path(__file__).with_name("server-overrides.txt")
 # 3: no uv or pip configuration file read (earlier builds may have honoured a repository's).
 # 4: pip in every environment, the build's home kept, npm's global prefix, apt.txt.
 BUILDER_VERSION = "4"
-# Passed from the hub's environment to uv, so a site's index, proxy and CA settings apply.
+# Passed from the hub's environment to uv and npm: a site's index, proxy and CA settings.
 PASSED_ENV = (
     "http_proxy",
     "https_proxy",
@@ -80,6 +81,10 @@ PASSED_ENV = (
     "UV_EXTRA_INDEX_URL",
     "UV_INDEX",
     "UV_NATIVE_TLS",
+    "UV_PYTHON_INSTALL_MIRROR",
+    # npm in a postBuild: the site's registry and CA
+    "NODE_EXTRA_CA_CERTS",
+    "NPM_CONFIG_REGISTRY",
 )
 LOG_TAIL = 12
 CONDA_INPUT = "conda.json"
@@ -129,9 +134,9 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
     pip = f"{q(uv)} pip install --python {q(str(env / 'bin/python'))}"
     lines = [
         "set -eu",
-        *apt_steps(spec.apt_packages, env / APT, scratch / "apt"),
         f"cd {q(str(repo))}",
         *_create_steps(spec, env, scratch, python, uv),
+        *apt_steps(spec.apt_packages, env / APT, scratch / "apt", back=repo),
         "echo 'Installing the Jupyter server and kernel'",
         *server_steps(
             pip,
@@ -175,15 +180,18 @@ def _create_steps(spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str
         seed_pip = f"{q(uv)} pip install --quiet --python {q(str(env / 'bin/python'))} pip"
         has_pip = f"{q(str(env / 'bin/python'))} -c 'import pip' 2>/dev/null"
         return [*conda_steps(spec.conda, scratch / CONDA_INPUT), f"{has_pip} || {seed_pip}"]
+    if spec.uv_python is not None:
+        return uv_python_steps(spec.uv_python, env.parent, env, uv)
     return [
         f"echo {q(f'Creating the environment with {python.name}')}",
         f"{q(uv)} venv --quiet --seed --python {q(str(python))} {q(str(env))}",
     ]
 
 
-def apt_steps(packages: tuple[str, ...], root: Path, work: Path) -> list[str]:
+def apt_steps(packages: tuple[str, ...], root: Path, work: Path, back: Path) -> list[str]:
     """Shell lines that unpack the Debian ``packages`` and what they need that the host
-    lacks into ``root``, as the unprivileged build account, from the host's apt sources.
+    lacks into ``root``, as the unprivileged build account, from the host's apt sources,
+    working in ``work`` and then going ``back``.
 
     Nothing here needs root: ``apt-get -s install`` resolves the dependencies against what the
     host has installed (the same answer a real install would give), ``apt-get download``
@@ -238,6 +246,7 @@ def apt_steps(packages: tuple[str, ...], root: Path, work: Path) -> list[str]:
         'if [ -n "$with_scripts" ]; then',
         '  echo "Note: the installation scripts of these packages were not run:$with_scripts"',
         "fi",
+        f"cd {q(str(back))}",
     ]
 
 
