@@ -2,7 +2,8 @@
 chart in Chromium and downloads the table as CSV, a user sees their own rows only (whatever
 the filters ask), an admin everyone's, and bad filters get HTTP 400 with a message.
 
-The ledger holds a few days of history written into the hub's own ledger database (sessions of real servers are tested in tests/usage/test_usage_hub.py).
+The ledger holds a few days of history written into the hub's own ledger database
+(sessions of real servers are tested in tests/usage/test_usage_hub.py).
 """
 
 from __future__ import annotations
