@@ -229,6 +229,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
     config = _load(args)
     window = Window.of(config.usage, datetime.now(UTC), args.since)
     if args.reconcile:
+        if args.csv or args.group:
+            print(
+                "hubstack: usage --reconcile takes --since, --user, --tolerance and --json, "
+                "not --csv or --group",
+                file=sys.stderr,
+            )
+            return 2
         return _reconcile(config, window, args)
     users = [args.user] if args.user else None
     groups = [args.group] if args.group else None
