@@ -119,7 +119,7 @@ def main() -> None:
             print(
                 f"meter pass over {args.running} running sessions ({which} of the period): "
                 f"{wall * 1000:.0f} ms ({wall / args.running * 1000:.3f} ms a session), "
-                f"{cpu:.2f} CPU-s (target: 100 ms a pass)"
+                f"{cpu * 1000:.0f} ms of CPU (target: 100 ms a pass)"
             )
 
         window = Window(now - timedelta(days=365), now)

@@ -76,7 +76,9 @@ def _shown(value: object) -> str:
     return text if len(text) <= SHOWN_MAX else f"{text[: SHOWN_MAX - 4]}...{text[-1]}"
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_problem(error: dict[str, Any]) -> str:
+    """One line naming the key, what is wrong and the value given (config files and the
+    hub's forms and APIs alike)."""
     # A check across keys (models.problem) says which key and value it is about.
     context = error.get("ctx", {})
     key = _key_path((*error["loc"], *context.get("hubstack_at", ())))
@@ -131,7 +133,7 @@ def validate(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+        raise ConfigError(source, [describe_problem(e) for e in exc.errors()]) from None
 
 
 def load(path: Path | None = None) -> tuple[Config, Path | None]:

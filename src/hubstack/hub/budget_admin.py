@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tornado import web
 
 from hubstack.config import Config
-from hubstack.config.load import _describe as describe_error
+from hubstack.config.load import describe_problem
 from hubstack.config.usage import Budget
 from hubstack.hub.usage import accounting, audit
 from hubstack.usage.budgets import Scope
@@ -36,7 +36,7 @@ def budget_of(body: object) -> Budget:
     try:
         return Budget.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(describe_error(dict(e)) for e in exc.errors())
+        problems = "; ".join(describe_problem(dict(e)) for e in exc.errors())
         allowed = "a budget is {money: 0 to 1000000, core_hours: 0 or more}, one or both"
         raise web.HTTPError(400, f"{problems} ({allowed})") from None
 

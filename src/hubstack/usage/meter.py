@@ -76,7 +76,7 @@ class Meter:
         old (running one now if there is none)."""
         with self._lock:
             fresh = self._passed is not None and now - self._passed < max_age
-            if not fresh or self._period != period_of(settings, now):
+            if not fresh or self._period is None or now >= self._period[1]:
                 self._pass(settings, now)
             return self._spent
 
