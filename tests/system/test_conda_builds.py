@@ -116,12 +116,6 @@ def test_environment_yml_is_solved_and_installed_from_the_channel(site: Site) ->
     assert any(m.startswith("Installing") and "python 3.10.13" in m for m in messages)
 
 
-def test_without_python_the_default_and_newest_versions(site: Site) -> None:
-    prepared, _ = site.prepare(site.repo({"environment.yml": "dependencies:\n  - hello-conda\n"}))
-    assert python(prepared, "import hello_conda; print(hello_conda.VERSION)") == "2.0"
-    assert python(prepared, "import sys; print(sys.version_info[:2])") == "(3, 10)"
-
-
 def test_a_channel_outside_the_allow_list_is_refused(site: Site) -> None:
     env = "channels: [bioconda]\ndependencies:\n  - samtools\n"
     message = site.refused(site.repo({"environment.yml": env}))
@@ -148,3 +142,11 @@ def test_an_environment_over_the_size_limit_fails_leaving_nothing(site: Site) ->
     message = site.refused(site.repo({"environment.yml": env}), size="160M")
     assert "outgrew the size limit of 160M" in message
     assert "No space left on device" in message  # what ran out, in rattler's words
+
+
+def test_runtime_txt_gets_a_python_the_host_lacks_from_the_channel(site: Site) -> None:
+    files = {"runtime.txt": "python-3.10\n", "requirements.txt": "tabulate==0.9.0\n"}
+    prepared, _ = site.prepare(site.repo(files))
+    assert python(prepared, "import sys; print(sys.version.split()[0])") == PYTHON
+    assert version(prepared, "tabulate") == "0.9.0"
+    assert (prepared.env.prefix / "bin/jupyterhub-singleuser").exists()

@@ -546,9 +546,11 @@ def test_runtime_txt_alone_keeps_the_default_kind(tmp_path: Path) -> None:
     [
         (
             "python-3.7",
-            "runtime.txt asks for Python 3.7, but this hub has Python 3.10, 3.11, 3.12.",
+            "runtime.txt asks for Python 3.7, but this hub has Python 3.10, 3.11, 3.12; no "
+            "other Python version can be had here: downloads of Python versions are off "
+            "(binder.python_sources).",
         ),
-        ("python-2", "runtime.txt asks for Python 2, but this hub has Python 3.10, 3.11, 3.12."),
+        ("python-2", "runtime.txt asks for Python 2, but this hub has Python 3.10, 3.11, 3.12;"),
         (
             "r-4.3-2024-01-01",
             "runtime.txt asks for R ('r-4.3-2024-01-01'); R environments are not supported here.",
@@ -596,7 +598,8 @@ def test_requires_python_must_fit_the_runtime_and_the_hub(tmp_path: Path) -> Non
     message = refusal(tmp_path / "b", {"pyproject.toml": project, "runtime.txt": "python-3.10"})
     assert message == (
         "runtime.txt asks for Python 3.10 and pyproject.toml asks for requires-python '>=3.11', "
-        "but this hub has Python 3.10, 3.11, 3.12."
+        "but this hub has Python 3.10, 3.11, 3.12; no other Python version can be had here: "
+        "downloads of Python versions are off (binder.python_sources)."
     )
     message = refusal(tmp_path / "c", {"pyproject.toml": '[project]\nrequires-python = ">=4"\n'})
     assert message.startswith("pyproject.toml asks for requires-python '>=4', but this hub")

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import rattler
 from rattler.exceptions import GatewayError, InstallerError, InvalidMatchSpecError, SolverError
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(message, flush=True)
-    sys.exit(1)
+    os._exit(1)  # see main: no finalization while rattler's threads run
 
 
 async def build(channels: list[str], specs: list[str], prefix: Path, cache: Path) -> None:
@@ -63,6 +65,10 @@ def main() -> None:
             fail(f"{spec!r} is not a conda package specification: {exc}")
     prefix, cache = Path(instructions["prefix"]), Path(instructions["cache"])
     asyncio.run(build(instructions["channels"], instructions["specs"], prefix, cache))
+    # rattler's worker threads may still hold the GIL machinery while the interpreter
+    # finalizes, which can abort a finished install (exit 134): leave without finalizing.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

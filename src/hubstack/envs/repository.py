@@ -214,7 +214,7 @@ class Repositories:
     def _key(self, tree: Path) -> tuple[EnvSpec, str, str]:
         if not self.pythons:
             raise SpecError("This hub has no Python interpreter for building environments.")
-        spec = detect(tree, self.pythons, self.binder.conda)
+        spec = detect(tree, self.pythons, self.binder.conda, self.binder.python_sources)
         python = spec.python or _newest(self.pythons)
         base = BASE_REQUIREMENTS.read_text() + SERVER_OVERRIDES.read_text()
         salt = f"{BUILDER_VERSION}\n{python}\n{base}"

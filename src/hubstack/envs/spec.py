@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from packaging.specifiers import SpecifierSet
 
 from hubstack.config.models import CondaSettings
 from hubstack.envs.conda import CondaPlan, read_conda_file
+from hubstack.envs.python_sources import elsewhere
 from hubstack.envs.rees_files import (
     PlannedInstall,
     PythonAsk,
@@ -89,8 +90,10 @@ class EnvSpec:
     notices: tuple[str, ...]  # what is not honoured here, for the launch page
     # Debian packages of apt.txt, unpacked into the environment (see builder.apt_steps)
     apt_packages: tuple[str, ...] = ()
-    # environment.yml as conda packages (see envs.conda); None: a virtualenv of a hub Python
+    # environment.yml as conda packages (see envs.conda), or a conda channel's Python as the
+    # base of another kind; None: a virtualenv of a hub Python
     conda: CondaPlan | None = None
+    uv_python: str | None = None  # a Python uv downloads (see envs.python_sources)
 
 
 @dataclass
@@ -244,10 +247,14 @@ def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> list[str]:
 
 
 def detect(
-    root: Path, available_pythons: Collection[str], conda_settings: CondaSettings | None = None
+    root: Path,
+    available_pythons: Collection[str],
+    conda_settings: CondaSettings | None = None,
+    python_sources: Sequence[str] = (),
 ) -> EnvSpec:
     """The environment the checked-out tree at ``root`` asks for; ``conda_settings``: how
-    environment.yml is built (None: from PyPI, as with ``binder.conda.enabled`` false).
+    environment.yml is built (None: from PyPI, as with ``binder.conda.enabled`` false);
+    ``python_sources``: ``binder.python_sources``, for a Python the host does not have.
 
     Raises :class:`SpecError` for what cannot be built here: both binder folders, conda-only
     packages, R, a Python version this hub does not have, malformed or oversized files, and
@@ -266,7 +273,12 @@ def detect(
         plan = _pipenv_plan(tree, at, ignored)
     else:
         plan = _python_plan(tree, binder_dir, at)
-    python = choose_python(plan.asks, available_pythons)
+    uv_python = None
+    try:
+        python = choose_python(plan.asks, available_pythons)
+    except SpecError as refusal:
+        python = None
+        plan.conda, uv_python = elsewhere(plan.asks, python_sources, conda_settings, refusal)
     shown = [at[name] for name in dict.fromkeys(ignored) if name in at]
     shown = _worth_naming(tree, [path for path in shown if path not in plan.defining])
     if shown:
@@ -292,6 +304,7 @@ def detect(
         notices=tuple(notices),
         apt_packages=apt,
         conda=plan.conda,
+        uv_python=uv_python,
     )
 
 
@@ -315,6 +328,7 @@ def environment_key(root: Path, spec: EnvSpec, salt: str) -> str:
         "whole_tree": spec.whole_tree,
         "apt_packages": spec.apt_packages,
         "conda": spec.conda and [spec.conda.channels, spec.conda.specs],
+        "uv_python": spec.uv_python,
     }
     digest.update(json.dumps(plan, sort_keys=True).encode() + b"\0")
     if spec.whole_tree:
