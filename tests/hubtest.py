@@ -154,6 +154,35 @@ class Session:
             with contextlib.suppress(requests.RequestException):
                 requests.delete(f"{base}api/kernels/{kernel_id}", headers=headers, timeout=30)
 
+    def run_in_terminal(self, command: str, server: str = "", timeout: float = 60) -> str:
+        """Open a terminal on the server (as a user in JupyterLab would), type ``command``
+        and return what the terminal showed until it finished."""
+        base = self.server_url(server)
+        headers = {"Authorization": f"token {self.token}"}
+        made = requests.post(f"{base}api/terminals", headers=headers, timeout=30)
+        made.raise_for_status()
+        name = made.json()["name"]
+        ws = websocket.create_connection(
+            base.replace("http://", "ws://") + f"terminals/websocket/{name}",
+            header=[f"Authorization: token {self.token}"],
+            timeout=timeout,
+        )
+        done = "hubstack-terminal-done-42"  # typed as $((6*7)): its echo does not match
+        shown = ""
+        try:
+            ws.send(json.dumps(["stdin", f"{command}; echo hubstack-terminal-done-$((6*7))\r"]))
+            deadline = time.monotonic() + timeout
+            while done not in shown and time.monotonic() < deadline:
+                message = json.loads(ws.recv())
+                if message[0] == "stdout":
+                    shown += message[1]
+        finally:
+            ws.close()
+            with contextlib.suppress(requests.RequestException):
+                requests.delete(f"{base}api/terminals/{name}", headers=headers, timeout=30)
+        assert done in shown, shown
+        return shown.split(done)[0]
+
 
 @dataclass
 class Execution:

@@ -209,3 +209,47 @@ def test_a_launch_gets_the_repository_as_post_build_left_it(
     )
     assert run.stdout.split() == ["downloaded", "True"], run
     carol.stop("postbuild", remove=True)
+
+
+POST_BUILD = """#!/bin/bash
+set -e
+pip install --no-deps --quiet termcolor==2.4.0
+echo 'Done!' > ~/postbuild.txt
+"""
+
+
+def test_a_repositorys_packages_home_and_paths_reach_kernels_and_terminals(
+    hub: Hub, git: GitDaemon, carol: Session
+) -> None:
+    """repo2docker's promises: apt.txt's commands and libraries, pip, what postBuild left in
+    its home, start, REPO_DIR and ~/.local/bin, in a kernel and in a terminal alike."""
+    files = {"apt.txt": "figlet\ntoilet\n", "postBuild": POST_BUILD, "start": START}
+    name = repo(git, files, executable=("postBuild", "start"))
+    events = start_and_follow(carol, "tools", options(git, name))
+    assert events[-1].get("ready"), events
+    run = carol.run_code(
+        "import ctypes, os, subprocess, sys\n"
+        "print(open(os.path.expanduser('~/postbuild.txt')).read().strip())\n"
+        "print(os.environ['HUBSTACK_PROBE'], os.getcwd() == os.environ['REPO_DIR'])\n"
+        "out = lambda *a: subprocess.run(a, capture_output=True, text=True, check=True).stdout\n"
+        "print(out('toilet', '--version').splitlines()[0])\n"
+        "ctypes.CDLL('libcaca.so.0')\n"
+        "print('termcolor' in out('pip', 'list'))\n"
+        "print(os.path.expanduser('~/.local/bin') in os.environ['PATH'].split(':'))",
+        "tools",
+    )
+    assert run.status == "ok", run
+    lines = run.stdout.splitlines()
+    assert lines == ["Done!", "set by start True", lines[2], "True", "True"], run
+    assert lines[2].startswith("TOIlet")
+    shown = carol.run_in_terminal(
+        'command -v python pip figlet; toilet --version | head -n 1; echo "man=$MANPATH"',
+        "tools",
+    )
+    found = [line.strip() for line in shown.splitlines()]
+    prefix = next(line for line in found if line.endswith("/bin/python")).removesuffix("bin/python")
+    assert f"{prefix}bin/pip" in found
+    assert f"{prefix}apt/usr/bin/figlet" in found
+    assert any(line.startswith("TOIlet") for line in found)
+    assert f"man={prefix}apt/usr/share/man:" in found
+    carol.stop("tools", remove=True)
