@@ -4,11 +4,12 @@
 
 Two data sets: ``--total`` in ``--files`` files, and one file of ``--total``. Each is copied
 out (disk -> store) and in (store -> disk) by hubdata's copy engine (what ``hubdata cp -r``
-runs: 8 files at once, SHA-256 of every file, the destination read back and compared) and
-by the baseline (``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification),
-taking turns so that noise hits both alike. Both stores run on loopback as emulators, so
-the numbers compare the clients, not a network. hubdata reads every destination back,
-so it moves twice the bytes of the baseline.
+runs: several files at once through the library's put_file/get_file, every file verified
+against the store's digest of it, by hashing the local file) and by the baseline
+(``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification), taking turns so
+that noise hits both alike. Both stores run on loopback as emulators, so the numbers
+compare the clients, not a network. The scratch directory (``TMPDIR``) holds the data, one
+copy back and Azurite's objects: give it room for seven times ``--total``.
 """
 
 from __future__ import annotations

@@ -134,13 +134,15 @@ fi
 # reinstalled when its source changes.
 hubdata_src="$here/default-environment/hubdata"
 hubdata_stamp="$env_dir/.hubstack-hubdata.sha256"
-want_hubdata=$(cd "$hubdata_src" && find . -type f \( -name '*.py' -o -name '*.toml' \) \
+want_hubdata=$(cd "$hubdata_src" \
+  && find . -type f \( -name '*.py' -o -name '*.toml' -o -name '*.json' \) \
   | LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -d' ' -f1)
 if [ ! -f "$hubdata_stamp" ] || [ "$(cat "$hubdata_stamp")" != "$want_hubdata" ]; then
   need_root "installing hubdata into $env_dir"
   step "hubdata ($env_dir)"
   umask 022
-  # Its dependencies (fsspec, adlfs, s3fs) are pinned in requirements.txt, installed above.
+  # Its dependencies (fsspec, adlfs, s3fs, jupyter-fsspec) are pinned in requirements.txt,
+  # installed above.
   "$uv" pip install -q --reinstall --no-deps --compile-bytecode \
     --python "$env_dir/bin/python" "$hubdata_src"
   chmod -R a+rX "$prefix/envs"

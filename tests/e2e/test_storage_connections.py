@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from conftest import needs_default_env, needs_root
 from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, running_hub
@@ -327,6 +328,61 @@ def test_group_connection_is_read_only_for_members(
         )
         == 2
     )
+
+
+def test_file_browser_browses_uploads_and_downloads(alice: Session) -> None:
+    """JupyterLab's file browser (jupyter-fsspec) in a real server, through the proxy as
+    its user: the server's start wrote one source per connection, by name only."""
+    alice.stop()
+    assert alice.start().status_code in (201, 202)
+    alice.wait_ready()
+    base = alice.server_url() + "jupyter_fsspec/"
+    headers = {"Authorization": f"token {alice.token}", "X-JFS-Client": "non-browser"}
+
+    config = requests.get(base + "config", headers=headers, timeout=60)
+    assert config.status_code == 200, config.text
+    sources = {s["name"]: s for s in config.json()["content"]}
+    assert {"mine", "labdata"} <= set(sources), sources
+    errors = {name: sources[name].get("error") for name in ("mine", "labdata")}
+    assert errors == {"mine": None, "labdata": None}, errors
+    assert S3_SECRET not in config.text and AZURITE_KEY not in config.text
+
+    listed = requests.get(
+        base + "files",
+        params={"key": "labdata", "item_path": "labdata"},
+        headers=headers,
+        timeout=60,
+    )
+    assert listed.status_code == 200, listed.text
+    assert "labdata/table.csv" in [f["name"] for f in listed.json()["content"]]
+    got = requests.get(
+        base + "files/contents",
+        params={"key": "labdata", "item_path": "labdata/table.csv"},
+        headers=headers,
+        timeout=60,
+    )
+    assert got.status_code == 200 and got.text == CSV
+
+    for key, status in (("mine", 201), ("labdata", 500)):
+        sent = requests.post(
+            base + "files/contents",
+            params={"key": key, "item_path": f"{key}/browser/up.txt"},
+            data=b"from the browser",
+            headers=headers,
+            timeout=60,
+        )
+        assert sent.status_code == status, sent.text
+    assert "read-only" in sent.text, "jupyter-fsspec answers a refused write with 500"
+    rc, out, err = hubdata(alice, "ls", "mine:browser")
+    assert rc == 0 and "browser/up.txt" in out, err
+    mode = in_server(
+        alice,
+        "import json, os, stat\n"
+        "from jupyter_core.paths import jupyter_config_dir\n"
+        "p = os.path.join(jupyter_config_dir(), 'jupyter-fsspec.yaml')\n"
+        "print(json.dumps(stat.S_IMODE(os.stat(p).st_mode)))\n",
+    )
+    assert mode == 0o600
 
 
 def test_storage_page_lists_and_refuses_bad_input(hub: Hub, carol: Session) -> None:

@@ -64,15 +64,24 @@ def connections() -> list[dict[str, Any]]:
     return list(hub_request("connections")["connections"])
 
 
-def open_connection(name: str) -> Connection:
-    """The connection ``name`` of this server's user (their own, else a group's)."""
+def open_connection(name: str, asynchronous: bool = False) -> Connection:
+    """The connection ``name`` of this server's user (their own, else a group's);
+    ``asynchronous`` for callers on an event loop (JupyterLab's file browser)."""
     answer = hub_request(f"credentials/{quote(name, safe='')}")
     # A fresh client each time: a revoked or changed connection takes effect at once.
     fs = fsspec.filesystem(
-        answer["protocol"], skip_instance_cache=True, **answer["storage_options"]
+        answer["protocol"],
+        skip_instance_cache=True,
+        asynchronous=asynchronous,
+        **answer["storage_options"],
     )
     root = "/".join(p for p in (answer["container"], answer["prefix"]) if p)
-    return Connection(name, answer["mode"], answer["group"], DirFileSystem(path=root, fs=fs))
+    return Connection(
+        name,
+        answer["mode"],
+        answer["group"],
+        DirFileSystem(path=root, fs=fs, asynchronous=asynchronous),
+    )
 
 
 def clean_path(path: str) -> str:

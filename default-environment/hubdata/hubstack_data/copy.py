@@ -1,12 +1,15 @@
 """Copies between a server's files and a storage connection: resumable, checksummed.
 
-Each download is streamed through fsspec (adlfs or s3fs do the store's protocol) while its
-SHA-256 is computed; each upload is hashed, then handed to the library's ``put_file``. The
-destination is then read back and its SHA-256 compared. A local
-destination is written under a temporary name and renamed when complete, and an object in a
-store appears only when its upload completes, so after an interruption a file either is
-whole or is missing: a rerun copies what is missing or differs in size (``checksum``: also
-what differs in content).
+Each file goes through the library's own ``put_file``/``get_file`` (adlfs and s3fs move
+large files in parallel blocks, several files at once here). A copy is then verified
+against the store's own digest of the object (S3's ETag, Azure's Content-MD5; see
+``digest``), taken from one listing of the source (downloads) or of the destination after
+the uploads, by hashing the local file: the object is not moved twice and no request is
+made per file. Where the store gives no digest or it does not match, the object is read
+again and SHA-256 of both sides compared. A local destination is written under a
+temporary name and renamed when verified, and an object in a store appears only when its
+upload completes, so after an interruption a file either is whole or is missing: a rerun
+copies what is missing or differs in size (``checksum``: also what differs in content).
 """
 
 from __future__ import annotations
@@ -15,17 +18,30 @@ import errno
 import hashlib
 import os
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fsspec import AbstractFileSystem
+from fsspec.callbacks import Callback
 from fsspec.implementations.local import LocalFileSystem
 
+from hubstack_data import digest
+
 CHUNK = 8 * 1024 * 1024
-WORKERS = 8
+# Files copied at once: many small files need many requests in flight (each is mostly
+# waiting on the store), large ones few (the library may hold a whole part or small file
+# in memory), so the number follows the largest file to keep about IN_FLIGHT bytes held.
+WORKERS = (4, 32)
+IN_FLIGHT = 512 * 1024 * 1024
+# Blocks of one file in flight at once over all files (s3fs's default for one file): one
+# file gets them all, many files one each.
+PARTS = 10
 PARTIAL = ".hubdata-partial"
+# azure-storage-blob's max_single_put_size: larger blobs are sent in blocks.
+AZURE_SINGLE_PUT = 64 * 1024 * 1024
 
 
 class CopyStopped(Exception):
@@ -49,36 +65,54 @@ class Item:
     src: str
     dst: str
     size: int
+    info: dict[str, Any]  # the source's, from its listing (a store's holds its digest)
     reason: str = "missing"
+    md5: str | None = None  # the file's, when an upload computed it already
 
 
-def files_of(side: Side, recursive: bool) -> Iterator[tuple[str, int]]:
-    """(relative path, size) of each file to copy; ('', size) for a single file."""
+def listing(side: Side, recursive: bool) -> dict[str, dict[str, Any]]:
+    """Each file to copy by relative path, with its info; '' for a single file."""
     info = side.fs.info(side.path)
     if info["type"] != "directory":
-        yield "", int(info["size"])
-        return
+        return {"": info}
     if not recursive:
         raise IsADirectoryError(f"{side.label} is a directory: add -r to copy it")
     base = side.path.rstrip("/")
-    for path, detail in sorted(side.fs.find(base, detail=True).items()):
-        if detail["type"] == "directory" or path.endswith(PARTIAL):
-            continue
-        yield posixpath.relpath(path, base) if base else path, int(detail["size"])
+    return {
+        posixpath.relpath(path, base) if base else path: detail
+        for path, detail in sorted(side.fs.find(base, detail=True).items())
+        if detail["type"] != "directory" and not path.endswith(PARTIAL)
+    }
+
+
+def existing(side: Side, paths: list[str], under: str) -> dict[str, dict[str, Any]]:
+    """The infos of those of ``paths`` that exist: one listing of ``under`` (one request
+    per thousand objects, not one per file) or, for one path, its own."""
+    if len(paths) == 1:
+        try:
+            return {paths[0]: side.fs.info(paths[0])}
+        except FileNotFoundError:
+            return {}
+    try:
+        found = side.fs.find(under.rstrip("/"), detail=True)
+    except FileNotFoundError:
+        return {}
+    wanted = set(paths)
+    return {path: info for path, info in found.items() if path in wanted}
 
 
 def sha256_of(fs: AbstractFileSystem, path: str) -> str:
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     with fs.open(path, "rb", block_size=CHUNK) as src:
         while chunk := src.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def plan(src: Side, dst: Side, recursive: bool, checksum: bool) -> list[Item]:
     """The files to copy, skipping those already at the destination."""
     items = []
-    for rel, size in files_of(src, recursive):
+    for rel, info in listing(src, recursive).items():
         if rel:
             target = posixpath.join(dst.path, rel) if dst.path else rel
             source = posixpath.join(src.path.rstrip("/"), rel) if src.path else rel
@@ -87,68 +121,117 @@ def plan(src: Side, dst: Side, recursive: bool, checksum: bool) -> list[Item]:
             into = dst.path.endswith("/") or (dst.path and dst.fs.isdir(dst.path))
             name = posixpath.basename(src.path.rstrip("/"))
             target = posixpath.join(dst.path, name) if into or not dst.path else dst.path
-        item = Item(source, target, size)
-        try:
-            there = dst.fs.info(target)
-        except FileNotFoundError:
-            items.append(item)
+        items.append(Item(source, target, int(info["size"]), info))
+    there = existing(dst, [item.dst for item in items], dst.path)
+    todo = []
+    for item in items:
+        if item.dst not in there:
+            todo.append(item)
             continue
-        if int(there.get("size") or 0) != size:
+        if int(there[item.dst].get("size") or 0) != item.size:
             item.reason = "size differs"
-        elif checksum and sha256_of(src.fs, source) != sha256_of(dst.fs, target):
+        elif checksum and not same_content(src, dst, item, there[item.dst]):
             item.reason = "checksum differs"
         else:
             continue
-        items.append(item)
-    return items
+        todo.append(item)
+    return todo
 
 
-def copy_one(src: Side, dst: Side, item: Item, progress: Callable[[int], Any]) -> None:
-    if src.local:
-        # Uploads go through the library's own put_file (adlfs and s3fs upload large
-        # files in parallel blocks); the local file's hash is read from the page cache.
-        expected = sha256_of(src.fs, item.src)
-        dst.fs.put_file(item.src, item.dst)
-        progress(item.size)
-        verify(dst, item, expected)
-        return
-    digest = hashlib.sha256()
-    target = item.dst + PARTIAL if dst.local else item.dst
-    if dst.local:
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    with (
-        src.fs.open(item.src, "rb", block_size=CHUNK) as reader,
-        dst.fs.open(target, "wb", block_size=CHUNK) as writer,
-    ):
-        while chunk := reader.read(CHUNK):
-            digest.update(chunk)
-            writer.write(chunk)
-            progress(len(chunk))
-    if dst.local:
-        os.replace(target, item.dst)
-    verify(dst, item, digest.hexdigest())
+def same_content(src: Side, dst: Side, item: Item, there: dict[str, Any]) -> bool:
+    """Whether the file and the object hold the same bytes: by the store's digest when it
+    has one that matches, else by SHA-256 of both (the object read again)."""
+    local_path, info = (item.src, there) if src.local else (item.dst, item.info)
+    if digest.matches(local_path, info):
+        return True
+    return sha256_of(src.fs, item.src) == sha256_of(dst.fs, item.dst)
 
 
-def verify(dst: Side, item: Item, expected: str) -> None:
-    if sha256_of(dst.fs, item.dst) != expected:
-        dst.fs.rm_file(item.dst)
-        raise CopyStopped(
-            f"checksum mismatch: {item.dst} differs from what was read from {item.src} "
-            "(removed); run the copy again"
-        )
+class Progress(Callback):
+    """fsspec's callback (s3fs counts bytes up, adlfs reports totals) as byte deltas."""
+
+    def __init__(self, report: Callable[[int], Any]) -> None:
+        super().__init__()
+        self.report = report
+        self.reported = 0
+
+    def call(self, *args: Any, **kwargs: Any) -> None:
+        self.report(self.value - self.reported)
+        self.reported = self.value
+
+
+def upload(dst: Side, item: Item, parts: int, progress: Callable[[int], Any]) -> None:
+    """One file into the store; verified afterwards, with the others (``verify_uploads``)."""
+    options: dict[str, Any] = {"max_concurrency": parts}
+    if item.size > AZURE_SINGLE_PUT and "abfs" in getattr(dst.fs, "fs", dst.fs).protocol:
+        # Azure sets Content-MD5 itself only for a blob sent in one request; a larger one
+        # gets the file's, for later copies to verify against, and the service checks
+        # every block it receives against the MD5 of what was read (validate_content).
+        item.md5 = digest.of_file(item.src)
+        md5 = bytearray(bytes.fromhex(item.md5))
+        options |= {"content_settings": {"content_md5": md5}, "validate_content": True}
+    dst.fs.put_file(item.src, item.dst, callback=Progress(progress), **options)
+
+
+def download(src: Side, item: Item, parts: int, progress: Callable[[int], Any]) -> None:
+    """One object to a local file: written beside it, renamed when verified."""
+    partial = item.dst + PARTIAL
+    os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
+    src.fs.get_file(item.src, partial, callback=Progress(progress), max_concurrency=parts)
+    if not verified(partial, item.info, src, item.src):
+        os.unlink(partial)
+        raise mismatch(item.src, item.dst)
+    os.replace(partial, item.dst)
+
+
+def verified(local_path: str, info: dict[str, Any], store: Side, remote: str) -> bool:
+    """The local file holds the object's bytes: by the store's digest, else (none, or one
+    that is not an MD5) by SHA-256 of both, reading the object again."""
+    if digest.matches(local_path, info):
+        return True
+    return sha256_of(LocalFileSystem(), local_path) == sha256_of(store.fs, remote)
+
+
+def mismatch(src: str, dst: str) -> CopyStopped:
+    return CopyStopped(
+        f"checksum mismatch: {dst} differs from what was read from {src} (removed); "
+        "run the copy again"
+    )
+
+
+def verify_uploads(dst: Side, items: list[Item]) -> None:
+    """Compare every uploaded object with its file, from one listing of the destination;
+    every object that differs is removed."""
+    after = existing(dst, [item.dst for item in items], dst.path)
+    bad = None
+    for item in items:
+        info = after.get(item.dst)
+        stored = digest.of(info) if info else None
+        if stored and item.md5 and stored.md5 == item.md5 and info["size"] == item.size:
+            continue  # the service checked each block against the file's MD5
+        if info is None or not verified(item.src, info, dst, item.dst):
+            if info is not None:
+                dst.fs.rm_file(item.dst)
+            bad = bad or mismatch(item.src, item.dst)
+    if bad is not None:
+        raise bad
 
 
 def run(src: Side, dst: Side, items: list[Item], progress: Callable[[int], Any]) -> int:
     """Copy ``items``; the number copied. A full quota or disk stops every copy and says so;
     files copied by then are kept, partial ones removed."""
-    done = 0
+    copied: list[Item] = []
     failure: BaseException | None = None
-    with ThreadPoolExecutor(WORKERS) as pool:
-        futures = [(item, pool.submit(copy_one, src, dst, item, progress)) for item in items]
+    largest = max((item.size for item in items), default=0)
+    workers = min(max(WORKERS[0], IN_FLIGHT // max(largest, 1)), WORKERS[1], len(items) or 1)
+    parts = max(1, PARTS // workers)
+    one = partial(upload, dst) if src.local else partial(download, src)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [(item, pool.submit(one, item, parts, progress)) for item in items]
         for item, future in futures:
             try:
                 future.result()
-                done += 1
+                copied.append(item)
             except CancelledError:
                 continue
             except OSError as exc:
@@ -161,12 +244,14 @@ def run(src: Side, dst: Side, items: list[Item], progress: Callable[[int], Any])
                     pool.shutdown(cancel_futures=True)
             except CopyStopped as exc:
                 failure = failure or exc
+    if src.local and copied:
+        verify_uploads(dst, copied)
     if isinstance(failure, OSError) and failure.errno in (errno.EDQUOT, errno.ENOSPC):
         raise CopyStopped(
             f"stopped: no space left for {dst.label} (the home quota or the disk is full). "
-            f"{done} of {len(items)} files were copied and are kept; free space and run the "
-            "same command again to copy the rest"
+            f"{len(copied)} of {len(items)} files were copied and are kept; free space and "
+            "run the same command again to copy the rest"
         )
     if failure is not None:
         raise failure
-    return done
+    return len(copied)

@@ -6,6 +6,7 @@ container and prefix; read-only group connections refuse every write here.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from fsspec.implementations.dirfs import DirFileSystem
@@ -48,7 +49,7 @@ class HubFileSystem(DirFileSystem):
     cachable = False
 
     def __init__(self, connection: str, **kwargs: Any) -> None:
-        self.connection = open_connection(connection)
+        self.connection = open_connection(connection, kwargs.get("asynchronous", False))
         super().__init__(path=self.connection.fs.path, fs=self.connection.fs.fs, **kwargs)
         if self.connection.mode != "rw":
             for name in WRITES:
@@ -77,4 +78,37 @@ class HubFileSystem(DirFileSystem):
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
         if path.startswith("hub://"):
             return {"connection": path[len("hub://") :].partition("/")[0]}
+        return {}
+
+
+class HubBrowserFileSystem(HubFileSystem):
+    """A connection as jupyter-fsspec's file browser addresses it (``hubbrowse://NAME``):
+    every path starts with the connection's name, which the browser keeps as the source's
+    prefix and cuts from the names it is given back."""
+
+    protocol = "hubbrowse"
+
+    def _join(self, path: Any) -> Any:
+        if isinstance(path, str):
+            name, _, rest = path.lstrip("/").partition("/")
+            if name != self.connection.name:
+                raise FileNotFoundError(f"{path!r} is not in {self.connection.name!r}")
+            path = rest
+        return super()._join(path)
+
+    def _relpath(self, path: Any) -> Any:
+        if isinstance(path, str):
+            return posixpath.join(self.connection.name, super()._relpath(path)).rstrip("/")
+        return [self._relpath(p) for p in path]
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        if path.startswith("hubbrowse://"):
+            path = path[len("hubbrowse://") :]
+        return path.lstrip("/")
+
+    @staticmethod
+    def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
+        if path.startswith("hubbrowse://"):
+            return {"connection": path[len("hubbrowse://") :].partition("/")[0]}
         return {}

@@ -1,0 +1,85 @@
+"""What a store says an object's bytes are, compared with a local file: a copy is verified
+without moving the object a second time.
+
+S3 gives every object an ETag: the MD5 of its bytes, or for a multipart upload the MD5 of
+its parts' MD5s followed by ``-<parts>``. Azure keeps a blob's Content-MD5, which the
+service sets on a single-shot upload and hubdata sets (with the service checking every
+block it receives) on its own uploads. An ETag is not always an MD5 (S3 with KMS keys,
+other S3-compatible stores), so a digest that does not match is never trusted alone: the
+caller then compares SHA-256 of both sides, reading the object again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+READ = 8 * 1024 * 1024
+# Part sizes of S3 multipart uploads: s3fs's (hubdata's own uploads) and botocore's
+# transfer manager (the AWS CLI, boto3). The ETag names only the number of parts.
+S3FS_PART = 50 * 2**20
+BOTO_PART = 8 * 2**20
+S3_MAX_PARTS = 10_000
+
+
+@dataclass(frozen=True)
+class StoreDigest:
+    md5: str  # hex: of the whole object, or of its parts' MD5s (S3 multipart)
+    part_size: int | None = None  # S3 multipart: each part's size but the last's
+
+
+def of(info: Mapping[str, Any]) -> StoreDigest | None:
+    """The store's digest of an object from its ``info()`` (s3fs or adlfs), if it has one."""
+    md5 = (info.get("content_settings") or {}).get("content_md5")
+    if md5:
+        return StoreDigest(bytes(md5).hex())
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    whole, dash, parts = etag.partition("-")
+    if len(whole) != 32 or not all(c in "0123456789abcdef" for c in whole):
+        return None
+    if not dash:
+        return StoreDigest(whole)
+    if not parts.isdigit():
+        return None
+    size = int(info.get("size") or 0)
+    s3fs_part = max(S3FS_PART, math.ceil(size / S3_MAX_PARTS))
+    for part in (s3fs_part, BOTO_PART):
+        if math.ceil(size / part) == int(parts):
+            return StoreDigest(whole, part)
+    return None
+
+
+def of_file(path: str, part_size: int | None = None) -> str:
+    """A local file's digest in the store's form: MD5, or the MD5 of each part's MD5."""
+    whole = hashlib.md5(usedforsecurity=False)
+    part = hashlib.md5(usedforsecurity=False)
+    left = part_size or 0
+    with open(path, "rb", buffering=0) as src:
+        while True:
+            chunk = src.read(min(READ, left) if part_size else READ)
+            if not chunk:
+                break
+            if part_size is None:
+                whole.update(chunk)
+                continue
+            part.update(chunk)
+            left -= len(chunk)
+            if left == 0:
+                whole.update(part.digest())
+                part, left = hashlib.md5(usedforsecurity=False), part_size
+    if part_size is not None and left != part_size:
+        whole.update(part.digest())
+    return whole.hexdigest()
+
+
+def matches(path: str, info: Mapping[str, Any]) -> bool:
+    """True if the store's digest of an object matches the local file at ``path``; False
+    when it differs or the store gives none (the caller then compares otherwise)."""
+    digest = of(info)
+    if digest is None or int(info.get("size") or 0) != os.path.getsize(path):
+        return False
+    return of_file(path, digest.part_size) == digest.md5
