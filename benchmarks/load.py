@@ -1,6 +1,6 @@
 """A class arriving at once: hubstack's local backend against stock JupyterHub, on this machine.
 
-    uv run python benchmarks/load.py [--users 30] [--arrival 10] [--rounds 1]
+    uv run python benchmarks/load.py [--users 30] [--arrival 10] [--rounds 1] [--fork-server]
 
 Each round runs the storm on each hub in turn (hubstack, stock, hubstack, ...): ``--users``
 simulated users arrive spread evenly over ``--arrival`` seconds; each logs in through the
@@ -13,9 +13,13 @@ user. Both get a start timeout of 300 s, so that slow starts show as slow, not a
 
 Reported per hub and round: failed users (and why), p50/p95/max of arrival to first output,
 p50 of the login POST, of the spawn (request to ready) and of the kernel (creation to
-output), and the CPU time the whole machine and the hub process used during the storm
-(per user). It is plain Python with threads rather than hubtraf or locust: each user is one
-linear script, and the figures the issue asks for are read straight from it.
+output), the CPU time the whole machine and the hub process used during the storm (per
+user), and, once all have run their cell, per user: the CPU time of the user's own
+processes (server and kernel: the cost of a start beyond the hub's) and their memory (PSS,
+so pages a fork shares count once). ``--fork-server`` turns on hubstack's
+``backend.local.fork_server``. It is plain Python with threads rather than hubtraf or
+locust: each user is one linear script, and the figures the issue asks for are read
+straight from it.
 
 Needs root and the default environment from scripts/setup.sh. Accounts, hubs and
 directories the run creates are removed at the end, also on errors and Ctrl-C.
@@ -86,6 +90,9 @@ class Target:
     outcomes: list[Outcome] = field(default_factory=list)
     machine_cpu: float = 0.0
     hub_cpu: float = 0.0
+    accounts: dict[str, str] = field(default_factory=dict)  # hub user -> Unix account
+    user_cpu: list[float] = field(default_factory=list)
+    user_memory: list[int] = field(default_factory=list)
 
 
 def machine_cpu_seconds() -> float:
@@ -98,6 +105,32 @@ def machine_cpu_seconds() -> float:
 def process_cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                for line in (entry / "status").read_text().splitlines():
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            found.append(int(entry.name))
+                        break
+    return found
+
+
+def account_usage(account: str) -> tuple[float, int]:
+    """CPU-seconds (with reaped children) and PSS bytes of every process of ``account``."""
+    cpu, pss = 0.0, 0
+    for pid in processes_of(pwd.getpwnam(account).pw_uid):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += sum(int(v) for v in stat[11:15]) / os.sysconf("SC_CLK_TCK")
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+    return cpu, pss
 
 
 def arrive(target: Target, name: str) -> Outcome:
@@ -179,6 +212,10 @@ def storm(target: Target, arrival: float) -> None:
         target.outcomes = [f.result() for f in futures]
     target.machine_cpu = machine_cpu_seconds() - cpu
     target.hub_cpu = process_cpu_seconds(target.pid) - hub_cpu
+    ran = [n for n, o in zip(names, target.outcomes, strict=True) if o.error is None]
+    usage = [account_usage(target.accounts[name]) for name in ran]
+    target.user_cpu = [cpu for cpu, _ in usage]
+    target.user_memory = [memory for _, memory in usage]
 
 
 def stop_all(target: Target) -> None:
@@ -202,16 +239,17 @@ def stop_all(target: Target) -> None:
 
 
 @contextlib.contextmanager
-def hubstack_target(users: int, concurrent_starts: int | None) -> Iterator[Target]:
+def hubstack_target(users: int, concurrent_starts: int | None, fork: bool) -> Iterator[Target]:
     overrides = {
-        "backend": {"local": {"concurrent_starts": concurrent_starts}},
+        "backend": {"local": {"concurrent_starts": concurrent_starts, "fork_server": fork}},
         "extra_jupyterhub_config": {"HubstackSpawner": {"start_timeout": START_TIMEOUT}},
     }
     with running_hub(overrides) as hub:
         names = [f"load{i}" for i in range(users)]
         passwords = {name: hub.add_user(name) for name in names}
         assert hub.proc is not None
-        yield Target("hubstack", hub.url, passwords, hub.proc.pid)
+        accounts = {name: hub.prefix + name for name in names}
+        yield Target("hubstack", hub.url, passwords, hub.proc.pid, accounts=accounts)
 
 
 @contextlib.contextmanager
@@ -239,7 +277,8 @@ def stock_target(users: int) -> Iterator[Target]:
             90,
             "the stock JupyterHub",
         )
-        yield Target("stock", url, dict.fromkeys(names, "any"), proc.pid)
+        accounts = {name: name for name in names}
+        yield Target("stock", url, dict.fromkeys(names, "any"), proc.pid, accounts=accounts)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -266,7 +305,8 @@ def report(round_no: int, target: Target) -> None:
         f"{round_no:5d} {target.label:9s} {len(failed):6d} {spread}  "
         f"{p50([o.login for o in target.outcomes])} {p50([o.spawn for o in ok])} "
         f"{p50([o.kernel for o in ok])}  {target.machine_cpu / users:7.2f} "
-        f"{target.hub_cpu / users:7.3f}"
+        f"{target.hub_cpu / users:7.3f}  {p50(target.user_cpu)} "
+        f"{p50([m / 2**20 for m in target.user_memory])}"
     )
     for outcome in failed:
         print(f"        failed: {outcome.error}")
@@ -280,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrent-starts", type=int, help="hubstack's backend.local.concurrent_starts"
     )
+    parser.add_argument(
+        "--fork-server", action="store_true", help="hubstack's backend.local.fork_server"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: both hubs run servers as other accounts")
@@ -292,15 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  machine: {os.cpu_count()} CPUs, kernel {platform.release()}, load {load()}")
     print(f"  hub:     jupyterhub {jupyterhub.__version__}; servers: {SINGLEUSER}")
     starts = args.concurrent_starts or f"{default_limit()} (the CPU count)"
-    print(f"  hubstack starts at once: {starts}")
+    print(f"  hubstack starts at once: {starts}; fork server: {args.fork_server}")
     print()
     print(
-        "round hub       failed arrival->output s    login  spawn kernel  CPU-s/user (machine, hub)"
+        "round hub       failed arrival->output s    login  spawn kernel  CPU-s/user"
+        "         server+kernel"
     )
-    print("                       p50    p95    max     p50    p50    p50")
+    print(
+        "                       p50    p95    max     p50    p50    p50  machine     hub"
+        "   CPU-s p50 PSS MB p50"
+    )
     try:
         with (
-            hubstack_target(args.users, args.concurrent_starts) as hubstack,
+            hubstack_target(args.users, args.concurrent_starts, args.fork_server) as hubstack,
             stock_target(args.users) as stock,
         ):
             for round_no in range(1, args.rounds + 1):

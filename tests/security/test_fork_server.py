@@ -3,7 +3,8 @@ nothing of the root parent they were forked from, nor of another user's server: 
 as its own account with exactly that account's groups, in its own cgroup and mount
 namespace (its private /tmp), in its home, with its own environment, and with none of the
 parent's descriptors; neither the parent nor another user's server has a user's API token
-in its memory. A stopped server is gone with its cgroup, and the next start still forks."""
+in its memory. A stopped server is gone with its cgroup, and the next start still forks;
+after `kill -9` of the hub the forked servers run on and the restarted hub takes them back."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_default_env, needs_root
+from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, running_hub, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
@@ -169,3 +171,21 @@ def test_a_stopped_server_is_gone_and_the_next_start_forks_again(
     assert session.start().status_code in (201, 202)
     session.wait_ready(timeout=180)
     assert parent_of(who(session)[0]) == parent
+
+
+def test_forked_servers_outlive_a_killed_hub_and_its_fork_server(
+    hub: Hub, servers: dict[str, tuple[Session, int]]
+) -> None:
+    """``kill -9`` of the hub: its fork server ends with it, the forked server runs on, the
+    restarted hub routes to it, forks again with a new fork server and stops it."""
+    session, pid = servers["forkb"]
+    parent = parent_of(pid)
+    kill_hub(hub)
+    wait_for(lambda: not Path(f"/proc/{parent}").exists(), 30, "the fork server to end")
+    hub.start()
+    assert who(session)[0] == pid  # the same server, reached through the restarted hub
+    session.stop()
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "the stopped server to end")
+    assert session.start().status_code in (201, 202)
+    session.wait_ready(timeout=180)
+    assert parent_of(who(session)[0]) not in (parent, 1)
