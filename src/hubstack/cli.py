@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubstack.config import Config, ConfigError, dump, load
+from hubstack.config.interfaces import interface_warnings
 from hubstack.config.safety import unsafe_settings
 from hubstack.config.secrets import unreadable_secrets
 from hubstack.units import format_duration, format_size, parse_duration
@@ -47,7 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cannot be read is an error (status 1)."""
     config = _load(args)
     print(dump(config), end="")
-    for warning in unsafe_settings(config):
+    for warning in [*unsafe_settings(config), *interface_warnings(config)]:
         print(f"hubstack: warning: {warning}", file=sys.stderr)
     problems = unreadable_secrets(config)
     for problem in problems:

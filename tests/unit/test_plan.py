@@ -74,6 +74,9 @@ def server_vars(
 ) -> dict[str, str]:
     """What hubstack sets besides JupyterHub's variables, for every server."""
     return {
+        # VS Code and RStudio, where offered, listen on a private socket, not a TCP port.
+        "JUPYTER_VSCODE_PROXY_USE_SOCKET": "yes",
+        "JUPYTER_RSESSION_PROXY_USE_SOCKET": "yes",
         "HOME": str(account.home),
         "USER": account.name,
         "PATH": f"{path}:{account.home}/.local/bin:/usr/local/bin:/usr/bin:/bin",

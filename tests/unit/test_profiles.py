@@ -66,8 +66,9 @@ def test_user_options_round_trip(config: Config) -> None:
 
 
 def test_fields_are_the_user_options_keys(config: Config) -> None:
-    assert FIELDS == ("machine", "environment")
-    assert tuple(resolve(config, None).as_user_options()) == FIELDS
+    assert FIELDS == ("machine", "environment", "interface")
+    # The interface is left out while it is the environment's default, as the form may.
+    assert tuple(resolve(config, None).as_user_options()) == FIELDS[:2]
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_resource_overrides_are_refused_not_applied(
     config: Config, options: dict[str, object], name: str
 ) -> None:
     assert refusal(config, options) == (
-        f"Unknown option '{name}'. Allowed options: machine, environment, repo, ref, commit."
+        f"Unknown option '{name}'. Allowed options: machine, environment, interface, repo, ref, commit."
     )
 
 
@@ -130,7 +131,7 @@ def test_non_string_environment_is_refused(config: Config) -> None:
 def test_options_that_are_not_an_object_are_refused(config: Config, options: object) -> None:
     assert refusal(config, options).startswith(
         "Launch options must be an object with the keys: "
-        "machine, environment, repo, ref, commit; got "
+        "machine, environment, interface, repo, ref, commit; got "
     )
 
 
@@ -144,7 +145,7 @@ def test_long_values_are_cut_in_the_message(config: Config) -> None:
 def test_long_unknown_keys_are_cut_in_the_message(config: Config) -> None:
     message = refusal(config, {"k" * 500: "small"})
     assert "k" * 56 not in message
-    assert message.endswith("...'. Allowed options: machine, environment, repo, ref, commit.")
+    assert message.endswith("...'. Allowed options: machine, environment, interface, repo, ref, commit.")
 
 
 @pytest.mark.parametrize("value", ["\x1b[2J\x1b[31mred", "a\nb\rc\x00d", "evil\u202etxt.exe"])
@@ -204,7 +205,7 @@ def test_unknown_form_fields_are_refused(field: str) -> None:
     with pytest.raises(InvalidLaunch) as info:
         options_from_form({"machine": ["small"], field: ["64"]})
     assert info.value.message == (
-        f"Unknown option '{field}'. Allowed options: machine, environment."
+        f"Unknown option '{field}'. Allowed options: machine, environment, interface."
     )
 
 

@@ -48,7 +48,7 @@ FIELDS_OFFERED = {
     ],
 }
 ALLOWED = (
-    "machine, environment, repo, ref, commit, "
+    "machine, environment, interface, repo, ref, commit, "
     "partition, account, walltime, cores, memory, gpus, feature"
 )
 
@@ -102,7 +102,7 @@ def test_local_backend_has_no_slurm_fields() -> None:
     assert allowed_fields(config) == (*FIELDS, "repo", "ref", "commit")
     assert resolve(config, None).slurm is None
     assert refusal(config, {"partition": "debug"}) == (
-        "Unknown option 'partition'. Allowed options: machine, environment, repo, ref, commit."
+        "Unknown option 'partition'. Allowed options: machine, environment, interface, repo, ref, commit."
     )
 
 
@@ -493,7 +493,7 @@ def test_form_has_no_slurm_fieldset_on_the_local_backend() -> None:
 def test_form_shows_the_offered_fields_after_machine_and_environment(config: Config) -> None:
     html = render_options_form(config)
     page = parse(html)
-    assert list(page.controls) == list(allowed_fields(config)[5:])
+    assert list(page.controls) == list(allowed_fields(config)[6:])
     assert html.index("Environment") < html.index("Slurm job")
     for name, control in page.controls.items():
         assert control["id"] in page.labels, f"{name} has a label"

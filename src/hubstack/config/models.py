@@ -26,6 +26,7 @@ from hubstack.config.auth import AuthSettings
 from hubstack.config.base import HTTP_URL, AbsolutePath, Strict, problem
 from hubstack.config.cluster import ClusterSettings
 from hubstack.config.groups import GroupName, GroupSettings, SharedFolder
+from hubstack.config.interfaces import InterfaceId
 from hubstack.config.script import check_script
 from hubstack.config.usage import UsageSettings
 from hubstack.units import Duration, Size, format_size
@@ -365,10 +366,26 @@ class Environment(Strict):
     prefix: AbsolutePath = Field(
         description="a Python environment whose bin/ has jupyterhub-singleuser"
     )
-    default_url: str = Field("/lab", pattern=URL_PATH)
+    default_url: str = Field(
+        "/lab", pattern=URL_PATH, description="where the interface lab opens, e.g. /lab/tree/x"
+    )
+    interfaces: list[InterfaceId] = Field(
+        default_factory=lambda: ["lab"],
+        min_length=1,
+        description="what its servers may open in (the spawn form's choices); the first is "
+        "the default",
+    )
     groups: list[GroupName] = Field(
         default_factory=list, description="who may pick it; empty: everyone"
     )
+
+    @field_validator("interfaces")
+    @classmethod
+    def _interfaces_once(cls, value: list[str]) -> list[str]:
+        for interface in value:
+            if value.count(interface) > 1:
+                raise ValueError(f"{interface!r} is listed twice; list each interface once")
+        return value
 
 
 def default_binder_root() -> Path:

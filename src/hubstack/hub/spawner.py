@@ -193,7 +193,7 @@ class HubstackSpawner(Spawner):
         self._store_request(request)
         self.mem_limit = request.machine.memory
         self.cpu_limit = request.machine.cpu
-        self.default_url = request.environment.default_url
+        self.default_url = request.url
         if request.repo is not None:
             limit = repository_launch_timeout(self.hubstack)
             self.start_timeout = max(self.start_timeout, limit)

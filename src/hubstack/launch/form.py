@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hubstack.config.interfaces import INTERFACES
 from hubstack.config.models import (
     REPOSITORY_ENVIRONMENT,
     Choice,
@@ -130,6 +131,31 @@ def _choices(
         if item.id in ids
     ]
     return {"rows": rows, "none": "" if rows else nothing_open(LABELS[field], offered)}
+
+
+def _interface_rows(
+    environments: Sequence[Environment], chosen_env: object, previous: object
+) -> list[dict[str, Any]]:
+    """The interface radio group: every interface of the environments on the form, each
+    naming the environments that offer it; those of the checked environment are shown
+    (the form's script shows another's when the person picks it). None beyond JupyterLab
+    anywhere: no rows, and servers open in JupyterLab."""
+    if all(env.interfaces == ["lab"] for env in environments):
+        return []
+    chosen = next((env for env in environments if env.id == chosen_env), environments[0])
+    checked = previous if previous in chosen.interfaces else chosen.interfaces[0]
+    return [
+        {
+            "id": interface.id,
+            "input_id": f"hs-interface-{interface.id}",
+            "display": interface.display,
+            "environments": " ".join(e.id for e in environments if interface.id in e.interfaces),
+            "shown": interface.id in chosen.interfaces,
+            "checked": interface.id == checked,
+        }
+        for interface in INTERFACES.values()
+        if any(interface.id in env.interfaces for env in environments)
+    ]
 
 
 def _partition_limits(partitions: Mapping[str, PartitionLimits]) -> str:
@@ -262,11 +288,15 @@ def render_options_form(
         key: current.get(key) if isinstance(current.get(key), str) else ""
         for key in ("repo", "ref")
     }
+    offered = offered_environments(config)
+    open_ids = access.open_ids(offered_items(offered))
+    shown = [env for env in offered if env.id in open_ids]
+    environments = _choices("environment", offered, current.get("environment"), access)
+    chosen_env = next((row["id"] for row in environments["rows"] if row["checked"]), None)
     return _jinja.get_template("options_form.html").render(
         machines=_choices("machine", config.machines, current.get("machine"), access),
-        environments=_choices(
-            "environment", offered_environments(config), current.get("environment"), access
-        ),
+        environments=environments,
+        interfaces=_interface_rows(shown, chosen_env, current.get("interface")) if shown else [],
         repository=repo if config.binder.enabled else None,
         slurm=_slurm_rows(config, current, access),
         notices=[*notices, *_not_selected(config, current, access)],

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubstack.config.models import Config
+from hubstack.config.interfaces import INTERFACES
+from hubstack.config.models import Config, Environment
 from hubstack.envs.layout import search_paths
 from hubstack.launch.profiles import LaunchRequest
 
@@ -28,6 +29,23 @@ PYTHON = "bin/python3"
 # A job's server learns its port and address only on its node (see the job script).
 ALL_ADDRESSES = "0.0.0.0"
 KERNELS_OVER_IPC = "--KernelManager.transport=ipc"
+# VS Code and RStudio, behind jupyter-server-proxy, listen on a Unix socket in a private
+# directory of the server, never on a TCP port: code-server runs with --auth none, and any
+# account on the machine could reach a port.
+PROXIED_OVER_SOCKETS = {
+    "JUPYTER_VSCODE_PROXY_USE_SOCKET": "yes",
+    "JUPYTER_RSESSION_PROXY_USE_SOCKET": "yes",
+}
+
+
+def extension_options(environment: Environment) -> list[str]:
+    """The Jupyter server extensions of the interfaces ``environment`` offers, enabled on
+    the command line: environments may ship them disabled, as the default one does, since
+    importing them costs every other server's start."""
+    extensions = sorted({INTERFACES[i].extension or "" for i in environment.interfaces} - {""})
+    return [f"--ServerApp.jpserver_extensions={name}=True" for name in extensions]
+
+
 # Terminals as interactive, not login shells: Debian's /etc/profile sets PATH anew for a login
 # shell, which would lose the environment's bin in terminals while kernels have it.
 TERMINAL_SHELL = '--ServerApp.terminado_settings=shell_command=["/bin/bash"]'
@@ -158,6 +176,7 @@ def server_plan(
         *([f"--ip={ALL_ADDRESSES}"] if on_slurm else [KERNELS_OVER_IPC]),
         f"--ServerApp.root_dir={workdir}",
         f"--ServerApp.preferred_dir={checkout or volume}",
+        *extension_options(environment),
         TERMINAL_SHELL,
     ]
     env = dict(hub_env)
@@ -166,7 +185,7 @@ def server_plan(
         # compute nodes can.
         env.pop("JUPYTERHUB_SERVICE_URL", None)
         env["JUPYTERHUB_API_URL"] = config.backend.slurm.hub_url or hub_env["JUPYTERHUB_API_URL"]
-    env |= {
+    env |= PROXIED_OVER_SOCKETS | {
         "HOME": str(account.home),
         "USER": account.name,
         **search_paths(prefix, account.home, checkout, built is not None and built.apt),

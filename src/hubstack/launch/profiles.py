@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hubstack.config.interfaces import INTERFACES
 from hubstack.config.models import REPOSITORY_ENVIRONMENT, Config, Environment, Machine
 from hubstack.launch.access import NO_GROUPS, Access, offered_items, pick
 from hubstack.launch.repo import COMMIT, RepoSource, repo_source
 from hubstack.launch.slurm_fields import SlurmRequest, resolve_slurm, slurm_fields, slurm_label
 from hubstack.untrusted import InvalidLaunch, json_kind, quote_untrusted
 
-FIELDS = ("machine", "environment")
+FIELDS = ("machine", "environment", "interface")
 # With environment "repository": the repository, the ref asked for, and (set by the hub
 # once resolved, so a restart of the server gets the same files) the commit.
 REPO_FIELDS = ("repo", "ref", "commit")
@@ -26,6 +27,7 @@ XSRF_FIELD = "_xsrf"
 LABELS = {
     "machine": "machine type",
     "environment": "environment",
+    "interface": "interface",
     "repo": "repository",
     "ref": "branch, tag or commit",
     "commit": "commit",
@@ -41,11 +43,19 @@ class LaunchRequest:
     slurm: SlurmRequest | None = None
     repo: RepoSource | None = None
     commit: str | None = None
+    interface: str = "lab"
+
+    @property
+    def url(self) -> str:
+        """Where the server opens: its interface's page (JupyterHub's ``default_url``)."""
+        return INTERFACES[self.interface].url or self.environment.default_url
 
     def as_user_options(self) -> dict[str, str]:
         """What JupyterHub stores and shows back, resolvable again later: ids and the
         canonical values of the Slurm fields."""
         options = {"machine": self.machine.id, "environment": self.environment.id}
+        if self.interface != self.environment.interfaces[0]:
+            options["interface"] = self.interface  # else omitted, as the form may omit it
         if self.repo is not None:
             options.update(repo=self.repo.url, ref=self.repo.ref)
         if self.commit is not None:
@@ -53,6 +63,27 @@ class LaunchRequest:
         if self.slurm is not None:
             options.update(self.slurm.as_user_options())
         return options
+
+
+def interface_names(environment: Environment) -> str:
+    """``JupyterLab (lab), VS Code (vscode)``: what a refusal lists as allowed."""
+    return ", ".join(f"{INTERFACES[i].display} ({i})" for i in environment.interfaces)
+
+
+def resolve_interface(environment: Environment, user_options: Mapping[str, object]) -> str:
+    """The interface asked for, if ``environment`` offers it; omitted: its first."""
+    interface = user_options.get("interface", environment.interfaces[0])
+    if not isinstance(interface, str):
+        raise InvalidLaunch(
+            f"The interface must be text, one of: {interface_names(environment)}; "
+            f"got {json_kind(interface)}."
+        )
+    if interface not in environment.interfaces:
+        raise InvalidLaunch(
+            f"The environment {environment.display} does not offer the interface "
+            f"{quote_untrusted(interface)}; it offers: {interface_names(environment)}."
+        )
+    return interface
 
 
 def repository_environment(config: Config, source: RepoSource | None = None) -> Environment:
@@ -134,19 +165,27 @@ def resolve(
                     f"The {LABELS[key]} is only used with the environment "
                     f"{REPOSITORY_ENVIRONMENT!r} (from a repository)."
                 )
-        return LaunchRequest(machine=machine, environment=environments[env_id], slurm=slurm)
+        environment = environments[env_id]
+        return LaunchRequest(
+            machine=machine,
+            environment=environment,
+            slurm=slurm,
+            interface=resolve_interface(environment, user_options),
+        )
     if "repo" not in user_options:
         raise InvalidLaunch("Give the URL of the git repository to build the environment from.")
     source = repo_source(user_options["repo"], user_options.get("ref"), config.binder)
     commit = user_options.get("commit")
     if commit is not None and not (isinstance(commit, str) and COMMIT.fullmatch(commit)):
         raise InvalidLaunch("The commit must be a full 40-character commit id (hexadecimal).")
+    environment = repository_environment(config, source)
     return LaunchRequest(
         machine=machine,
-        environment=repository_environment(config, source),
+        environment=environment,
         slurm=slurm,
         repo=source,
         commit=commit,
+        interface=resolve_interface(environment, user_options),
     )
 
 
