@@ -83,7 +83,8 @@ def test_resource_overrides_are_refused_not_applied(
     config: Config, options: dict[str, object], name: str
 ) -> None:
     assert refusal(config, options) == (
-        f"Unknown option '{name}'. Allowed options: machine, environment, interface, repo, ref, commit."
+        f"Unknown option '{name}'. "
+        "Allowed options: machine, environment, interface, repo, ref, commit."
     )
 
 
@@ -145,7 +146,9 @@ def test_long_values_are_cut_in_the_message(config: Config) -> None:
 def test_long_unknown_keys_are_cut_in_the_message(config: Config) -> None:
     message = refusal(config, {"k" * 500: "small"})
     assert "k" * 56 not in message
-    assert message.endswith("...'. Allowed options: machine, environment, interface, repo, ref, commit.")
+    assert message.endswith(
+        "...'. Allowed options: machine, environment, interface, repo, ref, commit."
+    )
 
 
 @pytest.mark.parametrize("value", ["\x1b[2J\x1b[31mred", "a\nb\rc\x00d", "evil\u202etxt.exe"])

@@ -102,7 +102,8 @@ def test_local_backend_has_no_slurm_fields() -> None:
     assert allowed_fields(config) == (*FIELDS, "repo", "ref", "commit")
     assert resolve(config, None).slurm is None
     assert refusal(config, {"partition": "debug"}) == (
-        "Unknown option 'partition'. Allowed options: machine, environment, interface, repo, ref, commit."
+        "Unknown option 'partition'. "
+        "Allowed options: machine, environment, interface, repo, ref, commit."
     )
 
 
