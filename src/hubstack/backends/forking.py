@@ -42,14 +42,20 @@ class ForkFailed(Exception):
 
 
 def root_only(prefix: Path, python: Path) -> bool:
-    """Whether only root can change the environment's code: the fork server runs it as root."""
+    """Whether only root can change the environment's code: the fork server runs it as root.
+
+    Its directories and interpreter must be root's and writable by no one else, and so must
+    every directory above it (unless sticky, as /tmp is: no one else can rename root's
+    entries there)."""
     site = sorted(prefix.glob("lib/python3*/site-packages"))
-    for path in (prefix, prefix / "bin", *site, python.resolve()):
+    for path in (prefix, prefix / "bin", *site, python.resolve(), *prefix.parents):
         try:
             info = os.stat(path)
         except OSError:
             return False
-        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        above = path in prefix.parents and info.st_mode & stat.S_ISVTX
+        if info.st_uid != 0 or (writable and not above):
             return False
     return bool(site)
 
@@ -99,6 +105,8 @@ class ForkServer:
             ready = b""
         if ready != b"ready\n":
             ours.close()
+            self._proc.kill()
+            self._proc.wait()
             raise ForkFailed(
                 f"the fork server of {self.python} did not start (see {self.log_path})"
             )
@@ -159,12 +167,6 @@ class ForkServer:
         if "pid" not in reply:
             raise ForkFailed(str(reply.get("error", "the fork server closed the start")))
         return int(reply["pid"])
-
-    def close(self) -> None:
-        with self._lock:
-            control, self._control = self._control, None
-        if control is not None:
-            control.close()
 
 
 def _rights(*fds: int) -> tuple[int, int, bytes]:

@@ -1,0 +1,58 @@
+"""Which servers the fork server may start: only root may change the environment's code,
+and nothing that Python or jupyterhub-singleuser reads before the fork may differ."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hubstack.backends.forking import forkable, root_only, server_argv
+
+SERVER = Path("/env/bin/jupyterhub-singleuser")
+
+
+def test_the_servers_own_command_line_follows_the_listen_code() -> None:
+    argv = ("/env/bin/python3", "-c", "code", str(SERVER), "--ServerApp.root_dir=/home/a")
+    assert server_argv(argv, SERVER) == [str(SERVER), "--ServerApp.root_dir=/home/a"]
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("JUPYTERHUB_API_TOKEN", True),
+        ("HOME", True),
+        ("PYTHONPATH", False),
+        ("PYTHONHASHSEED", False),
+        ("JUPYTERHUB_SINGLEUSER_EXTENSION", False),
+        ("JUPYTERHUB_SINGLEUSER_APP", False),
+    ],
+)
+def test_variables_read_at_import_time_rule_out_a_fork(name: str, allowed: bool) -> None:
+    assert forkable({"HOME": "/home/a", name: "1"}) is allowed
+
+
+def make_env(root: Path) -> Path:
+    site = root / "lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    (root / "bin").mkdir()
+    return site
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="files owned by root need root")
+def test_only_environments_that_only_root_can_change(tmp_path: Path) -> None:
+    env = tmp_path / "env"
+    site = make_env(env)
+    python = Path("/usr/bin/python3")
+    os.chmod(tmp_path, 0o755)
+    assert root_only(env, python)
+    os.chmod(site, 0o777)
+    assert not root_only(env, python)  # anyone could put code the parent imports as root
+    os.chmod(site, 0o755)
+    os.chown(env / "bin", 1, 1)
+    assert not root_only(env, python)
+    assert not root_only(tmp_path / "missing", python)
+    os.chown(env / "bin", 0, 0)
+    os.chmod(tmp_path, 0o777)
+    assert not root_only(env, python)  # anyone could move the environment away
