@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from functools import cache
 
 # Where the hub (root) looks for system tools: never PATH, never a directory a user could
@@ -50,6 +50,7 @@ def run(
     ok_codes: Container[int] = (0,),
     timeout: float = 120,
     cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` (no shell) and turn any failure into a readable :class:`SystemOpError`.
 
@@ -68,7 +69,7 @@ def run(
             text=True,
             timeout=timeout,
             cwd=cwd,
-            env={**os.environ, "LC_ALL": "C"},
+            env={**(os.environ if env is None else env), "LC_ALL": "C"},
             check=False,
         )
     except FileNotFoundError as exc:

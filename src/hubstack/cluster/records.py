@@ -1,0 +1,102 @@
+"""What hubstack knows of each node: its state, since when, why; and how long boots take.
+
+Slurm knows whether a node is powered down, booting or up; the provider knows which
+machines exist; these records add what neither keeps: when a boot began, why one failed, and
+recent boot times, which give users a "typically ~N s" while they wait. One JSON file in a
+root-only directory, replaced atomically under a lock, because the resume and suspend
+programs and the reconciler are separate processes that run at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+State = Literal["booting", "up", "failed", "released"]
+_BOOTS_KEPT = 20
+
+
+@dataclass
+class NodeRecord:
+    group: str
+    state: State
+    since: float
+    address: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Records:
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    boots: dict[str, list[float]] = field(default_factory=dict)
+
+    def booting(self, node: str, group: str) -> None:
+        self.nodes[node] = NodeRecord(group, "booting", time.time())
+
+    def up(self, node: str, address: str | None) -> None:
+        record = self.nodes.get(node)
+        if record is None or record.state == "up":
+            return
+        now = time.time()
+        if record.state == "booting":
+            kept = self.boots.setdefault(record.group, [])
+            kept.append(round(now - record.since, 1))
+            del kept[:-_BOOTS_KEPT]
+        self.nodes[node] = NodeRecord(record.group, "up", now, address or record.address)
+
+    def failed(self, node: str, group: str, reason: str) -> None:
+        self.nodes[node] = NodeRecord(group, "failed", time.time(), reason=reason)
+
+    def released(self, node: str, group: str) -> None:
+        self.nodes[node] = NodeRecord(group, "released", time.time())
+
+    def typical_boot(self, group: str) -> float | None:
+        """The median of the group's recent boots, in seconds; None before the first."""
+        kept = self.boots.get(group)
+        return statistics.median(kept) if kept else None
+
+
+class RecordStore:
+    """The records file in ``directory`` (created 0700, root's)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "nodes.json"
+
+    def read(self) -> Records:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return Records()
+        nodes = {name: NodeRecord(**value) for name, value in data.get("nodes", {}).items()}
+        return Records(nodes, {k: list(v) for k, v in data.get("boots", {}).items()})
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[Records]:
+        """The records, written back when the block ends without an error."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.directory / "nodes.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self.read()
+            yield records
+            self._write(records)
+
+    def _write(self, records: Records) -> None:
+        data = {"nodes": {k: asdict(v) for k, v in records.nodes.items()}, "boots": records.boots}
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".nodes.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
