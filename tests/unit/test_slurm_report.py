@@ -86,6 +86,12 @@ def test_running_submitted_and_unanswered_jobs_are_described() -> None:
     assert describe_job(silent) == ("The scheduler is not answering; job 812 was last seen PENDING")
 
 
+def test_a_job_waiting_for_an_elastic_node_says_how_long_boots_take() -> None:
+    configuring = job("CONFIGURING", nodes="cpu3")
+    assert describe_job(configuring, 41.6) == "Job 812: starting a node for you (typically ~42 s)"
+    assert describe_job(configuring) == "Job 812: starting a node for you"
+
+
 class FixedQueue(Slurm):
     """A scheduler that answers every query with the given jobs."""
 

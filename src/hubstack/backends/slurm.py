@@ -46,6 +46,7 @@ from hubstack.backends.base import (
 )
 from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
+from hubstack.cluster.records import store_for
 from hubstack.config import Config
 from hubstack.hub import metrics
 from hubstack.launch import LaunchRequest
@@ -105,8 +106,9 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%b %d %H:%M")
 
 
-def describe_job(tracked: Tracked) -> str:
-    """The scheduler's view of a waiting job, in one sentence for the progress stream."""
+def describe_job(tracked: Tracked, typical_boot: float | None = None) -> str:
+    """The scheduler's view of a waiting job, in one sentence for the progress stream;
+    ``typical_boot``: recent boots of the node group a configuring job waits for."""
     info, job = tracked.info, tracked.job_id
     if info is None:
         if tracked.unknown_since is not None:
@@ -126,6 +128,9 @@ def describe_job(tracked: Tracked) -> str:
         return ", ".join([*words, *details])
     if info.state == "RUNNING":
         return f"Job {job} is running on {info.nodes}; waiting for the server to start"
+    if info.state == "CONFIGURING":
+        typically = f" (typically ~{round(typical_boot)} s)" if typical_boot is not None else ""
+        return f"Job {job}: starting a node for you{typically}"
     return f"Job {job} is {info.state}"
 
 
@@ -447,7 +452,7 @@ class SlurmBackend:
         try:
             while not state.get("host"):
                 await self._fail_if_ended(state, tracked)
-                sentence = describe_job(tracked)
+                sentence = describe_job(tracked, self._typical_boot(tracked))
                 if sentence != said:
                     emit(sentence)
                     said = sentence
@@ -460,6 +465,14 @@ class SlurmBackend:
         finally:
             self._addresses.pop(job_id, None)
         emit(f"Job {job_id}: the server listens on {state['host']}:{state['port']}")
+
+    def _typical_boot(self, tracked: Tracked) -> float | None:
+        """How long the elastic cluster's recent boots of a configuring job's node took."""
+        info, cluster = tracked.info, self.config.cluster
+        if info is None or info.state != "CONFIGURING" or not cluster.node_groups:
+            return None
+        group = next((g for g in cluster.node_groups if info.nodes in g.nodes()), None)
+        return store_for(self.config).read().typical_boot(group.name) if group else None
 
     async def _why_ended(self, state: dict[str, Any], tracked: Tracked) -> str:
         """How the job ended, in words: sacct first (it lags squeue a little), then its log."""

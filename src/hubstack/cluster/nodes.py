@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubstack.cluster.providers import provider_for
-from hubstack.cluster.records import RecordStore
+from hubstack.cluster.records import store_for
 from hubstack.config import Config
 from hubstack.config.cluster import NodeGroup
 from hubstack.system import SystemOpError, run
@@ -98,7 +98,7 @@ class Programs:
     def __init__(self, config: Config) -> None:
         self.cluster = config.cluster
         self.slurm = Scontrol(config.cluster.slurm_conf)
-        self.records = RecordStore(config.cluster.state_dir or config.hub.data_dir / "cluster")
+        self.records = store_for(config)
         self.groups = {node: g for g in config.cluster.node_groups for node in g.nodes()}
 
     def _ours(self, hostlist: str) -> list[tuple[str, NodeGroup]]:

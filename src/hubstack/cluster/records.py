@@ -19,7 +19,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from hubstack.config import Config
 
 State = Literal["booting", "up", "failed", "released"]
 _BOOTS_KEPT = 20
@@ -100,3 +103,8 @@ class RecordStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def store_for(config: Config) -> RecordStore:
+    """The records of ``config``'s cluster: ``cluster.state_dir``, or under the hub's data."""
+    return RecordStore(config.cluster.state_dir or config.hub.data_dir / "cluster")
