@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 PRICE = 360.0  # per hour: 0.1 a second
 BUDGET = 2.0  # about 20 s of a small server
 SPENDER, GROUPED, STEADY, CHAMPION = "ub-spender", "ub-grouped", "ub-steady", "ub-champion"
-CAPPED, MADE, TEAM = "ub-capped", "ub-made", "ub-team"
+CAPPED, MADE, TEAM, LOWERED = "ub-capped", "ub-made", "ub-team", "ub-lowered"
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,13 @@ def test_spending_warns_then_stops_the_server_and_refuses_new_ones(
 
     (row,) = sessions_of(hub, SPENDER)
     assert row.stopped is not None and row.over_budget_since is not None
-    # Charged at its rate up to its stop: the budget plus at most the grace and a poll.
-    assert BUDGET <= row.charge_total.money <= BUDGET + (6 + 2 * 2 + 2) * PRICE / 3600
+    # Found spent only once it was (spending counts readings up to that moment), stopped no
+    # sooner than the grace after, and charged at its rate up to its stop: the budget plus
+    # the grace and a few meter intervals (polls slip on a busy machine).
+    hours = (row.over_budget_since - row.started).total_seconds() / 3600
+    assert hours * PRICE >= BUDGET
+    assert (row.stopped - row.over_budget_since).total_seconds() >= 6
+    assert BUDGET <= row.charge_total.money <= BUDGET + (6 + 5 * 2) * PRICE / 3600
 
     for server, options in (("", {}), ("other", {"machine": "tiny"}), ("", {"machine": "x"})):
         refused = spender.start(server, options)
@@ -216,6 +221,11 @@ def test_admins_change_budgets_at_run_time_and_starts_obey_at_once(
         assert denied.status_code in (403, 404), denied.text
         assert who.api("GET", "/usage/budgets").status_code == 403
     assert capped.http.get(f"{hub.url}/hub/budgets", timeout=30).status_code == 403
+    # The page's form needs JupyterHub's XSRF token, as every form of the hub.
+    forged = admin.http.post(
+        f"{hub.url}/hub/budgets", data={"kind": "users", "name": CAPPED, "money": "9"}, timeout=30
+    )
+    assert forged.status_code == 403
 
     entries = [e for e in audited(hub, CAPPED) if e["action"] == "budget"]
     assert [(e["actor"], e["source"], e["detail"]["old"], e["detail"]["new"]) for e in entries] == [
@@ -223,6 +233,18 @@ def test_admins_change_budgets_at_run_time_and_starts_obey_at_once(
         ("admin", "127.0.0.1", {"money": 0.0, "core_hours": None}, None),
     ]
     assert admin.api("PUT", f"/usage/budgets/users/{CAPPED}", json={"money": 0}).status_code == 200
+
+
+def test_a_budget_lowered_at_run_time_stops_a_running_server(hub: Hub, admin: Session) -> None:
+    """The meter judges a running server by the budget in force now, not the config's."""
+    lowered = hub.new_user(LOWERED)
+    assert lowered.start("", {"machine": "tiny"}).status_code in (201, 202)
+    lowered.wait_ready()
+    put = admin.api("PUT", f"/usage/budgets/users/{LOWERED}", json={"core_hours": 0})
+    assert put.status_code == 200, put.text
+    wait_for(lambda: "this server stops at" in home(lowered), 60, "the meter's notice")
+    wait_for(lambda: lowered.model() is None, 60, "the server stopped after the grace period")
+    assert f"it was stopped because the user budget of {LOWERED}" in home(lowered)
 
 
 @needs_chromium

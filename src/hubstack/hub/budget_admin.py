@@ -116,15 +116,8 @@ class BudgetsAPIHandler(BudgetMixin, APIHandler):
         )
 
 
-class UserBudgetAPIHandler(BudgetMixin, APIHandler):
-    @needs_scope("admin:users")
-    async def put(self, user_name: str) -> None:
-        await self._put("users", user_name)
-
-    @needs_scope("admin:users")
-    async def delete(self, user_name: str) -> None:
-        await self.change(self.scope_of("users", user_name), None)
-        self.set_status(204)
+class BudgetAPIHandler(BudgetMixin, APIHandler):
+    """PUT a user's or group's budget (the JSON body), DELETE it back to the config's."""
 
     async def _put(self, kind: str, name: str) -> None:
         scope = self.scope_of(kind, name)
@@ -133,16 +126,29 @@ class UserBudgetAPIHandler(BudgetMixin, APIHandler):
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(as_json(entry)))
 
+    async def _delete(self, kind: str, name: str) -> None:
+        await self.change(self.scope_of(kind, name), None)
+        self.set_status(204)
 
-class GroupBudgetAPIHandler(UserBudgetAPIHandler):
+
+class UserBudgetAPIHandler(BudgetAPIHandler):
+    @needs_scope("admin:users")
+    async def put(self, user_name: str) -> None:
+        await self._put("users", user_name)
+
+    @needs_scope("admin:users")
+    async def delete(self, user_name: str) -> None:
+        await self._delete("users", user_name)
+
+
+class GroupBudgetAPIHandler(BudgetAPIHandler):
     @needs_scope("admin:groups")
     async def put(self, group_name: str) -> None:
         await self._put("groups", group_name)
 
     @needs_scope("admin:groups")
     async def delete(self, group_name: str) -> None:
-        await self.change(self.scope_of("groups", group_name), None)
-        self.set_status(204)
+        await self._delete("groups", group_name)
 
 
 class BudgetsPageHandler(BudgetMixin, BaseHandler):
