@@ -17,10 +17,14 @@ prefix=${HUBSTACK_PREFIX:-/opt/hubstack}
 uv_version=0.13.8
 chp_version=5.3.0
 with_test=0
+with_vscode=0
+with_r=0
 for arg in "$@"; do
   case "$arg" in
-    --test) with_test=1 ;;
-    *) echo "setup.sh: unknown option $arg (allowed: --test)" >&2; exit 2 ;;
+    --test) with_test=1 with_vscode=1 with_r=1 ;;
+    --vscode) with_vscode=1 ;;
+    --r) with_r=1 ;;
+    *) echo "setup.sh: unknown option $arg (allowed: --test, --vscode, --r)" >&2; exit 2 ;;
   esac
 done
 
@@ -168,6 +172,73 @@ if [ ! -f "$etc_stamp" ] || [ "$(cat "$etc_stamp")" != "$want_etc" ]; then
   done <<< "$want_etc"
   chmod -R a+rX "$env_dir/etc"
   echo "$want_etc" > "$etc_stamp"
+fi
+
+# 6b. Interfaces besides JupyterLab (default-environment/interfaces.txt) in the default
+# environment, added to it with the same pins and overrides.
+interfaces="$here/default-environment/interfaces.txt"
+interfaces_stamp="$env_dir/.hubstack-interfaces.sha256"
+want_interfaces=$(cat "$reqs" "$overrides" "$interfaces" | sha256sum | cut -d' ' -f1)
+if [ ! -f "$interfaces_stamp" ] || [ "$(cat "$interfaces_stamp")" != "$want_interfaces" ]; then
+  need_root "installing the interfaces into $env_dir"
+  step "interfaces: jupyter-server-proxy, Voilà ($env_dir)"
+  umask 022
+  "$uv" pip install -q --compile-bytecode --python "$env_dir/bin/python" \
+    --override "$overrides" -r "$reqs" -r "$interfaces"
+  chmod -R a+rX "$prefix/envs"
+  echo "$want_interfaces" > "$interfaces_stamp"
+fi
+
+# 6c. With --vscode (or --test): VS Code in the browser, code-server from npm, into
+# $prefix/code-server (about 300 MB), linked into the default environment's bin.
+# code-server's versions each need one Node.js major version: 4.100.3 is the last for
+# Node.js 20, the one Debian 12's NodeSource setups and this machine have.
+code_server_version=4.100.3
+code_server_node=20
+code_server="$prefix/code-server/node_modules/.bin/code-server"
+if [ "$with_vscode" = 1 ] && ! grep -qs "\"version\": \"$code_server_version\"" \
+    "$prefix/code-server/node_modules/code-server/package.json"; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$node_major" != "$code_server_node" ]; then
+    echo "setup.sh: code-server $code_server_version needs Node.js $code_server_node;" \
+      "this machine has $(node --version)" >&2
+    exit 1
+  fi
+  need_root "installing code-server into $prefix/code-server"
+  step "code-server $code_server_version ($prefix/code-server)"
+  # Its native modules are built here (kerberos, node-pty, spdlog...).
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends build-essential pkg-config libkrb5-dev \
+    libx11-dev libxkbfile-dev libsecret-1-dev ripgrep
+  # VS Code's search runs ripgrep, which @vscode/ripgrep's install script would download
+  # from GitHub (out of reach of a hub that only sees package registries). It takes an
+  # archive already in its download cache instead: Debian's rg, of the same 13.0.0 release.
+  rg_cache=$(mktemp -d)
+  trap 'rm -rf "$rg_cache"' EXIT
+  mkdir "$rg_cache/vscode-ripgrep-cache-1.15.11"
+  cp /usr/bin/rg "$rg_cache/rg"
+  tar -czf "$rg_cache/vscode-ripgrep-cache-1.15.11/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz" \
+    -C "$rg_cache" rg
+  rm -rf "$prefix/code-server"
+  mkdir -p "$prefix/code-server"
+  umask 022
+  # --unsafe-perm: code-server's own install script insists on it when run as root;
+  # npm_config_yes: node-pty's builds node-gyp through npx, which asks before fetching it.
+  TMPDIR="$rg_cache" npm_config_yes=true npm install --silent --no-audit --no-fund \
+    --unsafe-perm=true \
+    --prefix "$prefix/code-server" "code-server@$code_server_version"
+  chmod -R a+rX "$prefix/code-server"
+fi
+if [ "$with_vscode" = 1 ] && [ "$(readlink "$env_dir/bin/code-server")" != "$code_server" ]; then
+  ln -sfn "$code_server" "$env_dir/bin/code-server"
+fi
+
+# 6d. With --r (or --test): R and its Jupyter kernel (IRkernel) from Debian's packages.
+if [ "$with_r" = 1 ] && [ ! -f /usr/share/jupyter/kernels/ir/kernel.json ]; then
+  need_root "installing R and IRkernel"
+  step "R and IRkernel (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends r-base-core r-cran-irkernel
 fi
 
 # 7. With --test, the packages of the local Slurm cluster the Slurm tests run on
