@@ -207,6 +207,15 @@ def compiled_packages(work: Path) -> list[Package]:
     return [library, noarch_python("pygreet", "1.0", "pygreet", PYGREET, depends=["libgreet"])]
 
 
+def basic_packages(work: Path, python: str) -> list[Package]:
+    """CPython ``python`` and its pip, ``hello-conda`` 1.0 and 2.0 (``hello_conda.VERSION``),
+    ``libgreet`` and ``pygreet`` (see :func:`compiled_packages`), compiled in ``work``."""
+    hello = [
+        noarch_python("hello-conda", v, "hello_conda", f"VERSION = {v!r}\n") for v in ("1.0", "2.0")
+    ]
+    return [python_package(python), pip_package(python), *hello, *compiled_packages(work)]
+
+
 def write_channel(channel: Path, packages: list[Package]) -> None:
     """Write and index the packages (every channel has a noarch folder, even if empty)."""
     (channel / "noarch").mkdir(parents=True, exist_ok=True)

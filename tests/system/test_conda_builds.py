@@ -1,10 +1,13 @@
-"""environment.yml built from conda packages, for real: rattler in the build's sandbox, as
-the build account, in its limits, from a conda channel served on loopback as the site's
-mirror (tests/condachannel.py; the public channels cannot be reached from here).
+"""Conda builds, for real: rattler in the build's sandbox, as the build account, in its
+limits, from a conda channel served on loopback as the site's mirror (tests/condachannel.py;
+the public channels cannot be reached from here): a Python the host lacks for runtime.txt,
+and what fails (a channel outside the allow-list, a conflict, a missing package, the size
+limit), leaving nothing behind. A full environment.yml launched on a hub:
+tests/e2e/test_conda_launch.py.
 
-The channel holds CPython 3.10 (the host has 3.11), pure-Python packages in two versions,
-a compiled shared library with an executable, a Python package that loads it, two packages
-that cannot be installed together, and one larger than the size limit.
+The channel holds CPython 3.10 (the host has 3.11), pip, pure-Python packages in two
+versions, a compiled shared library with an executable, a Python package that loads it,
+two packages that cannot be installed together, and one larger than the size limit.
 """
 
 from __future__ import annotations
@@ -15,15 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from condachannel import (
-    Package,
-    compiled_packages,
-    noarch_python,
-    pip_package,
-    python_package,
-    serve,
-    write_channel,
-)
+from condachannel import PYENV, Package, basic_packages, noarch_python, serve, write_channel
 from gitserver import GitDaemon
 from hubtest import free_port_block, new_test_root
 
@@ -37,27 +32,17 @@ PYTHON = "3.10.13"  # a pyenv build on the test machines; not the host's Python
 
 
 def packages(work: Path) -> list[Package]:
-    hello = [
-        noarch_python("hello-conda", v, "hello_conda", f"VERSION = {v!r}\n") for v in ("1.0", "2.0")
-    ]
     conflicting = [
         noarch_python("needs-old-hello", "1.0", "old", "", depends=["hello-conda <2"]),
         noarch_python("needs-new-hello", "1.0", "new", "", depends=["hello-conda >=2"]),
     ]
     big = Package("big-data", "1.0", files={"share/big-data/zeros": (bytes(200 << 20), False)})
-    return [
-        python_package(PYTHON),
-        pip_package(PYTHON),
-        *hello,
-        *compiled_packages(work),
-        *conflicting,
-        big,
-    ]
+    return [*basic_packages(work, PYTHON), *conflicting, big]
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    if not (Path("/root/.pyenv/versions") / PYTHON).is_dir():
+    if not (PYENV / PYTHON).is_dir():
         pytest.skip(f"no CPython {PYTHON} to put in the test channel")
     root = new_test_root()
     (root / "data").mkdir(mode=0o700)
@@ -77,43 +62,6 @@ def site() -> Iterator[Site]:
             for account in (made.account, fetch_account_name(made.account)):
                 subprocess.run(["userdel", account], check=False, capture_output=True)
             subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-ENVIRONMENT = """
-name: conda-test
-channels:
-  - conda-forge
-  - defaults
-dependencies:
-  - python=3.10
-  - hello-conda=1.0
-  - conda-forge::pygreet
-  - pip
-  - pip:
-    - tabulate==0.9.0
-"""
-
-
-def test_environment_yml_is_solved_and_installed_from_the_channel(site: Site) -> None:
-    prepared, events = site.prepare(site.repo({"environment.yml": ENVIRONMENT}))
-    prefix = prepared.env.prefix
-    # The channel's Python runs the environment, and the server and kernel are in it.
-    assert python(prepared, "import sys; print(sys.version.split()[0])") == PYTHON
-    assert python(prepared, "import sys; print(sys.prefix)") == str(prefix)
-    assert version(prepared, "ipykernel")
-    assert (prefix / "bin/jupyterhub-singleuser").exists()
-    # Pins hold (2.0 is in the channel), the pip: section and pip itself are there.
-    assert python(prepared, "import hello_conda; print(hello_conda.VERSION)") == "1.0"
-    assert version(prepared, "tabulate") == "0.9.0"
-    assert python(prepared, "import pip; print('pip')") == "pip"
-    # A compiled library, from Python and from the package's own executable.
-    assert python(prepared, "import pygreet; print(pygreet.greet())") == "hello from libgreet"
-    greet = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    out = subprocess.run([*greet, str(prefix / "bin/greet")], capture_output=True, text=True)
-    assert out.stdout.strip() == "hello from libgreet"
-    messages = [message for _, message in events]
-    assert any("defaults" in m and "not use" in m for m in messages)
-    assert any(m.startswith("Installing") and "python 3.10.13" in m for m in messages)
 
 
 def test_a_channel_outside_the_allow_list_is_refused(site: Site) -> None:

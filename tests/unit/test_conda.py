@@ -87,12 +87,15 @@ def test_conda_builds_off_translate_for_pypi_as_before(tmp_path: Path) -> None:
         ("numpy[channel=evil]", "'numpy[channel=evil]'"),
         ("./local/package", "'./local/package'"),
         ("numpy; rm -rf /", "'numpy; rm -rf /'"),
+        ("numpy\nscipy", "'numpy\\nscipy'"),
     ],
 )
 def test_dependencies_that_name_another_source_are_refused(
     tmp_path: Path, dependencies: str, shown: str
 ) -> None:
-    message = refusal(tmp_path, {"environment.yml": f"dependencies:\n  - {dependencies!r}\n"})
+    message = refusal(
+        tmp_path, {"environment.yml": f"dependencies:\n  - {json.dumps(dependencies)}\n"}
+    )
     assert message.startswith(f"environment.yml has the dependency {shown}")
     assert message.endswith(
         "which is not a conda package specification such as numpy=1.26 or 'scipy >=1.11'."

@@ -39,7 +39,7 @@ ANACONDA = "https://conda.anaconda.org"
 DEFAULT_PYTHON = "3.10"
 INSTALLER = Path(__file__).with_name("conda_install.py")
 _CHANNEL_PREFIX = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)::(.+)")
-_DEPENDENCY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(\s*[A-Za-z0-9_.*=<>!,|\s-]*)?")
+_DEPENDENCY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9_.*=<>!,| \t-]*")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def read_conda_file(tree: RepoTree, rel: str, settings: CondaSettings) -> CondaF
 
 
 def _name(spec: str) -> str:
-    return re.split(r"[\s=<>!~]", spec, maxsplit=1)[0].lower()
+    return re.split(r"[ \t=<>!~]", spec, maxsplit=1)[0].lower()
 
 
 def _dependency(dep: str, rel: str) -> tuple[str | None, str]:

@@ -1,0 +1,80 @@
+"""A repository with a conda environment.yml launched on a real hub: the build solves it
+from a conda channel served on loopback as the site's mirror (tests/condachannel.py), and
+the launched server's kernel, in the channel's Python, imports the conda packages.
+Refusals and a Python from the channel for runtime.txt: tests/system/test_conda_builds.py."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from condachannel import PYENV, basic_packages, serve, write_channel
+from conftest import needs_default_env, needs_root
+from e2e.test_repository_launch import start_and_follow
+from gitserver import GitDaemon, make_repo
+from hubtest import Hub, Session, free_port_block, new_test_root, running_hub
+
+pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
+
+PYTHON = "3.10.13"  # a pyenv build on the test machines; not the host's Python
+ENVIRONMENT = """
+channels: [conda-forge, defaults]
+dependencies:
+  - python=3.10
+  - hello-conda=1.0
+  - conda-forge::pygreet
+  - pip
+  - pip:
+    - tabulate==0.9.0
+"""
+
+
+@pytest.fixture(scope="module")
+def channel() -> Iterator[str]:
+    if not (PYENV / PYTHON).is_dir():
+        pytest.skip(f"no CPython {PYTHON} to put in the test channel")
+    root = new_test_root()
+    write_channel(root / "channels/conda-forge", basic_packages(root / "compile", PYTHON))
+    try:
+        with serve(root / "channels", free_port_block(1)) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(channel: str) -> Iterator[Hub]:
+    conda = {"enabled": True, "mirror": channel}
+    with running_hub({"binder": {"conda": conda}}) as running:
+        yield running
+
+
+def test_a_conda_environment_runs_in_the_launched_server(hub: Hub, git: GitDaemon) -> None:
+    dana: Session = hub.new_user("dana-conda")
+    make_repo(git.base / "conda-env", {"environment.yml": ENVIRONMENT})
+    sent = {"environment": "repository", "repo": git.url("conda-env"), "ref": "main"}
+    events = start_and_follow(dana, "condaenv", sent)
+    assert events[-1].get("ready"), events
+    messages = [event.get("message", "") for event in events]
+    assert any("defaults, which this hub does not use" in m for m in messages)
+    assert any(m.startswith("Installing 5 conda packages") for m in messages)
+    # The channel's Python runs the kernel (2.0 is in the channel too: the pin holds), with
+    # the pip: section, the channel's pip, and a compiled library and its executable.
+    run = dana.run_code(
+        "import os, subprocess, sys, hello_conda, pip, pygreet, tabulate\n"
+        "print(sys.version.split()[0])\n"
+        "print(hello_conda.VERSION, tabulate.__version__, pip.__version__)\n"
+        "print(pygreet.greet())\n"
+        "greet = os.path.join(sys.prefix, 'bin', 'greet')\n"
+        "print(subprocess.run([greet], capture_output=True, text=True).stdout.strip())",
+        "condaenv",
+    )
+    assert run.status == "ok", run
+    assert run.stdout.splitlines() == [
+        PYTHON,
+        "1.0 0.9.0 23.0.1",
+        "hello from libgreet",
+        "hello from libgreet",
+    ]
+    dana.stop("condaenv", remove=True)
