@@ -101,6 +101,13 @@ def events_of(handler: Any) -> list[tuple[str, str, str, dict[str, Any]]]:
     return []
 
 
+def _written(task: asyncio.Task[None]) -> None:
+    """A lost entry is an error in the hub's log (the request itself was answered)."""
+    _PENDING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        app_log.error("Could not write to the audit log", exc_info=task.exception())
+
+
 def log_function(config: Config) -> Callable[[Any], None]:
     """JupyterHub's request log, then the audit entries of the request."""
 
@@ -116,6 +123,6 @@ def log_function(config: Config) -> Callable[[Any], None]:
             entry = audit(config, handler, action, user, server, actor, **detail)
             task = asyncio.ensure_future(entry)
             _PENDING.add(task)
-            task.add_done_callback(_PENDING.discard)
+            task.add_done_callback(_written)
 
     return log
