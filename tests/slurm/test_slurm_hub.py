@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, make_repo
-from hubtest import DEFAULT_ENV, Hub, Session, new_test_root, running_hub, wait_for
+from hubtest import DEFAULT_ENV, Hub, Session, execute, new_test_root, running_hub, wait_for
 
 from slurm.conftest import Blocker
 
@@ -43,6 +44,12 @@ def slurm_hub_overrides(hungry: Path) -> dict[str, Any]:
         "environments": [
             {"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)},
             {"id": "hungry", "display": "Hungry", "prefix": str(hungry)},
+            {
+                "id": "tools",
+                "display": "Python tools",
+                "prefix": str(DEFAULT_ENV),
+                "interfaces": ["lab", "vscode", "voila"],
+            },
         ],
         "extra_jupyterhub_config": {"HubstackSpawner": {"poll_interval": 2}},
     }
@@ -164,6 +171,55 @@ def test_spawn_through_the_api_runs_a_job_of_the_user(hub: Hub, alice: Session) 
     }, lines
     alice.stop("api")
     assert job not in jobs_of(hub.prefix + "alice"), "stop cancels the job"
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_ENV / "bin/code-server").exists()
+    or not Path("/usr/share/jupyter/kernels/ir").exists(),
+    reason="code-server or IRkernel is not installed (scripts/setup.sh --vscode --r)",
+)
+def test_a_job_server_opens_in_its_interface_and_serves_the_others(
+    hub: Hub, alice: Session
+) -> None:
+    """VS Code, Voilà and an R kernel, each through the proxy to the job's server."""
+    options = {"environment": "tools", "interface": "vscode", "partition": "debug"}
+    assert alice.start("tools", options).status_code in (201, 202)
+    events = alice.progress("tools", timeout=180)
+    assert events[-1].get("ready"), events
+    base = alice.server_url("tools")
+    auth = {"Authorization": f"token {alice.token}"}
+    root = requests.get(base, headers=auth, allow_redirects=False, timeout=60)
+    assert root.headers["Location"].startswith("/user/alice/tools/vscode/"), root.headers
+    vscode = requests.get(f"{base}vscode/", headers=auth, timeout=300)
+    assert vscode.status_code == 200 and "vscode-workbench-web-configuration" in vscode.text
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "metadata": {},
+                "outputs": [],
+                "source": "print('answer', 6 * 7)",
+            }
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 4,
+    }
+    saved = requests.put(
+        f"{base}api/contents/answer.ipynb",
+        headers=auth,
+        json={"type": "notebook", "content": notebook},
+        timeout=60,
+    )
+    assert saved.status_code in (200, 201), saved.text
+    voila = requests.get(f"{base}voila/render/answer.ipynb", headers=auth, timeout=120)
+    assert voila.status_code == 200 and "answer 42" in voila.text, voila.text[-2000:]
+    kernel = requests.post(f"{base}api/kernels", headers=auth, json={"name": "ir"}, timeout=60)
+    assert kernel.status_code == 201, kernel.text
+    cell = execute(base, kernel.json()["id"], alice.token, 'cat(Sys.getenv("SLURM_JOB_ID"))', 120)
+    assert cell.stdout == job_of(hub, "alice", "tools"), cell
+    alice.stop("tools")
 
 
 def test_an_environment_from_a_repository_runs_as_a_job(hub: Hub, alice: Session) -> None:
