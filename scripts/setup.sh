@@ -208,6 +208,7 @@ if [ "$with_vscode" = 1 ] && ! grep -qs "\"version\": \"$code_server_version\"" 
   step "code-server $code_server_version ($prefix/code-server)"
   # Its native modules are built here (kerberos, node-pty, spdlog...).
   export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
   apt-get install -y -qq --no-install-recommends build-essential pkg-config libkrb5-dev \
     libx11-dev libxkbfile-dev libsecret-1-dev ripgrep
   # VS Code's search runs ripgrep, which @vscode/ripgrep's install script would download
@@ -238,6 +239,7 @@ if [ "$with_r" = 1 ] && [ ! -f /usr/share/jupyter/kernels/ir/kernel.json ]; then
   need_root "installing R and IRkernel"
   step "R and IRkernel (Debian)"
   export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
   apt-get install -y -qq --no-install-recommends r-base-core r-cran-irkernel
 fi
 

@@ -158,7 +158,11 @@ def test_vscode_opens_through_the_proxy_as_the_user_inside_the_servers_limits(
     cgroups = Path(f"/proc/{code_server}/cgroup").read_text().splitlines()
     assert any(line.endswith(unit) for line in cgroups), cgroups  # the server's limits
     cmdline = Path(f"/proc/{code_server}/cmdline").read_bytes().split(b"\0")
-    assert b"--socket" in cmdline and b"--port" not in b" ".join(cmdline), cmdline
+    # On a socket no other account can reach, never on a TCP port (it has no password).
+    assert b"--port" not in b" ".join(cmdline), cmdline
+    socket = Path(cmdline[cmdline.index(b"--socket") + 1].decode())
+    where = Path(f"/proc/{code_server}/root{socket.parent}").stat()  # its mount namespace
+    assert (where.st_uid, where.st_mode & 0o077) == (uid, 0), oct(where.st_mode)
     page.goto(f"{hub.url}/hub/home")  # VS Code's page would keep reconnecting
     session.stop()
     wait_for(lambda: not processes(uid, b"code-server"), 30, "code-server to end with it")
