@@ -243,6 +243,16 @@ def test_a_missing_username_claim_is_a_clear_refusal(
 
 
 @needs_provider
+def test_logins_at_the_provider_and_refusals_are_audited(hub: Hub) -> None:
+    """After the logins above: each one through the provider is in the audit log with the
+    hub's name for the person, a refused one too (who, unknown; from where)."""
+    entries = [json.loads(line) for line in hub.cli("audit").stdout.splitlines()]
+    logins = {(e["action"], e["actor"], e["source"]) for e in entries if "login" in e["action"]}
+    assert ("login", ADA, "127.0.0.1") in logins
+    assert ("login-failed", "anonymous", "127.0.0.1") in logins
+
+
+@needs_provider
 def test_the_client_secret_is_not_logged(setup: Setup, hub: Hub, admin_token: str) -> None:
     assert "oidc-boss" in hub.log()  # logins happened and were logged
     assert setup.secret not in hub.log()
