@@ -34,7 +34,7 @@ CHUNK = 8 * 1024 * 1024
 # Files copied at once: many small files need many requests in flight (each is mostly
 # waiting on the store), large ones few (the library may hold a whole part or small file
 # in memory), so the number follows the largest file to keep about IN_FLIGHT bytes held.
-WORKERS = (4, 32)
+WORKERS = (4, 64)
 IN_FLIGHT = 512 * 1024 * 1024
 # Blocks of one file in flight at once over all files (s3fs's default for one file): one
 # file gets them all, many files one each.
