@@ -1,6 +1,6 @@
 """repo2docker's own test repositories, launched on a hubstack hub: which pass, which cannot.
 
-    uv run python benchmarks/repo2docker_cases.py [--only PATTERN] [--skip-known] [--hub-log PATH]
+    uv run python benchmarks/repo2docker_cases.py [--only GLOB] [--known all|skip|only]
 
 The cases are the folders with a ``verify`` script under ``tests/data/repo2docker`` (its
 ``venv``, ``pipfile``, ``pyproject``, ``conda`` and ``base`` tests, BSD-3). Each is made a git
@@ -12,9 +12,9 @@ the repository's ``start``, as repo2docker runs it in its image. Every server is
 after its case.
 
 Cases that cannot pass on a hubstack site are listed in :data:`CANNOT` with the reason; they
-are launched too (``--skip-known`` leaves them out), and a pass among them is reported as
-such. Builds run one at a time, so a whole run takes roughly a cold build per case (about a
-minute each here): this is a benchmark, not part of the test suite.
+are launched too (``--known skip`` leaves them out, ``--known only`` runs only them), and a
+pass among them is reported as such. Builds run one at a time, so a whole run takes roughly
+a cold build per case (about a minute each here): a benchmark, not part of the test suite.
 
 Needs root and the default environment of scripts/setup.sh, as benchmarks/binder.py.
 """
@@ -87,11 +87,15 @@ class Result:
     detail: str
 
 
-def cases(only: str | None, skip_known: bool) -> list[str]:
+def cases(only: str | None, known: str) -> list[str]:
+    """The cases to run: matching ``only``; with ``known`` "skip" or "only", without or only
+    the cases of :data:`CANNOT`."""
     found = sorted(str(p.parent.relative_to(CASES)) for p in CASES.rglob("verify"))
     if only:
         found = [case for case in found if fnmatch.fnmatch(case, only)]
-    return [case for case in found if not (skip_known and case in CANNOT)]
+    if known == "all":
+        return found
+    return [case for case in found if (case in CANNOT) == (known == "only")]
 
 
 def repository(git: GitDaemon, case: str) -> str:
@@ -149,7 +153,9 @@ def report(results: list[Result]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--only", help="cases matching this glob (e.g. 'venv/*')")
-    parser.add_argument("--skip-known", action="store_true", help="leave out CANNOT's cases")
+    parser.add_argument(
+        "--known", choices=("all", "skip", "only"), default="all", help="the cases in CANNOT"
+    )
     parser.add_argument("--hub-log", type=Path, help="also save the hub's log here")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -168,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         if not launcher.via_service:
             print("the binder service does not answer", file=sys.stderr)
             return 1
-        for case in cases(args.only, args.skip_known):
+        for case in cases(args.only, args.known):
             result = run_case(launcher, git, case)
-            print(f"{case}: {'pass' if result.passed else 'fail'} ({result.seconds:.0f} s)")
+            print(
+                f"{case}: {'pass' if result.passed else 'fail'} ({result.seconds:.0f} s)",
+                flush=True,
+            )
             results.append(result)
     report(results)
     return 0
