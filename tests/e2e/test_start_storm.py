@@ -1,9 +1,9 @@
 """A class arriving at once: ten users log in through the form and start their servers at
-the same moment, on a hub that runs two starts at a time. Every one of them runs a cell on
-their own server (their kernel runs as their own account and talks to it over IPC, taking
-no TCP port another start could want), those beyond the first two saw their place in line,
-and the hub then stops on SIGTERM with its services at once. Correctness only: no time is
-asserted."""
+the same moment, on a hub that runs two starts at a time and forks servers from a fork
+server. Every one of them runs a cell on their own server (their kernel runs as their own
+account and talks to it over IPC, taking no TCP port another start could want), those
+beyond the first two saw their place in line, and the hub then stops on SIGTERM with its
+services at once. Correctness only: no time is asserted."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ WAITING = re.compile(r"^Waiting to start: (you are next|(\d+) ahead of you)$")
 @pytest.fixture(scope="module")
 def hub() -> Iterator[Hub]:
     overrides = {
-        "backend": {"local": {"concurrent_starts": CONCURRENT}},
+        # Servers are forked from the environment's fork server, as a class's hub would
+        # run them (tests/security/test_fork_server.py checks what a fork holds).
+        "backend": {"local": {"concurrent_starts": CONCURRENT, "fork_server": True}},
         # Time in line counts towards a start's time limit: room for ten starts in a row
         # on a busy machine.
         "extra_jupyterhub_config": {"HubstackSpawner": {"start_timeout": 600}},
