@@ -26,6 +26,7 @@ import os
 import runpy
 import select
 import signal
+import site
 import socket
 import sys
 import threading
@@ -119,6 +120,18 @@ def become(start: dict, listen_fd: int, log_fd: int, channel: socket.socket) -> 
     os.environ["HUBSTACK_LISTEN_FD"] = str(listen_fd)
 
 
+def add_user_site() -> None:
+    """Put the user's own site-packages (~/.local) where Python would have, before the
+    environment's: the parent runs isolated (-I), as root, without one."""
+    site.ENABLE_USER_SITE = True
+    site.USER_BASE = site.USER_SITE = None  # found again from this user's HOME
+    user_site = site.getusersitepackages()
+    if not os.path.isdir(user_site):
+        return
+    before = next((i for i, p in enumerate(sys.path) if p.endswith("site-packages")), None)
+    sys.path.insert(len(sys.path) if before is None else before, user_site)
+
+
 def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
     """The forked child: set up, report, then run the server (never returns)."""
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -136,6 +149,7 @@ def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
             channel.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         finally:
             os._exit(1)
+    add_user_site()
     # As the user, as listen_fd.py does in a server started without this parent.
     namespace: dict = {"__name__": "hubstack_listen_fd"}
     exec(compile(listen_code, "listen_fd.py", "exec"), namespace)
