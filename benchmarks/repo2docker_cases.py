@@ -128,8 +128,8 @@ def run_case(launcher: Launcher, git: GitDaemon, case: str) -> Result:
     except LaunchFailed as exc:
         return Result(case, False, time.monotonic() - started, f"launch failed: {tail(str(exc))}")
     finally:
-        if launcher.session.model(server) is not None:
-            launcher.remove(server)
+        if launcher.session.model(server, include_stopped=True) is not None:
+            launcher.remove(server)  # a failed launch's server too: named servers are limited
 
 
 def tail(text: str) -> str:

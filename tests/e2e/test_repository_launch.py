@@ -235,12 +235,16 @@ def test_a_repositorys_packages_home_and_paths_reach_kernels_and_terminals(
         "print(out('toilet', '--version').splitlines()[0])\n"
         "ctypes.CDLL('libcaca.so.0')\n"
         "print('termcolor' in out('pip', 'list'))\n"
+        "out('pip', 'install', '--no-deps', '--quiet', 'tabulate==0.9.0')\n"
+        "print(out(sys.executable, '-c', 'import tabulate; print(tabulate.__file__)').strip())\n"
         "print(os.path.expanduser('~/.local/bin') in os.environ['PATH'].split(':'))",
         "tools",
     )
     assert run.status == "ok", run
     lines = run.stdout.splitlines()
-    assert lines == ["Done!", "set by start True", lines[2], "True", "True"], run
+    assert lines == ["Done!", "set by start True", lines[2], "True", lines[4], "True"], run
+    # pip install in the server: into the user's ~/.local, found by the environment's Python
+    assert lines[4].endswith("/.local/lib/python3.11/site-packages/tabulate/__init__.py")
     assert lines[2].startswith("TOIlet")
     shown = carol.run_in_terminal(
         'command -v python pip figlet; toilet --version | head -n 1; echo "man=$MANPATH"',

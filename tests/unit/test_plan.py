@@ -297,9 +297,8 @@ def test_a_local_server_runs_through_the_code_that_adopts_its_socket() -> None:
 
 def test_debian_packages_of_a_repository_are_found_by_server_kernels_and_man() -> None:
     launch, _ = TABLE["repository launch"]
-    env = plan_of(
-        dataclasses.replace(launch, built=BuiltRepository(BUILT, REPO_FILES, apt=True))
-    ).env
+    built = BuiltRepository(BUILT, REPO_FILES, apt=True, python="3.11")
+    env = plan_of(dataclasses.replace(launch, built=built)).env
     apt = f"{BUILT}/apt"
     assert env["PATH"].split(":")[:5] == [
         f"{BUILT}/bin",
@@ -311,3 +310,6 @@ def test_debian_packages_of_a_repository_are_found_by_server_kernels_and_man() -
     assert env["LD_LIBRARY_PATH"].split(":")[0] == f"{apt}/usr/lib/{MULTIARCH}"
     assert env["MANPATH"] == f"{apt}/usr/share/man:"  # and the system's pages
     assert "LD_LIBRARY_PATH" not in plan_of(launch).env
+    # pip installs go to the user's ~/.local, which the environment's Python finds
+    assert env["PIP_PREFIX"] == "/home/hs-alice/.local"
+    assert env["PYTHONPATH"] == "/home/hs-alice/.local/lib/python3.11/site-packages"

@@ -323,7 +323,10 @@ class HubstackSpawner(Spawner):
             allow_origins=tuple(self.hubstack.binder.cors_origins),
         )
         self._emit(f"Launching a server with the environment of {request.repo.url}", "launching")
-        return request, BuiltRepository(prepared.env.prefix, content, apt=prepared.env.apt)
+        built = BuiltRepository(
+            prepared.env.prefix, content, apt=prepared.env.apt, python=prepared.env.python
+        )
+        return request, built
 
     def _spawn_error(self, message: str, reason: str) -> SpawnException:
         self.add_notice(message)

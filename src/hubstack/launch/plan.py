@@ -83,6 +83,7 @@ class BuiltRepository:
     prefix: Path
     content: Content
     apt: bool = False  # Debian packages are unpacked in the environment (envs/layout.py)
+    python: str | None = None  # the environment's Python version, X.Y
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,24 @@ def start_command(workdir: Path, content: Content, command: list[str]) -> list[s
         str(workdir / content.start),
         *command,
     ]
+
+
+def user_installs(home: Path, python: str | None) -> dict[str, str]:
+    """``pip install`` in a server of a built environment installs into the user's
+    ``~/.local``, which its Python then finds: the environment is root's and shared, and a
+    virtualenv turns off Python's user site-packages (so ``--user`` is refused in it).
+
+    ``PIP_PREFIX`` puts the packages in ``~/.local/lib/pythonX.Y/site-packages`` and their
+    commands in ``~/.local/bin`` (on ``PATH``); ``PYTHONPATH`` adds that folder, as the user
+    site-packages would be outside a virtualenv.
+    """
+    if python is None:
+        return {}
+    local = home / ".local"
+    return {
+        "PIP_PREFIX": str(local),
+        "PYTHONPATH": str(local / f"lib/python{python}/site-packages"),
+    }
 
 
 def server_plan(
@@ -196,6 +215,7 @@ def server_plan(
     if built is not None and checkout is not None:
         command = start_command(checkout, built.content, command)
         env |= {
+            **user_installs(account.home, built.python),
             "REPO_DIR": str(checkout),
             "BINDER_REPO_URL": built.content.url,
             "HUBSTACK_REPO_COMMIT": built.content.commit,
