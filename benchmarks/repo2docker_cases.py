@@ -38,7 +38,7 @@ from hubstack.config.load import validate
 CASES = Path(__file__).resolve().parents[1] / "tests/data/repo2docker"
 VERIFY_TIMEOUT = 600
 OUTPUT_TAIL = 6
-CONDA = "needs conda-forge or defaults, which cannot be reached from here"
+CONDA = "needs conda packages (conda-forge, defaults), which cannot be reached from here"
 PY2 = "asks for Python 2.7, which no source here provides"
 CANNOT = {
     "base/general": "expects the user jovyan with uid 1000 (hubstack's users are hs-<name> "
@@ -52,7 +52,6 @@ CANNOT = {
     "venv/py35": "asks for Python 3.5, which no source here provides",
     "pipfile/py2-with-server-and-kernel-req": PY2,
     "pipfile/py36": "asks for Python 3.6, which no source here provides",
-    "pipfile/environment-yml": CONDA,
     **{
         f"conda/{name}": CONDA
         for name in (
