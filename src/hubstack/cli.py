@@ -462,6 +462,8 @@ def parser() -> argparse.ArgumentParser:
     p = cluster_sub.add_parser("status", parents=[common], help="each node and what it is doing")
     p.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     p.set_defaults(func=cmd_cluster_status, verbose_source=False)
+    p = cluster_sub.add_parser("reconcile", parents=[common], help="make Slurm and machines agree")
+    p.set_defaults(func=cmd_cluster_reconcile, verbose_source=False)
     for name in ("resume", "suspend", "resume-fail"):
         p = cluster_sub.add_parser(name, parents=[common], help=f"slurmctld's {name} program")
         p.add_argument("hostlist", help="Slurm hostlist expression, e.g. cpu[1-3]")
@@ -495,6 +497,16 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     print(f"{'NODE':<16} {'GROUP':<12} {'ADDRESS':<16} STATUS")
     for row in table:
         print(f"{row.node:<16} {row.group:<12} {row.address:<16} {row.status}")
+    return 0
+
+
+def cmd_cluster_reconcile(args: argparse.Namespace) -> int:
+    """One reconciler pass (the hub runs one each monitor round): what it found and did."""
+    from hubstack.cluster.nodes import Programs
+    from hubstack.cluster.reconcile import reconcile
+
+    for finding in reconcile(Programs(_load(args))):
+        print(f"{finding.node}: {finding.found}; {finding.done}")
     return 0
 
 

@@ -51,7 +51,8 @@ hub:
   data_dir: {{d}}/data
 cluster:
   slurm_conf: {{d}}/slurm.conf
-  resume_timeout: 60s
+  resume_timeout: 30s
+  retry_failed_after: 1s
   local: {{{{bridge: {BRIDGE}, subnet: {SUBNET}}}}}
   node_groups:
     - {{{{name: el, max_nodes: 2, cpus: 1, memory: 256M, partition: elastic, idle: {IDLE_S}s}}}}
@@ -65,16 +66,12 @@ class Elastic:
     env: dict[str, str]
 
     def hubstack(self, *args: str) -> str:
-        argv = [
-            sys.executable,
-            "-m",
-            "hubstack.cli",
-            "cluster",
-            *args,
-            "--config",
-            str(self.config),
-        ]
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        argv = [sys.executable, "-m", "hubstack.cli", "cluster", *args]
+        proc = subprocess.run(
+            [*argv, "--config", str(self.config)], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
 
     def slurm(self, *argv: str) -> str:
         proc = subprocess.run(
@@ -129,27 +126,10 @@ def submit(cluster: Elastic, script: str) -> tuple[str, Path]:
     return job, out
 
 
-def test_a_node_that_fails_to_boot_is_reported_released_and_its_job_kept(
-    elastic: Elastic,
-) -> None:
-    assert set(elastic.status().values()) == {"powered down"}
-    # el1 comes first, and its link cannot be made: a device has the name its host end needs.
-    subprocess.run([tool("ip"), "link", "add", "vhsn-el1", "type", "bridge"], check=True)
-    try:
-        job, _ = submit(elastic, "true")
-        failed = wait_for(
-            lambda: (s := elastic.status()["el1"]).startswith("failed") and s, 60, "el1 failed"
-        )
-        assert failed.startswith("failed (could not create the node: "), failed
-        shown = elastic.slurm("scontrol", "show", "node", "el1")
-        assert "Reason=hubstack: could not create the node" in shown
-        assert "DOWN" in shown
-        assert not netns.names("hsn-el1"), "the failed node's machine is released"
-        # Slurm keeps the job, to run on another node.
-        assert job_state(elastic, job) in ("PENDING", "CONFIGURING", "RUNNING", "GONE")
-        elastic.slurm("scancel", job)
-    finally:
-        subprocess.run([tool("ip"), "link", "delete", "vhsn-el1"], check=False)
+def all_powered_down(cluster: Elastic) -> bool:
+    """Every node powered down and none still powering down (Slurm's SuspendTimeout)."""
+    shown = cluster.slurm("sinfo", "-h", "-N", "-o", "%T")
+    return all(state == "idle~" for state in shown.split())
 
 
 def test_a_job_runs_on_a_node_with_its_own_address_and_idle_nodes_are_released(
@@ -165,3 +145,52 @@ def test_a_job_runs_on_a_node_with_its_own_address_and_idle_nodes_are_released(
     wait_for(lambda: elastic.status()[node] == "powered down", 60, f"{node} powered down")
     records = json.loads((elastic.directory / "data/cluster/nodes.json").read_text())
     assert records["boots"]["el"], "boot times are kept for the 'typically ~N s' estimate"
+
+
+def test_a_machine_slurm_does_not_know_of_is_released_by_the_reconciler(
+    elastic: Elastic,
+) -> None:
+    wait_for(lambda: elastic.status()["el2"] == "powered down", 60, "el2 powered down")
+    netns.create("hsn-el2", BRIDGE, "10.214.0.3/24")  # e.g. left by a suspend cut short
+    assert elastic.hubstack("reconcile") == (
+        "el2: a machine runs while Slurm has the node powered down; released it\n"
+    )
+    assert netns.names("hsn-el") == []
+    assert elastic.hubstack("reconcile") == ""
+
+
+def test_a_node_that_fails_to_boot_is_reported_released_and_its_job_kept(
+    elastic: Elastic,
+) -> None:
+    wait_for(lambda: all_powered_down(elastic), 90, "all nodes powered down")
+    # el1 comes first, and its link cannot be made: a device has the name its host end needs.
+    subprocess.run([tool("ip"), "link", "add", "vhsn-el1", "type", "bridge"], check=True)
+    try:
+        job, _ = submit(elastic, "true")
+        try:
+            failed = wait_for(
+                lambda: (s := elastic.status()["el1"]).startswith("failed") and s, 60, "el1 failed"
+            )
+        except TimeoutError:
+            raise AssertionError(elastic.slurm("scontrol", "show", "node", "el1")) from None
+        assert failed.startswith("failed (could not create the node: "), failed
+        shown = elastic.slurm("scontrol", "show", "node", "el1")
+        assert "Reason=hubstack: could not create the node" in shown
+        assert "DOWN" in shown
+        assert not netns.names("hsn-el1"), "the failed node's machine is released"
+        # Slurm keeps the job, to run on another node.
+        assert job_state(elastic, job) in ("PENDING", "CONFIGURING", "RUNNING", "GONE")
+        elastic.slurm("scancel", job)
+    finally:
+        subprocess.run([tool("ip"), "link", "delete", "vhsn-el1"], check=False)
+    # The reconciler returns it to service, powered down, once its cool-down is over.
+    # once Slurm has powered it down, at its ResumeTimeout, plus its SuspendTimeout
+    try:
+        returned = wait_for(lambda: elastic.hubstack("reconcile"), 120, "a reconciler finding")
+    except TimeoutError:
+        raise AssertionError(elastic.slurm("scontrol", "show", "node", "el1")) from None
+    assert returned == "el1: failed earlier; returned it to service, powered down\n"
+    try:
+        wait_for(lambda: elastic.status()["el1"] == "powered down", 30, "el1 back in service")
+    except TimeoutError:
+        raise AssertionError(elastic.slurm("scontrol", "show", "node", "el1")) from None

@@ -57,6 +57,9 @@ class Scontrol:
         self._run("update", f"nodename={node}", f"nodeaddr={address}", f"nodehostname={node}")
 
     def set_down(self, node: str, reason: str) -> None:
+        """Out of service with ``reason``: Slurm requeues its jobs at once, and powers it
+        down when its ResumeTimeout ends (a DOWN set before would not outlast a forced
+        power-down, and the node would be handed out again)."""
         self._run("update", f"nodename={node}", "state=down", f"reason={reason[:200]}")
 
     def power_down(self, node: str) -> None:
@@ -65,7 +68,8 @@ class Scontrol:
 
     def nodes(self, names: Iterable[str] | None = None) -> dict[str, SlurmNode]:
         found: dict[str, SlurmNode] = {}
-        for line in self._run("show", "node", "--oneliner", *(names or [])).splitlines():
+        listed = [",".join(names)] if names else []
+        for line in self._run("show", "node", "--oneliner", *listed).splitlines():
             fields = dict(_pairs(line))
             if "NodeName" in fields:
                 found[fields["NodeName"]] = SlurmNode(
@@ -140,9 +144,15 @@ class Programs:
                 records.released(node, group.name)
 
     def resume_fail(self, hostlist: str) -> None:
+        """Slurm also runs this for nodes the resume program failed itself, maybe after the
+        reconciler returned them: only a boot still under way has timed out."""
         timeout = self.cluster.resume_timeout
+        known = self.records.read().nodes
         for node, group in self._ours(hostlist):
-            self._failed(node, group, f"its slurmd did not register within {timeout} s")
+            if node in known and known[node].state == "booting":
+                self._failed(node, group, f"its slurmd did not register within {timeout} s")
+            else:
+                provider_for(self.cluster, group).delete(node)
 
     def _failed(self, node: str, group: NodeGroup, reason: str) -> None:
         """Release the machine and take the node out of service with the reason: Slurm

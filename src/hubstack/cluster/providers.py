@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from hubstack.config.cluster import ClusterSettings, NodeGroup
@@ -53,6 +54,9 @@ class LocalProvider:
         name = NAMESPACE_PREFIX + node
         netns.create(name, self.cluster.local.bridge, f"{address}/{self.prefixlen}")
         announce(address)
+        # A machine's image has its slurmd's spool directory; this one shares the host's
+        # disk, so each node's is made here (slurmd does not, and does not register without).
+        _slurmd_spool(self.cluster.slurm_conf, node).mkdir(mode=0o755, parents=True, exist_ok=True)
         run([*netns.enter(name), tool("slurmd"), "-N", node, "-f", str(self.cluster.slurm_conf)])
         return address
 
@@ -62,6 +66,17 @@ class LocalProvider:
     def machines(self) -> dict[str, str]:
         found = (n.removeprefix(NAMESPACE_PREFIX) for n in netns.names(NAMESPACE_PREFIX))
         return {node: self.addresses.get(node, "?") for node in found}
+
+
+def _slurmd_spool(slurm_conf: Path, node: str) -> Path:
+    """The node's SlurmdSpoolDir from slurm.conf (%n is the node's name; Slurm's default
+    otherwise). Nodes on one host need %n in it, as Slurm's multiple-slurmd setups do."""
+    spool = "/var/spool/slurmd"
+    for line in slurm_conf.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().lower() == "slurmdspooldir":
+            spool = value.split("#")[0].strip()
+    return Path(spool.replace("%n", node).replace("%h", node))
 
 
 def provider_for(cluster: ClusterSettings, group: NodeGroup) -> Provider:

@@ -74,6 +74,10 @@ class ClusterSettings(Strict):
         description="the site's slurm.conf; `hubstack cluster apply` writes an include beside it",
     )
     resume_timeout: Duration = Field(300, ge=30, description="boot time before a node is failed")
+    retry_failed_after: Duration = Field(
+        600, ge=0, description="how long a node that failed to boot stays out of service"
+    )
+
     state_dir: AbsolutePath | None = Field(
         None, description="records of nodes and boots; null: hub.data_dir/cluster"
     )

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubstack.cluster.nodes import Programs
+from hubstack.cluster.reconcile import reconcile
 from hubstack.config import Config
 from hubstack.hub import metrics
 from hubstack.hub.alerts import Alert, Incidents, Notifier
@@ -109,8 +111,35 @@ class Monitor:
         for disk in disks:
             metrics.STORAGE_USED.labels(disk.role, str(disk.path)).set(disk.used)
             metrics.STORAGE_SIZE.labels(disk.role, str(disk.path)).set(disk.size)
-        await self.incidents.update(self.alerts(disks))
+        failed: dict[str, str] = {}
+        if self.config.cluster.node_groups:
+            failed = await asyncio.to_thread(self._reconcile)
+        await self.incidents.update(self.alerts(disks) + self._node_alerts(failed))
         metrics.MONITOR_CHECKS.inc()
+
+    def _reconcile(self) -> dict[str, str]:
+        """One pass of the elastic cluster's reconciler, logged; the nodes still failed."""
+        programs = Programs(self.config)
+        for finding in reconcile(programs):
+            log.warning("cluster: %s: %s; %s", finding.node, finding.found, finding.done)
+        nodes = programs.records.read().nodes
+        return {name: n.reason or "" for name, n in nodes.items() if n.state == "failed"}
+
+    def _node_alerts(self, failed: dict[str, str]) -> list[Alert]:
+        if not failed:
+            return []
+        retry = self.config.cluster.retry_failed_after
+        listed = "; ".join(f"{name}: {reason}" for name, reason in sorted(failed.items()))
+        return [
+            Alert(
+                "cluster-nodes-failed",
+                "cluster-nodes-failed",
+                f"{len(failed)} elastic node(s) failed to boot ({listed})",
+                f"hubstack returns each to service {retry / 60:.0f} min after its failure and "
+                "Slurm runs their jobs on other nodes meanwhile; if boots keep failing, read "
+                "`hubstack cluster status` and the provider's own log.",
+            )
+        ]
 
     def alerts(self, disks: list[Disk]) -> list[Alert]:
         """Every condition true now."""
