@@ -215,6 +215,8 @@ POST_BUILD = """#!/bin/bash
 set -e
 pip install --no-deps --quiet termcolor==2.4.0
 echo 'Done!' > ~/postbuild.txt
+mkdir -p ~/.jupyter && echo '{}' > ~/.jupyter/jupyter_server_config.json
+npm install --global --no-audit --no-fund semver@7.6.3
 """
 
 
@@ -227,6 +229,8 @@ def test_a_repositorys_packages_home_and_paths_reach_kernels_and_terminals(
     name = repo(git, files, executable=("postBuild", "start"))
     events = start_and_follow(carol, "tools", options(git, name))
     assert events[-1].get("ready"), events
+    log = [event["message"] for event in events if event.get("phase") == "building"]
+    assert "Note: the installation scripts of these packages were not run: figlet toilet" in log
     run = carol.run_code(
         "import ctypes, os, subprocess, sys\n"
         "print(open(os.path.expanduser('~/postbuild.txt')).read().strip())\n"
@@ -247,13 +251,16 @@ def test_a_repositorys_packages_home_and_paths_reach_kernels_and_terminals(
     assert lines[4].endswith("/.local/lib/python3.11/site-packages/tabulate/__init__.py")
     assert lines[2].startswith("TOIlet")
     shown = carol.run_in_terminal(
-        'command -v python pip figlet; toilet --version | head -n 1; echo "man=$MANPATH"',
+        "command -v python pip figlet semver; toilet --version | head -n 1; "
+        'echo "man=$MANPATH"; ls ~/.jupyter',
         "tools",
     )
     found = [line.strip() for line in shown.splitlines()]
     prefix = next(line for line in found if line.endswith("/bin/python")).removesuffix("bin/python")
     assert f"{prefix}bin/pip" in found
-    assert f"{prefix}apt/usr/bin/figlet" in found
+    assert f"{prefix}apt/usr/bin/figlet" in found  # the alternative figlet's postinst makes
+    assert f"{prefix}bin/semver" in found  # npm install -g in postBuild
+    assert "jupyter_server_config.json" in found  # what postBuild left in its home
     assert any(line.startswith("TOIlet") for line in found)
     assert f"man={prefix}apt/usr/share/man:" in found
     carol.stop("tools", remove=True)

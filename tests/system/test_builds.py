@@ -25,7 +25,6 @@ from prometheus_client import REGISTRY
 from hubstack.config.models import Config
 from hubstack.envs.builder import fetch_account_name
 from hubstack.envs.cache import EnvCache
-from hubstack.envs.layout import search_paths
 from hubstack.envs.repository import Prepared, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
 from hubstack.system import cgroups, volumes
@@ -280,54 +279,6 @@ def test_apt_txt_and_dockerfile_are_named_not_ignored(site: Site) -> None:
     notes = " ".join(message for _, message in events if message.startswith("Note:"))
     assert "apt.txt" in notes and "cowsay" in notes
     assert "Dockerfile" in notes
-
-
-def test_post_build_has_pip_a_home_that_is_kept_and_npm_into_the_environment(site: Site) -> None:
-    post_build = (
-        "#!/bin/bash\nset -e\n"
-        "pip install --no-deps --quiet termcolor==2.4.0\n"
-        "python -m pip --version > pip.txt\n"
-        "mkdir -p ~/.jupyter && echo '{}' > ~/.jupyter/jupyter_server_config.json\n"
-        "echo built > ~/marker.txt\n"
-        "npm install --global --no-audit --no-fund semver@7.6.3\n"
-        'echo "$REPO_DIR" > repo_dir.txt\n'
-    )
-    prepared, _ = site.prepare(site.repo({"postBuild": post_build}, executable=("postBuild",)))
-    env = prepared.env
-    assert version(prepared, "termcolor") == "2.4.0"
-    assert has(prepared, "pip")
-    assert env.snapshot is not None and (env.snapshot / "pip.txt").read_text().startswith("pip ")
-    assert (env.snapshot / "repo_dir.txt").read_text().strip() == str(env.path / "repo")
-    assert env.home is not None
-    assert (env.home / "marker.txt").read_text() == "built\n"
-    assert (env.home / ".jupyter/jupyter_server_config.json").is_file()
-    assert not (env.home / ".npm").exists()  # npm's download cache stays with the build
-    assert (env.prefix / "bin/semver").exists()
-    assert not env.apt
-
-
-def test_apt_txt_packages_are_unpacked_with_their_libraries(site: Site) -> None:
-    prepared, events = site.prepare(site.repo({"apt.txt": "# fonts for banners\nfiglet\ntoilet\n"}))
-    env = prepared.env
-    assert env.apt
-    log = [message for _, message in events]
-    assert "Note: the installation scripts of these packages were not run: figlet toilet" in log
-    apt = env.prefix / "apt"
-    # figlet's own postinst would have made this alternative: the higher priority wins.
-    assert os.readlink(apt / "usr/bin/figlet") == str(apt / "usr/bin/figlet-figlet")
-    # toilet needs libcaca0, which this host lacks: it came too, and is found.
-    assert not Path("/usr/lib/x86_64-linux-gnu/libcaca.so.0").exists()
-    paths = search_paths(env.prefix, Path("/nonexistent"), None, apt=True)
-    shown = python_as_nobody(
-        env.prefix / "bin/python",
-        "import subprocess, sys\n"
-        f"env = {paths!r}\n"
-        "run = lambda *a: subprocess.run(a, env=env, capture_output=True, text=True, check=True)\n"
-        f"print(run('figlet', '-d', {str(apt / 'usr/share/figlet')!r}, 'hi').stdout)\n"
-        "print(run('toilet', '--version').stdout.splitlines()[0])",
-    )
-    assert "|_| |_|_|" in shown and "TOIlet" in shown
-    assert (apt / "usr/share/man/man6/figlet-figlet.6.gz").is_file()
 
 
 def test_an_apt_package_that_does_not_exist_fails_the_build_naming_it(site: Site) -> None:
