@@ -38,8 +38,8 @@ from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
     Session,
+    lazyload,
     mapped_column,
-    noload,
     relationship,
     sessionmaker,
 )
@@ -169,6 +169,20 @@ def ledger_url(config: Config) -> str:
     return config.usage.database_url or f"sqlite:///{config.hub.data_dir / 'usage.sqlite'}"
 
 
+def _costed() -> tuple[Any, ...]:
+    """The columns a cost needs, with ``end``: the stop, or the last metering of a session
+    still running."""
+    return (
+        SessionRow.id,
+        SessionRow.user,
+        SessionRow.machine,
+        SessionRow.rate,
+        SessionRow.cores,
+        SessionRow.started,
+        func.coalesce(SessionRow.stopped, SessionRow.metered).label("end"),
+    )
+
+
 class Ledger:
     """The sessions in one database."""
 
@@ -269,15 +283,7 @@ class Ledger:
         session and group it counts against (``group`` None: in none), with what costs
         need: one query for a whole meter pass."""
         columns = select(
-            SessionRow.id,
-            SessionRow.user,
-            SessionRow.machine,
-            SessionRow.rate,
-            SessionRow.cores,
-            SessionRow.started,
-            func.coalesce(SessionRow.stopped, SessionRow.metered).label("end"),
-            SessionRow.over_budget_since,
-            GroupRow.name.label("group"),
+            *_costed(), SessionRow.over_budget_since, GroupRow.name.label("group")
         ).outerjoin(GroupRow)
         # Each condition on its own so the database can use the index on ``stopped``
         # (``_within``'s "not stopped or stopped since" cannot).
@@ -308,7 +314,7 @@ class Ledger:
         ``groups`` (either given narrows to them; neither: everyone's)."""
         query = _within(select(SessionRow), since, until, users, groups)
         # Without their groups: a report needs none, and spent() asks for the few it needs.
-        query = query.options(noload(SessionRow.groups))
+        query = query.options(lazyload(SessionRow.groups))
         with self._sessions() as db:
             return list(db.scalars(query.order_by(SessionRow.started, SessionRow.id)))
 
@@ -321,16 +327,7 @@ class Ledger:
     ) -> list[Row[Any]]:
         """What :meth:`sessions` gives, as plain rows of what costs and reports need (with
         ``end``): many times faster than whole objects over a year of sessions."""
-        columns = select(
-            SessionRow.id,
-            SessionRow.user,
-            SessionRow.machine,
-            SessionRow.rate,
-            SessionRow.cores,
-            SessionRow.started,
-            func.coalesce(SessionRow.stopped, SessionRow.metered).label("end"),
-            SessionRow.cpu_seconds,
-        )
+        columns = select(*_costed(), SessionRow.cpu_seconds)
         with self._sessions() as db:
             return list(db.execute(_within(columns, since, until, users, groups)))
 
