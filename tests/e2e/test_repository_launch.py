@@ -252,7 +252,7 @@ def test_a_repositorys_packages_home_and_paths_reach_kernels_and_terminals(
     assert lines[2].startswith("TOIlet")
     shown = carol.run_in_terminal(
         "command -v python pip figlet semver; toilet --version | head -n 1; "
-        'echo "man=$MANPATH"; ls ~/.jupyter',
+        'echo "man=$MANPATH"; ls -1 ~/.jupyter',
         "tools",
     )
     found = [line.strip() for line in shown.splitlines()]
