@@ -67,7 +67,7 @@ class Item:
     size: int
     info: dict[str, Any]  # the source's, from its listing (a store's holds its digest)
     reason: str = "missing"
-    md5: str | None = None  # the file's, when an upload computed it already
+    md5: str | None = None  # the file's, in the store's form, when the upload computed it
 
 
 def listing(side: Side, recursive: bool) -> dict[str, dict[str, Any]]:
@@ -170,7 +170,19 @@ def upload(dst: Side, item: Item, parts: int, progress: Callable[[int], Any]) ->
         item.md5 = digest.of_file(item.src)
         md5 = bytearray(bytes.fromhex(item.md5))
         options |= {"content_settings": {"content_md5": md5}, "validate_content": True}
-    dst.fs.put_file(item.src, item.dst, callback=Progress(progress), **options)
+    hashing = None
+    if "s3" in getattr(dst.fs, "fs", dst.fs).protocol and digest.s3fs_parts(item.size):
+        # A multipart upload's ETag is checked against the file's part MD5s, computed
+        # while the parts are sent rather than after.
+        hashing = ThreadPoolExecutor(1)
+        part_md5 = hashing.submit(digest.of_file, item.src, digest.s3fs_parts(item.size))
+    try:
+        dst.fs.put_file(item.src, item.dst, callback=Progress(progress), **options)
+    finally:
+        if hashing is not None:
+            hashing.shutdown()
+    if hashing is not None:
+        item.md5 = part_md5.result()
 
 
 def download(src: Side, item: Item, parts: int, progress: Callable[[int], Any]) -> None:
@@ -208,7 +220,9 @@ def verify_uploads(dst: Side, items: list[Item]) -> None:
         info = after.get(item.dst)
         stored = digest.of(info) if info else None
         if stored and item.md5 and stored.md5 == item.md5 and info["size"] == item.size:
-            continue  # the service checked each block against the file's MD5
+            # The store's digest of what it received (an ETag; an Azure blob's Content-MD5,
+            # which the service checked every block against) is the file's.
+            continue
         if info is None or not verified(item.src, info, dst, item.dst):
             if info is not None:
                 dst.fs.rm_file(item.dst)

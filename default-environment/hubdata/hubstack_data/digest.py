@@ -46,11 +46,21 @@ def of(info: Mapping[str, Any]) -> StoreDigest | None:
     if not parts.isdigit():
         return None
     size = int(info.get("size") or 0)
-    s3fs_part = max(S3FS_PART, math.ceil(size / S3_MAX_PARTS))
-    for part in (s3fs_part, BOTO_PART):
+    for part in (s3fs_part(size), BOTO_PART):
         if math.ceil(size / part) == int(parts):
             return StoreDigest(whole, part)
     return None
+
+
+def s3fs_part(size: int) -> int:
+    """The part size s3fs's ``put_file`` uploads a file of ``size`` bytes in."""
+    return max(S3FS_PART, math.ceil(size / S3_MAX_PARTS))
+
+
+def s3fs_parts(size: int) -> int | None:
+    """The part size of s3fs's upload of ``size`` bytes; None when sent in one request."""
+    part = s3fs_part(size)
+    return None if size < min(5 * 2**30, 2 * part) else part
 
 
 def of_file(path: str, part_size: int | None = None) -> str:
