@@ -79,6 +79,15 @@ class Site:
         envs = self.root / "binder/envs"
         return {p.name for p in envs.iterdir()} if envs.is_dir() else set()
 
+    def remove(self) -> None:
+        """Unmount what builds left mounted, delete the build accounts and the files."""
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            if line.split()[1].startswith(str(self.root)):
+                volumes.unmount(Path(line.split()[1]))
+        for account in (self.account, fetch_account_name(self.account)):
+            subprocess.run(["userdel", account], check=False, capture_output=True)
+        subprocess.run(["rm", "-rf", str(self.root)], check=False)
+
     def refused(self, name: str, **limits: Any) -> str:
         """The message of a launch that fails; it must leave nothing behind: no entry in
         the cache, no scratch image, no mount."""
@@ -100,12 +109,7 @@ def site() -> Iterator[Site]:
         try:
             yield made
         finally:
-            for line in Path("/proc/self/mounts").read_text().splitlines():
-                if line.split()[1].startswith(str(root)):
-                    volumes.unmount(Path(line.split()[1]))
-            for account in (made.account, fetch_account_name(made.account)):
-                subprocess.run(["userdel", account], check=False, capture_output=True)
-            subprocess.run(["rm", "-rf", str(root)], check=False)
+            made.remove()
 
 
 def python(prepared: Prepared, code: str) -> str:

@@ -13,7 +13,6 @@ two packages that cannot be installed together, and one larger than the size lim
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from condachannel import PYENV, Package, basic_packages, noarch_python, serve, w
 from gitserver import GitDaemon
 from hubtest import free_port_block, new_test_root
 
-from hubstack.envs.builder import fetch_account_name
-from hubstack.system import volumes
 from system.test_builds import Site, python, version
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds run as their own account")
@@ -56,12 +53,7 @@ def site() -> Iterator[Site]:
         try:
             yield made
         finally:
-            for line in Path("/proc/self/mounts").read_text().splitlines():
-                if line.split()[1].startswith(str(root)):
-                    volumes.unmount(Path(line.split()[1]))
-            for account in (made.account, fetch_account_name(made.account)):
-                subprocess.run(["userdel", account], check=False, capture_output=True)
-            subprocess.run(["rm", "-rf", str(root)], check=False)
+            made.remove()
 
 
 def test_a_channel_outside_the_allow_list_is_refused(site: Site) -> None:
