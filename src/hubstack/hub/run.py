@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import NoReturn
 
 from hubstack.config import Config
@@ -34,6 +35,11 @@ def run(config: Config, stop_servers: bool = False) -> NoReturn:
     """Run the hub until it is stopped; ``stop_servers``: stop users' servers with it."""
     from hubstack.hub.app import HubstackHub
 
+    # Started in the background of a script (`nohup hubstack up &`), a process inherits
+    # SIGINT ignored, and so would its services, which JupyterHub stops with SIGINT first:
+    # each stop would wait out JupyterHub's timeouts. A handler is not inherited; SIG_DFL is.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     announce_admins(config)
     sync_groups(db_url(config), config)
     create_tables(db_url(config))
