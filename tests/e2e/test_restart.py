@@ -5,6 +5,8 @@ service; ``hubstack up --stop-servers`` stops them with the hub."""
 from __future__ import annotations
 
 import pwd
+import signal
+from pathlib import Path
 
 import pytest
 from conftest import needs_default_env, needs_root
@@ -82,3 +84,28 @@ def test_up_with_stop_servers_stops_them_with_the_hub(hub: Hub, alice: Session) 
         hub.up_args = ()
     hub.start()
     assert alice.model("") is None
+
+
+def sigint_ignored(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (bit 1 of SigIgn in /proc's status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & 1 << (signal.SIGINT - 1))
+    raise AssertionError(f"no SigIgn for {pid}")
+
+
+def test_a_hub_started_with_sigint_ignored_gives_its_services_sigint_back(hub: Hub) -> None:
+    """As from a script's background (`nohup hubstack up &`): JupyterHub stops services with
+    SIGINT first, so services that ignored it would each hold the hub's stop."""
+    terminate_hub(hub)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        hub.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    services = wait_for(lambda: one_of_each(hub), 60, "one proxy and one of each service")
+    assert hub.proc is not None and not sigint_ignored(hub.proc.pid)
+    assert not any(sigint_ignored(pid) for name, pid in services.items() if name != "proxy")
+    terminate_hub(hub)
+    assert "binder service stopped" in hub.log()
+    hub.start()
