@@ -281,12 +281,9 @@ class Slurm:
         _check_job_id(job_id)
         argv = [str(self.bin_dir / "sacct"), f"--jobs={job_id}", "--allocations", "--noheader"]
         argv += ["--parsable2", f"--format={_SACCT_FIELDS}"]
-        try:
-            out = await self._run(argv, env=_base_env(query=True))
-        except SlurmError as exc:
-            if _says(exc.stderr, _ACCOUNTING_OFF):
-                return None
-            raise
+        out = await self._accounting(argv)
+        if out is None:
+            return None
         return parse_sacct(out, job_id)
 
     async def accounted(
@@ -309,12 +306,9 @@ class Slurm:
         for option, moment in (("--starttime", since), ("--endtime", until)):
             if moment is not None:
                 argv.append(f"{option}={moment.astimezone():%Y-%m-%dT%H:%M:%S}")
-        try:
-            out = await self._run(argv, env=_base_env(query=True))
-        except SlurmError as exc:
-            if _says(exc.stderr, _ACCOUNTING_OFF):
-                return None
-            raise
+        out = await self._accounting(argv)
+        if out is None:
+            return None
         return parse_accounted(out)
 
     async def used(self, job_id: str) -> tuple[float | None, int | None]:
@@ -324,12 +318,9 @@ class Slurm:
         _check_job_id(job_id)
         argv = [str(self.bin_dir / "sacct"), f"--jobs={job_id}", "--noheader", "--parsable2"]
         argv += [f"--delimiter={_SEP}", "--format=JobID,TotalCPU,MaxRSS"]
-        try:
-            out = await self._run(argv, env=_base_env(query=True))
-        except SlurmError as exc:
-            if _says(exc.stderr, _ACCOUNTING_OFF):
-                return None, None
-            raise
+        out = await self._accounting(argv)
+        if out is None:
+            return None, None
         return parse_used(out, job_id)
 
     async def cancel(self, job_id: str) -> None:
@@ -376,15 +367,20 @@ class Slurm:
             return list(cached[1])
         argv = [str(self.bin_dir / "sacctmgr"), "--noheader", "--parsable2", "show", "assoc"]
         argv += ["where", f"user={user}", "format=account"]
-        try:
-            out = await self._run(argv, env=_base_env(query=True))
-        except SlurmError as exc:
-            if not _says(exc.stderr, _ACCOUNTING_OFF):
-                raise
-            out = ""
+        out = await self._accounting(argv) or ""
         accounts = list(dict.fromkeys(a for a in out.split() if a))
         self._accounts[user] = (now + self.cache_ttl, accounts)
         return list(accounts)
+
+    async def _accounting(self, argv: list[str]) -> str | None:
+        """The output of an accounting query (sacct, sacctmgr); None when the cluster keeps
+        no accounting, which callers take as "not known" rather than as an error."""
+        try:
+            return await self._run(argv, env=_base_env(query=True))
+        except SlurmError as exc:
+            if _says(exc.stderr, _ACCOUNTING_OFF):
+                return None
+            raise
 
     async def _run(
         self, argv: list[str], *, env: dict[str, str], stdin: str | None = None, label: str = ""
