@@ -72,6 +72,17 @@ if [ -z "$uv" ] || ! "$uv" --version | grep -q "$uv_version"; then
 fi
 export UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
 
+# 2b. rattler for conda builds, beside uv: the build account runs it, so it lives in this
+# world-readable prefix, not in the hub's checkout; the version is the one pyproject.toml pins.
+rattler_version=$(sed -n 's/.*"py-rattler==\([^"]*\)".*/\1/p' "$here/pyproject.toml")
+if ! "$prefix/tools/bin/python" -c "import importlib.metadata as m, sys
+sys.exit(m.version('py-rattler') != '$rattler_version')" 2>/dev/null; then
+  need_root "installing py-rattler into $prefix/tools"
+  step "py-rattler $rattler_version (conda builds)"
+  [ -x "$prefix/tools/bin/pip" ] || /usr/bin/python3 -m venv "$prefix/tools"
+  "$prefix/tools/bin/pip" install -q --disable-pip-version-check "py-rattler==$rattler_version"
+fi
+
 # 3. configurable-http-proxy from npm
 chp="$prefix/node/node_modules/.bin/configurable-http-proxy"
 if [ ! -x "$chp" ] || ! "$chp" --version 2>/dev/null | grep -q "$chp_version"; then

@@ -45,6 +45,7 @@ from typing import IO
 
 from hubstack.config.models import BinderSettings
 from hubstack.envs.cache import META, EnvCache, tree_size
+from hubstack.envs.conda import INSTALLER as CONDA_INSTALLER
 from hubstack.envs.conda import create_steps as conda_steps
 from hubstack.envs.conda import installer_input
 from hubstack.envs.git import export
@@ -333,6 +334,7 @@ class Builder:
                 job.spec.conda, self.binder.conda, target / ENV, target / SCRATCH / "rattler"
             )
             (scratch / CONDA_INPUT).write_text(instructions)
+            shutil.copyfile(CONDA_INSTALLER, scratch / CONDA_INSTALLER.name)
         for name in (name for _, name in PRIVATE_TMP):
             (scratch / name).mkdir(mode=0o700)
         (work / HOME).mkdir(mode=0o700)

@@ -125,12 +125,21 @@ def installer_input(conda: CondaPlan, settings: CondaSettings, prefix: Path, cac
     )
 
 
+def installer_python() -> str:
+    """The Python that runs the installer as the build account: the world-readable tools
+    environment scripts/setup.sh gives rattler (the hub's own may be in a checkout no other
+    account can read), else the hub's own (a development setup)."""
+    tools = Path("/opt/hubstack/tools/bin/python")
+    return str(tools) if tools.exists() else sys.executable
+
+
 def create_steps(conda: CondaPlan, instructions: Path) -> list[str]:
-    """Build script lines that create the environment from conda packages. The hub's own
-    Python runs the installer (it has rattler), isolated from the build's environment."""
+    """Build script lines that create the environment from conda packages; the installer
+    is copied beside ``instructions`` (see :data:`INSTALLER`) and runs isolated (-I)."""
     q = shlex.quote
     shown = f"Solving {len(conda.specs)} conda packages from {', '.join(conda.channels)}"
+    installer = instructions.parent / INSTALLER.name
     return [
         f"echo {q(shown)}",
-        f"{q(sys.executable)} -I {q(str(INSTALLER))} {q(str(instructions))}",
+        f"{q(installer_python())} -I {q(str(installer))} {q(str(instructions))}",
     ]
