@@ -9,6 +9,7 @@ told a cloud node's address (``scontrol update nodeaddr=``) before it can talk t
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,7 @@ from hubstack.config.cluster import ClusterSettings, NodeGroup
 from hubstack.system import netns, run, tool
 
 NAMESPACE_PREFIX = "hsn-"
+_FRESH_CLOCK_MARGIN_S = 2.0
 Announce = Callable[[str], None]
 
 
@@ -57,6 +59,10 @@ class LocalProvider:
         # A machine's image has its slurmd's spool directory; this one shares the host's
         # disk, so each node's is made here (slurmd does not, and does not register without).
         _slurmd_spool(self.cluster.slurm_conf, node).mkdir(mode=0o755, parents=True, exist_ok=True)
+        # slurmctld takes a powering-up node as booted only if its boot (now - uptime, the
+        # uptime rounded up to whole seconds) is not before the power-up request: a clock
+        # started less than that after the request would read as older, and be ignored.
+        time.sleep(_FRESH_CLOCK_MARGIN_S)
         run([*netns.enter(name), tool("slurmd"), "-N", node, "-f", str(self.cluster.slurm_conf)])
         return address
 
