@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from html import unescape
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -365,8 +366,9 @@ def test_the_users_hub_groups_decide() -> None:
     assert access_of(hub_user("root", [], admin=True)) == ADMIN
 
 
-def test_a_refusal_is_http_400_with_the_reason() -> None:
-    config_json = local_config().model_dump_json()
+def test_a_refusal_is_http_400_with_the_reason(tmp_path: Path) -> None:
+    # A start also checks budgets, in the usage ledger under the hub's data directory.
+    config_json = local_config(hub={"data_dir": str(tmp_path)}).model_dump_json()
     with pytest.raises(web.HTTPError) as refused:
         asyncio.run(checked_request(config_json, hub_user("ben", ["lab-b"]), {"machine": "gpu"}))
     assert refused.value.status_code == 400
