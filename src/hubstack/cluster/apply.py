@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hubstack.cluster.nodes import SlurmNode
-from hubstack.cluster.records import NodeRecord, Records
+from hubstack.cluster.records import NodeRecord, Records, replace_file
 from hubstack.cluster.slurmconf import INCLUDE_NAME, Programs, render
 
 PROGRAMS = ("resume", "suspend", "resume-fail")
@@ -25,11 +24,7 @@ def _write(path: Path, text: str, mode: int) -> bool:
             return False
     except FileNotFoundError:
         pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    replace_file(path, text, mode)
     return True
 
 

@@ -95,14 +95,21 @@ class RecordStore:
 
     def _write(self, records: Records) -> None:
         data = {"nodes": {k: asdict(v) for k, v in records.nodes.items()}, "boots": records.boots}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".nodes.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(self.path, json.dumps(data, indent=1, sort_keys=True), 0o600)
+
+
+def replace_file(path: Path, text: str, mode: int) -> None:
+    """Write ``path`` as a new file renamed into place: readers see the old or the new whole,
+    and a failed write leaves no partial file behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def store_for(config: Config) -> RecordStore:
