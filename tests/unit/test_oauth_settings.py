@@ -159,3 +159,18 @@ def test_check_warns_about_the_default_admin_name_with_a_provider(secret: Path) 
     assert any(w.startswith("hub.admin_users names 'admin'") for w in unsafe_settings(config))
     config.hub.admin_users = ["ada@example.org"]
     assert not any("admin_users" in w for w in unsafe_settings(config))
+
+
+@pytest.mark.parametrize("auth_type", ["github", "oidc", "ldap"])
+def test_a_secret_written_in_the_config_is_refused_without_repeating_it(auth_type: str) -> None:
+    key = "search_bind_password" if auth_type == "ldap" else "client_secret"
+    section = {"client_id": "hub", **URLS} if auth_type == "oidc" else {}
+    if auth_type == "ldap":
+        section = {"server": "ldap://127.0.0.1", "bind_dn_template": ["uid={username},dc=x"]}
+    section[key] = "inline-Secret-4242"
+    with pytest.raises(ConfigError) as error:
+        validate({"auth": {"type": auth_type, auth_type: section}})
+    text = str(error.value)
+    assert f"auth.{auth_type}.{key}: a secret is not written in the config" in text
+    assert "{file:" in text
+    assert "inline-Secret-4242" not in text

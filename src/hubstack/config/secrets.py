@@ -20,6 +20,20 @@ class SecretSource(Strict):
     file: Path | None = None
     env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, data: object) -> object:
+        # A secret written into the config itself would be shown back by the error
+        # message and copied wherever the config goes: refuse it without repeating it.
+        if isinstance(data, str | int | float):
+            raise problem(
+                (),
+                "a secret is not written in the config: put it in a file readable by root "
+                "and give {file: /path/to/it}, or give {env: VARIABLE}",
+                "not shown",
+            )
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if (self.file is None) == (self.env is None):
