@@ -90,6 +90,14 @@ def test_champion_manages_the_group_and_nothing_else(
     assert chris.api("DELETE", "/groups/lab/users", json={"users": ["ch-olga"]}).ok
     assert chris.api("GET", "/users/ch-olga").status_code == OUT_OF_REACH
 
+    # An admin added to the group would hand the champion the admin's servers.
+    resp = chris.api("POST", "/groups/lab/users", json={"users": ["ch-olga", "admin"]})
+    assert resp.status_code == 403 and "admin is a hub admin" in resp.json()["message"]
+    lab = admin.api("GET", "/groups/lab").json()["users"]
+    assert "admin" not in lab and "ch-olga" not in lab, "a refused request adds no one"
+    assert admin.api("POST", "/groups/lab/users", json={"users": ["admin"]}).ok, "admins may"
+    assert admin.api("DELETE", "/groups/lab/users", json={"users": ["admin"]}).ok
+
 
 def test_champion_sees_the_admin_page_members_do_not(
     hub: Hub, chris: Session, mia: Session

@@ -14,13 +14,15 @@ from hubstack.backends.base import Backend
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config.groups import CHAMPIONS_SUFFIX
 from hubstack.hub import metrics
+from hubstack.hub.groups import replace_group_members_handler
 from hubstack.hub.monitor import Monitor
 from hubstack.hub.spawner import backend_for, config_from_json
 
 
 class HubstackHub(JupyterHub):
     """JupyterHub, plus the monitor task and the running-servers metric once it has started
-    (JupyterHub has no hook for tasks of its own on its event loop)."""
+    (JupyterHub has no hook for tasks of its own on its event loop), and the guarded
+    group-members handler."""
 
     _monitor: asyncio.Task[None] | None = None
 
@@ -32,6 +34,10 @@ class HubstackHub(JupyterHub):
         metrics.register_running_servers(self._running_servers)
         silent = functools.partial(_scheduler_silent, backend)
         self._monitor = asyncio.ensure_future(Monitor(config, silent).run())
+
+    def init_handlers(self) -> None:
+        super().init_handlers()
+        self.handlers = replace_group_members_handler(self.handlers)
 
     async def cleanup(self) -> None:
         if self._monitor is not None:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from jupyterhub import orm
+from jupyterhub.apihandlers.groups import GroupUsersAPIHandler
+from tornado import web
 from traitlets.config import Config as TraitletsConfig
 
 from hubstack.config import Config
@@ -52,6 +54,41 @@ def champion_scopes(group: str, settings: GroupSettings) -> list[str]:
     if settings.hub_managed:
         scopes.append(f"groups{only}")
     return scopes
+
+
+class GroupMembersHandler(GroupUsersAPIHandler):
+    """JupyterHub's handler for adding members, refusing a champion who adds a hub admin.
+
+    A champion's ``servers!group=G`` reaches whoever is in G, so adding someone hands the
+    champion their servers (stop, start, delete a named server with its volume). JupyterHub
+    lets anyone with ``groups!group=G`` add any user; for an admin that would be a way to
+    act on the hub's admins, so only those who may change every group (admins, the
+    ``hubstack group`` command) may add one."""
+
+    def post(self, group_name: str) -> None:
+        if "admin:groups" not in self.expanded_scopes:
+            names = (self.get_json_body() or {}).get("users") or []
+            admins = sorted(
+                str(name)
+                for name in names
+                if isinstance(name, str) and (user := self.find_user(name)) and user.admin
+            )
+            if admins:
+                raise web.HTTPError(
+                    403,
+                    f"{', '.join(admins)} is a hub admin; only an admin can add an admin to "
+                    f"the group {group_name}.",
+                )
+        super().post(group_name)
+
+
+def replace_group_members_handler(handlers: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """JupyterHub's handlers with its group-members handler swapped for ours (JupyterHub
+    registers its own before any extra handler, so adding one would not take its place)."""
+    return [
+        (route, GroupMembersHandler if handler is GroupUsersAPIHandler else handler, *rest)
+        for route, handler, *rest in handlers
+    ]
 
 
 def champion_roles(config: Config) -> list[dict[str, Any]]:
