@@ -359,12 +359,57 @@ class Machine(Strict):
     )
 
 
+# The files an environment's ``spec`` may hold: a repository's, as builds read them.
+SPEC_FILES = ("requirements.txt", "environment.yml", "apt.txt", "postBuild", "runtime.txt")
+# Short names the spec also takes for them.
+SPEC_ALIASES = {"requirements": "requirements.txt"}
+
+
+class DeclaredRepository(Strict):
+    """An environment built from a git repository at a ref, as a Binder launch would be."""
+
+    url: str = Field(pattern=r"^(https?|git)://[^\s]+$")
+    ref: str = Field("HEAD", pattern=r"^[A-Za-z0-9._/@^~-]{1,200}$")
+
+
+def _spec_files(value: dict[str, str]) -> dict[str, str]:
+    """File names as builds read them; the short ones spelt out."""
+    files: dict[str, str] = {}
+    for name, text in value.items():
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ValueError(
+                f"{name!r} is a path; a spec holds only files of the environment's own "
+                f"folder: {', '.join(SPEC_FILES)}"
+            )
+        full = SPEC_ALIASES.get(name, name)
+        if full not in SPEC_FILES:
+            raise ValueError(f"{name!r} is not a file a spec may hold; use {', '.join(SPEC_FILES)}")
+        if full in files:
+            raise ValueError(f"{full!r} is given twice")
+        files[full] = text if text.endswith("\n") or not text else f"{text}\n"
+    if not files:
+        raise ValueError(f"a spec needs at least one file: {', '.join(SPEC_FILES)}")
+    return files
+
+
+SpecFiles = Annotated[dict[str, str], AfterValidator(_spec_files)]
+
+
 class Environment(Strict):
     id: str = Field(pattern=SLUG)
     display: str
     description: str = ""
-    prefix: AbsolutePath = Field(
-        description="a Python environment whose bin/ has jupyterhub-singleuser"
+    prefix: AbsolutePath | None = Field(
+        None,
+        description="a Python environment whose bin/ has jupyterhub-singleuser, built by "
+        "hand; or declare one with repository or spec",
+    )
+    repository: DeclaredRepository | None = Field(
+        None, description="build the environment from this git repository at hub start"
+    )
+    spec: SpecFiles | None = Field(
+        None,
+        description="build the environment from these files at hub start: " + ", ".join(SPEC_FILES),
     )
     default_url: str = Field(
         "/lab", pattern=URL_PATH, description="where the interface lab opens, e.g. /lab/tree/x"
@@ -386,6 +431,23 @@ class Environment(Strict):
             if value.count(interface) > 1:
                 raise ValueError(f"{interface!r} is listed twice; list each interface once")
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [name for name in ("prefix", "repository", "spec") if getattr(self, name)]
+        if len(given) != 1:
+            raise problem(
+                (given[-1] if given else "prefix",),
+                "an environment needs exactly one of prefix (built by hand), repository or "
+                f"spec (built by the hub); {' and '.join(given) if given else 'none'} given",
+                None,
+            )
+        return self
+
+    @property
+    def declared(self) -> bool:
+        """Whether the hub builds this environment (from a repository or a spec)."""
+        return self.prefix is None
 
 
 def default_binder_root() -> Path:
@@ -445,6 +507,29 @@ class CondaSettings(Strict):
     )
 
 
+class PackageCacheSettings(Strict):
+    """The wheels the hub keeps from finished builds, which later builds read (not write)."""
+
+    enabled: bool = Field(
+        True, description="keep verified wheels of finished builds for later builds"
+    )
+    size: Size = Field(
+        "10G", description="the most the package cache holds; the least recently used go first"
+    )  # type: ignore[assignment]
+
+
+class RSettings(Strict):
+    """R environments (runtime.txt r-..., install.R, DESCRIPTION), from conda packages."""
+
+    repos: str | None = Field(
+        None,
+        pattern=HTTP_URL,
+        description="the CRAN-like repository install.R, DESCRIPTION and users install R "
+        "packages from; null: Posit Package Manager's CRAN snapshot of runtime.txt's date, "
+        "else https://cloud.r-project.org",
+    )
+
+
 class BinderSettings(Strict):
     """Environments built from a git repository (Binder-style launches)."""
 
@@ -462,6 +547,8 @@ class BinderSettings(Strict):
     build_account: str = Field("hubstack-build", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     limits: BuildLimits = Field(default_factory=BuildLimits)
     conda: CondaSettings = Field(default_factory=CondaSettings)
+    r: RSettings = Field(default_factory=RSettings)
+    package_cache: PackageCacheSettings = Field(default_factory=PackageCacheSettings)
     python_sources: list[Literal["conda", "uv"]] = Field(
         default_factory=lambda: ["conda"],
         description="where builds get a Python version that binder.pythons lacks, in order: "

@@ -38,19 +38,22 @@ import shlex
 import shutil
 import signal
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from hubstack.config.models import BinderSettings
-from hubstack.envs.cache import META, EnvCache, tree_size
+from hubstack.envs.cache import META, BuiltEnv, EnvCache, tree_size
 from hubstack.envs.conda import INSTALLER as CONDA_INSTALLER
 from hubstack.envs.conda import create_steps as conda_steps
 from hubstack.envs.conda import installer_input
 from hubstack.envs.git import export
 from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
+from hubstack.envs.packages import Harvest, PackageCache, index_urls
 from hubstack.envs.python_sources import uv_steps as uv_python_steps
+from hubstack.envs.r_env import kernel_steps as r_kernel_steps
+from hubstack.envs.r_env import setup_steps as r_setup_steps
 from hubstack.envs.server_packages import install_steps as server_steps
 from hubstack.envs.server_packages import same_major
 from hubstack.envs.spec import EnvSpec
@@ -111,8 +114,9 @@ class BuildJob:
     key: str
     spec: EnvSpec
     python: Path
-    mirror: Path
+    mirror: Path | None  # None: a declared spec's ``files`` are the repository
     commit: str
+    files: Mapping[str, str] | None = None
 
 
 def uv_binary() -> str:
@@ -123,21 +127,28 @@ def uv_binary() -> str:
     return shutil.which("uv") or "uv"
 
 
-def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
+def build_script(
+    spec: EnvSpec, target: Path, python: Path, uv: str, wheels: Path | None = None
+) -> str:
     """The shell script of one build; every value in it is quoted.
 
     The base packages go in first, then the repository's own (which may override them),
     as repo2docker does; requirement files are installed from their own folder so their
-    relative references (``-r other.txt``, ``-e .``) mean what their authors meant.
+    relative references (``-r other.txt``, ``-e .``) mean what their authors meant. uv
+    takes the wheels it finds in the hub's read-only package cache ``wheels`` (see
+    :mod:`hubstack.envs.packages`) instead of downloading them again.
     """
     q = shlex.quote
     env, repo, scratch = target / ENV, target / "repo", target / SCRATCH
     pip = f"{q(uv)} pip install --python {q(str(env / 'bin/python'))}"
+    if wheels is not None:
+        pip += f" --find-links {q(str(wheels))}"
     lines = [
         "set -eu",
         f"cd {q(str(repo))}",
         *_create_steps(spec, env, scratch, python, uv),
         *apt_steps(spec.apt_packages, env / APT, scratch / "apt", back=repo),
+        *(r_setup_steps(spec.r, env) if spec.r else []),
         "echo 'Installing the Jupyter server and kernel'",
         *server_steps(
             pip,
@@ -145,6 +156,7 @@ def build_script(spec: EnvSpec, target: Path, python: Path, uv: str) -> str:
             str(scratch / "base-requirements.txt"),
             str(scratch / "base-requirements-same-major.txt"),
         ),
+        *(r_kernel_steps(env) if spec.r else []),
     ]
     for path in spec.requirement_files:
         folder, name = os.path.split(path)
@@ -261,6 +273,8 @@ class Builder:
         self.root = os.geteuid() == 0
         self.enforcer = enforcer if self.root else cgroups.NoLimits()
         self.uv = uv_binary()
+        settings = binder.package_cache
+        self.packages = PackageCache(cache.root, settings.size) if settings.enabled else None
 
     def account(self) -> Account | None:
         """The build account (created on first use); None in dev mode."""
@@ -282,12 +296,17 @@ class Builder:
         target = self.cache.path(job.key)
         work = self._work(job.key)
         account = await asyncio.to_thread(self.account)
+        if account is not None:
+            # Builds run one at a time: a process of the build account now is one a hub
+            # killed during a build left running, still writing where this build will.
+            await asyncio.to_thread(kill_processes_of, account.uid)
         await asyncio.to_thread(self._clear, job.key)
         try:
             with self.cache.log(job.key).open("w") as log_file:
                 write = CappedLog(log_file, log).write
                 await asyncio.to_thread(self._mount, account, job.key)
-                await export(job.mirror, job.commit, work / "repo", user=account)
+                if job.mirror is not None:
+                    await export(job.mirror, job.commit, work / "repo", user=account)
                 await asyncio.to_thread(self._inputs, job, account, work)
                 await self._run(job, account, work, write)
                 dropped = await asyncio.to_thread(self._finish, job, work, target)
@@ -323,6 +342,8 @@ class Builder:
         temporary folders."""
         scratch = work / SCRATCH
         scratch.mkdir()
+        if job.files is not None:
+            write_files(work / "repo", job.files)
         shutil.copyfile(BASE_REQUIREMENTS, scratch / "base-requirements.txt")
         relaxed = same_major(BASE_REQUIREMENTS.read_text())
         (scratch / "base-requirements-same-major.txt").write_text(relaxed)
@@ -340,7 +361,8 @@ class Builder:
         (work / HOME).mkdir(mode=0o700)
         if account is not None:
             owner = f"{account.uid}:{account.gid}"
-            run(["chown", "-R", "-h", owner, str(scratch), str(work / HOME)])
+            ours = [scratch, work / HOME, *([work / "repo"] if job.files is not None else [])]
+            run(["chown", "-R", "-h", owner, *map(str, ours)])
 
     def _environ(self, target: Path) -> dict[str, str]:
         """The build's whole environment: the hub's index and proxy settings, nothing else of
@@ -391,7 +413,11 @@ class Builder:
     ) -> None:
         """Run the build script in its cgroup; stream its output; enforce the time limit."""
         target = self.cache.path(job.key)
-        script = build_script(job.spec, target, job.python, self.uv)
+        wheels = None
+        if self.packages is not None:
+            await asyncio.to_thread(self.packages.create)
+            wheels = self.packages.wheels
+        script = build_script(job.spec, target, job.python, self.uv, wheels)
         unit = f"hubstack-build-{job.key[:16]}"
         limits = cgroups.Limits(
             cpu=self.limits.cpu, memory=self.limits.memory, pids=self.limits.processes
@@ -435,6 +461,13 @@ class Builder:
                 await proc.wait()
         if timed_out or proc.returncode != 0:
             raise BuildFailed(self._why(None if timed_out else proc.returncode, oom, tail))
+
+    def keep_packages(self, env: BuiltEnv) -> Harvest | None:
+        """Add the wheels of a finished build to the package cache (root's copy of the
+        environment names them; the index's hashes vouch for them); None when it is off."""
+        if self.packages is None:
+            return None
+        return self.packages.harvest(env.prefix, index_urls(dict(os.environ)))
 
     def _end_processes(self, group: cgroups.Cgroup, account: Account | None) -> None:
         """Nothing a build started may outlive it (a daemon left by postBuild, a fork bomb):
@@ -510,6 +543,19 @@ class Builder:
     def _image(self, key: str) -> Path:
         """The build's scratch file system image."""
         return self.cache.work / f"{key}.img"
+
+
+def write_files(folder: Path, files: Mapping[str, str]) -> None:
+    """A declared spec's files (names the config checked: no paths) as a repository's root,
+    in a new folder. Written before the build starts, so nothing of the build account's
+    runs yet; each file is new (``O_EXCL``), never through a link in its place. ``postBuild``
+    is executable, as in a repository that works on Binder (the key counts the mode)."""
+    folder.mkdir(mode=0o700)
+    for name, text in files.items():
+        mode = 0o755 if name == "postBuild" else 0o644
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
 
 
 def fetch_account_name(build_account: str) -> str:

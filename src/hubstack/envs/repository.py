@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -37,6 +38,7 @@ from hubstack.envs.builder import (
     Builder,
     BuildFailed,
     BuildJob,
+    write_files,
 )
 from hubstack.envs.cache import BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
@@ -49,6 +51,11 @@ from hubstack.system.accounts import Account
 
 Phase = Callable[[str, str], None]
 """Report a step: BinderHub's phase name and a message."""
+Origin = tuple[str, str]
+"""What an environment is built from, as ``env list`` shows it: a repository and its ref,
+or a declared spec (``spec:<environment id>`` and its definition's hash)."""
+
+log = logging.getLogger(__name__)
 
 LOG_REPLAY = 100
 LOCK_POLL = 0.2
@@ -128,6 +135,7 @@ class Repositories:
         self._builds: dict[str, _Build] = {}
         self._one_build = asyncio.Lock()
         self._fetches: dict[Path, asyncio.Lock] = {}
+        self._keeping: set[asyncio.Task[None]] = set()
 
     async def prepare(
         self, source: RepoSource, phase: Phase, pin: str | None = None, owner: str | None = None
@@ -152,11 +160,43 @@ class Repositories:
             job = BuildJob(
                 key=key, spec=spec, python=self.pythons[python], mirror=mirror, commit=commit
             )
-            env = await self._build(job, source, python, phase, owner)
+            env = await self._build(job, (source.url, source.ref), python, phase, owner)
         else:
             phase("built", f"Found the environment {key[:12]}, built before")
         await asyncio.to_thread(self.cache.touch, key)
         return Prepared(env, source, commit, mirror, spec.start, spec.notices)
+
+    async def prepare_files(
+        self, files: Mapping[str, str], origin: Origin, phase: Phase
+    ) -> BuiltEnv:
+        """Find or build the environment of a declared spec: ``files`` as a repository's
+        root holds them, read, keyed and built as a repository's would be, so the same
+        files share one cache entry whether declared or in a repository."""
+        await asyncio.to_thread(self.cache.create)
+        try:
+            spec, key, python = await asyncio.to_thread(self._files_key, files)
+        except SpecError as exc:
+            raise PrepareFailed(exc.message) from None
+        for notice in spec.notices:
+            phase("fetching", f"Note: {notice}")
+        env = self.cache.get(key)
+        if env is None:
+            job = BuildJob(
+                key=key, spec=spec, python=self.pythons[python], mirror=None, commit="", files=files
+            )
+            env = await self._build(job, origin, python, phase, None)
+        else:
+            phase("built", f"Found the environment {key[:12]}, built before")
+        return env
+
+    def _files_key(self, files: Mapping[str, str]) -> tuple[EnvSpec, str, str]:
+        """The spec and key of ``files``, read from a private folder of root's."""
+        work = Path(tempfile.mkdtemp(prefix="inspect-", dir=self.cache.work))
+        try:
+            write_files(work / "repo", files)
+            return self._key(work / "repo")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     async def rebuild(self, env: BuiltEnv, phase: Phase) -> Prepared:
         """Build ``env`` again, from its repository at the commit it was built from (for
@@ -167,7 +207,9 @@ class Repositories:
             await asyncio.to_thread(self.cache.remove, env.key)
         finally:
             lock.close()
-        return await self.prepare(source, phase, pin=env.commit)
+        prepared = await self.prepare(source, phase, pin=env.commit)
+        await self.settled()  # the command exits next: its wheels are kept first
+        return prepared
 
     async def _resolve(self, source: RepoSource, phase: Phase, fetcher: Account | None) -> str:
         phase("fetching", f"Resolving {source.ref} in {source.url}")
@@ -214,20 +256,22 @@ class Repositories:
     def _key(self, tree: Path) -> tuple[EnvSpec, str, str]:
         if not self.pythons:
             raise SpecError("This hub has no Python interpreter for building environments.")
-        spec = detect(tree, self.pythons, self.binder.conda, self.binder.python_sources)
+        spec = detect(
+            tree, self.pythons, self.binder.conda, self.binder.python_sources, self.binder.r
+        )
         python = spec.python or _newest(self.pythons)
         base = BASE_REQUIREMENTS.read_text() + SERVER_OVERRIDES.read_text()
         salt = f"{BUILDER_VERSION}\n{python}\n{base}"
         return spec, environment_key(tree, spec, salt), python
 
     async def _build(
-        self, job: BuildJob, source: RepoSource, python: str, phase: Phase, owner: str | None
+        self, job: BuildJob, origin: Origin, python: str, phase: Phase, owner: str | None
     ) -> BuiltEnv:
         """Join the build of ``job.key`` if one is under way, else queue it."""
         build = self._builds.get(job.key)
         if build is None:
             self._check_queue(owner)
-            build = _Build(asyncio.ensure_future(self._run(job, source, python)))
+            build = _Build(asyncio.ensure_future(self._run(job, origin, python)))
             self._builds[job.key] = build
             metrics.build_queued(job.key)
             build.task.add_done_callback(lambda _: self._builds.pop(job.key, None))
@@ -282,7 +326,7 @@ class Repositories:
             lock = self.cache.try_build_lock()
         return lock
 
-    async def _run(self, job: BuildJob, source: RepoSource, python: str) -> BuiltEnv:
+    async def _run(self, job: BuildJob, origin: Origin, python: str) -> BuiltEnv:
         build = self._builds[job.key]
         if self._one_build.locked():
             build.line("Waiting for another environment's build to finish")
@@ -294,7 +338,7 @@ class Repositories:
                     return existing
                 build.started = True
                 metrics.build_left_queue(job.key)
-                build.line(f"Building the environment {job.key[:12]} for {source.url}")
+                build.line(f"Building the environment {job.key[:12]} for {origin[0]}")
                 began = time.monotonic()
                 try:
                     await self.builder.build(job, build.line)
@@ -303,16 +347,50 @@ class Repositories:
                     raise
                 metrics.build_finished(time.monotonic() - began, ok=True)
                 meta = {
-                    "repo": source.url,
-                    "ref": source.ref,
+                    "repo": origin[0],
+                    "ref": origin[1],
                     "commit": job.commit,
                     "python": python,
                     "kind": job.spec.kind,
                     "notices": list(job.spec.notices),
                 }
-                return await asyncio.to_thread(self.cache.complete, job.key, meta)
+                env = await asyncio.to_thread(self.cache.complete, job.key, meta)
             finally:
                 lock.close()
+        task = asyncio.create_task(self._keep_packages(env))
+        self._keeping.add(task)
+        task.add_done_callback(self._keeping.discard)
+        return env
+
+    async def _keep_packages(self, env: BuiltEnv) -> None:
+        """Add a finished build's wheels to the package cache, after its launch went on and
+        before the next build starts (it holds the build locks), so that build finds them."""
+        async with self._one_build:
+            lock = self.cache.try_build_lock()
+            while lock is None:
+                await asyncio.sleep(LOCK_POLL)
+                lock = self.cache.try_build_lock()
+            try:
+                kept = await asyncio.to_thread(self.builder.keep_packages, env)
+            except Exception:
+                log.exception("Package cache: the wheels of %s were not kept", env.key[:12])
+                return
+            finally:
+                lock.close()
+        if kept is not None:
+            log.info(
+                "Package cache: %d wheels of %s added, %d already kept, not kept: %s",
+                len(kept.added),
+                env.key[:12],
+                len(kept.known),
+                ", ".join(kept.skipped) or "none",
+            )
+
+    async def settled(self) -> None:
+        """Wait until the wheels of every finished build are in the package cache (for a
+        command that builds and exits, and for tests)."""
+        while self._keeping:
+            await asyncio.gather(*self._keeping, return_exceptions=True)
 
 
 def _drop_foreign_mirror(mirror: Path, fetcher: Account | None) -> None:
