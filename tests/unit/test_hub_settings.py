@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -72,3 +73,10 @@ def test_extra_jupyterhub_config_has_the_last_word() -> None:
     _, c = hub_config(extra_jupyterhub_config=extra)
     assert c.HubstackSpawner.poll_interval == 2
     assert c.JupyterHub.shutdown_on_logout is True
+
+
+def test_the_hubs_settings_do_not_bring_rfc3987_syntax() -> None:
+    """The hub's settings import jsonschema, which would import rfc3987-syntax and compile its
+    parsers (seconds of every hub start and `hubstack` command); pyproject.toml keeps it out."""
+    assert "jsonschema" in sys.modules
+    assert "rfc3987_syntax" not in sys.modules and "lark" not in sys.modules
