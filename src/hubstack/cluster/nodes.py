@@ -12,8 +12,10 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from hubstack.cluster.budget import forget_past, refusal
 from hubstack.cluster.providers import provider_for
 from hubstack.cluster.records import store_for
 from hubstack.config import Config
@@ -29,6 +31,7 @@ class SlurmNode:
     state: str  # e.g. IDLE+CLOUD+POWERED_DOWN
     address: str
     reason: str
+    last_busy: float | None = None  # when it was last busy (epoch seconds): idle since
 
     @property
     def flags(self) -> set[str]:
@@ -66,6 +69,16 @@ class Scontrol:
         """Back to powered down and eligible again (e.g. a failed node after its cool-down)."""
         self._run("update", f"nodename={node}", "state=resume")
 
+    def power_up(self, node: str) -> None:
+        """Boot a powered-down node without a job (a warm spare): Slurm runs the resume
+        program as for a job's node."""
+        self._run("update", f"nodename={node}", "state=power_up")
+
+    def release(self, node: str) -> None:
+        """Power an idle node down now, through the suspend program, as Slurm would after
+        its SuspendTime (a job that lands on it first keeps it until the job ends)."""
+        self._run("update", f"nodename={node}", "state=power_down")
+
     def nodes(self, names: Iterable[str] | None = None) -> dict[str, SlurmNode]:
         found: dict[str, SlurmNode] = {}
         listed = [",".join(names)] if names else []
@@ -77,8 +90,17 @@ class Scontrol:
                     fields.get("State", ""),
                     fields.get("NodeAddr", ""),
                     fields.get("Reason", ""),
+                    _moment(fields.get("LastBusyTime", "")),
                 )
         return found
+
+
+def _moment(text: str) -> float | None:
+    """scontrol's local ``2026-12-06T09:15:02`` as epoch seconds; None for None/Unknown."""
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def _pairs(line: str) -> Iterable[tuple[str, str]]:
@@ -100,7 +122,9 @@ class Programs:
     """What each power-saving program does, for one hubstack config."""
 
     def __init__(self, config: Config) -> None:
+        self.config = config
         self.cluster = config.cluster
+        self.usage = config.usage
         self.slurm = Scontrol(config.cluster.slurm_conf)
         self.records = store_for(config)
         self.groups = {node: g for g in config.cluster.node_groups for node in g.nodes()}
@@ -111,11 +135,21 @@ class Programs:
 
     def resume(self, hostlist: str) -> None:
         """Create each node's machine, then wait for the slurmds to register, so each boot's
-        duration is known (slurmctld does not wait for this program)."""
+        duration is known (slurmctld does not wait for this program). A node whose group's
+        budget is spent is not created: Slurm gets it DOWN with the reason, and the
+        reconciler returns it once the budget allows."""
         started: list[tuple[str, NodeGroup]] = []
         for node, group in self._ours(hostlist):
             with self.records.change() as records:
-                records.booting(node, group.name)
+                forget_past(records, self.usage)
+                refused = refusal(group, self.usage, records)
+                if refused is None:
+                    records.booting(node, group.name)
+                else:
+                    records.refused(node, group.name, refused)
+            if refused is not None:
+                self.slurm.set_down(node, f"hubstack: {refused}")
+                continue
             try:
                 provider_for(self.cluster, group).create(
                     node, group, lambda address, n=node: self.slurm.announce(n, address)

@@ -10,18 +10,13 @@ one finding each, for the log and for admins.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
+from hubstack.cluster.autoscale import autoscale
+from hubstack.cluster.budget import refusal
+from hubstack.cluster.findings import Finding
 from hubstack.cluster.nodes import Programs, SlurmNode
 from hubstack.cluster.providers import provider_for
 from hubstack.cluster.records import Records
-
-
-@dataclass(frozen=True)
-class Finding:
-    node: str
-    found: str
-    done: str
 
 
 def _orphan(node: SlurmNode | None) -> bool:
@@ -48,6 +43,15 @@ def _cooled_down(node: SlurmNode | None, records: Records, name: str, after: flo
         and record.state == "failed"
         and time.time() - record.since >= after
     )
+
+
+def _budget_allows(node: SlurmNode | None, records: Records, name: str, programs: Programs) -> bool:
+    """A node refused for its group's spent budget, which the budget now allows (a new
+    period, or a raised budget)."""
+    record = records.nodes.get(name)
+    if node is None or "DOWN" not in node.flags or record is None or record.state != "refused":
+        return False
+    return refusal(programs.groups[name], programs.usage, records) is None
 
 
 def reconcile(programs: Programs) -> list[Finding]:
@@ -80,4 +84,11 @@ def reconcile(programs: Programs) -> list[Finding]:
             with programs.records.change() as changing:
                 changing.released(name, group.name)
             findings.append(Finding(name, "failed earlier", "returned it to service, powered down"))
-    return findings
+        elif _budget_allows(node, records, name, programs):
+            programs.slurm.power_down(name)
+            with programs.records.change() as changing:
+                changing.released(name, group.name)
+            findings.append(
+                Finding(name, "refused for a spent budget", "returned it to service, powered down")
+            )
+    return findings + autoscale(programs, slurm, records)

@@ -291,6 +291,13 @@ class Ledger:
         with self._sessions() as db:
             return list(db.execute(columns.where(state, SessionRow.started < until)))
 
+    def starts(self, since: datetime) -> list[tuple[datetime, dict[str, str]]]:
+        """When each session since ``since`` started, with its form's fields (which hold
+        its partition): what the elastic cluster learns its warm hours from."""
+        query = select(SessionRow.started, SessionRow.fields).where(SessionRow.started >= since)
+        with self._sessions() as db:
+            return [(row.started, row.fields) for row in db.execute(query)]
+
     def groups_of(self, session_id: int) -> list[str]:
         """The groups a session counts against."""
         query = select(GroupRow.name).where(GroupRow.session_id == session_id)
