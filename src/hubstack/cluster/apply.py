@@ -75,8 +75,8 @@ def describe(
     """One word or phrase a person reads: powered down, booting (for 42 s), idle, busy,
     failed (why)."""
     flags = slurm.flags if slurm else set()
-    if record is not None and record.state == "failed" and "DOWN" in flags:
-        return f"failed ({record.reason})"
+    if record is not None and record.state in ("failed", "refused") and "DOWN" in flags:
+        return f"{record.state} ({record.reason})"
     if "DOWN" in flags or "DRAIN" in flags:
         return f"down ({slurm.reason})" if slurm and slurm.reason else "down"
     if "POWERING_UP" in flags or (record is not None and record.state == "booting"):

@@ -86,5 +86,9 @@ def _slurmd_spool(slurm_conf: Path, node: str) -> Path:
 
 
 def provider_for(cluster: ClusterSettings, group: NodeGroup) -> Provider:
-    """The provider of ``group``'s nodes (``local`` is the only one so far)."""
+    """The provider of ``group``'s nodes."""
+    if group.provider == "libcloud":
+        from hubstack.cluster.cloud import LibcloudProvider
+
+        return LibcloudProvider(cluster, group)
     return LocalProvider(cluster)

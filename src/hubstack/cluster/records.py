@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from hubstack.config import Config
 
-State = Literal["booting", "up", "failed", "released"]
+State = Literal["booting", "up", "failed", "released", "refused"]
 _BOOTS_KEPT = 20
 
 
@@ -35,15 +35,19 @@ class NodeRecord:
     since: float
     address: str | None = None
     reason: str | None = None
+    started: float | None = None  # when its machine was asked for: node time counts from it
 
 
 @dataclass
 class Records:
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     boots: dict[str, list[float]] = field(default_factory=dict)
+    # Each group's past machine lifetimes [start, end], for its budget of node time.
+    spans: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def booting(self, node: str, group: str) -> None:
-        self.nodes[node] = NodeRecord(group, "booting", time.time())
+        now = time.time()
+        self.nodes[node] = NodeRecord(group, "booting", now, started=now)
 
     def up(self, node: str, address: str | None) -> None:
         record = self.nodes.get(node)
@@ -54,13 +58,33 @@ class Records:
             kept = self.boots.setdefault(record.group, [])
             kept.append(round(now - record.since, 1))
             del kept[:-_BOOTS_KEPT]
-        self.nodes[node] = NodeRecord(record.group, "up", now, address or record.address)
+        started = record.started or record.since
+        self.nodes[node] = NodeRecord(
+            record.group, "up", now, address or record.address, started=started
+        )
 
     def failed(self, node: str, group: str, reason: str) -> None:
+        self._ended(node)
         self.nodes[node] = NodeRecord(group, "failed", time.time(), reason=reason)
 
     def released(self, node: str, group: str) -> None:
+        self._ended(node)
         self.nodes[node] = NodeRecord(group, "released", time.time())
+
+    def refused(self, node: str, group: str, reason: str) -> None:
+        """Not started at all (its group's budget is spent): no machine, no node time."""
+        self.nodes[node] = NodeRecord(group, "refused", time.time(), reason=reason)
+
+    def _ended(self, node: str) -> None:
+        """Keep the lifetime of ``node``'s machine, if it had one, in its group's spans."""
+        record = self.nodes.get(node)
+        if record is not None and record.state in ("booting", "up"):
+            start = record.started or record.since
+            self.spans.setdefault(record.group, []).append([start, time.time()])
+
+    def forget_spans(self, group: str, before: float) -> None:
+        """Drop lifetimes that ended before ``before`` (a past budget period)."""
+        self.spans[group] = [span for span in self.spans.get(group, []) if span[1] >= before]
 
     def typical_boot(self, group: str) -> float | None:
         """The median of the group's recent boots, in seconds; None before the first."""
@@ -81,7 +105,8 @@ class RecordStore:
         except FileNotFoundError:
             return Records()
         nodes = {name: NodeRecord(**value) for name, value in data.get("nodes", {}).items()}
-        return Records(nodes, {k: list(v) for k, v in data.get("boots", {}).items()})
+        boots = {k: list(v) for k, v in data.get("boots", {}).items()}
+        return Records(nodes, boots, data.get("spans", {}))
 
     @contextlib.contextmanager
     def change(self) -> Iterator[Records]:
@@ -94,7 +119,11 @@ class RecordStore:
             self._write(records)
 
     def _write(self, records: Records) -> None:
-        data = {"nodes": {k: asdict(v) for k, v in records.nodes.items()}, "boots": records.boots}
+        data = {
+            "nodes": {k: asdict(v) for k, v in records.nodes.items()},
+            "boots": records.boots,
+            "spans": records.spans,
+        }
         replace_file(self.path, json.dumps(data, indent=1, sort_keys=True), 0o600)
 
 

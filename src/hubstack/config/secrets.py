@@ -70,13 +70,23 @@ def unreadable_secrets(model: BaseModel, at: str = "") -> list[str]:
     them and `hubstack up` refuses to start with them."""
     problems: list[str] = []
     for name in type(model).model_fields:
-        value = getattr(model, name)
         key = f"{at}.{name}" if at else name
-        if isinstance(value, SecretSource):
-            try:
-                value.read()
-            except SecretMissing as exc:
-                problems.append(f"{key}: {exc}")
-        elif isinstance(value, BaseModel):
-            problems += unreadable_secrets(value, key)
+        problems += _unreadable(getattr(model, name), key)
     return problems
+
+
+def _unreadable(value: object, key: str) -> list[str]:
+    """The unreadable secrets in one value: a secret, a section, or a list or mapping of
+    them (e.g. the node groups' cloud credentials)."""
+    if isinstance(value, SecretSource):
+        try:
+            value.read()
+        except SecretMissing as exc:
+            return [f"{key}: {exc}"]
+    elif isinstance(value, BaseModel):
+        return unreadable_secrets(value, key)
+    elif isinstance(value, list):
+        return [line for i, item in enumerate(value) for line in _unreadable(item, f"{key}[{i}]")]
+    elif isinstance(value, dict):
+        return [line for k, item in value.items() for line in _unreadable(item, f"{key}.{k}")]
+    return []

@@ -81,13 +81,17 @@ class Standing:
             return Level.SPENT
         return Level.WARN if self.fraction >= warn_at else Level.OK
 
-    def describe(self, currency: str) -> str:
+    def amounts(self, currency: str) -> str:
+        """What is spent of what: "1.20 of 5.00 EUR and 3.00 of 10 core-hours"."""
         parts = []
         if self.budget.money is not None:
             parts.append(f"{self.spent.money:.2f} of {self.budget.money:.2f} {currency}")
         if self.budget.core_hours is not None:
             parts.append(f"{self.spent.core_hours:.2f} of {self.budget.core_hours:g} core-hours")
-        return f"{self.scope}: {' and '.join(parts)} used"
+        return " and ".join(parts)
+
+    def describe(self, currency: str) -> str:
+        return f"{self.scope}: {self.amounts(currency)} used"
 
 
 def standings(
