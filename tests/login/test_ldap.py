@@ -208,6 +208,19 @@ def test_ldaps_with_a_bind_template(slapd: Slapd) -> None:
     assert (model["name"], model["groups"]) == ("ldap-bob", ["physics"])
 
 
+def test_guessing_passwords_through_the_hub_is_limited(slapd: Slapd) -> None:
+    settings = {"server": slapd.ssl_uri, "ca_file": str(slapd.ca_file), **TEMPLATE}
+    auth = authenticator(settings, failed_logins_per_account=2)
+    for _ in range(2):
+        guess = {"username": "ldap-bob", "password": "guess"}
+        assert asyncio.run(auth.authenticate(None, guess)) is None  # type: ignore[arg-type]
+    with pytest.raises(web.HTTPError) as refused:
+        authenticate(auth, "ldap-bob")
+    assert refused.value.status_code == 429
+    assert "Too many failed logins for this account" in str(refused.value.log_message)
+    assert authenticate(auth, "ldap-ada") is not None, "other accounts log in"
+
+
 @pytest.mark.parametrize(
     ("server", "trusted"),
     [

@@ -21,10 +21,11 @@ import requests
 from conftest import needs_default_env, needs_root
 from hubtest import Hub, running_hub
 from requests.adapters import HTTPAdapter
+from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from hubstack.hub import builtin_accounts
-from hubstack.hub.auth import HubstackNativeAuthenticator, dummy_hash
+from hubstack.hub.auth import HubstackNativeAuthenticator, HubstackPAMAuthenticator, dummy_hash
 
 PER_ACCOUNT = 3
 PER_ADDRESS = 6
@@ -140,7 +141,7 @@ def test_an_unknown_name_costs_the_same_bcrypt_check(
     with builtin_accounts.session(f"sqlite:///{tmp_path / 'hub.sqlite'}") as db:
         password = builtin_accounts.add(db, "erin")
         db.commit()
-        authenticator = HubstackNativeAuthenticator(db=db, allowed_failed_logins=PER_ACCOUNT)
+        authenticator = HubstackNativeAuthenticator(db=db, failed_logins_per_account=PER_ACCOUNT)
         checked: list[bytes] = []
         checkpw = bcrypt.checkpw
 
@@ -165,5 +166,22 @@ def test_an_unknown_name_costs_the_same_bcrypt_check(
         assert attempt("erin", password) == "erin"
         assert checked[-1] == stored
         assert bcrypt.gensalt()[:7] == dummy_hash()[:7], "the same cost as real hashes"
-        assert set(authenticator.login_attempts) == {"nobody"}, "counted like any failure"
-        assert len(authenticator.address_failures[""]) == 2, "a success is not counted"
+        assert set(authenticator.account_failures.recent) == {"nobody"}, "counted like any failure"
+        assert len(authenticator.address_failures.recent[""]) == 2, "a success is not counted"
+
+
+@needs_root
+def test_guessing_a_machine_accounts_password_is_limited() -> None:
+    """PAM checks the password (for real: a name this machine has no account for); the hub
+    counts the failures and refuses the next login however it would have gone."""
+    authenticator = HubstackPAMAuthenticator(failed_logins_per_account=2)
+    guess = {"username": f"hs-nobody{secrets.token_hex(3)}", "password": "guess"}
+
+    async def attempt() -> str | None:
+        return await authenticator.authenticate(None, guess)  # type: ignore[arg-type]
+
+    assert asyncio.run(attempt()) is None
+    assert asyncio.run(attempt()) is None
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(attempt())
+    assert refused.value.status_code == 429 and LOCKED_ACCOUNT in str(refused.value.log_message)

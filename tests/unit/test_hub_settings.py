@@ -47,7 +47,10 @@ def test_slurm_jobs_report_their_address_and_may_wait_in_the_queue() -> None:
 
 @pytest.mark.parametrize(
     ("auth", "authenticator"),
-    [("native", "hubstack.hub.auth.HubstackNativeAuthenticator"), ("pam", "pam")],
+    [
+        ("native", "hubstack.hub.auth.HubstackNativeAuthenticator"),
+        ("pam", "hubstack.hub.auth.HubstackPAMAuthenticator"),
+    ],
 )
 def test_the_authenticator_follows_auth_type(auth: str, authenticator: str) -> None:
     _, c = hub_config(auth={"type": auth})

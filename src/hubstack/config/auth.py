@@ -18,8 +18,9 @@ PROVIDERS = ("github", "oidc", "azuread", "ldap")
 
 
 class FailedLogins(Strict):
-    """Guessing passwords of built-in accounts: after this many failed logins for one
-    account, or from one address, further logins are refused for ``lockout``."""
+    """Guessing passwords through the hub (built-in accounts, PAM, LDAP): after this many
+    failed logins for one account, or from one address, further logins are refused for
+    ``lockout``."""
 
     per_account: int = Field(5, ge=0, description="0: no limit")
     per_address: int = Field(20, ge=0, description="0: no limit")

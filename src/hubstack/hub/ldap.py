@@ -23,6 +23,7 @@ from traitlets.config import Config as TraitletsConfig
 from hubstack.config import Config
 from hubstack.config.ldap import normal_dn
 from hubstack.config.secrets import SecretMissing
+from hubstack.hub.login_limits import LimitedLogins
 from hubstack.hub.provider_groups import hub_groups
 
 DIRECTORY_DOWN = "The directory cannot be reached. Try again later."
@@ -50,7 +51,7 @@ DIRECTORY_ERRORS = (
 )
 
 
-class HubstackLDAPAuthenticator(LDAPAuthenticator):
+class DirectoryLogin(LDAPAuthenticator):
     """ldapauthenticator's bind and user lookup, with what its 2.0.2 release lacks.
 
     - Group sync: it only tests membership of each allowed group, one search per group
@@ -179,6 +180,11 @@ class HubstackLDAPAuthenticator(LDAPAuthenticator):
         self.log.warning("LDAP user %s is in none of the allowed groups", username)
         # The password was right: saying why is no help to someone guessing.
         raise web.HTTPError(403, NOT_ALLOWED)
+
+
+class HubstackLDAPAuthenticator(LimitedLogins, DirectoryLogin):
+    """Directory logins, with limits on guessing passwords through the hub (a directory's
+    own lockout, where it has one, counts failed binds per account only)."""
 
 
 def configure_ldap(c: TraitletsConfig, config: Config) -> None:
