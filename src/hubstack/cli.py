@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -21,6 +22,7 @@ from hubstack.untrusted import InvalidLaunch
 
 if TYPE_CHECKING:
     from hubstack.envs.cache import EnvCache
+    from hubstack.envs.packages import PackageCache
     from hubstack.hub.group_admin import GroupAdmin
     from hubstack.slurm.client import AccountedJob
     from hubstack.usage.report import Window
@@ -158,13 +160,14 @@ def _environments(args: argparse.Namespace) -> tuple[Config, EnvCache]:
 def cmd_env_list(args: argparse.Namespace) -> int:
     from hubstack.envs.cache import describe
 
-    _, cache = _environments(args)
+    config, cache = _environments(args)
     envs = cache.list()
     if args.json:
         print(json.dumps([describe(env) for env in envs], indent=1))
         return 0
     if not envs:
         print(f"no environments built from repositories in {cache.root}")
+        print(_packages(config).summary())
         return 0
     rows = [("KEY", "REPOSITORY", "REF", "COMMIT", "PYTHON", "SIZE", "BUILT", "LAST USED")]
     for env in envs:
@@ -183,7 +186,14 @@ def cmd_env_list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(_packages(config).summary())
     return 0
+
+
+def _packages(config: Config) -> PackageCache:
+    from hubstack.envs.packages import PackageCache
+
+    return PackageCache(config.binder.root, config.binder.package_cache.size)
 
 
 def _when(moment: float) -> str:
@@ -194,10 +204,19 @@ def cmd_env_rebuild(args: argparse.Namespace) -> int:
     """Build one environment again from its repository at the commit it was built from."""
     import asyncio
 
+    from hubstack.envs.declared import SPEC_ORIGIN
     from hubstack.envs.repository import PrepareFailed, Repositories
 
     config, cache = _environments(args)
     env = cache.find(args.key)
+    if env.repo.startswith(SPEC_ORIGIN):
+        name = env.repo.removeprefix(SPEC_ORIGIN)
+        print(
+            f"hubstack: {env.key[:12]} is a declared spec's build; change the spec of "
+            f"environment {name!r} and run `hubstack env build {name}`",
+            file=sys.stderr,
+        )
+        return 1
     repositories = Repositories.of(config)
     print(f"rebuilding {env.key[:12]} from {env.repo} at {env.commit}")
     try:
@@ -209,9 +228,50 @@ def cmd_env_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env_build(args: argparse.Namespace) -> int:
+    """Build the declared environments (or one), showing each build's progress."""
+    import asyncio
+
+    from hubstack.envs.declared import Declared
+    from hubstack.envs.repository import Repositories
+
+    config = _load(args)
+    declared = Declared(config, Repositories.of(config))
+    names = [e.id for e in declared.environments]
+    if args.name is not None and args.name not in names:
+        shown = ", ".join(names) or "none"
+        print(
+            f"hubstack: no declared environment {args.name!r}; declared: {shown}", file=sys.stderr
+        )
+        return 1
+    chosen = [name for name in names if args.name in (None, name)]
+
+    def phase_for(env_id: str) -> Callable[[str, str], None]:
+        print(f"==> environment {env_id} ({chosen.index(env_id) + 1} of {len(chosen)})", flush=True)
+        return lambda _phase, line: print(f"  {env_id} | {line}", flush=True)
+
+    failed = asyncio.run(declared.build_all(phase_for, only=args.name))
+    for env_id in chosen:
+        built = declared.built(env_id)
+        if built is not None:
+            print(f"{env_id}: ready, {built.key[:12]} ({format_size(built.size)})")
+        else:
+            print(f"{env_id}: failed: {failed[env_id]}", file=sys.stderr)
+    return 1 if any(failed.values()) else 0
+
+
 def cmd_env_prune(args: argparse.Namespace) -> int:
-    _, cache = _environments(args)
-    removed = cache.prune(args.unused_for, dry_run=args.dry_run)
+    from hubstack.envs.declared import current_keys, in_use
+    from hubstack.hub.settings import db_url
+    from hubstack.hub.status import saved_states
+
+    config, cache = _environments(args)
+    # What running servers use is in the hub's database, so it holds after a restart too.
+    url = db_url(config)
+    known = Path(url.removeprefix("sqlite:///")).exists()  # none before the hub's first start
+    states = [state for _user, _server, state in saved_states(url)] if known else []
+    keep = current_keys(config) | in_use(states)
+    removed = cache.prune(args.unused_for, dry_run=args.dry_run, keep=keep)
     verb = "would remove" if args.dry_run else "removed"
     for env in removed:
         print(
@@ -219,6 +279,14 @@ def cmd_env_prune(args: argparse.Namespace) -> int:
             f"{_when(env.last_used)})"
         )
     print(f"{verb} {len(removed)} environment(s) unused for {format_duration(args.unused_for)}")
+    # Wheels no build installed for as long, and the least recently used beyond the size.
+    packages = _packages(config)
+    lock = cache.acquire_build_lock()
+    try:
+        wheels = packages.trim(packages.limit, args.unused_for, dry_run=args.dry_run)
+    finally:
+        lock.close()
+    print(f"{verb} {len(wheels)} wheel(s) from the package cache; {packages.summary()}")
     return 0
 
 
@@ -436,7 +504,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="only entries about or by this hub user")
     p.set_defaults(func=cmd_audit, verbose_source=False)
 
-    env = sub.add_parser("env", help="environments built from repositories: list, rebuild, prune")
+    env = sub.add_parser(
+        "env", help="environments built from repositories and declared: list, build, rebuild, prune"
+    )
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
     p = env_sub.add_parser("list", parents=[common], help="built environments, size and last use")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -444,6 +514,11 @@ def parser() -> argparse.ArgumentParser:
     p = env_sub.add_parser("rebuild", parents=[common], help="build one environment again")
     p.add_argument("key", help="the environment's key, or its start as `env list` shows it")
     p.set_defaults(func=cmd_env_rebuild, verbose_source=False)
+    p = env_sub.add_parser(
+        "build", parents=[common], help="build the declared environments (or one) now"
+    )
+    p.add_argument("name", nargs="?", help="the id of one declared environment")
+    p.set_defaults(func=cmd_env_build, verbose_source=False)
     p = env_sub.add_parser("prune", parents=[common], help="remove environments nobody uses")
     p.add_argument(
         "--unused-for",
@@ -485,18 +560,15 @@ def cmd_cluster_apply(args: argparse.Namespace) -> int:
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
     """Each node of the node groups: powered down, booting (for how long), idle, busy, failed."""
-    from hubstack.cluster.apply import rows
-    from hubstack.cluster.nodes import Programs
+    from hubstack.cluster.apply import status
 
-    programs = Programs(_load(args))
-    groups = {node: group.name for node, group in programs.groups.items()}
-    table = rows(groups, programs.slurm.nodes(), programs.records.read())
+    table = status(_load(args))
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in table]))
         return 0
-    print(f"{'NODE':<16} {'GROUP':<12} {'ADDRESS':<16} STATUS")
+    print(f"{'NODE':<16} {'GROUP':<12} {'PARTITION':<12} {'ADDRESS':<16} STATUS")
     for row in table:
-        print(f"{row.node:<16} {row.group:<12} {row.address:<16} {row.status}")
+        print(f"{row.node:<16} {row.group:<12} {row.partition:<12} {row.address:<16} {row.status}")
     return 0
 
 

@@ -22,9 +22,10 @@ from gitserver import GitDaemon, add_commit, make_repo
 from hubtest import new_test_root, python_as_nobody, startup_facts
 from prometheus_client import REGISTRY
 
-from hubstack.config.models import Config
+from hubstack.config.models import Config, Environment
 from hubstack.envs.builder import fetch_account_name
 from hubstack.envs.cache import EnvCache
+from hubstack.envs.declared import Declared, current_keys
 from hubstack.envs.repository import Prepared, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
 from hubstack.system import cgroups, volumes
@@ -440,3 +441,27 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     assert f"removed {key[:12]}" in pruned.stdout
     assert EnvCache.of(site.config()).get(key) is None
     assert not (site.root / "binder/envs" / key).exists()
+
+
+# -- declared environments ------------------------------------------------------------------
+
+
+def test_a_declared_spec_builds_into_the_cache_the_same_files_in_a_repository_use(
+    site: Site,
+) -> None:
+    """The files of the first test's repository (built there in a whole run, so found here;
+    built here when this test runs alone)."""
+    spec = {"requirements": TABULATE}
+    config = site.config().model_copy(
+        update={"environments": [Environment(id="python", display="Python", spec=spec)]}
+    )
+    declared = Declared(config, Repositories(config, cgroups.detect()))
+    lines: list[str] = []
+    failed = asyncio.run(declared.build_all(lambda _env_id: lambda _p, line: lines.append(line)))
+    assert failed == {"python": None}, lines[-20:]
+    env = declared.built("python")
+    assert env is not None and current_keys(config) == {env.key}
+    assert python_as_nobody(env.prefix / "bin/python", "import tabulate; print('ok')") == "ok"
+    assert (env.prefix / "bin/jupyterhub-singleuser").exists()
+    prepared, events = site.prepare(site.repo({"requirements.txt": f"{TABULATE}\n"}))
+    assert prepared.env.key == env.key and "building" not in phases(events)

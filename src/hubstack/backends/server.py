@@ -22,7 +22,9 @@ _ANSWER_TIMEOUT_S = 2.0
 async def place_files(built: BuiltRepository, volume: Path, account: Account | None) -> None:
     """Check the repository out into the server's volume (as ``account``; None: as the hub's
     own user), where its plan opens it, and give the home what the build left in its own; a
-    failure is the user's to read."""
+    failure is the user's to read. A declared environment has no files to place."""
+    if built.content is None:
+        return
     try:
         await check_out(built.content, volume, account)
         await copy_home(built.content, account)

@@ -111,6 +111,8 @@ def interface_warnings(config: Config) -> list[str]:
     """
     warnings = []
     for index, environment in enumerate(config.environments):
+        if environment.prefix is None:
+            continue  # declared: its software is whatever its build installs
         for interface_id in environment.interfaces:
             missing = missing_software(interface_id, environment.prefix)
             if missing:

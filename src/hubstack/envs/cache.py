@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -210,13 +211,16 @@ class EnvCache:
             )
         return matches[0]
 
-    def prune(self, unused_for: float, *, dry_run: bool = False) -> list[BuiltEnv]:
+    def prune(
+        self, unused_for: float, *, dry_run: bool = False, keep: Collection[str] = ()
+    ) -> list[BuiltEnv]:
         """Remove the environments nobody launched for ``unused_for`` seconds (a running
         server counts as a launch: the hub marks its environment used while it runs), the
-        mirrors only they came from, and what failed builds left. Waits for a build under
-        way, so none is cut short."""
+        mirrors only they came from, and what failed builds left; never those in ``keep``
+        (the builds running servers and declared environments use). Waits for a build
+        under way, so none is cut short."""
         cutoff = time.time() - unused_for
-        old = [env for env in self.list() if env.last_used < cutoff]
+        old = [env for env in self.list() if env.last_used < cutoff and env.key not in keep]
         if dry_run:
             return old
         lock = self.acquire_build_lock()

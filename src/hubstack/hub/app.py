@@ -16,7 +16,7 @@ from hubstack.config.groups import CHAMPIONS_SUFFIX
 from hubstack.hub import metrics
 from hubstack.hub.groups import replace_group_members_handler
 from hubstack.hub.monitor import Monitor
-from hubstack.hub.spawner import backend_for, config_from_json
+from hubstack.hub.spawner import backend_for, config_from_json, declared_for
 
 
 class HubstackHub(JupyterHub):
@@ -34,6 +34,7 @@ class HubstackHub(JupyterHub):
         metrics.register_running_servers(self._running_servers)
         silent = functools.partial(_scheduler_silent, backend)
         self._monitor = asyncio.ensure_future(Monitor(config, silent).run())
+        declared_for(config_json).start()
 
     def init_handlers(self) -> None:
         super().init_handlers()

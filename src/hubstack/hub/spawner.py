@@ -29,6 +29,7 @@ from hubstack.backends.base import Backend, ServerSpec, StartFailed
 from hubstack.backends.local import LocalBackend
 from hubstack.backends.slurm import SlurmBackend
 from hubstack.config import Config
+from hubstack.envs.declared import Declared
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.hub import metrics
 from hubstack.hub.usage import (
@@ -67,6 +68,12 @@ def config_from_json(text: str) -> Config:
 def repositories_for(text: str) -> Repositories:
     """One cache and builder per hub: launches of one environment share its build."""
     return Repositories.of(config_from_json(text))
+
+
+@functools.cache
+def declared_for(text: str) -> Declared:
+    """One set of declared environments per hub: the builds its start began."""
+    return Declared(config_from_json(text), repositories_for(text))
 
 
 @functools.cache
@@ -112,6 +119,8 @@ async def checked_request(
         request = resolve(config, user_options, access)
     except InvalidLaunch as exc:
         raise web.HTTPError(400, exc.message) from None
+    if refusal := declared_for(config_json).refusal(request.environment):
+        raise web.HTTPError(400, refusal)
     await refuse_spent_budget(config, user.name, access.groups)
     refusal = await backend_for(config_json).check_request(user.name, request)
     if refusal:
@@ -171,6 +180,7 @@ class HubstackSpawner(Spawner):
             [*cost, *(n["message"] for n in self.notices)],
             link_options(self.handler),
             access_of(self.user),
+            declared_for(self.hubstack_config).form_notes(),
         )
 
     def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
@@ -328,6 +338,19 @@ class HubstackSpawner(Spawner):
         )
         return request, built
 
+    def _declared_build(self, request: LaunchRequest) -> BuiltRepository:
+        """The current build of a declared environment, recorded as the server's own: a
+        later build of a changed definition does not change a running server's prefix."""
+        declared = declared_for(self.hubstack_config)
+        env = declared.built(request.environment.id)
+        if env is None:
+            refusal = declared.refusal(request.environment) or "The environment is not built."
+            raise self._spawn_error(refusal, "environment")
+        self.env_key = env.key
+        self._env_marked = time.monotonic()
+        self._save_state()
+        return BuiltRepository(env.prefix, None, apt=env.apt, python=env.python)
+
     def _spawn_error(self, message: str, reason: str) -> SpawnException:
         self.add_notice(message)
         error = SpawnException(message, reason=reason, status_code=500)
@@ -369,6 +392,8 @@ class HubstackSpawner(Spawner):
                 request, built = await self._prepare_repository(request)
             except PrepareFailed as exc:
                 raise self._spawn_error(exc.message, "environment") from None
+        elif request.environment.declared and resume is None:
+            built = self._declared_build(request)
         # Where the backend binds the server's socket, its port is the server's from now on;
         # a port picked here (and bound by the server later) is only a job's placeholder.
         listening = self.backend.server_socket()

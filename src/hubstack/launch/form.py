@@ -109,10 +109,16 @@ def machine_summary(machine: Machine) -> str:
 
 
 def _choices(
-    field: str, items: Sequence[Machine | Environment], selected: object, access: Access
+    field: str,
+    items: Sequence[Machine | Environment],
+    selected: object,
+    access: Access,
+    notes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One radio group: the items ``access`` may pick, the previous choice checked if it is
-    one of them, else the first; with none, the sentence that says why."""
+    one of them, else the first; with none, the sentence that says why. ``notes`` say of
+    some items why they cannot start now (a declared environment being built)."""
+    notes = notes or {}
     offered = offered_items(items)
     ids = access.open_ids(offered)
     chosen = selected if selected in ids else access.initial(offered)
@@ -123,6 +129,7 @@ def _choices(
             "input_id": f"hs-{field}-{item.id}",
             "display": item.display,
             "summary": machine_summary(item) if isinstance(item, Machine) else "",
+            "note": notes.get(item.id, ""),
             "description": item.description,
             "groups": capitalized(for_groups(item.groups)) if item.groups else "",
             "checked": item.id == chosen,
@@ -266,6 +273,7 @@ def render_options_form(
     notices: Sequence[str] = (),
     link: Mapping[str, str] | None = None,
     access: Access = NO_GROUPS,
+    building: Mapping[str, str] | None = None,
 ) -> str:
     """The options form fragment for the person ``access`` describes: only what they may
     pick, pre-selecting ``current`` (the user's last options) where it is.
@@ -276,6 +284,8 @@ def render_options_form(
 
     ``link`` are the options of a link to the spawn page (:func:`link_options`): they fill
     in the form, and a repository they name is shown with what launching it means.
+
+    ``building`` says, by id, which declared environments are not ready yet, and why.
     """
     current = {**(current or {}), **(link or {})}
     asked = None
@@ -291,7 +301,7 @@ def render_options_form(
     offered = offered_environments(config)
     open_ids = access.open_ids(offered_items(offered))
     shown = [env for env in offered if env.id in open_ids]
-    environments = _choices("environment", offered, current.get("environment"), access)
+    environments = _choices("environment", offered, current.get("environment"), access, building)
     chosen_env = next((row["id"] for row in environments["rows"] if row["checked"]), None)
     return _jinja.get_template("options_form.html").render(
         machines=_choices("machine", config.machines, current.get("machine"), access),

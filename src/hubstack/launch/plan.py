@@ -77,11 +77,12 @@ class Content:
 
 @dataclass(frozen=True)
 class BuiltRepository:
-    """A repository's environment once built: the prefix a launch of it runs from, and the
-    files (of ``content.commit``) its server gets."""
+    """An environment once built: the prefix a launch of it runs from, and for a launch
+    from a repository the files (of ``content.commit``) its server gets (None: a declared
+    environment, whose server opens the home like one of a hand-built prefix)."""
 
     prefix: Path
-    content: Content
+    content: Content | None
     apt: bool = False  # Debian packages are unpacked in the environment (envs/layout.py)
     python: str | None = None  # the environment's Python version, X.Y
 
@@ -177,13 +178,16 @@ def server_plan(
     built, and opens the repository's directory in the volume (as Binder does, so paths in
     launch links are relative to it); any other launch opens the home.
     """
-    if (request.repo is None) != (built is None):
+    content = None if built is None else built.content
+    if (request.repo is None) != (content is None):
         raise ValueError("a launch from a repository needs its built environment, and only it")
     on_slurm = config.backend.type == "slurm"
     label = server_label(server_name)
     environment = request.environment
     prefix = environment.prefix if built is None else built.prefix
-    checkout = None if built is None else built.content.directory(volume)
+    if prefix is None:
+        raise ValueError("a declared environment's launch needs its build")
+    checkout = None if content is None else content.directory(volume)
     workdir = checkout or account.home
     container = tuple(config.backend.slurm.containers.get(environment.id, ())) if on_slurm else ()
     server = [str(prefix / SERVER)]
@@ -212,13 +216,14 @@ def server_plan(
         "HUBSTACK_ENVIRONMENT": environment.id,
         "HUBSTACK_VOLUME": str(volume),
     }
-    if built is not None and checkout is not None:
-        command = start_command(checkout, built.content, command)
+    if built is not None:
+        env |= user_installs(account.home, built.python)
+    if content is not None and checkout is not None:
+        command = start_command(checkout, content, command)
         env |= {
-            **user_installs(account.home, built.python),
             "REPO_DIR": str(checkout),
-            "BINDER_REPO_URL": built.content.url,
-            "HUBSTACK_REPO_COMMIT": built.content.commit,
+            "BINDER_REPO_URL": content.url,
+            "HUBSTACK_REPO_COMMIT": content.commit,
         }
     if not on_slurm:
         env["SHELL"] = "/bin/bash"
