@@ -3,8 +3,8 @@
     uv run python benchmarks/repo2docker_cases.py [--only GLOB] [--known all|skip|only]
 
 The cases are the folders with a ``verify`` script under ``tests/data/repo2docker`` (its
-``venv``, ``pipfile``, ``pyproject``, ``conda`` and ``base`` tests, BSD-3). Each is made a git
-repository on a loopback git daemon, launched through the binder service's BinderHub API as
+``venv``, ``pipfile``, ``pyproject``, ``conda``, ``r`` and ``base`` tests, BSD-3). Each is made
+a git repository on a loopback git daemon, launched through the binder service's BinderHub API as
 Binder clients do (benchmarks/binder.py's launcher: one ``hubstack up`` hub with hubtest's
 config, one user), and its ``verify`` is run in the launched server as the user, from the
 repository's directory (``$REPO_DIR``), by a kernel: so with the server's environment, after
@@ -40,6 +40,10 @@ VERIFY_TIMEOUT = 600
 OUTPUT_TAIL = 6
 CONDA = "needs conda packages (conda-forge, defaults), which cannot be reached from here"
 PY2 = "asks for Python 2.7, which no source here provides"
+R_CHANNEL = (
+    "needs conda-forge's r-base {} and CRAN packages from packagemanager.posit.co, neither of "
+    "which can be reached from here"
+)
 CANNOT = {
     "base/general": "expects the user jovyan with uid 1000 (hubstack's users are hs-<name> "
     "accounts of the site) and Node 20 from the image",
@@ -66,6 +70,16 @@ CANNOT = {
             "yaml",
         )
     },
+    "r/r-rspm-apt-file": R_CHANNEL.format(
+        "4.4 (repo2docker's default; hubstack takes the newest the channel has)"
+    )
+    + "; and lists apt.txt's package with `apt list`, which reads "
+    "the host's dpkg database, not the packages unpacked into the environment",
+    "r/r-rspm-description-file": R_CHANNEL.format("(any version)"),
+    "r/r3.6-rspm": R_CHANNEL.format("3.6"),
+    "r/r4.3.2-rspm": R_CHANNEL.format("4.3.2"),
+    "r/r4.5-rspm": R_CHANNEL.format("4.5.1"),
+    "r/r4.6-rspm": R_CHANNEL.format("4.6.1"),
 }
 RUN_VERIFY = f"""
 import os, subprocess

@@ -245,13 +245,15 @@ if [ "$with_vscode" = 1 ] && [ "$(readlink "$env_dir/bin/code-server")" != "$cod
   ln -sfn "$code_server" "$env_dir/bin/code-server"
 fi
 
-# 6d. With --r (or --test): R and its Jupyter kernel (IRkernel) from Debian's packages.
-if [ "$with_r" = 1 ] && [ ! -f /usr/share/jupyter/kernels/ir/kernel.json ]; then
+# 6d. With --r (or --test): R and its Jupyter kernel (IRkernel) from Debian's packages, and
+# remotes (the tests' conda channel repackages these for R environments built from repositories).
+if [ "$with_r" = 1 ] && { [ ! -f /usr/share/jupyter/kernels/ir/kernel.json ] ||
+  [ ! -d /usr/lib/R/site-library/remotes ]; }; then
   need_root "installing R and IRkernel"
-  step "R and IRkernel (Debian)"
+  step "R, IRkernel and remotes (Debian)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends r-base-core r-cran-irkernel
+  apt-get install -y -qq --no-install-recommends r-base-core r-cran-irkernel r-cran-remotes
 fi
 
 # 7. With --test, the packages of the local Slurm cluster the Slurm tests run on

@@ -9,15 +9,25 @@ against packages written here in the conda package format (``.tar.bz2``: the fil
 than the host's), so a channel here can provide an interpreter: pyenv's builds link
 ``libpython`` by an absolute RUNPATH, which is rewritten in place to ``$ORIGIN/../lib``, as
 conda-forge's own ``python`` package does.
+
+:func:`r_packages` repackages Debian's R (``r-base-core``, and ``r-cran-irkernel``,
+``r-cran-remotes`` and the R packages they need, which ``scripts/setup.sh --r`` installs) as
+``r-base`` and ``r-<name>`` packages laid out as conda-forge's are (``lib/R``, packages in
+``lib/R/library``); the paths Debian's R has built in are written with a prefix placeholder,
+which the installer replaces with the environment's path, as for conda-forge's own R. Its
+shared libraries (BLAS, readline, ZeroMQ) come from the host. :func:`cran_repository` makes a
+CRAN-like repository of one small source package.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 import threading
@@ -33,6 +43,8 @@ from subprocess import run
 from rattler.index import index_fs
 
 PYENV = Path("/root/.pyenv/versions")
+# The build prefix conda packages name in their text files; installers put the environment's.
+PLACEHOLDER = "/opt/hubstack-placeholder-prefix-for-relocation"
 # What a relocated interpreter does not need: tests, IDLE, Tk, and the build's static library.
 _PYTHON_SKIPPED = ("test", "idlelib", "tkinter", "turtledemo", "site-packages", "ensurepip")
 
@@ -49,6 +61,7 @@ class Package:
     noarch_python: bool = False
     build: str = "0"
     links: dict[str, str] = field(default_factory=dict)  # path -> link target
+    with_prefix: set[str] = field(default_factory=set)  # text files holding PLACEHOLDER
 
     def index_json(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -76,14 +89,15 @@ class Package:
         with tarfile.open(path, "w:bz2", compresslevel=1) as tar:
             for rel, (content, executable) in sorted(self.files.items()):
                 _add(tar, rel, content, 0o755 if executable else 0o644)
-                entries.append(
-                    {
-                        "_path": rel,
-                        "path_type": "hardlink",
-                        "sha256": hashlib.sha256(content).hexdigest(),
-                        "size_in_bytes": len(content),
-                    }
-                )
+                entry: dict[str, object] = {
+                    "_path": rel,
+                    "path_type": "hardlink",
+                    "sha256": hashlib.sha256(content).hexdigest(),
+                    "size_in_bytes": len(content),
+                }
+                if rel in self.with_prefix:
+                    entry.update(prefix_placeholder=PLACEHOLDER, file_mode="text")
+                entries.append(entry)
             for rel, target in sorted(self.links.items()):
                 info = tarfile.TarInfo(rel)
                 info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, time.time()
@@ -246,3 +260,174 @@ def serve(folder: Path, port: int) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+DEBIAN_R = Path("/usr/lib/R")
+# Debian's R paths and where conda-forge's layout has them, under the environment's prefix.
+_R_PATHS = (
+    ("/usr/share/R/share", "lib/R/share"),
+    ("/usr/share/R/include", "lib/R/include"),
+    ("/usr/share/R/doc", "lib/R/doc"),
+    ("/usr/lib/R", "lib/R"),
+)
+# Not needed to run R here: message translations, the manuals, the host's site library.
+_R_SKIPPED = ("library/translations", "site-library", "doc/manual")
+# The R packages the test channel has: IRkernel's closure and remotes (Debian's names).
+R_LIBRARIES = ("IRkernel", "remotes")
+_R_BASE_PACKAGES = {"R", "base", "compiler", "datasets", "grDevices", "graphics", "grid",
+                    "methods", "parallel", "splines", "stats", "stats4", "tcltk", "tools",
+                    "utils"}  # fmt: skip
+
+
+def _relocated(content: bytes) -> bytes | None:
+    """A text file's content with Debian's R paths under the placeholder, or None if it
+    names none of them (binaries are left as they are: R finds its home from R_HOME)."""
+    if b"\0" in content or not any(old.encode() in content for old, _ in _R_PATHS):
+        return None
+    # Debian's wrapper prefers an R under /usr/lib64 or /usr/lib to its own home: not here.
+    content = content.replace(b'if test "${R_HOME_DIR}" = "/usr/lib/R"; then', b"if false; then")
+    for old, new in _R_PATHS:
+        content = content.replace(old.encode(), f"{PLACEHOLDER}/{new}".encode())
+    return content
+
+
+def _add_tree(package: Package, source: Path, dest: str, skipped: tuple[str, ...] = ()) -> None:
+    """Files under ``source`` (links to files followed) at ``dest`` in the package."""
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source).as_posix()
+        if any(rel == skip or rel.startswith(f"{skip}/") for skip in skipped) or not path.is_file():
+            continue
+        content = path.read_bytes()
+        name = f"{dest}/{rel}"
+        if (relocated := _relocated(content)) is not None:
+            content = relocated
+            package.with_prefix.add(name)
+        package.files[name] = (content, bool(path.stat().st_mode & 0o111))
+
+
+def r_base_package() -> Package:
+    """Debian's R as conda-forge's ``r-base``: ``lib/R`` with ``bin/R`` and ``bin/Rscript``."""
+    version = _description(DEBIAN_R / "library/base")["Version"]
+    package = Package("r-base", version, subdir="linux-64", build="0_hubstack")
+    _add_tree(package, DEBIAN_R, "lib/R", _R_SKIPPED)
+    for folder in ("share", "include", "doc"):
+        _add_tree(package, Path("/usr/share/R") / folder, f"lib/R/{folder}", ("manual",))
+    # Debian's own site settings (its site library, its CRAN) are not the environment's.
+    for name in ("Renviron.site", "Rprofile.site"):
+        package.files[f"lib/R/etc/{name}"] = (b"", False)
+    renviron = package.files["lib/R/etc/Renviron"][0]
+    renviron = renviron.replace(b"/usr/local/lib/R/site-library:", b"")
+    package.files["lib/R/etc/Renviron"] = (renviron, False)
+    # Rscript runs the R of its compiled-in home unless RHOME names another.
+    package.files["lib/R/bin/Rscript.debian"] = package.files.pop("lib/R/bin/Rscript")
+    wrapper = (
+        f'#!/bin/sh\nRHOME={PLACEHOLDER}/lib/R exec {PLACEHOLDER}/lib/R/bin/Rscript.debian "$@"\n'
+    )
+    package.files["lib/R/bin/Rscript"] = (wrapper.encode(), True)
+    package.with_prefix.add("lib/R/bin/Rscript")
+    package.links.update({"bin/R": "../lib/R/bin/R", "bin/Rscript": "../lib/R/bin/Rscript"})
+    return package
+
+
+def _description(folder: Path) -> dict[str, str]:
+    """An installed R package's DESCRIPTION fields (continuation lines joined)."""
+    fields: dict[str, str] = {}
+    key = ""
+    for line in (folder / "DESCRIPTION").read_text().splitlines():
+        if line[:1].isspace() and key:
+            fields[key] += " " + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def _r_dependencies(fields: dict[str, str]) -> list[str]:
+    names = []
+    for part in f"{fields.get('Depends', '')},{fields.get('Imports', '')}".split(","):
+        name = part.split("(")[0].strip()
+        if name and name not in _R_BASE_PACKAGES:
+            names.append(name)
+    return names
+
+
+def r_packages() -> list[Package]:
+    """``r-base`` and an ``r-<name>`` package for each of :data:`R_LIBRARIES` and what they
+    need, from Debian's site library (compiled ones are linux-64, the rest noarch)."""
+    base = r_base_package()
+    packages, todo = {}, list(R_LIBRARIES)
+    while todo:
+        name = todo.pop()
+        if name in packages:
+            continue
+        folder = DEBIAN_R / "site-library" / name
+        fields = _description(folder)
+        needs = _r_dependencies(fields)
+        compiled = (folder / "libs").is_dir()
+        package = Package(
+            f"r-{name.lower()}",
+            fields["Version"].replace("-", "_"),
+            subdir="linux-64" if compiled else "noarch",
+            depends=[f"r-base {base.version}", *(f"r-{need.lower()}" for need in needs)],
+        )
+        _add_tree(package, folder, f"lib/R/library/{name}")
+        packages[name] = package
+        todo += needs
+    return [base, *packages.values()]
+
+
+R_CACHE = Path("/var/tmp/hubstack-tests/r-packages")
+
+
+def write_r_packages(channel: Path) -> None:
+    """The archives of :func:`r_packages` into ``channel`` (indexed by :func:`write_channel`).
+
+    Compressing Debian's R takes a quarter of a minute here, so the archives are kept in
+    :data:`R_CACHE` under a digest of what they are made from (the Debian packages' versions
+    and this file): test modules after the first copy them.
+    """
+    debian = run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "r-base-core", "r-cran-*"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    key = hashlib.sha256(debian + Path(__file__).read_bytes()).hexdigest()[:16]
+    kept = R_CACHE / key
+    if not kept.is_dir():
+        R_CACHE.mkdir(parents=True, exist_ok=True)
+        staging = R_CACHE / f".{key}.{os.getpid()}"
+        for package in r_packages():
+            package.write(staging)
+        with contextlib.suppress(OSError):  # another module made it meanwhile: the same
+            staging.rename(kept)
+        shutil.rmtree(staging, ignore_errors=True)
+    for archive in kept.glob("*/*.tar.bz2"):
+        (channel / archive.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(archive, channel / archive.parent.name / archive.name)
+
+
+GREETING_R = """greeting <- function(who = "R") paste0("hello from ", who, ", said hubstackgreet")
+"""
+
+
+def cran_repository(folder: Path, work: Path) -> None:
+    """A CRAN-like repository at ``folder`` with one source package, ``hubstackgreet`` 0.1
+    (``greeting()``), indexed by R's own ``tools::write_PACKAGES``."""
+    contrib = folder / "src/contrib"
+    contrib.mkdir(parents=True)
+    description = (
+        "Package: hubstackgreet\nVersion: 0.1\nTitle: Greetings for Tests\n"
+        "Description: A greeting, installed from a CRAN-like repository.\n"
+        "Authors@R: person('Hub', 'Stack', email = 'hub@example.org', role = c('aut', 'cre'))\n"
+        "License: MIT\n"
+    )
+    files = {
+        "DESCRIPTION": description,
+        "NAMESPACE": "export(greeting)\n",
+        "R/greeting.R": GREETING_R,
+    }
+    with tarfile.open(contrib / "hubstackgreet_0.1.tar.gz", "w:gz") as tar:
+        for rel, text in files.items():
+            _add(tar, f"hubstackgreet/{rel}", text.encode(), 0o644)
+    index = f"tools::write_PACKAGES({str(contrib)!r}, type = 'source')"
+    run(["/usr/bin/Rscript", "-e", index], cwd=work, check=True)

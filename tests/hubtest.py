@@ -141,11 +141,15 @@ class Session:
         suffix = f"{server}/" if server else ""
         return f"{self.hub.url}/user/{self.name}/{suffix}"
 
-    def run_code(self, code: str, server: str = "", timeout: float = 90) -> Execution:
-        """Start a kernel on the server through the proxy, run ``code``, return its output."""
+    def run_code(
+        self, code: str, server: str = "", timeout: float = 90, kernel_name: str = ""
+    ) -> Execution:
+        """Start a kernel (the server's default, or ``kernel_name``) on the server through
+        the proxy, run ``code``, return its output."""
         base = self.server_url(server)
         headers = {"Authorization": f"token {self.token}"}
-        kernel = requests.post(f"{base}api/kernels", headers=headers, json={}, timeout=60)
+        body = {"name": kernel_name} if kernel_name else {}
+        kernel = requests.post(f"{base}api/kernels", headers=headers, json=body, timeout=60)
         kernel.raise_for_status()
         kernel_id = kernel.json()["id"]
         try:
@@ -260,6 +264,7 @@ class Hub:
     python: str = sys.executable
     run_as: str | None = None  # a Unix account to run the hub as (dev mode), else root
     up_args: tuple[str, ...] = ()  # more options of `hubstack up`
+    env: dict[str, str] | None = None  # the environment of the hub and its CLI
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port_block()
@@ -316,6 +321,7 @@ class Hub:
         return subprocess.run(
             [self.python, "-m", "hubstack.cli", *args, "--config", str(self.config_path)],
             user=self.run_as,
+            env=self.env,
             input=stdin,
             capture_output=True,
             text=True,
@@ -335,6 +341,7 @@ class Hub:
                 str(self.config_path),
             ],
             user=self.run_as,
+            env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,

@@ -1,7 +1,10 @@
 """A repository with a conda environment.yml launched on a real hub: the build solves it
 from a conda channel served on loopback as the site's mirror (tests/condachannel.py), and
-the launched server's kernel, in the channel's Python, imports the conda packages.
-Refusals and a Python from the channel for runtime.txt: tests/system/test_conda_builds.py."""
+the launched server's kernel, in the channel's Python, imports the conda packages. An R
+repository (runtime.txt and DESCRIPTION) on the same hub: R and IRkernel from the channel
+(Debian's, repackaged), its package's Imports from a CRAN-like repository on loopback, and
+an R cell run by the environment's R kernel. Refusals, install.R and a Python from the
+channel for runtime.txt: tests/system/test_conda_builds.py."""
 
 from __future__ import annotations
 
@@ -9,11 +12,20 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from condachannel import PYENV, basic_packages, serve, write_channel
+from condachannel import (
+    PYENV,
+    basic_packages,
+    cran_repository,
+    serve,
+    write_channel,
+    write_r_packages,
+)
 from conftest import needs_default_env, needs_root
 from e2e.test_repository_launch import start_and_follow
 from gitserver import GitDaemon, make_repo
 from hubtest import Hub, Session, free_port_block, new_test_root, running_hub
+
+from hubstack.envs.layout import ENV
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -35,7 +47,9 @@ def channel() -> Iterator[str]:
     if not (PYENV / PYTHON).is_dir():
         pytest.skip(f"no CPython {PYTHON} to put in the test channel")
     root = new_test_root()
+    write_r_packages(root / "channels/conda-forge")
     write_channel(root / "channels/conda-forge", basic_packages(root / "compile", PYTHON))
+    cran_repository(root / "channels/cran", root)
     try:
         with serve(root / "channels", free_port_block(1)) as url:
             yield url
@@ -46,7 +60,8 @@ def channel() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def hub(channel: str) -> Iterator[Hub]:
     conda = {"enabled": True, "mirror": channel}
-    with running_hub({"binder": {"conda": conda}}) as running:
+    r = {"repos": f"{channel}/cran"}
+    with running_hub({"binder": {"conda": conda, "r": r}}) as running:
         yield running
 
 
@@ -78,3 +93,30 @@ def test_a_conda_environment_runs_in_the_launched_server(hub: Hub, git: GitDaemo
         "hello from libgreet",
     ]
     dana.stop("condaenv", remove=True)
+
+
+R_PACKAGE = {
+    "runtime.txt": "r-4.2-2024-01-10\n",
+    "DESCRIPTION": "Package: binderrepo\nVersion: 0.1\nTitle: A Repository as a Package\n"
+    "Description: Greets through its import.\nLicense: MIT\nImports: hubstackgreet\n",
+    "NAMESPACE": "export(hello)\n",
+    "R/hello.R": 'hello <- function() hubstackgreet::greeting("binderrepo")\n',
+}
+
+
+def test_an_r_repository_runs_in_the_environments_r_kernel(hub: Hub, git: GitDaemon) -> None:
+    rhea: Session = hub.new_user("rhea-renv")
+    make_repo(git.base / "r-package", R_PACKAGE)
+    sent = {"environment": "repository", "repo": git.url("r-package"), "ref": "main"}
+    events = start_and_follow(rhea, "renv", sent)
+    assert events[-1].get("ready"), events
+    messages = [event.get("message", "") for event in events]
+    assert "Installing the repository as an R package (DESCRIPTION)" in messages
+    # The "ir" kernel is the environment's (the host's Debian R has one by that name too).
+    code = 'cat(binderrepo::hello(), R.home(), sep = "\\n")'
+    run = rhea.run_code(code, "renv", kernel_name="ir")
+    assert run.status == "ok", run
+    greeting, home = run.stdout.splitlines()
+    assert greeting == "hello from binderrepo, said hubstackgreet"
+    assert home.endswith(f"/{ENV}/lib/R") and home != "/usr/lib/R"
+    rhea.stop("renv", remove=True)

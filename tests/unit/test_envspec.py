@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from gitserver import write_tree
 
+from hubstack.config.models import CondaSettings, RSettings
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
 
 PYTHONS = ("3.10", "3.11", "3.12")
@@ -553,7 +554,13 @@ def test_runtime_txt_alone_keeps_the_default_kind(tmp_path: Path) -> None:
         ("python-2", "runtime.txt asks for Python 2, but this hub has Python 3.10, 3.11, 3.12;"),
         (
             "r-4.3-2024-01-01",
-            "runtime.txt asks for R ('r-4.3-2024-01-01'); R environments are not supported here.",
+            "runtime.txt asks for an R environment, which is built from conda packages "
+            "(r-base, r-irkernel), and conda builds are off on this hub (binder.conda.enabled).",
+        ),
+        (
+            "r-4.3-01-2024",
+            "runtime.txt asks for R as 'r-4.3-01-2024'; write r-<version>, "
+            "r-<version>-<YYYY-MM-DD> or r-<YYYY-MM-DD>, e.g. r-4.3-2024-01-10.",
         ),
         (
             "ruby-3.3",
@@ -566,9 +573,68 @@ def test_runtime_txt_refusals(tmp_path: Path, runtime: str, message: str) -> Non
     assert refusal(tmp_path, {"runtime.txt": runtime}).startswith(message)
 
 
-def test_r_runtime_is_refused_even_with_environment_yml(tmp_path: Path) -> None:
+def test_r_without_conda_builds_is_refused_even_with_environment_yml(tmp_path: Path) -> None:
     message = refusal(tmp_path, {"runtime.txt": "r-2024-01-01", "environment.yml": ENV_YML})
-    assert message.endswith("R environments are not supported here.")
+    assert message.endswith("conda builds are off on this hub (binder.conda.enabled).")
+
+
+def r_spec(tmp_path: Path, files: Files, repos: str | None = None) -> EnvSpec:
+    conda = CondaSettings(channels=["conda-forge", "bioconda"])
+    repo = make(tmp_path / "repo", files)
+    return detect(repo, PYTHONS, conda, (), RSettings(repos=repos))
+
+
+@pytest.mark.parametrize(
+    ("runtime", "r_base", "repos"),
+    [
+        ("r-4.3-2024-01-10", "r-base 4.3.*", "https://packagemanager.posit.co/cran/2024-01-10"),
+        ("r-4.3.2", "r-base 4.3.2", "https://cloud.r-project.org"),
+        ("r-2025-07-01", "r-base", "https://packagemanager.posit.co/cran/2025-07-01"),
+    ],
+)
+def test_runtime_txt_asks_for_r_from_the_first_channel(
+    tmp_path: Path, runtime: str, r_base: str, repos: str
+) -> None:
+    files = {"runtime.txt": runtime, "install.R": "", "environment.yml": ENV_YML}
+    spec = r_spec(tmp_path, files)
+    assert spec.conda is not None and spec.r is not None
+    assert spec.conda.channels == ("conda-forge",)
+    assert spec.conda.specs == (r_base, "r-irkernel", "python 3.10.*")
+    assert (spec.kind, spec.python, spec.r.repos, spec.r.install_r) == (
+        "R",
+        None,
+        repos,
+        "install.R",
+    )
+    assert (spec.r.description, spec.whole_tree) == (False, True)
+    assert spec.defining_files == ("runtime.txt", "install.R")
+    assert spec.notices == (
+        "These files are ignored because runtime.txt defines the environment: environment.yml.",
+    )
+
+
+def test_description_installs_the_repository_with_remotes_and_requirements(
+    tmp_path: Path,
+) -> None:
+    files = {"DESCRIPTION": "Package: x\n", "requirements.txt": "numpy\n"}
+    spec = r_spec(tmp_path, files, repos="https://cran.example.org/")
+    assert spec.conda is not None and spec.r is not None
+    assert spec.conda.specs == ("r-base", "r-irkernel", "r-remotes", "python 3.10.*")
+    assert (spec.kind, spec.requirement_files) == ("requirements", ("requirements.txt",))
+    assert (spec.r.repos, spec.r.install_r, spec.r.description) == (
+        "https://cran.example.org/",
+        None,
+        True,
+    )
+
+
+def test_the_r_site_repository_is_part_of_the_key(tmp_path: Path) -> None:
+    files = {"runtime.txt": "r-4.3"}
+    keys = {
+        environment_key(tmp_path / str(i) / "repo", r_spec(tmp_path / str(i), files, repos), "salt")
+        for i, repos in enumerate(("https://a.example/", "https://b.example/"))
+    }
+    assert len(keys) == 2
 
 
 def test_no_python_versions_to_choose_from(tmp_path: Path) -> None:
@@ -703,7 +769,6 @@ def test_what_cannot_be_honoured_is_said(tmp_path: Path) -> None:
             "REQUIRE": "",
             "default.nix": "",
             "install.R": "",
-            "DESCRIPTION": "",
             "requirements.txt": "numpy\n",
         },
     )
@@ -717,9 +782,8 @@ def test_what_cannot_be_honoured_is_said(tmp_path: Path) -> None:
         "Project.toml describes a Julia environment, which hubstack does not build; it is ignored.",
         "REQUIRE lists Julia packages, which hubstack does not install; it is ignored.",
         "default.nix describes a Nix environment, which hubstack does not build; it is ignored.",
-        "install.R installs R packages; R environments are not supported here, so it is not run.",
-        "DESCRIPTION describes an R package; R environments are not supported here, so it is "
-        "not installed.",
+        "install.R installs R packages, and is run only in an R environment: one that "
+        "runtime.txt asks for with r-<version>-<date>, as on Binder; it is not run.",
     )
     assert spec.defining_files == ("requirements.txt",)
 

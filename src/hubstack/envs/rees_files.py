@@ -591,15 +591,6 @@ def read_pipfile_lock(tree: RepoTree, rel: str) -> PlannedInstall:
 # runtime.txt, pyproject.toml, apt.txt ------------------------------------------------------
 
 
-def refuse_r_runtime(tree: RepoTree, rel: str) -> None:
-    """An R runtime.txt is refused whatever other files say: on Binder it makes an R image."""
-    text = tree.read(rel).strip()
-    if text.startswith("r-"):
-        raise SpecError(
-            f"{rel} asks for R ({quote_untrusted(text)}); R environments are not supported here."
-        )
-
-
 def read_runtime(tree: RepoTree, rel: str) -> PythonAsk:
     """``python-X.Y``, ``python-X`` (the newest 3.x) or with a snapshot date, which is ignored."""
     text = tree.read(rel).strip()

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 
-from hubstack.config.models import CondaSettings
-from hubstack.envs.conda import CondaPlan, read_conda_file
-from hubstack.envs.python_sources import elsewhere
+from hubstack.config.models import CondaSettings, RSettings
+from hubstack.envs import r_env
+from hubstack.envs.conda import DEFAULT_PYTHON, CondaPlan, read_conda_file
+from hubstack.envs.python_sources import conda_python_spec, elsewhere
 from hubstack.envs.rees_files import (
     PlannedInstall,
     PythonAsk,
@@ -35,7 +36,6 @@ from hubstack.envs.rees_files import (
     read_pipfile_lock,
     read_pyproject,
     read_runtime,
-    refuse_r_runtime,
     scan_requirements_file,
 )
 
@@ -59,12 +59,9 @@ _UNSUPPORTED = {
     "it is ignored.",
     "REQUIRE": "{} lists Julia packages, which hubstack does not install; it is ignored.",
     "default.nix": "{} describes a Nix environment, which hubstack does not build; it is ignored.",
-    "install.R": "{} installs R packages; R environments are not supported here, so it is not run.",
+    "install.R": "{} installs R packages, and is run only in an R environment: one that "
+    "runtime.txt asks for with r-<version>-<date>, as on Binder; it is not run.",
 }
-_DESCRIPTION = (
-    "DESCRIPTION describes an R package; R environments are not supported here, "
-    "so it is not installed."
-)
 _CHUNK = 1 << 20
 # Python versions are named X.Y; a specifier such as ">=3.11.4" is met by some X.Y.z release.
 _PATCH_RANGE = 50
@@ -94,6 +91,7 @@ class EnvSpec:
     # base of another kind; None: a virtualenv of a hub Python
     conda: CondaPlan | None = None
     uv_python: str | None = None  # a Python uv downloads (see envs.python_sources)
+    r: r_env.RPlan | None = None  # R from conda packages (see envs.r_env)
 
 
 @dataclass
@@ -104,6 +102,7 @@ class _Plan:
     asks: list[PythonAsk]
     install_project: bool = False
     conda: CondaPlan | None = None
+    r: r_env.RPlan | None = None
 
 
 def _binder_dir(tree: RepoTree) -> str:
@@ -137,10 +136,11 @@ def choose_python(asks: list[PythonAsk], available: Collection[str]) -> str | No
     raise SpecError(f"{asked}, but {hub}.")
 
 
-def _python_plan(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> _Plan:
-    """requirements.txt, runtime.txt and the root project: repo2docker's Python buildpack."""
+def _python_plan(tree: RepoTree, binder_dir: str, at: dict[str, str], r: bool = False) -> _Plan:
+    """requirements.txt, runtime.txt and the root project: repo2docker's Python buildpack,
+    which its R buildpack extends (``r``: runtime.txt names R, not Python)."""
     plan = _Plan("default", PlannedInstall(), [], [])
-    if "runtime.txt" in at:
+    if "runtime.txt" in at and not r:
         plan.asks.append(read_runtime(tree, at["runtime.txt"]))
         plan.defining.append(at["runtime.txt"])
     if not binder_dir:
@@ -204,6 +204,35 @@ def _conda_plan(
     return plan
 
 
+def _r_plan(
+    tree: RepoTree,
+    binder_dir: str,
+    at: dict[str, str],
+    runtime: r_env.RRuntime | None,
+    settings: tuple[CondaSettings | None, RSettings],
+    ignored: list[str],
+) -> _Plan:
+    """R wins over environment.yml and Pipfiles, as repo2docker's buildpack order has it; its
+    packages, R and Python alike, come from the first conda channel."""
+    conda, r_settings = settings
+    what = at["runtime.txt"] if runtime else "DESCRIPTION"
+    if conda is None or not conda.enabled:
+        raise SpecError(
+            f"{what} asks for an R environment, which is built from conda packages "
+            "(r-base, r-irkernel), and conda builds are off on this hub (binder.conda.enabled)."
+        )
+    plan = _python_plan(tree, binder_dir, at, r=True)
+    plan.kind = "R" if plan.kind == "default" else plan.kind
+    plan.defining += [at[name] for name in ("runtime.txt", "install.R") if name in at]
+    r = r_env.plan(runtime, at.get("install.R"), "DESCRIPTION" in at, r_settings)
+    python = conda_python_spec(plan.asks) if plan.asks else f"python {DEFAULT_PYTHON}.*"
+    plan.asks = []
+    plan.conda = CondaPlan((conda.channels[0],), (*r_env.conda_specs(r), python))
+    plan.r = r
+    ignored += ["environment.yml", "environment.yaml", "Pipfile.lock", "Pipfile"]
+    return plan
+
+
 def _present(tree: RepoTree, binder_dir: str) -> dict[str, str]:
     """The configuration files that count, by name, as repository paths."""
     at = {
@@ -222,7 +251,7 @@ def _worth_naming(tree: RepoTree, ignored: list[str]) -> list[str]:
     return [path for path in ignored if path != "pyproject.toml" or is_python_project(tree, path)]
 
 
-def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> list[str]:
+def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str], is_r: bool) -> list[str]:
     """Files hubstack cannot honour, and root files a binder folder overrides."""
     notices: list[str] = []
     if binder_dir:
@@ -240,9 +269,10 @@ def _notices(tree: RepoTree, binder_dir: str, at: dict[str, str]) -> list[str]:
             "the environment without running their installation scripts; the build log names "
             "the packages that have some."
         )
-    notices += [text.format(at[name]) for name, text in _UNSUPPORTED.items() if name in at]
-    if "DESCRIPTION" in at:
-        notices.append(_DESCRIPTION)
+    unsupported = {
+        n: t for n, t in _UNSUPPORTED.items() if n in at and not (is_r and n == "install.R")
+    }
+    notices += [text.format(at[name]) for name, text in unsupported.items()]
     return notices
 
 
@@ -251,33 +281,37 @@ def detect(
     available_pythons: Collection[str],
     conda_settings: CondaSettings | None = None,
     python_sources: Sequence[str] = (),
+    r_settings: RSettings | None = None,
 ) -> EnvSpec:
     """The environment the checked-out tree at ``root`` asks for; ``conda_settings``: how
     environment.yml is built (None: from PyPI, as with ``binder.conda.enabled`` false);
-    ``python_sources``: ``binder.python_sources``, for a Python the host does not have.
+    ``python_sources``: ``binder.python_sources``, for a Python the host does not have;
+    ``r_settings``: ``binder.r``.
 
     Raises :class:`SpecError` for what cannot be built here: both binder folders, conda-only
-    packages, R, a Python version this hub does not have, malformed or oversized files, and
-    references that leave the repository.
+    packages, R without conda builds, a Python version this hub does not have, malformed or
+    oversized files, and references that leave the repository.
     """
     tree = RepoTree(root)
     binder_dir = _binder_dir(tree)
     at = _present(tree, binder_dir)
-    notices = _notices(tree, binder_dir, at)
-    if "runtime.txt" in at:
-        refuse_r_runtime(tree, at["runtime.txt"])
+    runtime = r_env.read_r_runtime(tree, at["runtime.txt"]) if "runtime.txt" in at else None
+    is_r = runtime is not None or "DESCRIPTION" in at
+    notices = _notices(tree, binder_dir, at, is_r)
     ignored: list[str] = []
-    if "environment.yml" in at or "environment.yaml" in at:
+    if is_r:
+        settings = (conda_settings, r_settings or RSettings())
+        plan = _r_plan(tree, binder_dir, at, runtime, settings, ignored)
+    elif "environment.yml" in at or "environment.yaml" in at:
         plan = _conda_plan(tree, at, ignored, conda_settings, notices)
     elif "Pipfile.lock" in at or "Pipfile" in at:
         plan = _pipenv_plan(tree, at, ignored)
     else:
         plan = _python_plan(tree, binder_dir, at)
-    uv_python = None
+    uv_python, python = None, None
     try:
-        python = choose_python(plan.asks, available_pythons)
+        python = None if plan.r else choose_python(plan.asks, available_pythons)
     except SpecError as refusal:
-        python = None
         plan.conda, uv_python = elsewhere(plan.asks, python_sources, conda_settings, refusal)
     shown = [at[name] for name in dict.fromkeys(ignored) if name in at]
     shown = _worth_naming(tree, [path for path in shown if path not in plan.defining])
@@ -300,11 +334,13 @@ def detect(
         post_build=post_build,
         start=at.get("start"),
         defining_files=tuple(dict.fromkeys(defining)),
-        whole_tree=reach.local or plan.install_project or post_build is not None,
+        # install.R and DESCRIPTION run or install the repository's own code, as postBuild
+        whole_tree=reach.local or plan.install_project or post_build is not None or bool(plan.r),
         notices=tuple(notices),
         apt_packages=apt,
         conda=plan.conda,
         uv_python=uv_python,
+        r=plan.r,
     )
 
 
@@ -329,6 +365,7 @@ def environment_key(root: Path, spec: EnvSpec, salt: str) -> str:
         "apt_packages": spec.apt_packages,
         "conda": spec.conda and [spec.conda.channels, spec.conda.specs],
         "uv_python": spec.uv_python,
+        "r": spec.r and [spec.r.repos, spec.r.install_r, spec.r.description],
     }
     digest.update(json.dumps(plan, sort_keys=True).encode() + b"\0")
     if spec.whole_tree:

@@ -1,0 +1,4 @@
+print_something <- function()
+  {
+    print('blah');
+  }
