@@ -4,16 +4,20 @@ emulator, from npm) and moto's S3 server (an S3 emulator), each a real server pr
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from hubtest import Abort, free_port_block, wait_for
+from hubtest import Abort, Session, free_port_block, wait_for
 
 AZURITE = Path("/opt/hubstack/test-node/node_modules/.bin/azurite-blob")
 # Azurite's one built-in account and its published key (not a secret).
@@ -76,3 +80,64 @@ def moto_s3() -> Iterator[Store]:
         yield Store(f"http://127.0.0.1:{port}", proc)
     finally:
         _stop(proc)
+
+
+def hubdata(session: Session, *args: str, server: str = "") -> tuple[int, str, str]:
+    """Run ``hubdata`` in the user's server, in their home, as they would in a terminal."""
+    code = (
+        "import json, os, subprocess, sys\n"
+        "tool = os.path.join(os.path.dirname(sys.executable), 'hubdata')\n"
+        f"r = subprocess.run([tool, *{list(args)!r}],"
+        " capture_output=True, text=True, cwd=os.path.expanduser('~'), timeout=300)\n"
+        "print(json.dumps([r.returncode, r.stdout, r.stderr]))\n"
+    )
+    run = session.run_code(code, server, timeout=320)
+    assert run.status == "ok", run
+    rc, out, err = json.loads(run.stdout)
+    return rc, out, err
+
+
+class Throttle:
+    """A TCP relay to ``endpoint`` whose answers, over all connections together, come at
+    ``rate`` bytes per second: a store slow enough for a copy to be watched while it runs.
+    A real network path, shaped, not a stand-in for the store."""
+
+    CHUNK = 16 * 1024
+
+    def __init__(self, endpoint: str, rate: int) -> None:
+        self.target = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", free_port_block(1)))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, shaped: bool) -> None:
+        try:
+            while chunk := src.recv(self.CHUNK):
+                if shaped:
+                    with self.lock:
+                        start = max(time.monotonic(), self.next_free)
+                        self.next_free = start + len(chunk) / self.rate
+                    time.sleep(max(0.0, start - time.monotonic()))
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (src, dst):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()

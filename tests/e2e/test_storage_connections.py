@@ -22,7 +22,15 @@ import requests
 from conftest import needs_default_env, needs_root
 from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, running_hub
-from storage_emulators import AZURITE, AZURITE_ACCOUNT, AZURITE_KEY, Store, azurite, moto_s3
+from storage_emulators import (
+    AZURITE,
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    Store,
+    azurite,
+    hubdata,
+    moto_s3,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -101,21 +109,6 @@ def s3_connection(stores: dict[str, Store], **extra: Any) -> dict[str, Any]:
         "credential": {"access_key_id": S3_KEY_ID, "secret_access_key": S3_SECRET},
         **extra,
     }
-
-
-def hubdata(session: Session, *args: str) -> tuple[int, str, str]:
-    """Run ``hubdata`` in the user's server, in their home, as they would in a terminal."""
-    code = (
-        "import json, os, subprocess, sys\n"
-        "tool = os.path.join(os.path.dirname(sys.executable), 'hubdata')\n"
-        f"r = subprocess.run([tool, *{list(args)!r}],"
-        " capture_output=True, text=True, cwd=os.path.expanduser('~'), timeout=300)\n"
-        "print(json.dumps([r.returncode, r.stdout, r.stderr]))\n"
-    )
-    run = session.run_code(code, timeout=320)
-    assert run.status == "ok", run
-    rc, out, err = json.loads(run.stdout)
-    return rc, out, err
 
 
 def in_server(session: Session, code: str) -> Any:

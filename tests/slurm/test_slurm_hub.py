@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import secrets
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -14,6 +17,7 @@ import requests
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, make_repo
 from hubtest import DEFAULT_ENV, Hub, Session, execute, new_test_root, running_hub, wait_for
+from storage_emulators import Throttle, hubdata, moto_s3
 
 from slurm.conftest import Blocker
 
@@ -402,3 +406,171 @@ def test_a_hub_restart_keeps_running_and_queued_servers(hub: Hub, alice: Session
     for server in ("kept", "waiting"):
         alice.stop(server)
     assert jobs_of(account) == []
+
+
+# -- copy jobs: hubdata cp --job ------------------------------------------------------------
+
+S3_SECRET = "s3secret-" + secrets.token_urlsafe(24)
+SLOW_FILES = {f"in/f{i}.bin": os.urandom(512 * 1024) for i in range(16)}
+
+
+@pytest.fixture(scope="module")
+def slow_store() -> Iterator[str]:
+    """moto's S3 server with 8 MiB in 16 files, reached through a 2 MiB/s relay: a copy
+    runs for seconds, long enough to be watched."""
+    with moto_s3() as s3:
+        code = (
+            "import json, s3fs, sys\n"
+            "s3 = s3fs.S3FileSystem(key='k', secret='x', endpoint_url=sys.argv[1])\n"
+            "s3.mkdir('cj-bucket')\n"
+            "for name, size in json.loads(sys.argv[2]).items():\n"
+            "    s3.pipe_file('cj-bucket/' + name, bytes.fromhex(sys.stdin.readline()))\n"
+        )
+        sizes = json.dumps({name: len(data) for name, data in SLOW_FILES.items()})
+        subprocess.run(
+            [str(DEFAULT_ENV / "bin/python"), "-c", code, s3.endpoint, sizes],
+            input="".join(data.hex() + "\n" for data in SLOW_FILES.values()),
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        relay = Throttle(s3.endpoint, 2 * 1024 * 1024)
+        try:
+            yield relay.endpoint
+        finally:
+            relay.close()
+
+
+@pytest.fixture(scope="module")
+def copier(hub: Hub, alice: Session, slow_store: str) -> Iterator[Session]:
+    """Alice with an S3 connection ``slow`` and a server ``data`` (a job) to run hubdata in."""
+    connection = {
+        "name": "slow",
+        "kind": "s3-compatible",
+        "endpoint": slow_store,
+        "container": "cj-bucket",
+        "credential": {"access_key_id": "AKIACOPYJOBS", "secret_access_key": S3_SECRET},
+    }
+    resp = alice.api("POST", f"/storage/users/{alice.name}/connections", json=connection)
+    assert resp.status_code == 201, resp.text
+    assert alice.start("data").status_code in (201, 202)
+    alice.wait_ready("data", timeout=180)
+    yield alice
+    alice.stop("data")
+
+
+def copy_job(session: Session, *args: str) -> dict[str, Any]:
+    """``hubdata cp --job ARGS`` in the server: the job the hub recorded."""
+    rc, out, err = hubdata(session, "cp", "--job", *args, server="data")
+    assert rc == 0 and "submitted as Slurm job" in out, (rc, out, err)
+    job_id = out.split("copy job ")[1].split()[0]
+    return session.api("GET", f"/storage/users/{session.name}/jobs/{job_id}").json()
+
+
+def job_now(session: Session, job: dict[str, Any]) -> dict[str, Any]:
+    return session.api("GET", f"/storage/users/{session.name}/jobs/{job['id']}").json()
+
+
+def processes_of(uid: int) -> dict[int, tuple[bytes, bytes]]:
+    """The command line and environment of each process of ``uid``."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == uid:
+                found[int(proc.name)] = (
+                    (proc / "cmdline").read_bytes(),
+                    (proc / "environ").read_bytes(),
+                )
+        except OSError:
+            continue
+    return found
+
+
+def test_a_copy_job_runs_as_the_user_with_its_progress_in_the_hub(
+    hub: Hub, copier: Session
+) -> None:
+    job = copy_job(copier, "-r", "slow:in", "copied")
+    assert job["state"] in ("queued", "running") and job["slurm_job"], job
+    account = pwd.getpwnam(hub.prefix + "alice")
+
+    def midway() -> dict[str, Any] | None:
+        now = job_now(copier, job)
+        assert now["state"] in ("queued", "running"), now
+        return (
+            now
+            if now["state"] == "running" and 0 < now["bytes_done"] < now["bytes_total"]
+            else None
+        )
+
+    seen = wait_for(midway, 180, "the copy job to report progress while it runs")
+    assert seen["files_total"] == 16 and seen["bytes_total"] == 8 * 1024 * 1024, seen
+    page = copier.http.get(f"{hub.url}/hub/storage", timeout=60).text
+    assert "slow:in &rarr; copied" in page and "running" in page
+
+    # The credential is in no script, job record, process or environment; the job's token
+    # is not in the environment of the hubdata that runs the copy.
+    assert batch_script(job["slurm_job"]).count("HUBSTACK_COPY_TOKEN=") == 0
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "-dd", job["slurm_job"]], capture_output=True, text=True
+    ).stdout
+    for text in (batch_script(job["slurm_job"]), shown):
+        assert S3_SECRET not in text
+    processes = processes_of(account.pw_uid)
+    copying = [env for cmd, env in processes.values() if b"run-job" in cmd]
+    assert copying, "hubdata runs the copy in the job, as the user"
+    for cmd, env in processes.values():
+        assert S3_SECRET.encode() not in cmd + env
+    assert all(
+        b"HUBSTACK_COPY_TOKEN" not in env and b"JUPYTERHUB_API_TOKEN" not in env for env in copying
+    )
+
+    # Nobody else sees or cancels it.
+    bob = hub.new_user("bob")
+    assert bob.api("GET", f"/storage/users/{copier.name}/jobs").status_code in (403, 404)
+    for method in ("GET", "DELETE"):
+        assert bob.api(method, f"/storage/users/bob/jobs/{job['id']}").status_code == 404
+    assert bob.api("GET", "/storage/users/bob/jobs").json() == {"jobs": []}
+    bob_page = bob.http.get(f"{hub.url}/hub/storage", timeout=60).text
+    assert "slow:in" not in bob_page
+
+    done = wait_for(
+        lambda: (now := job_now(copier, job))["state"] not in ("queued", "running") and now,
+        180,
+        "the copy job to end",
+    )
+    assert done["state"] == "done" and done["files_done"] == 16, done
+    assert done["bytes_done"] == done["bytes_total"], done
+    copied = Path(account.pw_dir) / "copied"
+    assert {f"in/{p.name}": p.read_bytes() for p in copied.iterdir()} == SLOW_FILES
+    assert S3_SECRET not in Path(done["log"]).read_text()
+    rc, out, _ = hubdata(copier, "jobs", server="data")
+    assert rc == 0 and f"{job['id']}\tdone\t16/16 files" in out
+
+
+def test_a_copy_job_that_fails_or_is_cancelled_says_so(hub: Hub, copier: Session) -> None:
+    rc, _, err = hubdata(copier, "cp", "--job", "slow:../etc", "x", server="data")
+    assert rc == 2 and "'..'" in err, err
+    rc, _, err = hubdata(copier, "cp", "--job", "nosuch:x", "x", server="data")
+    assert rc == 2 and "no storage connection named 'nosuch'" in err, err
+
+    missing = copy_job(copier, "slow:missing.bin", "missing.bin")
+    ended = wait_for(
+        lambda: (now := job_now(copier, missing))["state"] not in ("queued", "running") and now,
+        180,
+        "the failing copy job to end",
+    )
+    assert ended["state"] == "failed" and "slow:missing.bin" in ended["error"], ended
+    assert "not found" in ended["error"]
+    rc, out, _ = hubdata(copier, "status", str(missing["id"]), server="data")
+    assert rc == 1 and "not found" in out
+
+    running = copy_job(copier, "-r", "slow:in", "cancelled")
+    wait_for(lambda: job_now(copier, running)["state"] == "running", 180, "the copy to run")
+    rc, out, err = hubdata(copier, "cancel", str(running["id"]), server="data")
+    assert rc == 0, err
+    assert job_now(copier, running)["state"] == "cancelled"
+    wait_for(
+        lambda: running["slurm_job"] not in jobs_of(hub.prefix + "alice"),
+        120,
+        "the cancelled copy's Slurm job to leave the queue",
+    )

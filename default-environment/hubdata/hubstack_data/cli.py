@@ -4,18 +4,22 @@ hubdata ls                      the connections you may use
 hubdata ls NAME:path            what is in one
 hubdata cp -r NAME:path ~/data  copy in (a directory's contents go into ~/data)
 hubdata cp -r results NAME:out  copy out
+hubdata cp --job ...            the same copy as a Slurm job (a Slurm hub), not in this server
+hubdata jobs / status ID / cancel ID   copy jobs and their progress
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
-from hubstack_data import copy
+from hubstack_data import copy, jobs
 from hubstack_data.connection import ConnectionError_, clean_path, connections, open_connection
 
 
@@ -46,6 +50,15 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def cp(args: argparse.Namespace) -> int:
+    if args.job:
+        if args.dry_run:
+            raise ValueError("--dry-run shows a copy here; leave out --job to see it")
+        job = jobs.submit(args.source, args.destination, args.recursive, args.checksum)
+        print(
+            f"copy job {job['id']} submitted as Slurm job {job['slurm_job']}: "
+            f"see hubdata status {job['id']}, or the hub's Storage page"
+        )
+        return 0
     src, dst = side(args.source, writing=False), side(args.destination, writing=True)
     if src.local == dst.local:
         raise ValueError("one side of a copy must be a connection (NAME:path), the other not")
@@ -65,6 +78,48 @@ def cp(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_list(args: argparse.Namespace) -> int:
+    for job in jobs.listed():
+        print(jobs.line(job))
+    return 0
+
+
+def job_status(args: argparse.Namespace) -> int:
+    job = jobs.status(args.id)
+    print(jobs.line(job))
+    if job["log"]:
+        print(f"log: {job['log']}")
+    return {"failed": 1, "cancelled": 1}.get(job["state"], 0)
+
+
+def job_cancel(args: argparse.Namespace) -> int:
+    jobs.cancel(args.id)
+    print(f"copy job {args.id} cancelled")
+    return 0
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """In a copy job's Slurm job: the copy the hub recorded, its progress reported."""
+
+    def copy_with(spec: dict[str, Any], reporter: jobs.Reporter) -> int:
+        try:
+            os.chdir(spec["workdir"])
+            src, dst = side(spec["source"], False), side(spec["destination"], True)
+            items = copy.plan(src, dst, spec["recursive"], spec["checksum"])
+            reporter.start(items)
+            done = copy.run(src, dst, items, reporter.add_bytes, reporter.add_file)
+        except Exception as exc:
+            code, message = failure(exc, (spec["source"], spec["destination"]))
+            reporter.end("failed", message)
+            print(f"hubdata: {message}", file=sys.stderr)
+            return code
+        reporter.end("done")
+        print(f"copied {done} files ({sum(i.size for i in items)} bytes), checksums verified")
+        return 0
+
+    return jobs.run_job(copy_with)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hubdata", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,26 +135,45 @@ def main(argv: list[str] | None = None) -> int:
         "--checksum", action="store_true", help="also recopy files whose content differs"
     )
     p_cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p_cp.add_argument(
+        "--job", action="store_true", help="run the copy as a Slurm job (on a Slurm hub)"
+    )
     p_cp.set_defaults(func=cp)
+    commands.add_parser("jobs", help="your copy jobs and their progress").set_defaults(
+        func=jobs_list
+    )
+    for name, func, what in (("status", job_status, "one"), ("cancel", job_cancel, "stop one")):
+        p_job = commands.add_parser(name, help=f"{what} copy job")
+        p_job.add_argument("id", type=int)
+        p_job.set_defaults(func=func)
+    # What a copy job's Slurm job runs (the hub's job script): not for people.
+    commands.add_parser("run-job").set_defaults(func=run_job)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except copy.CopyStopped as exc:
-        print(f"hubdata: {exc}", file=sys.stderr)
-        return 3
-    except (ConnectionError_, PermissionError, ValueError, IsADirectoryError) as exc:
-        print(f"hubdata: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        named = " or ".join(a for a in (getattr(args, k, None) for k in WHERE) if a)
-        print(f"hubdata: {named or 'a path'}: not found ({describe(exc)})", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the store's own errors: bad credential, endpoint down...
-        print(f"hubdata: {describe(exc)}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        code, message = failure(exc, tuple(getattr(args, k, None) or "" for k in WHERE))
+        print(f"hubdata: {message}", file=sys.stderr)
+        return code
 
 
 WHERE = ("target", "source", "destination")
+
+
+def failure(exc: Exception, where: tuple[str, ...]) -> tuple[int, str]:
+    """The exit status and one-line message of a command that failed; ``where`` are the
+    paths it was given, named when one is not found."""
+    if isinstance(exc, copy.CopyStopped):
+        return 3, str(exc)
+    if isinstance(exc, ConnectionError_ | PermissionError | ValueError | IsADirectoryError):
+        return 2, str(exc)
+    if isinstance(exc, FileNotFoundError):
+        named = " or ".join(a for a in where if a)
+        return 2, f"{named or 'a path'}: not found ({describe(exc)})"
+    # The store's own errors: bad credential, endpoint down...
+    return 2, describe(exc)
+
+
 SIGNATURE = re.compile(r"(sig|Signature|AccountKey|SharedAccessSignature)=[^&;\s'\"]+")
 
 

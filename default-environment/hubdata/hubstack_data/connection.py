@@ -35,7 +35,9 @@ class Connection:
             )
 
 
-def hub_request(path: str) -> dict[str, Any]:
+def hub_request(path: str, method: str = "GET", body: object = None) -> dict[str, Any]:
+    """Ask the hub's storage API about this user (``path`` below it); the hub's message
+    as :class:`ConnectionError_` if it refuses."""
     try:
         api = os.environ["JUPYTERHUB_API_URL"].rstrip("/")
         token = os.environ["JUPYTERHUB_API_TOKEN"]
@@ -46,10 +48,14 @@ def hub_request(path: str) -> dict[str, Any]:
         ) from None
     url = f"{api}/storage/users/{quote(user, safe='')}/{path}"
     try:
-        resp = requests.get(url, headers={"Authorization": f"token {token}"}, timeout=30)
+        resp = requests.request(
+            method, url, json=body, headers={"Authorization": f"token {token}"}, timeout=30
+        )
     except requests.RequestException as exc:
         raise ConnectionError_(f"the hub cannot be reached: {type(exc).__name__}") from None
-    if resp.status_code != 200:
+    if resp.status_code == 204:
+        return {}
+    if resp.status_code not in (200, 201):
         try:
             message = resp.json().get("message", "")
         except ValueError:

@@ -231,9 +231,16 @@ def verify_uploads(dst: Side, items: list[Item]) -> None:
         raise bad
 
 
-def run(src: Side, dst: Side, items: list[Item], progress: Callable[[int], Any]) -> int:
-    """Copy ``items``; the number copied. A full quota or disk stops every copy and says so;
-    files copied by then are kept, partial ones removed."""
+def run(
+    src: Side,
+    dst: Side,
+    items: list[Item],
+    progress: Callable[[int], Any],
+    finished: Callable[[Item], Any] = lambda item: None,
+) -> int:
+    """Copy ``items``, calling ``finished`` with each copied; the number copied. A full
+    quota or disk stops every copy and says so; files copied by then are kept, partial
+    ones removed."""
     copied: list[Item] = []
     failure: BaseException | None = None
     largest = max((item.size for item in items), default=0)
@@ -246,6 +253,7 @@ def run(src: Side, dst: Side, items: list[Item], progress: Callable[[int], Any])
             try:
                 future.result()
                 copied.append(item)
+                finished(item)
             except CancelledError:
                 continue
             except OSError as exc:

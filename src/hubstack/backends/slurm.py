@@ -228,6 +228,22 @@ class SlurmBackend:
             raise StartFailed(f"Your storage cannot be prepared: {exc}", reason="storage") from None
         return account.home if base is None else link
 
+    async def job_account(self, hub_user: str) -> accounts.Account:
+        """The account a job of ``hub_user`` other than a server (a copy job) runs as, with
+        its job log directory ``~/.hubstack/jobs`` made as the user."""
+        account = await asyncio.to_thread(self._account, hub_user)
+        if self.accounts.root:
+            jobs = str(account.home / ".hubstack/jobs")
+            try:
+                await userpaths.as_user(
+                    account, "sh", "-c", _PREPARE, "sh", tool("mkdir"), tool("ln"), jobs, "", ""
+                )
+            except SystemOpError as exc:
+                raise StartFailed(
+                    f"Your job log directory cannot be made: {exc}", reason="storage"
+                ) from None
+        return account
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def _share(self, spec: ServerSpec, account: accounts.Account) -> str:

@@ -16,7 +16,15 @@ from traitlets.config import Config as TraitletsConfig
 from hubstack.config import Config
 from hubstack.config.models import DEFAULT_PREFIX
 from hubstack.envs.builder import PASSED_ENV
-from hubstack.hub import audit_log, budget_admin, invitations, storage, usage_api, usage_page
+from hubstack.hub import (
+    audit_log,
+    budget_admin,
+    invitations,
+    storage,
+    storage_jobs,
+    usage_api,
+    usage_page,
+)
 from hubstack.hub.address import ROUTE, ServerAddressHandler
 from hubstack.hub.groups import configure_groups
 from hubstack.hub.home import home_template_var
@@ -139,6 +147,7 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     # make accounts.
     c.JupyterHub.extra_handlers = invitations.handlers(config.groups)
     c.JupyterHub.extra_handlers += storage.handlers(data)
+    c.JupyterHub.extra_handlers += storage_jobs.handlers(data, config)
     c.JupyterHub.extra_handlers += usage_api.handlers(config)
     c.JupyterHub.extra_handlers += usage_page.handlers(config)
     c.JupyterHub.extra_handlers += budget_admin.handlers(config)

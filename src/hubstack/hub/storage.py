@@ -297,8 +297,14 @@ class StoragePageHandler(StorageMixin, BaseHandler):
             groups=sorted(groups),
             error=extra.get("error"),
             added=extra.get("added"),
+            copy_jobs=await self.copy_jobs(),
         )
         self.finish(html)
+
+    async def copy_jobs(self) -> list[dict[str, Any]]:
+        """The person's copy jobs: none here; ``hubstack.hub.storage_jobs`` serves this page
+        with them on a Slurm hub."""
+        return []
 
     @web.authenticated
     async def get(self) -> None:
@@ -345,11 +351,11 @@ class StoragePageHandler(StorageMixin, BaseHandler):
 
 
 def handlers(data_dir: Path) -> list[tuple[str, type, dict[str, Any]]]:
-    """JupyterHub ``extra_handlers`` (paths below /hub/)."""
+    """JupyterHub ``extra_handlers`` (paths below /hub/); the page ``/storage`` is
+    ``hubstack.hub.storage_jobs``'s, which adds copy jobs to it."""
     kwargs = {"data_dir": data_dir}
     return [
         (r"/api/storage/users/([^/]+)/connections", ConnectionsAPIHandler, kwargs),
         (r"/api/storage/users/([^/]+)/connections/([^/]+)", ConnectionAPIHandler, kwargs),
         (r"/api/storage/users/([^/]+)/credentials/([^/]+)", CredentialsAPIHandler, kwargs),
-        (r"/storage", StoragePageHandler, kwargs),
     ]

@@ -22,7 +22,7 @@ def create_tables(db_url: str) -> None:
     """Create those of hubstack's tables that are missing (an existing one is never altered)."""
     # The modules that define them, so that their classes are on the metadata; imported
     # here because they import this module.
-    from hubstack.hub import invitations, storage  # noqa: F401
+    from hubstack.hub import invitations, storage, storage_jobs  # noqa: F401
 
     db = orm.new_session_factory(db_url)()
     try:

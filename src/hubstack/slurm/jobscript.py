@@ -145,3 +145,39 @@ def render_job_script(template: str | None, job: JobScript) -> str:
         raise JobScriptError(
             f"The job script template (backend.slurm.script) failed: {exc}"
         ) from None
+
+
+# A copy job (``hubdata cp --job``): the hub's short-lived token for it comes in the job's
+# environment, which sbatch keeps out of the script and ``scontrol show job``; the script
+# hands it to hubdata on its standard input and drops it from the environment before hubdata
+# starts (``exec``), so hubdata's process shows no token in ``ps e`` or /proc/*/environ.
+COPY_TEMPLATE = """\
+#!/bin/bash
+#SBATCH --job-name={{ job_name }}
+#SBATCH --output={{ output }}
+#SBATCH --export=ALL
+{% for option in sbatch %}
+#SBATCH {{ option }}
+{% endfor %}
+set -e
+{{ prologue }}
+set -u
+token=$HUBSTACK_COPY_TOKEN
+unset HUBSTACK_COPY_TOKEN
+exec {{ python | sh }} -m hubstack_data.cli run-job <<<"$token"
+"""
+
+
+def render_copy_script(
+    job_name: str, output: str, request: SlurmRequest, prologue: str, python: str
+) -> str:
+    """The script of a copy job: hubdata runs the copy the hub recorded (it asks the hub
+    what to copy, so no path a user typed is in the script)."""
+    context = {
+        "job_name": _on_sbatch_line("job name", job_name),
+        "output": _on_sbatch_line("output path", output),
+        "sbatch": _sbatch(request),
+        "prologue": prologue,
+        "python": _in_body("Python", python),
+    }
+    return _environment.from_string(COPY_TEMPLATE).render(context)
