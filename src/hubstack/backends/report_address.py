@@ -100,10 +100,22 @@ def report_in_background(host: str, port: int) -> None:
     os._exit(0)
 
 
+def cloud_address() -> str | None:
+    """This node's address when it is a cloud node of Slurm 22.05, which names such nodes'
+    addresses to jobs in SLURM_NODE_ALIASES (``name:address:hostname,...``, IPv6 in
+    brackets): a booted node's host name need not be its node name, nor resolve to it."""
+    node = os.environ.get("SLURMD_NODENAME")
+    for alias in os.environ.get("SLURM_NODE_ALIASES", "").split(","):
+        name, _, rest = alias.partition(":")
+        if name and name == node:
+            return rest.rpartition(":")[0].strip("[]") or None
+    return None
+
+
 def main() -> None:
     low, high = (int(p) for p in os.environ["HUBSTACK_PORT_RANGE"].split("-"))
     port = free_port(low, high)
-    host = os.environ.get("HUBSTACK_NODE_ADDRESS") or socket.gethostname()
+    host = os.environ.get("HUBSTACK_NODE_ADDRESS") or cloud_address() or socket.gethostname()
     print(port, flush=True)
     report_in_background(host, port)
 

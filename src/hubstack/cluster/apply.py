@@ -9,9 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubstack.cluster.nodes import Programs as NodePrograms
 from hubstack.cluster.nodes import SlurmNode
 from hubstack.cluster.records import NodeRecord, Records, replace_file
 from hubstack.cluster.slurmconf import INCLUDE_NAME, Programs, render
+from hubstack.config import Config
+from hubstack.config.cluster import NodeGroup
 
 PROGRAMS = ("resume", "suspend", "resume-fail")
 
@@ -65,6 +68,7 @@ def apply(config_path: Path, cluster_conf: Path) -> list[str]:
 class NodeRow:
     node: str
     group: str
+    partition: str
     status: str
     address: str
 
@@ -92,16 +96,26 @@ def describe(
 
 
 def rows(
-    groups: dict[str, str], slurm: dict[str, SlurmNode], records: Records, now: float | None = None
+    groups: dict[str, NodeGroup],
+    slurm: dict[str, SlurmNode],
+    records: Records,
+    now: float | None = None,
 ) -> list[NodeRow]:
-    """A row per configured node (``groups``: node -> group)."""
+    """A row per configured node (``groups``: node -> its group)."""
     now = time.time() if now is None else now
     return [
         NodeRow(
             node,
-            group,
-            describe(node, group, slurm.get(node), records.nodes.get(node), now),
+            group.name,
+            group.partition,
+            describe(node, group.name, slurm.get(node), records.nodes.get(node), now),
             slurm[node].address if node in slurm and slurm[node].address != node else "",
         )
         for node, group in groups.items()
     ]
+
+
+def status(config: Config) -> list[NodeRow]:
+    """What `hubstack cluster status` and the hub's cluster page show; blocking (scontrol)."""
+    programs = NodePrograms(config)
+    return rows(programs.groups, programs.slurm.nodes(), programs.records.read())

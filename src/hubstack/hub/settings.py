@@ -19,6 +19,7 @@ from hubstack.envs.builder import PASSED_ENV
 from hubstack.hub import (
     audit_log,
     budget_admin,
+    cluster_page,
     invitations,
     storage,
     storage_jobs,
@@ -151,6 +152,7 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     c.JupyterHub.extra_handlers += usage_api.handlers(config)
     c.JupyterHub.extra_handlers += usage_page.handlers(config)
     c.JupyterHub.extra_handlers += budget_admin.handlers(config)
+    c.JupyterHub.extra_handlers += cluster_page.handlers(config)
     if config.backend.type == "slurm":
         c.JupyterHub.extra_handlers.append((ROUTE, ServerAddressHandler))
         # Starting a job includes its time in the queue: waiting there is not a failure.
