@@ -119,7 +119,7 @@ class NodeGroup(Strict):
         default_factory=list, description="when to keep spare nodes up (schedules, learned)"
     )
     idle_outside_warm: Duration | None = Field(
-        None, ge=0, description="idle time before release outside warm hours; null: idle"
+        None, ge=1, description="idle time before release outside warm hours; null: idle"
     )
     price: Price = Field(0, description="money per node-hour, for the group's money budget")
     budget: Budget | None = Field(
