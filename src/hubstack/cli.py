@@ -74,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _accounts_db(args: argparse.Namespace) -> str:
-    from hubstack.hub.settings import db_url
+    from hubstack.hub.database import db_url
 
     config = _load(args)
     if config.auth.type != "native":
@@ -109,8 +109,8 @@ def cmd_reset_password(args: argparse.Namespace) -> int:
 
 
 def _group_admin(args: argparse.Namespace) -> GroupAdmin:
+    from hubstack.hub.database import db_url
     from hubstack.hub.group_admin import GroupAdmin
-    from hubstack.hub.settings import db_url
 
     config = _load(args)
     return GroupAdmin(config, db_url(config))
@@ -142,7 +142,7 @@ def cmd_group_change(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hubstack.hub.settings import db_url
+    from hubstack.hub.database import db_url
     from hubstack.hub.status import status
 
     config = _load(args)
@@ -262,7 +262,7 @@ def cmd_env_build(args: argparse.Namespace) -> int:
 
 def cmd_env_prune(args: argparse.Namespace) -> int:
     from hubstack.envs.declared import current_keys, in_use
-    from hubstack.hub.settings import db_url
+    from hubstack.hub.database import db_url
     from hubstack.hub.status import saved_states
 
     config, cache = _environments(args)
@@ -387,6 +387,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rows = entries(Ledger(ledger_url(config)), now - args.since, now, args.user)
     print(as_json_lines(rows), end="")
     return 0
+
+
+def _age(text: str) -> int:
+    """A duration, or 0 (``0``, ``0s``): no time at all."""
+    return 0 if text.strip() in ("0", "0s") else _duration(text)
 
 
 def _duration(text: str) -> int:
@@ -522,10 +527,11 @@ def parser() -> argparse.ArgumentParser:
     p = env_sub.add_parser("prune", parents=[common], help="remove environments nobody uses")
     p.add_argument(
         "--unused-for",
-        type=_duration,
+        type=_age,
         default=30 * 86400,
         metavar="DURATION",
-        help="remove those not launched for this long (default 30d)",
+        help="remove those not launched for this long (default 30d; 0: every one no running "
+        "server or declared environment uses)",
     )
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.set_defaults(func=cmd_env_prune, verbose_source=False)

@@ -115,6 +115,17 @@ def test_a_repository_server_shows_the_repository_instead_of_an_environment() ->
     assert card.environment is None
 
 
+def test_a_card_shows_the_interface_the_server_opens_in() -> None:
+    cfg = config().model_copy(deep=True)
+    cfg.environments[0].interfaces = ["voila", "lab", "vscode"]
+    default = row("d", {"machine": "small", "environment": "python"})
+    chosen = row("c", {"machine": "small", "environment": "python", "interface": "vscode"})
+    shown = {card.name: card.interface for card in cards(cfg, [default, chosen])}
+    assert shown == {"d": "Voilà", "c": "VS Code"}, "the environment's first unless chosen"
+    [repository] = cards(cfg, [row("r", {"environment": "repository", "repo": REPO})])
+    assert repository.interface == "JupyterLab"
+
+
 def test_choices_the_config_no_longer_has_show_their_ids() -> None:
     [card] = cards(config(), [row("legacy", {"machine": "huge", "environment": "r"})])
     assert (card.machine, card.environment) == ("huge", "r")

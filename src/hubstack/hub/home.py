@@ -17,6 +17,7 @@ from typing import Any, Literal
 from hubstack.backends.base import Backend, StorageUse, Usage
 from hubstack.config import Config
 from hubstack.config.groups import CHAMPIONS_SUFFIX
+from hubstack.config.interfaces import INTERFACES
 from hubstack.config.models import REPOSITORY_ENVIRONMENT
 from hubstack.hub.spawner import backend_for, config_from_json
 from hubstack.units import human_size
@@ -63,6 +64,7 @@ class Card:
     last_activity: datetime | None
     volume: Volume | None
     notices: list[dict[str, str]] = field(default_factory=list)
+    interface: str | None = None  # what the server opens in: JupyterLab, VS Code, Voilà...
 
     @property
     def title(self) -> str:
@@ -156,7 +158,18 @@ def server_card(
         last_activity=_aware(orm.last_activity),
         volume=Volume.of(config.policy.storage.server_volume, use.servers.get(orm.name)),
         notices=_notices(spawner),
+        interface=_interface(config, environment, options.get("interface")),
     )
+
+
+def _interface(config: Config, environment: str | None, chosen: object) -> str | None:
+    """The display name of the interface a server opens in: the one chosen, else its
+    environment's first (the form leaves the default out); None for an unknown one."""
+    if not isinstance(chosen, str):
+        offered = config.environment(environment) if environment else None
+        chosen = offered.interfaces[0] if offered is not None else "lab"
+    interface = INTERFACES.get(chosen)
+    return interface.display if interface is not None else None
 
 
 def home_page(
