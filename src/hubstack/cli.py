@@ -238,6 +238,9 @@ def cmd_env_build(args: argparse.Namespace) -> int:
     config = _load(args)
     declared = Declared(config, Repositories.of(config))
     names = [e.id for e in declared.environments]
+    if not names:
+        print("no declared environments in the config: nothing to build")
+        return 0
     if args.name is not None and args.name not in names:
         shown = ", ".join(names) or "none"
         print(

@@ -9,8 +9,9 @@ from typing import NoReturn
 from hubstack.config import Config
 from hubstack.exits import exit_now
 from hubstack.hub import builtin_accounts
+from hubstack.hub.database import db_url
 from hubstack.hub.groups import sync_groups
-from hubstack.hub.settings import db_url, jupyterhub_config
+from hubstack.hub.settings import jupyterhub_config
 from hubstack.hub.spawner import backend_for
 from hubstack.hub.tables import create_tables
 

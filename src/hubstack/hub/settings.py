@@ -27,6 +27,7 @@ from hubstack.hub import (
     usage_page,
 )
 from hubstack.hub.address import ROUTE, ServerAddressHandler
+from hubstack.hub.database import db_url
 from hubstack.hub.groups import configure_groups
 from hubstack.hub.home import home_template_var
 from hubstack.hub.login import configure_login
@@ -40,10 +41,6 @@ CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:se
 # clients a token for the one server launched.
 BINDER_SCOPES = ["read:users", "admin:servers", "tokens"]
 BINDER_SERVICE = "binder"
-
-
-def db_url(config: Config) -> str:
-    return f"sqlite:///{config.hub.data_dir / 'jupyterhub.sqlite'}"
 
 
 def proxy_command() -> str:
