@@ -35,9 +35,16 @@ def test_embedded_defaults_match_the_spec() -> None:
     assert config.policy.storage.server_volume == 2 * 2**30
 
 
-def test_starter_file_is_the_defaults() -> None:
+def test_starter_file_is_the_defaults_with_a_declared_environment() -> None:
+    """The embedded default environment is the hand-built one setup.sh makes; the starter
+    file declares its packages instead, for the hub to build."""
     starter = yaml.safe_load(files("hubstack.config").joinpath("starter.yaml").read_text())
-    assert validate(starter) == validate({})
+    [declared] = validate(starter).environments
+    assert declared.declared and declared.spec == {
+        "requirements.txt": "numpy\npandas\nmatplotlib\n"
+    }
+    defaults = validate({}).model_dump(mode="json")
+    assert validate({**starter, "environments": defaults["environments"]}) == validate({})
 
 
 def test_failed_logins_are_limited_by_default() -> None:
