@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hubstack.config.models import CondaSettings, Config
+from hubstack.config.models import CondaSettings, Config, RSettings
 from hubstack.envs.builder import build_script
 from hubstack.envs.conda import CondaPlan, channel_url, installer_input
 from hubstack.envs.python_sources import conda_python_spec
@@ -204,3 +204,26 @@ def test_build_script_of_a_uv_python(tmp_path: Path) -> None:
     install_dir = "UV_PYTHON_INSTALL_DIR=/cache/k/python"
     assert f"{install_dir} UV_PYTHON_DOWNLOADS=automatic /opt/uv python install --no-bin" in script
     assert f"{install_dir} /opt/uv venv --quiet --seed --python '==3.13.*' /cache/k/env" in script
+
+
+def test_build_script_of_an_r_environment(tmp_path: Path) -> None:
+    files = {"runtime.txt": "r-4.3-2024-01-10\n", "install.R": "", "DESCRIPTION": "Package: x\n"}
+    spec = spec_of(tmp_path, files, r_settings=RSettings(repos="https://cran.example/it's"))
+    script = build_script(spec, Path("/cache/k"), Path("/usr/bin/python3.11"), "/opt/uv")
+    site = "/cache/k/env/lib/R/etc/Rprofile.site"
+    # The site's repository as an R string, shell-quoted; written as a new file.
+    assert (
+        """printf '%s\\n' 'options(repos = c(CRAN = "https://cran.example/it'"'"'s"))'""" in script
+    )
+    assert f"rm -f {site} && mv {site}.new {site}" in script
+    steps = [
+        "R installs packages from",
+        "/cache/k/env/bin/Rscript --no-save --no-restore --no-init-file --no-environ install.R",
+        'remotes::install_local(upgrade = "never")',
+        "Installing the Jupyter server and kernel",
+        "IRkernel::installspec(user = FALSE",
+        "Build finished",
+    ]
+    at = [script.index(step) for step in steps]
+    assert at == sorted(at)
+    assert 'PATH=/cache/k/env/bin:"$PATH" R_KERNEL_PREFIX=/cache/k/env ' in script
