@@ -3,36 +3,45 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from hubstack.cluster.autoscale import view
+from hubstack.cluster.autoscale import _starts, view
 from hubstack.cluster.nodes import SlurmNode
-from hubstack.cluster.policy import NodeView, learned_hours, plan, warm_keep
+from hubstack.cluster.policy import NodeView, learn, learned_hours, plan, warm_keep
 from hubstack.cluster.records import NodeRecord
 from hubstack.config.cluster import NodeGroup
 from hubstack.config.load import ConfigError, validate
+from hubstack.usage.ledger import Ledger, Opened, ledger_url
+from hubstack.usage.pricing import Rate
 
 # Monday 7 December 2026, 09:00 UTC.
 MONDAY_9 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
+def base_group(**extra: object) -> dict[str, object]:
+    return {"name": "cpu", "max_nodes": 3, "cpus": 2, "memory": "4G", "partition": "cloud"} | extra
+
+
 def group(**extra: object) -> NodeGroup:
-    base = {"name": "cpu", "max_nodes": 3, "cpus": 2, "memory": "4G", "partition": "cloud"}
-    return NodeGroup.model_validate(base | extra)
+    return NodeGroup.model_validate(base_group(**extra))
 
 
 def config_error(**extra: object) -> str:
-    base = {"name": "cpu", "max_nodes": 3, "cpus": 2, "memory": "4G", "partition": "cloud"}
     with pytest.raises(ConfigError) as info:
-        validate({"cluster": {"node_groups": [base | extra]}}, "test.yaml")
+        validate({"cluster": {"node_groups": [base_group(**extra)]}}, "test.yaml")
     return str(info.value)
 
 
 @pytest.mark.parametrize(
     ("extra", "key", "words"),
     [
-        ({"warm": [{"schedule": "mon-fry 08:45-12:00"}]}, "warm[0].schedule", "'mon-fry' is not a day"),
+        (
+            {"warm": [{"schedule": "mon-fry 08:45-12:00"}]},
+            "warm[0].schedule",
+            "'mon-fry' is not a day",
+        ),
         ({"warm": [{"schedule": "fri-mon 08:00-09:00"}]}, "warm[0].schedule", "runs backwards"),
         ({"warm": [{"schedule": "mon 8-12"}]}, "warm[0].schedule", "not a span of hours"),
         ({"warm": [{"schedule": "mon 08:61-09:00"}]}, "warm[0].schedule", "not a time of day"),
@@ -210,3 +219,31 @@ def test_slurm_states_as_the_policy_sees_them(
     node: SlurmNode | None, record: NodeRecord | None, expected: NodeView
 ) -> None:
     assert view("cpu1", node, record) == expected
+
+
+def test_learned_hours_come_from_the_ledger_sessions_of_the_groups_partition(
+    tmp_path: Path,
+) -> None:
+    warm = [{"learned": True, "keep": 1}]
+    config = validate(
+        {
+            "hub": {"data_dir": str(tmp_path)},
+            "cluster": {"node_groups": [base_group(warm=warm)]},
+        },
+        "test.yaml",
+    )
+    ledger = Ledger(ledger_url(config))
+    for weeks, partition in [(1, "cloud"), (2, "cloud"), (1, "other"), (2, None)]:
+        fields = {"machine": "small"} | ({"partition": partition} if partition else {})
+        opened = Opened(
+            "ann", "", "slurm", "small", fields, Rate(0.1, 1, 2**30, 0), "EUR", frozenset()
+        )
+        ledger.open(opened, MONDAY_9 - timedelta(weeks=weeks))
+    ledger.engine.dispose()
+    found = _starts(config, config.cluster.node_groups, MONDAY_9)
+    assert {partition: sorted(starts) for partition, starts in found.items()} == {
+        "cloud": [MONDAY_9 - timedelta(weeks=2), MONDAY_9 - timedelta(weeks=1)],
+        "other": [MONDAY_9 - timedelta(weeks=1)],
+    }
+    g = config.cluster.node_groups[0]
+    assert warm_keep(g, learn(g, found["cloud"], MONDAY_9), MONDAY_9, 0) == 1
