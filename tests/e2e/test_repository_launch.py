@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import secrets
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, add_commit, make_repo
+from hubprocesses import kill_hub
 from hubtest import Hub, Session, running_hub, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
@@ -195,12 +197,23 @@ def test_a_build_that_cannot_work_tells_the_user_why(
     carol.api("DELETE", "/users/carol/servers/conda", json={"remove": True})
 
 
-def test_a_launch_gets_the_repository_as_post_build_left_it(
+def building(marker: str) -> bool:
+    """Whether a build's postBuild is running ``sleep <marker>`` now."""
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, check=False)
+    return found.returncode == 0
+
+
+def test_a_launch_gets_the_repository_as_post_build_left_it_also_after_a_hub_crash(
     hub: Hub, git: GitDaemon, carol: Session
 ) -> None:
-    post_build = "#!/bin/sh\nset -e\necho downloaded > data/fetched.csv\n"
+    marker = f"{6 + secrets.randbelow(3)}.{secrets.randbelow(900) + 100}"  # seconds
+    post_build = f"#!/bin/sh\nset -e\necho downloaded > data/fetched.csv\nsleep {marker}\n"
     name = repo(git, {"postBuild": post_build, "data/README": "data\n"}, executable=("postBuild",))
     assert carol.start("postbuild", options(git, name)).status_code in (201, 202)
+    # The hub dies while the build runs: the restarted hub builds again and starts the server.
+    wait_for(lambda: building(marker), 300, "the build's postBuild")
+    kill_hub(hub)
+    hub.start()
     carol.wait_ready("postbuild", timeout=600)
     run = carol.run_code(
         "import os\nprint(open('data/fetched.csv').read().strip())\n"

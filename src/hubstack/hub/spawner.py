@@ -160,6 +160,7 @@ class HubstackSpawner(Spawner):
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
         self._resuming = False
+        self._building = False  # a start waiting for its environment's build
         self._resume_task: asyncio.Future[None] | None = None
         self.env_key: str | None = None  # the repository environment the server runs
         self._env_marked = 0.0
@@ -221,6 +222,7 @@ class HubstackSpawner(Spawner):
         self.backend_state = dict(state.get("backend", {}))
         self.notices = list(state.get("notices", []))
         self._resuming = bool(state.get("resuming"))
+        self._building = bool(state.get("building"))
         self.env_key = state.get("env_key")
         self.usage_session = state.get("usage_session")
         self._budget_warned = bool(state.get("budget_warned"))
@@ -237,6 +239,8 @@ class HubstackSpawner(Spawner):
         # clears the state of the new one before the start that resumes the job.
         if self._resuming:
             state["resuming"] = True
+        if self._building:
+            state["building"] = True
         if self.env_key:
             state["env_key"] = self.env_key
         if self.usage_session is not None:
@@ -253,6 +257,7 @@ class HubstackSpawner(Spawner):
         super().clear_state()
         if not self._resuming:
             self.backend_state = {}
+            self._building = False
             self.env_key = None
             self.usage_session = None
             self._budget_warned = False
@@ -388,10 +393,15 @@ class HubstackSpawner(Spawner):
         self._resuming = self.will_resume = False
         built = None
         if request.repo is not None and resume is None:
+            # Saved, so that a hub restarted during the build starts this server again.
+            self._building = True
+            self._save_state()
             try:
                 request, built = await self._prepare_repository(request)
             except PrepareFailed as exc:
                 raise self._spawn_error(exc.message, "environment") from None
+            finally:
+                self._building = False
         elif request.environment.declared and resume is None:
             built = self._declared_build(request)
         # Where the backend binds the server's socket, its port is the server's from now on;
@@ -449,7 +459,8 @@ class HubstackSpawner(Spawner):
 
         JupyterHub checks servers before it serves requests and would stop one that is
         still starting; hubstack lets that check see it stopped, keeps its job, and starts
-        it again here, where :meth:`start` takes the job back instead of submitting a new one.
+        it again here, where :meth:`start` takes the job back instead of submitting a new one
+        (or, for a start that was waiting for its build, builds again).
         """
         client = AsyncHTTPClient()
         api = self.hub.api_url.rstrip("/")
@@ -498,14 +509,15 @@ class HubstackSpawner(Spawner):
         current.add_notice(notice)
 
     async def poll(self) -> int | None:
+        if self._check_pending and self._building and not self.backend_state:
+            # The hub restarted while this server's environment was being built: the
+            # start is made again, which builds anew what the killed build left unfinished.
+            return self._resume_later()
         if not self.backend_state:
             return 0
         if self._check_pending and self.backend.is_starting(self.backend_state):
             # The hub restarted while this server was starting: see _resume_after_restart.
-            self._resuming = True
-            self.will_resume = True  # JupyterHub keeps the token the job's server holds
-            self._resume_task = asyncio.ensure_future(self._resume_after_restart())
-            return 0
+            return self._resume_later()
         self.check_memory()
         await self._mark_env_used()
         ended = await self.backend.poll(self.backend_state)
@@ -515,6 +527,14 @@ class HubstackSpawner(Spawner):
         if ended.reason:
             self.add_notice(f"Your server {self._server_label()} stopped: {ended.reason}.")
         return ended.status
+
+    def _resume_later(self) -> int:
+        """Let JupyterHub's check after a restart see this server stopped, and start it
+        again once the hub is up."""
+        self._resuming = True
+        self.will_resume = True  # JupyterHub keeps the token a job's server holds
+        self._resume_task = asyncio.ensure_future(self._resume_after_restart())
+        return 0
 
     async def _meter(self) -> int | None:
         """Meter the running server in the usage ledger; warn near a budget's end, and
