@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from hubstack.backends.slurm import SlurmBackend, describe_job
 from hubstack.cluster.apply import describe
 from hubstack.cluster.budget import forget_past, refusal
 from hubstack.cluster.nodes import SlurmNode
 from hubstack.cluster.records import NodeRecord, Records
 from hubstack.config.cluster import NodeGroup
+from hubstack.config.load import validate
 from hubstack.config.usage import UsageSettings
+from hubstack.slurm.client import JobInfo
+from hubstack.slurm.watcher import Tracked
+from hubstack.usage.budgets import period_of
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 H = 3600.0
@@ -129,3 +135,19 @@ def test_status_shows_a_refused_node_with_its_reason() -> None:
     node = SlurmNode("g1", "DOWN+CLOUD+POWERED_DOWN", "g1", "ResumeTimeout reached")
     record = NodeRecord("g", "refused", 0, reason="budget spent for node group g: ...")
     assert describe("g1", "g", node, record, 1.0) == "refused (budget spent for node group g: ...)"
+
+
+def test_the_spawn_progress_says_when_no_node_can_start(tmp_path: Path) -> None:
+    nodes = {"name": "g", "max_nodes": 1, "cpus": 1, "memory": "1G", "partition": "cloud"}
+    capped = nodes | {"price": 1, "budget": {"money": 0}}
+    cluster = {"state_dir": str(tmp_path), "node_groups": [capped]}
+    backend = SlurmBackend(validate({"backend": {"type": "slurm"}, "cluster": cluster}))
+    tracked = Tracked("812")
+    tracked.info = JobInfo("812", "PENDING", "ReqNodeNotAvail", None, "cloud", None, None)
+    resets = period_of(USAGE, datetime.now(UTC))[1]
+    assert describe_job(tracked, None, backend._no_node(tracked)) == (
+        "Job 812 is queued on partition cloud, reason ReqNodeNotAvail, no node can start: "
+        f"budget spent for node group g: 0.00 of 0.00 EUR; it resets {resets:%Y-%m-%d} 00:00 UTC"
+    )
+    tracked.info = JobInfo("812", "PENDING", "Priority", None, "other", None, None)
+    assert backend._no_node(tracked) is None

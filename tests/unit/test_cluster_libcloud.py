@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from hubstack.cluster.apply import rows
 from hubstack.cluster.nodes import Programs, SlurmNode
 from hubstack.cluster.reconcile import Finding, reconcile
 from hubstack.config.load import load
+from hubstack.config.usage import Budget
 
 SECRET = "dummy-secret-4f1c2a9e"
 DOWN = "IDLE+CLOUD+POWERED_DOWN"
@@ -166,6 +165,24 @@ def test_the_reconciler_releases_an_orphan_and_leaves_other_machines(
     assert reconcile(programs) == []
 
 
+def test_a_spent_budget_refuses_the_machine_until_the_budget_allows(
+    programs: Programs,
+) -> None:
+    group = programs.groups["vm1"]
+    programs.groups["vm1"] = group.model_copy(update={"budget": Budget(core_hours=0)})
+    programs.resume("vm1")
+    assert names(programs) == ["dummy-1", "dummy-2"], "no machine for a refused node"
+    reason = "budget spent for node group vm: 0.00 of 0 core-hours; it resets "
+    assert programs.slurm.state["vm1"].reason.startswith(f"hubstack: {reason}")  # type: ignore[attr-defined]
+    assert programs.records.read().nodes["vm1"].state == "refused"
+    assert reconcile(programs) == []
+    programs.groups["vm1"] = group.model_copy(update={"budget": Budget(core_hours=1)})
+    assert reconcile(programs) == [
+        Finding("vm1", "refused for a spent budget", "returned it to service, powered down")
+    ]
+    assert programs.slurm.state["vm1"].state == DOWN  # type: ignore[attr-defined]
+
+
 def test_a_boot_that_never_registers_is_reported_and_released(programs: Programs) -> None:
     with programs.records.change() as records:
         records.booting("vm1", "vm")
@@ -217,13 +234,11 @@ def test_credentials_never_appear_in_errors_logs_or_status(
     assert not [text for text in texts if SECRET in text]
 
 
-def hubstack_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hubstack.cli", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def hubstack_check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`hubstack check`'s exit status and everything it printed."""
+    status = main(["check", "--config", str(path)])
+    shown = capsys.readouterr()
+    return status, shown.out + shown.err
 
 
 @pytest.mark.parametrize(
@@ -258,28 +273,28 @@ def hubstack_check(path: Path) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_hubstack_check_refuses_bad_cloud_settings(
-    tmp_path: Path, change: dict[str, object], words: list[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, object], words: list[str]
 ) -> None:
     path = write_config(tmp_path)
     data = yaml.safe_load(path.read_text())
     cloud_settings = data["cluster"]["node_groups"][0]["libcloud"]
     cloud_settings |= {"driver": "dummy"} | change
     path.write_text(yaml.safe_dump(data))
-    proc = hubstack_check(path)
-    assert proc.returncode != 0
+    status, shown = hubstack_check(path, capsys)
+    assert status != 0
     for word in words:
-        assert word in proc.stderr, proc.stderr
-    assert SECRET not in proc.stdout + proc.stderr
+        assert word in shown, shown
+    assert SECRET not in shown
 
 
 def test_a_local_group_bigger_than_its_subnet_is_refused_by_hubstack_check(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_config(tmp_path, provider="local", libcloud=None, max_nodes=6)
     data = yaml.safe_load(path.read_text())
     data["cluster"]["local"] = {"subnet": "10.0.0.0/29"}
     path.write_text(yaml.safe_dump(data))
-    proc = hubstack_check(path)
-    assert proc.returncode != 0
-    assert "cluster.local.subnet" in proc.stderr
-    assert "has room for 5 nodes, but the local node groups may have 6" in proc.stderr
+    status, shown = hubstack_check(path, capsys)
+    assert status != 0
+    assert "cluster.local.subnet" in shown
+    assert "has room for 5 nodes, but the local node groups may have 6" in shown

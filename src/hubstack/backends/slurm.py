@@ -46,6 +46,7 @@ from hubstack.backends.base import (
 )
 from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
+from hubstack.cluster.budget import refusal
 from hubstack.cluster.records import store_for
 from hubstack.config import Config
 from hubstack.hub import metrics
@@ -106,9 +107,12 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%b %d %H:%M")
 
 
-def describe_job(tracked: Tracked, typical_boot: float | None = None) -> str:
+def describe_job(
+    tracked: Tracked, typical_boot: float | None = None, no_node: str | None = None
+) -> str:
     """The scheduler's view of a waiting job, in one sentence for the progress stream;
-    ``typical_boot``: recent boots of the node group a configuring job waits for."""
+    ``typical_boot``: recent boots of the node group a configuring job waits for;
+    ``no_node``: why no elastic node of a pending job's partition can start."""
     info, job = tracked.info, tracked.job_id
     if info is None:
         if tracked.unknown_since is not None:
@@ -125,6 +129,8 @@ def describe_job(tracked: Tracked, typical_boot: float | None = None) -> str:
             details.append(f"position {info.position}")
         if info.start_time:
             details.append(f"expected start {_when(info.start_time)}")
+        if no_node:
+            details.append(f"no node can start: {no_node}")
         return ", ".join([*words, *details])
     if info.state == "RUNNING":
         return f"Job {job} is running on {info.nodes}; waiting for the server to start"
@@ -468,7 +474,9 @@ class SlurmBackend:
         try:
             while not state.get("host"):
                 await self._fail_if_ended(state, tracked)
-                sentence = describe_job(tracked, self._typical_boot(tracked))
+                sentence = describe_job(
+                    tracked, self._typical_boot(tracked), self._no_node(tracked)
+                )
                 if sentence != said:
                     emit(sentence)
                     said = sentence
@@ -489,6 +497,17 @@ class SlurmBackend:
             return None
         group = next((g for g in cluster.node_groups if info.nodes in g.nodes()), None)
         return store_for(self.config).read().typical_boot(group.name) if group else None
+
+    def _no_node(self, tracked: Tracked) -> str | None:
+        """Why no elastic node can start for a pending job: every node group serving its
+        partition has spent its budget (the first one's reason)."""
+        info, groups = tracked.info, self.config.cluster.node_groups
+        serving = [g for g in groups if info is not None and g.partition == info.partition]
+        if info is None or info.state != "PENDING" or not serving:
+            return None
+        records = store_for(self.config).read()
+        reasons = [refusal(group, self.config.usage, records) for group in serving]
+        return reasons[0] if all(reasons) else None
 
     async def _why_ended(self, state: dict[str, Any], tracked: Tracked) -> str:
         """How the job ended, in words: sacct first (it lags squeue a little), then its log."""

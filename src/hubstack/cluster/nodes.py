@@ -185,6 +185,9 @@ class Programs:
         for node, group in self._ours(hostlist):
             if node in known and known[node].state == "booting":
                 self._failed(node, group, f"its slurmd did not register within {timeout} s")
+            elif node in known and known[node].state == "refused":
+                # Slurm has just put its own reason (ResumeTimeout reached) in place of ours.
+                self.slurm.set_down(node, f"hubstack: {known[node].reason}")
             else:
                 provider_for(self.cluster, group).delete(node)
 

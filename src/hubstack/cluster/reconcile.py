@@ -31,14 +31,21 @@ def _lost(node: SlurmNode | None) -> bool:
     return not node.flags & {"POWERED_DOWN", "POWERING_UP", "POWERING_DOWN", "DOWN"}
 
 
+def _out_and_powered_down(node: SlurmNode | None) -> bool:
+    """Out of service and powered down by Slurm (at its ResumeTimeout): safe to return."""
+    return (
+        node is not None
+        and {"DOWN", "POWERED_DOWN"} <= node.flags
+        and not node.flags & {"POWERING_UP", "POWERING_DOWN"}
+    )
+
+
 def _cooled_down(node: SlurmNode | None, records: Records, name: str, after: float) -> bool:
     """A node hubstack failed (its record says so: Slurm replaces the reason with its own
     at the ResumeTimeout), long enough ago to retry, and which Slurm has powered down."""
     record = records.nodes.get(name)
     return (
-        node is not None
-        and {"DOWN", "POWERED_DOWN"} <= node.flags
-        and not node.flags & {"POWERING_UP", "POWERING_DOWN"}
+        _out_and_powered_down(node)
         and record is not None
         and record.state == "failed"
         and time.time() - record.since >= after
@@ -49,7 +56,7 @@ def _budget_allows(node: SlurmNode | None, records: Records, name: str, programs
     """A node refused for its group's spent budget, which the budget now allows (a new
     period, or a raised budget)."""
     record = records.nodes.get(name)
-    if node is None or "DOWN" not in node.flags or record is None or record.state != "refused":
+    if not _out_and_powered_down(node) or record is None or record.state != "refused":
         return False
     return refusal(programs.groups[name], programs.usage, records) is None
 
