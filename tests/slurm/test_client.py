@@ -92,6 +92,17 @@ def jobs(slurm_user: User) -> Iterator[Jobs]:
     submitted.cancel_all()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def overtime(slurm_user: User) -> Iterator[tuple[Jobs, str]]:
+    """A job with a limit of one minute (Slurm's smallest) that would run for five, submitted
+    as the module starts: Slurm ends it while the other tests run, and the time-limit test,
+    the module's last, reads how it ended instead of waiting a minute or more for it."""
+    submitted = Jobs(slurm_user)
+    job_id = submitted.submit("sleep 300", "--time=1")
+    yield submitted, job_id
+    submitted.cancel_all()
+
+
 def processes_with(variable: bytes) -> list[int]:
     """Processes whose environment holds ``variable`` (``NAME=value``)."""
     found = []
@@ -258,14 +269,6 @@ def test_a_job_over_its_memory_is_explained(jobs: Jobs) -> None:
     assert (from_log.state, from_log.reason) == ("OUT_OF_MEMORY", "it ran out of memory")
 
 
-def test_a_job_over_its_time_limit_is_explained(jobs: Jobs) -> None:
-    job_id = jobs.submit("sleep 300", "--time=1")
-    end = jobs.wait_ended(job_id, timeout=180)
-    assert (end.state, end.reason) == ("TIMEOUT", "it reached its wall time limit (0:01:00)")
-    from_log = wait_for(lambda: reason_from_log(jobs.output(job_id)), 30, "slurmstepd's note")
-    assert (from_log.state, from_log.reason) == ("TIMEOUT", "it reached its wall time limit")
-
-
 def test_a_failing_job_gives_its_exit_status(jobs: Jobs) -> None:
     job_id = jobs.submit("echo failing; exit 3")
     end = jobs.wait_ended(job_id)
@@ -356,3 +359,11 @@ def test_a_node_is_known_by_its_name_host_name_and_address(slurm_cluster: Cluste
     assert node in names
     assert "127.0.0.1" in names, "the local cluster's nodes are at 127.0.0.1"
     assert asyncio.run(Slurm().node_names("no-such-node")) == set()
+
+
+def test_a_job_over_its_time_limit_is_explained(overtime: tuple[Jobs, str]) -> None:
+    jobs, job_id = overtime
+    end = jobs.wait_ended(job_id, timeout=180)
+    assert (end.state, end.reason) == ("TIMEOUT", "it reached its wall time limit (0:01:00)")
+    from_log = wait_for(lambda: reason_from_log(jobs.output(job_id)), 30, "slurmstepd's note")
+    assert (from_log.state, from_log.reason) == ("TIMEOUT", "it reached its wall time limit")
