@@ -10,6 +10,8 @@ error from the cloud is passed on with any credential in it masked.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -80,8 +82,16 @@ class LibcloudProvider:
         except SystemOpError:
             raise
         except Exception as exc:  # libcloud raises its drivers' own types
-            message = _masked(f"{type(exc).__name__}: {exc}", _secrets(self.settings).values())
+            message = _masked(f"{type(exc).__name__}: {exc}", self._hidden())
             raise SystemOpError(f"{self.settings.driver}: {message}") from None
+
+    def _hidden(self) -> list[str]:
+        """What an error must not repeat: the credentials, and the munge key as the boot
+        script carries it (a cloud may quote a request it refused)."""
+        hidden = list(_secrets(self.settings).values())
+        with contextlib.suppress(OSError):
+            hidden.append(base64.b64encode(self.settings.munge_key.read_bytes()).decode())
+        return hidden
 
     def _ours(self, driver: NodeDriver) -> dict[str, Node]:
         from libcloud.compute.types import NodeState
