@@ -1,6 +1,8 @@
 """Users' servers outlive the hub: after ``kill -9`` and after ``SIGTERM`` the restarted hub
 takes them back, with their routes, kernels and notices, and runs one proxy and one of each
-service; ``hubstack up --stop-servers`` stops them with the hub."""
+service; ``hubstack up --stop-servers`` stops them with the hub. A declared environment
+changed across restarts (one of them a ``kill -9`` during its build) gives new starts the
+new build while running servers keep theirs."""
 
 from __future__ import annotations
 
@@ -109,3 +111,92 @@ def test_a_hub_started_with_sigint_ignored_gives_its_services_sigint_back(hub: H
     terminate_hub(hub)
     assert "binder service stopped" in hub.log()
     hub.start()
+
+
+# A declared environment's second definition: its postBuild waits for the test's go-ahead,
+# so that the hub can be killed while it builds.
+DECLARED_V1 = {"requirements": "tabulate==0.9.0"}
+GATED_POST_BUILD = "#!/bin/bash\nwhile [ ! -e {gate} ]; do sleep 0.2; done\necho past the gate\n"
+PREFIX_CODE = "import sys, tabulate; print(sys.prefix)"
+
+
+def with_declared(hub: Hub, spec: dict[str, str] | None, restart: bool = True) -> None:
+    """The module's environments plus ``declared`` of ``spec`` (None: without it), in the
+    config file and, with ``restart``, in the hub."""
+    environments = [e for e in hub.overrides["environments"] if e["id"] != "declared"]
+    if spec is not None:
+        environments.append({"id": "declared", "display": "Declared", "spec": spec})
+    hub.overrides = {**hub.overrides, "environments": environments}
+    hub.write_config()
+    if restart:
+        terminate_hub(hub)
+        hub.start()
+
+
+def started_once_built(session: Session, server: str) -> None:
+    """Ask for a server of the declared environment until the hub accepts: while it is being
+    built, each ask is refused with 400 and the reason."""
+
+    def accepted() -> bool:
+        answer = session.start(server, {"environment": "declared"})
+        if answer.status_code == 400:
+            assert "is being built" in answer.json()["message"], answer.text
+            return False
+        assert answer.status_code in (201, 202), answer.text
+        return True
+
+    wait_for(accepted, 600, "the declared environment's build", interval=2)
+    session.wait_ready(server, timeout=120)
+
+
+def build_logs_saying(hub: Hub, text: str) -> list[Path]:
+    return [p for p in (hub.root / "binder/logs").glob("*.log") if text in p.read_text()]
+
+
+def complete_builds(hub: Hub) -> set[str]:
+    """The cache's entries: each must be complete (a crash leaves none half-built)."""
+    entries = {p.name: (p / "meta.json").is_file() for p in (hub.root / "binder/envs").iterdir()}
+    assert all(entries.values()), f"an incomplete entry is in the cache: {entries}"
+    return set(entries)
+
+
+def test_a_declared_environment_is_built_replaced_while_used_and_pruned(hub: Hub) -> None:
+    gate = hub.root / "declared-gate"
+    gate.mkdir(mode=0o755)
+    declan = hub.new_user("declan")
+    try:
+        with_declared(hub, DECLARED_V1)
+        started_once_built(declan, "")
+        old = Path(declan.run_code(PREFIX_CODE).stdout.strip())
+        assert old.parent.parent == hub.root / "binder/envs", old
+        assert complete_builds(hub) == {old.parent.name}
+
+        # A changed definition: built anew at the restart, while the old server runs.
+        gated = {**DECLARED_V1, "postBuild": GATED_POST_BUILD.format(gate=gate / "open")}
+        with_declared(hub, gated)
+        spawn_page = declan.http.get(f"{hub.url}/hub/spawn/declan/new", timeout=30).text
+        assert "Being built; not ready yet" in spawn_page
+        refused = declan.start("new", {"environment": "declared"})
+        assert refused.status_code == 400 and "is being built" in refused.json()["message"]
+        wait_for(lambda: build_logs_saying(hub, "Running postBuild"), 300, "the postBuild")
+
+        # kill -9 of the hub mid-build: the restarted hub builds again, and nothing
+        # half-built is ever offered.
+        kill_hub(hub)
+        (gate / "open").touch()
+        hub.start()
+        started_once_built(declan, "new")
+        new = Path(declan.run_code(PREFIX_CODE, "new").stdout.strip())
+        assert new != old and complete_builds(hub) == {old.parent.name, new.parent.name}
+        assert Path(declan.run_code(PREFIX_CODE).stdout.strip()) == old, "the old server keeps its"
+
+        # Prune spares the old build while its server runs, and removes it after.
+        pruned = hub.cli("env", "prune", "--unused-for", "0s")
+        assert pruned.returncode == 0 and "removed 0 environment" in pruned.stdout, pruned.stdout
+        declan.stop("")
+        pruned = hub.cli("env", "prune", "--unused-for", "0s")
+        assert f"removed {old.parent.name[:12]}" in pruned.stdout, pruned.stdout + pruned.stderr
+        assert complete_builds(hub) == {new.parent.name}, "the current build stays"
+        declan.stop("new", remove=True)
+    finally:
+        with_declared(hub, None, restart=False)  # the running hub's extra choice is harmless
