@@ -16,7 +16,7 @@ conda-forge's own ``python`` package does.
 ``lib/R/library``); the paths Debian's R has built in are written with a prefix placeholder,
 which the installer replaces with the environment's path, as for conda-forge's own R. Its
 shared libraries (BLAS, readline, ZeroMQ) come from the host. :func:`cran_repository` makes a
-CRAN-like repository of one small source package.
+CRAN-like repository of two small source packages.
 """
 
 from __future__ import annotations
@@ -406,28 +406,35 @@ def write_r_packages(channel: Path) -> None:
         shutil.copyfile(archive, channel / archive.parent.name / archive.name)
 
 
-GREETING_R = """greeting <- function(who = "R") paste0("hello from ", who, ", said hubstackgreet")
-"""
+# The CRAN-like repository's source packages: name -> (exported function, its R code).
+CRAN_PACKAGES = {
+    "hubstackgreet": (
+        "greeting",
+        'function(who = "R") paste0("hello from ", who, ", said hubstackgreet")',
+    ),
+    "hubstackshout": ("shout", "function(text) toupper(text)"),
+}
 
 
 def cran_repository(folder: Path, work: Path) -> None:
-    """A CRAN-like repository at ``folder`` with one source package, ``hubstackgreet`` 0.1
-    (``greeting()``), indexed by R's own ``tools::write_PACKAGES``."""
+    """A CRAN-like repository at ``folder`` of :data:`CRAN_PACKAGES` (version 0.1 each, as
+    source packages), indexed by R's own ``tools::write_PACKAGES``."""
     contrib = folder / "src/contrib"
     contrib.mkdir(parents=True)
-    description = (
-        "Package: hubstackgreet\nVersion: 0.1\nTitle: Greetings for Tests\n"
-        "Description: A greeting, installed from a CRAN-like repository.\n"
-        "Authors@R: person('Hub', 'Stack', email = 'hub@example.org', role = c('aut', 'cre'))\n"
-        "License: MIT\n"
-    )
-    files = {
-        "DESCRIPTION": description,
-        "NAMESPACE": "export(greeting)\n",
-        "R/greeting.R": GREETING_R,
-    }
-    with tarfile.open(contrib / "hubstackgreet_0.1.tar.gz", "w:gz") as tar:
-        for rel, text in files.items():
-            _add(tar, f"hubstackgreet/{rel}", text.encode(), 0o644)
+    for name, (function, code) in CRAN_PACKAGES.items():
+        description = (
+            f"Package: {name}\nVersion: 0.1\nTitle: A Package for Tests\n"
+            "Description: Installed from a CRAN-like repository.\n"
+            "Authors@R: person('Hub', 'Stack', email = 'hub@example.org', role = c('aut', 'cre'))\n"
+            "License: MIT\n"
+        )
+        files = {
+            "DESCRIPTION": description,
+            "NAMESPACE": f"export({function})\n",
+            f"R/{function}.R": f"{function} <- {code}\n",
+        }
+        with tarfile.open(contrib / f"{name}_0.1.tar.gz", "w:gz") as tar:
+            for rel, text in files.items():
+                _add(tar, f"{name}/{rel}", text.encode(), 0o644)
     index = f"tools::write_PACKAGES({str(contrib)!r}, type = 'source')"
     run(["/usr/bin/Rscript", "-e", index], cwd=work, check=True)

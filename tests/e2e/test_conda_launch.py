@@ -97,6 +97,7 @@ def test_a_conda_environment_runs_in_the_launched_server(hub: Hub, git: GitDaemo
 
 R_PACKAGE = {
     "runtime.txt": "r-4.2-2024-01-10\n",
+    "install.R": 'install.packages("hubstackshout")\n',
     "DESCRIPTION": "Package: binderrepo\nVersion: 0.1\nTitle: A Repository as a Package\n"
     "Description: Greets through its import.\nLicense: MIT\nImports: hubstackgreet\n",
     "NAMESPACE": "export(hello)\n",
@@ -104,19 +105,28 @@ R_PACKAGE = {
 }
 
 
-def test_an_r_repository_runs_in_the_environments_r_kernel(hub: Hub, git: GitDaemon) -> None:
+def test_an_r_repository_runs_in_the_environments_r_kernel(
+    hub: Hub, git: GitDaemon, channel: str
+) -> None:
     rhea: Session = hub.new_user("rhea-renv")
     make_repo(git.base / "r-package", R_PACKAGE)
     sent = {"environment": "repository", "repo": git.url("r-package"), "ref": "main"}
     events = start_and_follow(rhea, "renv", sent)
     assert events[-1].get("ready"), events
     messages = [event.get("message", "") for event in events]
+    assert f"R installs packages from {channel}/cran" in messages
+    assert "Running install.R" in messages
     assert "Installing the repository as an R package (DESCRIPTION)" in messages
-    # The "ir" kernel is the environment's (the host's Debian R has one by that name too).
-    code = 'cat(binderrepo::hello(), R.home(), sep = "\\n")'
+    # The "ir" kernel is the environment's (the host's Debian R has one by that name too):
+    # install.R's package, the DESCRIPTION package with its import, the site's repository.
+    code = (
+        'cat(binderrepo::hello(), hubstackshout::shout("r"), getOption("repos")[["CRAN"]], '
+        'R.version$minor, R.home(), sep = "\\n")'
+    )
     run = rhea.run_code(code, "renv", kernel_name="ir")
     assert run.status == "ok", run
-    greeting, home = run.stdout.splitlines()
-    assert greeting == "hello from binderrepo, said hubstackgreet"
+    greeting, shout, repos, minor, home = run.stdout.splitlines()
+    assert (greeting, shout) == ("hello from binderrepo, said hubstackgreet", "R")
+    assert (repos, minor[:2]) == (f"{channel}/cran", "2.")
     assert home.endswith(f"/{ENV}/lib/R") and home != "/usr/lib/R"
     rhea.stop("renv", remove=True)

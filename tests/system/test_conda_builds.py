@@ -8,15 +8,14 @@ tests/e2e/test_conda_launch.py.
 The channel holds CPython 3.10 (the host has 3.11), pip, pure-Python packages in two
 versions, a compiled shared library with an executable, a Python package that loads it,
 two packages that cannot be installed together, and one larger than the size limit; and
-Debian's R repackaged as r-base with IRkernel and remotes, beside a CRAN-like repository of
-one source package (hubstackgreet), for R environments (runtime.txt r-..., install.R).
+Debian's R repackaged as r-base with IRkernel and remotes, for R environments' failures: an
+R version no channel has, an install.R that stops (an R environment that builds and runs:
+tests/e2e/test_conda_launch.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from condachannel import (
     PYENV,
     Package,
     basic_packages,
-    cran_repository,
     noarch_python,
     serve,
     write_channel,
@@ -58,13 +56,12 @@ def site() -> Iterator[Site]:
     (root / "data").mkdir(mode=0o700)
     write_r_packages(root / "channels/conda-forge")
     write_channel(root / "channels/conda-forge", packages(root / "compile"))
-    cran_repository(root / "channels/cran", root)
     with (
         serve(root / "channels", free_port_block(1)) as url,
         GitDaemon(root / "git") as git,
     ):
         conda = {"enabled": True, "channels": ["conda-forge"], "mirror": url}
-        made = Site(root, git, overrides={"conda": conda, "r": {"repos": f"{url}/cran"}})
+        made = Site(root, git, overrides={"conda": conda})
         try:
             yield made
         finally:
@@ -107,48 +104,6 @@ def test_runtime_txt_gets_a_python_the_host_lacks_from_the_channel(site: Site) -
     assert (prepared.env.prefix / "bin/jupyterhub-singleuser").exists()
 
 
-def r_as_nobody(prefix: Path, code: str) -> list[str]:
-    """The lines ``code`` prints, run by the environment's Rscript as a user would."""
-    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    done = subprocess.run(
-        [*argv, str(prefix / "bin/Rscript"), "-e", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
-
-
-def test_an_r_environment_runs_install_r_from_the_sites_repository(site: Site) -> None:
-    files = {
-        "binder/runtime.txt": "r-4.2-2024-01-10\n",
-        "binder/install.R": 'install.packages("hubstackgreet")\n',
-    }
-    prepared, events = site.prepare(site.repo(files))
-    prefix = prepared.env.prefix
-    assert any("R installs packages from http://127.0.0.1:" in m for _, m in events)
-    code = (
-        'library(hubstackgreet); cat(greeting(), R.version$minor, R.home(), sep = "\\n"); '
-        'cat(getOption("repos")[["CRAN"]], "\\n")'
-    )
-    greeting, minor, home, repos = r_as_nobody(prefix, code)
-    assert (greeting, minor[:2], home) == (
-        "hello from R, said hubstackgreet",
-        "2.",
-        f"{prefix}/lib/R",
-    )
-    assert repos.strip() == site.overrides["r"]["repos"]
-    # The kernel the server offers runs this environment's R, which has IRkernel.
-    kernel = json.loads((prefix / "share/jupyter/kernels/ir/kernel.json").read_text())
-    assert kernel["argv"][0] == f"{prefix}/lib/R/bin/R"
-    assert r_as_nobody(prefix, 'cat(requireNamespace("IRkernel"))') == ["TRUE"]
-    assert (prefix / "bin/jupyterhub-singleuser").exists()
-
-
 def test_an_r_version_nobody_provides_fails_naming_it(site: Site) -> None:
     message = site.refused(site.repo({"runtime.txt": "r-9.9-2024-01-10\n"}))
     assert "r-base 9.9" in message
@@ -157,4 +112,5 @@ def test_an_r_version_nobody_provides_fails_naming_it(site: Site) -> None:
 def test_an_install_r_that_fails_fails_the_build_leaving_nothing(site: Site) -> None:
     files = {"runtime.txt": "r-4.2\n", "install.R": "library(nosuchpackage)\n"}
     message = site.refused(site.repo(files))
+    assert "Running install.R" in message  # as the build account, R from the channel
     assert "there is no package called" in message and "nosuchpackage" in message
