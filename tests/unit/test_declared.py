@@ -4,6 +4,8 @@ of one, and what the spawn form and a start say while it is being built."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,26 @@ def test_prune_keeps_what_records_and_running_servers_name(tmp_path: Path) -> No
     (records / "gone").write_text("k0\n")  # an environment the config no longer declares
     assert current_keys(hub) == {"k1"}
     assert in_use([{"env_key": "k2"}, {}, {"backend": {}}]) == {"k2"}
+
+
+def test_a_spec_the_builder_refuses_is_logged_marked_and_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused before any build (a Python this hub has no source for), as the hub's start
+    runs it: the reason in the hub's log, the form and a start say it could not be built."""
+    hub = config(tmp_path, {"runtime.txt": "python-3.2"}).model_copy(deep=True)
+    hub.binder.python_sources = []
+    declared = Declared(hub, Repositories(hub, cgroups.NoLimits()))
+
+    async def start_and_wait() -> None:
+        declared.start(logging.getLogger("hub"))
+        assert declared._task is not None
+        await declared._task
+
+    with caplog.at_level(logging.INFO, "hub"):
+        asyncio.run(start_and_wait())
+    [failure] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failure.getMessage().startswith("environment data: runtime.txt asks for")
+    assert declared.form_notes() == {"data": "Could not be built"}
+    assert "could not be built" in (declared.refusal(hub.environments[0]) or "")
+    assert current_keys(hub) == set(), "nothing recorded"

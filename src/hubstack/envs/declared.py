@@ -30,8 +30,6 @@ from hubstack.envs.repository import Phase, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
 from hubstack.untrusted import InvalidLaunch
 
-log = logging.getLogger(__name__)
-
 RECORDS = "declared"
 SPEC_ORIGIN = "spec:"
 """How ``env list`` names a declared spec's build: ``spec:<environment id>``."""
@@ -73,16 +71,19 @@ class Declared:
         self.records = config.binder.root / RECORDS
         self._task: asyncio.Future[None] | None = None
 
-    def start(self) -> None:
-        """Build every declared environment in the background (the hub's start)."""
+    def start(self, log: logging.Logger) -> None:
+        """Build every declared environment in the background (the hub's start), with the
+        builds' lines and failures in ``log`` (the hub's)."""
+
+        def phase_for(env_id: str) -> Phase:
+            def phase(name: str, line: str) -> None:
+                level = logging.ERROR if name == "failed" else logging.INFO
+                log.log(level, "environment %s: %s", env_id, line)
+
+            return phase
+
         if self.environments and self._task is None:
-            self._task = asyncio.ensure_future(self.build_all(self._logger))
-
-    def _logger(self, env_id: str) -> Phase:
-        def phase(_phase: str, line: str) -> None:
-            log.info("environment %s: %s", env_id, line)
-
-        return phase
+            self._task = asyncio.ensure_future(self.build_all(phase_for))
 
     async def build_all(
         self, phase_for: Callable[[str], Phase], only: str | None = None

@@ -34,7 +34,7 @@ class HubstackHub(JupyterHub):
         metrics.register_running_servers(self._running_servers)
         silent = functools.partial(_scheduler_silent, backend)
         self._monitor = asyncio.ensure_future(Monitor(config, silent).run())
-        declared_for(config_json).start()
+        declared_for(config_json).start(self.log)
 
     def init_handlers(self) -> None:
         super().init_handlers()
