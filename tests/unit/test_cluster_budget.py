@@ -18,6 +18,7 @@ from hubstack.cluster.records import NodeRecord, Records
 from hubstack.config.cluster import NodeGroup
 from hubstack.config.load import validate
 from hubstack.config.usage import UsageSettings
+from hubstack.hub.monitor import Monitor
 from hubstack.slurm.client import JobInfo
 from hubstack.slurm.watcher import Tracked
 from hubstack.usage.budgets import period_of
@@ -151,3 +152,22 @@ def test_the_spawn_progress_says_when_no_node_can_start(tmp_path: Path) -> None:
     )
     tracked.info = JobInfo("812", "PENDING", "Priority", None, "other", None, None)
     assert backend._no_node(tracked) is None
+
+
+def test_admins_are_alerted_to_nodes_refused_for_a_spent_budget(tmp_path: Path) -> None:
+    monitor = Monitor(validate({"hub": {"data_dir": str(tmp_path)}}))
+    reason = "budget spent for node group g: 4.00 of 4 core-hours; it resets 2027-01-01 00:00 UTC"
+    out = {
+        "g1": NodeRecord("g", "refused", 0, reason=reason),
+        "g2": NodeRecord("g", "refused", 0, reason=reason),
+    }
+    [alert] = monitor._node_alerts(out)
+    assert (alert.key, alert.summary) == (
+        "cluster-budget-spent",
+        f"elastic nodes were refused: {reason}",
+    )
+    out["h1"] = NodeRecord("h", "failed", 0, reason="no slurmd")
+    assert [a.key for a in monitor._node_alerts(out)] == [
+        "cluster-budget-spent",
+        "cluster-nodes-failed",
+    ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hubstack.cluster.nodes import Programs
 from hubstack.cluster.reconcile import reconcile
+from hubstack.cluster.records import NodeRecord
 from hubstack.config import Config
 from hubstack.hub import metrics
 from hubstack.hub.alerts import Alert, Incidents, Notifier
@@ -111,26 +112,42 @@ class Monitor:
         for disk in disks:
             metrics.STORAGE_USED.labels(disk.role, str(disk.path)).set(disk.used)
             metrics.STORAGE_SIZE.labels(disk.role, str(disk.path)).set(disk.size)
-        failed: dict[str, str] = {}
+        out: dict[str, NodeRecord] = {}
         if self.config.cluster.node_groups:
-            failed = await asyncio.to_thread(self._reconcile)
-        await self.incidents.update(self.alerts(disks) + self._node_alerts(failed))
+            out = await asyncio.to_thread(self._reconcile)
+        await self.incidents.update(self.alerts(disks) + self._node_alerts(out))
         metrics.MONITOR_CHECKS.inc()
 
-    def _reconcile(self) -> dict[str, str]:
-        """One pass of the elastic cluster's reconciler, logged; the nodes still failed."""
+    def _reconcile(self) -> dict[str, NodeRecord]:
+        """One pass of the elastic cluster's reconciler, logged; the nodes still out of
+        service (failed, or refused for a spent budget)."""
         programs = Programs(self.config)
         for finding in reconcile(programs):
             log.warning("cluster: %s: %s; %s", finding.node, finding.found, finding.done)
         nodes = programs.records.read().nodes
-        return {name: n.reason or "" for name, n in nodes.items() if n.state == "failed"}
+        return {name: n for name, n in nodes.items() if n.state in ("failed", "refused")}
 
-    def _node_alerts(self, failed: dict[str, str]) -> list[Alert]:
+    def _node_alerts(self, out: dict[str, NodeRecord]) -> list[Alert]:
+        failed = {name: n.reason or "" for name, n in out.items() if n.state == "failed"}
+        spent = sorted({n.reason or "" for n in out.values() if n.state == "refused"})
+        alerts = []
+        if spent:
+            alerts.append(
+                Alert(
+                    "cluster-budget-spent",
+                    "cluster-budget-spent",
+                    f"elastic nodes were refused: {'; '.join(spent)}",
+                    "Jobs on these groups' partitions wait until the period resets, when "
+                    "hubstack returns the nodes; raise the group's budget in hubstack.yaml "
+                    "to return them at the next monitor round.",
+                )
+            )
         if not failed:
-            return []
+            return alerts
         retry = self.config.cluster.retry_failed_after
         listed = "; ".join(f"{name}: {reason}" for name, reason in sorted(failed.items()))
         return [
+            *alerts,
             Alert(
                 "cluster-nodes-failed",
                 "cluster-nodes-failed",
@@ -138,7 +155,7 @@ class Monitor:
                 f"hubstack returns each to service {retry / 60:.0f} min after its failure and "
                 "Slurm runs their jobs on other nodes meanwhile; if boots keep failing, read "
                 "`hubstack cluster status` and the provider's own log.",
-            )
+            ),
         ]
 
     def alerts(self, disks: list[Disk]) -> list[Alert]:
