@@ -65,6 +65,15 @@ def _pick(found: Iterable[Any], wanted: str, what: str) -> Any:
     raise SystemOpError(f"the cloud has no {what} {wanted!r}")
 
 
+def _image(driver: NodeDriver, wanted: str) -> Any:
+    """The image by id through the driver's own lookup where it has one (a cloud's full
+    image list runs to many thousands), else by id or name from the list."""
+    try:
+        return driver.get_image(wanted)
+    except NotImplementedError:
+        return _pick(driver.list_images(), wanted, "image")
+
+
 class LibcloudProvider:
     """One node group's machines on one cloud account."""
 
@@ -118,7 +127,7 @@ class LibcloudProvider:
         machine = driver.create_node(
             name=s.name_prefix + node,
             size=_pick(driver.list_sizes(), s.size, "size"),
-            image=_pick(driver.list_images(), s.image, "image"),
+            image=_image(driver, s.image),
             **args,
         )
         return self._address(driver, node, machine.id)

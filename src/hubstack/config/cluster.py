@@ -67,7 +67,7 @@ class LibcloudNodes(Strict):
         default_factory=dict, description="the driver's other arguments, e.g. region"
     )
     size: str = Field(description="the machine size, by id or name (e.g. m7i.large)")
-    image: str = Field(description="the machine image, by id or name, with slurmd and munge")
+    image: str = Field(description="the machine image, by id, with slurmd and munge")
     location: str | None = Field(None, description="a location by id or name; null: driver's")
     extra: dict[str, Scalar | list[Scalar] | dict[str, Scalar]] = Field(
         default_factory=dict, description="more create_node arguments (ex_keyname, ...)"
