@@ -6,14 +6,22 @@ One ``hubstack up`` hub (tests/hubtest.py: local backend, its default machine of
 1G, builds in the default limits of 2 CPUs, 4G and 15 min), one user of it, and a git daemon
 on loopback serving the test repositories (tests/gitserver.py). A repository's
 ``requirements.txt`` asks for ``numpy``, ``pandas`` and ``matplotlib``, unpinned, so a build
-gets their newest releases. Three things are timed:
+gets their newest releases. These are timed:
 
 1. Cold build: a repository whose environment is not in the cache is launched, and built.
    Nothing is cached: the hub's environment cache is new (it lives under the hub's own test
-   root), and uv's download cache lives on each build's scratch file system, so every build
+   root), its package cache (``<binder.root>/packages``) is emptied before each cold build,
+   and uv's download cache lives on each build's scratch file system, so every build
    downloads all its packages (the Jupyter server and kernel, then the repository's) from the
    package index. The ``--builds`` repositories differ only in a comment line of their
-   requirements.txt, which is enough for a key of their own: each is built. Timed from
+   requirements.txt, which is enough for a key of their own: each is built. After each
+   build the run waits until the hub has put its wheels in the package cache (its log says
+   ``Package cache:`` in its build log). Also timed cold: a uv build of three small packages
+   (``SMALL_REQUIREMENTS``: with Python and pip, as many packages as the conda build) and,
+   when the machine has the pyenv CPython 3.10.13 that tests/condachannel.py repackages, a
+   conda ``environment.yml`` of Python 3.10, pip and two small packages (one with a
+   compiled library) solved and installed from that local channel, served on loopback as
+   the hub's ``binder.conda.mirror``. Timed from
    opening the event stream until the first ``built`` event and until ``ready``, and split
    by when the first event of each phase arrived: wait (until the hub's first event),
    fetch (until the first build log line: mirror the repository, resolve the ref, read the
@@ -21,10 +29,13 @@ gets their newest releases. Three things are timed:
    ``ready``: check out the repository, start the server). The service follows the hub's
    progress only once the hub calls the server pending, which it polls for every 0.5 s; the
    hub's events from before then arrive together, so a fetch done by then shows as 0.
-2. Warm launch: the first repository again, its environment now in the cache, from opening
+2. Known packages: ``--builds`` new repositories asking for numpy, pandas and matplotlib
+   plus termcolor, after the cold builds left their wheels in the package cache: the Jupyter
+   server's and the three packages' wheels come from there, termcolor from the index.
+3. Warm launch: the first repository again, its environment now in the cache, from opening
    the event stream until ``ready``; split the same way (fetch: until the environment was
-   found).
-3. Plain spawn: a server of the hub's default environment (``{"environment": "python"}``),
+   found); the conda repository's warm launch too.
+4. Plain spawn: a server of the hub's default environment (``{"environment": "python"}``),
    from sending ``POST /hub/api/users/<user>/servers/<name>`` until the progress stream
    reports ``ready``, as spawn_local.py times its spawns.
 
@@ -65,6 +76,7 @@ import json
 import os
 import platform
 import pwd
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,6 +92,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from condachannel import PYENV, basic_packages, serve, write_channel
 from gitserver import GitDaemon, make_repo
 from hubbench import (
     CGROUP_ROOT,
@@ -92,17 +105,36 @@ from hubbench import (
     p95,
     remove_leftovers,
 )
-from hubtest import Hub, Session, running_hub, wait_for
+from hubtest import Hub, Session, free_port_block, new_test_root, running_hub, wait_for
 
 from hubstack.config.load import validate
 from hubstack.config.models import Config
 from hubstack.envs.builder import uv_binary
 from hubstack.envs.cache import EnvCache
+from hubstack.envs.packages import PackageCache
 from hubstack.launch.repo import repo_source, server_name
 from hubstack.system import cgroups
 
 REQUIREMENTS = "numpy\npandas\nmatplotlib\n"
 PACKAGES = ("numpy", "pandas", "matplotlib")
+KNOWN_EXTRA = "termcolor"
+"""The small package a new repository adds to the ones the hub has seen."""
+SMALL_REQUIREMENTS = "tabulate\nsix\nidna\n"
+"""A uv build the size of the conda one: Python, pip and three small packages."""
+CONDA_PYTHON = "3.10.13"
+"""The pyenv CPython the local test channel repackages (tests/condachannel.py)."""
+CONDA_ENVIRONMENT = """channels: [conda-forge]
+dependencies:
+  - python=3.10
+  - pip
+  - hello-conda=1.0
+  - pygreet
+"""
+"""Five conda packages: Python, pip, a pure-Python one, and one with its compiled library."""
+HARVEST_WAIT = 600.0
+"""Seconds to wait for the hub to put a finished build's wheels in its package cache."""
+TARGET_CONDA = 1.5
+TARGET_KNOWN = 5.0
 REF = "main"
 SERVICE = "/services/binder/"
 SERVICE_WAIT = 30.0
@@ -197,6 +229,7 @@ class Launcher:
     via_service: bool
     versions: str = ""
     warm: list[Timing] = field(default_factory=list)
+    conda_warm: list[Timing] = field(default_factory=list)
     plain: list[Timing] = field(default_factory=list)
 
     def repo_server(self, url: str) -> str:
@@ -269,10 +302,14 @@ class Launcher:
 
 
 @contextlib.contextmanager
-def binder_hub(keep_log: Callable[[str], None]) -> Iterator[tuple[Hub, Session]]:
-    """A ``hubstack up`` hub with hubtest's config and one user; on exit, also what an
-    interrupted launch leaves behind is removed (a build's processes and cgroup)."""
-    with running_hub() as hub:
+def binder_hub(
+    keep_log: Callable[[str], None], channel: str | None
+) -> Iterator[tuple[Hub, Session]]:
+    """A ``hubstack up`` hub with hubtest's config and one user, with conda builds from
+    ``channel`` (as the site's mirror) if there is one; on exit, also what an interrupted
+    launch leaves behind is removed (a build's processes and cgroup)."""
+    conda = {"enabled": True, "mirror": channel} if channel else {"enabled": False}
+    with running_hub({"binder": {"conda": conda}}) as hub:
         try:
             yield hub, hub.new_user(HUBSTACK_USER)
         finally:
@@ -282,6 +319,47 @@ def binder_hub(keep_log: Callable[[str], None]) -> Iterator[tuple[Hub, Session]]
             # The build account is one of the hub's accounts too.
             remove_leftovers(accounts)
             remove_build_groups(EnvCache.of(validate(hub.config())))
+
+
+@contextlib.contextmanager
+def conda_channel() -> Iterator[str | None]:
+    """The tests' local conda channel over HTTP on loopback (tests/condachannel.py), or None
+    without the pyenv CPython it repackages."""
+    if not (PYENV / CONDA_PYTHON).is_dir():
+        yield None
+        return
+    root = new_test_root()
+    try:
+        packages = basic_packages(root / "compile", CONDA_PYTHON)
+        write_channel(root / "channels/conda-forge", packages)
+        with serve(root / "channels", free_port_block(1)) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Packages:
+    """The hub's package cache: emptied before a cold build, and awaited after each build
+    (the hub adds a build's wheels after its launch went on, before the next build)."""
+
+    hub: Hub
+    cache: PackageCache
+    builds: int = 0
+
+    def empty(self) -> None:
+        shutil.rmtree(self.cache.wheels, ignore_errors=True)
+
+    def kept(self, logs: Path) -> None:
+        """Wait until the hub has noted in the build logs that it kept this build's wheels."""
+        self.builds += 1
+
+        def noted() -> bool:
+            return sum("Package cache:" in log.read_text() for log in logs.glob("*.log")) >= (
+                self.builds
+            )
+
+        wait_for(noted, HARVEST_WAIT, "the hub to keep the build's wheels", interval=0.5)
 
 
 def remove_build_groups(cache: EnvCache) -> None:
@@ -314,54 +392,72 @@ def service_answers(session: Session) -> bool:
         return False
 
 
-def make_repositories(git: GitDaemon, count: int) -> list[str]:
+def make_repositories(
+    git: GitDaemon, count: int, prefix: str = "plots", requirements: str = REQUIREMENTS
+) -> list[str]:
     """``count`` repositories asking for the same packages, each with its own cache key."""
     urls = []
     for i in range(1, count + 1):
-        name = f"plots{i}"
-        make_repo(git.base / name, {"requirements.txt": f"# repository {i}\n{REQUIREMENTS}"})
+        name = f"{prefix}{i}"
+        make_repo(git.base / name, {"requirements.txt": f"# repository {i}\n{requirements}"})
         urls.append(git.url(name))
     return urls
+
+
+def make_conda_repository(git: GitDaemon) -> str:
+    make_repo(git.base / "conda", {"environment.yml": CONDA_ENVIRONMENT})
+    return git.url("conda")
 
 
 # -- measuring --------------------------------------------------------------------------------
 
 
-def cold_builds(launcher: Launcher, urls: list[str]) -> list[Timing]:
+def builds_of(
+    launcher: Launcher, urls: list[str], packages: Packages, label: str, *, cold: bool
+) -> list[Timing]:
+    """Launch each new repository (``cold``: with the package cache emptied first)."""
     builds = []
     for i, url in enumerate(urls, 1):
+        if cold:
+            packages.empty()
         timing = launcher.launch(url)
         server = launcher.repo_server(url)
         if "built" not in timing.at:
             raise LaunchFailed(f"{url} was not built: its environment was in the cache already")
-        if i == 1:
+        if i == 1 and label == "cold build":
             launcher.versions = launcher.check_packages(server)
         launcher.remove(server)
+        packages.kept(EnvCache.of(launcher.config).logs)
         builds.append(timing)
         print(
-            f"  cold build {i}  to built {timing.at['built']:6.1f} s, to ready "
+            f"  {label} {i}  to built {timing.at['built']:6.1f} s, to ready "
             f"{timing.total:6.1f} s  ({timing.log_lines} log lines)",
             flush=True,
         )
     return builds
 
 
-def warm_and_plain(launcher: Launcher, url: str, launches: int) -> None:
-    """One uncounted warm launch, then warm launches and plain spawns taking turns."""
-    server = launcher.repo_server(url)
-    launcher.launch(url)
-    launcher.remove(server)
+def warm_and_plain(launcher: Launcher, url: str, launches: int, conda: str | None) -> None:
+    """One uncounted warm launch (of each repository), then warm launches (and of the conda
+    repository) and plain spawns taking turns."""
+    repos = [(url, launcher.warm), *([(conda, launcher.conda_warm)] if conda else [])]
+    for repo, _ in repos:
+        launcher.launch(repo)
+        launcher.remove(launcher.repo_server(repo))
     for round_ in range(1, launches + 1):
-        warm = launcher.launch(url)
-        launcher.remove(server)
-        if "building" in warm.at:
-            raise LaunchFailed(f"launch {round_} of {url} built again instead of using the cache")
-        launcher.warm.append(warm)
+        shown = []
+        for repo, timings in repos:
+            warm = launcher.launch(repo)
+            launcher.remove(launcher.repo_server(repo))
+            if "building" in warm.at:
+                raise LaunchFailed(f"launch {round_} of {repo} built again, not from the cache")
+            timings.append(warm)
+            shown.append(f"{warm.total:6.3f} s")
         plain = launcher.spawn_plain()
         launcher.remove(PLAIN_SERVER)
         launcher.plain.append(plain)
         print(
-            f"  launch {round_:2d}  warm {warm.total:6.3f} s   plain {plain.total:6.3f} s",
+            f"  launch {round_:2d}  warm {' / '.join(shown)}   plain {plain.total:6.3f} s",
             flush=True,
         )
     print()
@@ -386,10 +482,13 @@ def print_header(builds: int, launches: int) -> None:
     print(f"  cgroups:    {cgroup_mode()}; hubstack limits via {enforcer}")
     print(f"  hub:        jupyterhub {jupyterhub.__version__} (Python {platform.python_version()})")
     print(f"  plain:      {SINGLEUSER} ({env_versions()})")
-    print(f"  builds:     {uv_version()}, packages from {index_url()}, no cache;")
+    print(f"  builds:     {uv_version()}, packages from {index_url()}; the hub's package")
+    print("              cache emptied before each cold build, kept for the known ones")
     print(f"              requirements.txt: {', '.join(PACKAGES)} (unpinned)")
-    print(f"  runs:       {builds} cold builds, then {launches} warm launches and plain spawns")
-    print("              interleaved, after 1 uncounted warm-up each; a new server each time")
+    print(f"  runs:       a small uv and a conda cold build, {builds} cold builds, {builds} new")
+    print(f"              repositories adding {KNOWN_EXTRA} to known packages, then {launches}")
+    print("              warm launches (uv, conda) and plain spawns interleaved, after 1")
+    print("              uncounted warm-up each; a new server each time")
 
 
 def describe_path(via_service: bool) -> str:
@@ -414,8 +513,8 @@ def median_split(timings: list[Timing]) -> list[float | None]:
 SPLIT_COLUMNS = "".join(f"{name:>8s}" for name, _, _ in SPLIT)
 
 
-def print_cold(builds: list[Timing]) -> None:
-    print("Cold build, seconds from opening the stream (or sending the POST)")
+def print_cold(builds: list[Timing], title: str = "Cold build") -> None:
+    print(f"{title}, seconds from opening the stream (or sending the POST)")
     print(f"{'':10s}{'to built':>8s} {'to ready':>8s}  |{SPLIT_COLUMNS}")
     for i, timing in enumerate(builds, 1):
         split = "".join(seconds(p) for p in timing.split())
@@ -432,7 +531,14 @@ def print_cold(builds: list[Timing]) -> None:
 def print_launches(launcher: Launcher) -> None:
     print("Launch latency (warm: stream opened until ready; plain: POST until ready)")
     print(f"{'':14s} {'n':>3s} {'p50 (s)':>9s} {'p95 (s)':>9s} {'mean (s)':>9s} {'max (s)':>9s}")
-    for label, timings in (("warm launch", launcher.warm), ("plain spawn", launcher.plain)):
+    rows = (
+        ("warm launch", launcher.warm),
+        ("warm conda", launcher.conda_warm),
+        ("plain spawn", launcher.plain),
+    )
+    for label, timings in rows:
+        if not timings:
+            continue
         s = [t.total for t in timings]
         print(
             f"{label:14s} {len(s):3d} {statistics.median(s):9.3f} {p95(s):9.3f} "
@@ -443,6 +549,10 @@ def print_launches(launcher: Launcher) -> None:
     ratio_p50 = statistics.median(warm) / statistics.median(plain)
     ratio_p95 = p95(warm) / p95(plain)
     print(f"{'ratio':14s} {'':3s} {ratio_p50:9.2f} {ratio_p95:9.2f}   (warm / plain)")
+    if launcher.conda_warm:
+        conda = [t.total for t in launcher.conda_warm]
+        ratios = statistics.median(conda) / statistics.median(plain), p95(conda) / p95(plain)
+        print(f"{'ratio conda':14s} {'':3s} {ratios[0]:9.2f} {ratios[1]:9.2f}   (warm / plain)")
     print()
     split = "".join(seconds(p, digits=3) for p in median_split(launcher.warm))
     print(f"{'':30s}|{SPLIT_COLUMNS}")
@@ -461,7 +571,18 @@ def print_split_legend(via_service: bool) -> None:
     print("build:  until built;  launch: built until ready (check out, start the server)")
 
 
-def print_targets(builds: list[Timing], launcher: Launcher) -> None:
+@dataclass
+class Results:
+    """Every group of builds of one run."""
+
+    cold: list[Timing]
+    small: list[Timing]
+    conda: list[Timing]
+    known: list[Timing]
+
+
+def print_targets(results: Results, launcher: Launcher) -> None:
+    builds = results.cold
     ready = statistics.median(t.total for t in builds)
     built = statistics.median(t.at["built"] for t in builds)
     ratio = statistics.median(t.total for t in launcher.warm) / statistics.median(
@@ -474,20 +595,50 @@ def print_targets(builds: list[Timing], launcher: Launcher) -> None:
         f"until built {built:.1f} s): {cold}"
     )
     print(f"target: warm launch p50 at most {TARGET_RATIO} x plain spawn p50 ({ratio:.2f}): {warm}")
+    if launcher.conda_warm:
+        conda_ratio = statistics.median(t.total for t in launcher.conda_warm) / statistics.median(
+            t.total for t in launcher.plain
+        )
+        met = "met" if conda_ratio <= TARGET_RATIO else "NOT met"
+        print(
+            f"target: warm conda launch p50 at most {TARGET_RATIO} x plain spawn p50 "
+            f"({conda_ratio:.2f}): {met}"
+        )
+    if results.conda:
+        conda, small = results.conda[0].at["built"], results.small[0].at["built"]
+        met = "met" if conda <= TARGET_CONDA * small else "NOT met"
+        print(
+            f"target: conda cold build at most {TARGET_CONDA} x the uv build of as many packages "
+            f"(until built {conda:.1f} s against {small:.1f} s, {conda / small:.2f}): {met}"
+        )
+    known = statistics.median(t.total for t in results.known)
+    met = "met" if known < TARGET_KNOWN else "NOT met"
+    print(
+        f"target: a new repository of known packages ready in under {TARGET_KNOWN:.0f} s "
+        f"(median {known:.1f} s, until built "
+        f"{statistics.median(t.at['built'] for t in results.known):.1f} s): {met}"
+    )
     print("(for scale: repo2docker's own base build ~300 s; mybinder's median cached launch ~15 s)")
 
 
-def print_report(builds: list[Timing], launcher: Launcher, runtime: float) -> None:
+def print_report(results: Results, launcher: Launcher, runtime: float) -> None:
     print(f"launches:   {describe_path(launcher.via_service)}")
     print(f"built:      {launcher.versions}")
     print(f"load now:   {load()}; runtime {runtime:.0f} s")
     print()
-    print_cold(builds)
+    print_cold(results.cold)
+    print()
+    print_cold(results.small, f"Cold uv build of {SMALL_REQUIREMENTS.split()} (5 packages)")
+    print()
+    if results.conda:
+        print_cold(results.conda, "Cold conda build (local channel: python 3.10, 4 packages)")
+        print()
+    print_cold(results.known, f"New repository of known packages plus {KNOWN_EXTRA}")
     print()
     print_launches(launcher)
     print_split_legend(launcher.via_service)
     print()
-    print_targets(builds, launcher)
+    print_targets(results, launcher)
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -514,19 +665,36 @@ def main(argv: list[str] | None = None) -> int:
     print_header(args.builds, args.launches)
     started = time.monotonic()
     try:
-        with binder_hub(keep_log) as (hub, session), GitDaemon(hub.root / "git") as git:
+        with (
+            conda_channel() as channel,
+            binder_hub(keep_log, channel) as (hub, session),
+            GitDaemon(hub.root / "git") as git,
+        ):
             config = validate(hub.config())
+            size = config.binder.package_cache.size
+            packages = Packages(hub, PackageCache(config.binder.root, size))
             launcher = Launcher(session, config, service_answers(session))
             print(f"  launches:   {describe_path(launcher.via_service)}\n", flush=True)
             urls = make_repositories(git, args.builds)
+            small = make_repositories(git, 1, "small", SMALL_REQUIREMENTS)
+            conda = make_conda_repository(git) if channel else None
+            known_urls = make_repositories(
+                git, args.builds, "known", f"{REQUIREMENTS}{KNOWN_EXTRA}\n"
+            )
             launcher.spawn_plain()
             launcher.remove(PLAIN_SERVER)
-            builds = cold_builds(launcher, urls)
-            warm_and_plain(launcher, urls[0], args.launches)
+            small_builds = builds_of(launcher, small, packages, "small uv build", cold=True)
+            conda_builds = (
+                builds_of(launcher, [conda], packages, "conda build", cold=True) if conda else []
+            )
+            builds = builds_of(launcher, urls, packages, "cold build", cold=True)
+            known = builds_of(launcher, known_urls, packages, "known packages", cold=False)
+            results = Results(builds, small_builds, conda_builds, known)
+            warm_and_plain(launcher, urls[0], args.launches, conda)
     except KeyboardInterrupt:
         print("\ninterrupted; everything the run started has been cleaned up", file=sys.stderr)
         return 130
-    print_report(builds, launcher, time.monotonic() - started)
+    print_report(results, launcher, time.monotonic() - started)
     return 0
 
 

@@ -22,10 +22,10 @@ from gitserver import GitDaemon, add_commit, make_repo
 from hubtest import new_test_root, python_as_nobody, startup_facts
 from prometheus_client import REGISTRY
 
-from hubstack.config.models import Config, Environment
+from hubstack.config.models import Config
 from hubstack.envs.builder import fetch_account_name
 from hubstack.envs.cache import EnvCache
-from hubstack.envs.declared import Declared, current_keys
+from hubstack.envs.declared import current_keys
 from hubstack.envs.repository import Prepared, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
 from hubstack.system import cgroups, volumes
@@ -429,16 +429,24 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     again = EnvCache.of(site.config()).get(key)
     assert again is not None and again.built_at > prepared.env.built_at
     assert hubstack(site, "rebuild", "nothing-like-this").returncode == 1
+    # The rebuild kept its wheels (checked against PyPI's hashes) for later builds.
+    wheels = site.root / "binder/packages/wheels"
+    assert (wheels / "tabulate-0.9.0-py3-none-any.whl").is_file()
+    assert "package cache: " in hubstack(site, "list").stdout
 
     kept = hubstack(site, "prune", "--unused-for", "30d")
     assert kept.returncode == 0 and key[:12] not in kept.stdout
     month_ago = time.time() - 31 * 86400
     os.utime(site.root / "binder/used" / key, (month_ago, month_ago))
+    for wheel in wheels.iterdir():
+        os.utime(wheel, (month_ago, month_ago))
     shown = hubstack(site, "prune", "--unused-for", "30d", "--dry-run")
     assert f"would remove {key[:12]}" in shown.stdout
+    assert f"would remove {len(list(wheels.iterdir()))} wheel(s)" in shown.stdout
     assert EnvCache.of(site.config()).get(key) is not None
     pruned = hubstack(site, "prune", "--unused-for", "30d")
     assert f"removed {key[:12]}" in pruned.stdout
+    assert list(wheels.iterdir()) == [] and "package cache: 0 wheels" in pruned.stdout
     assert EnvCache.of(site.config()).get(key) is None
     assert not (site.root / "binder/envs" / key).exists()
 
@@ -449,19 +457,24 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
 def test_a_declared_spec_builds_into_the_cache_the_same_files_in_a_repository_use(
     site: Site,
 ) -> None:
-    """The files of the first test's repository (built there in a whole run, so found here;
-    built here when this test runs alone)."""
-    spec = {"requirements": TABULATE}
-    config = site.config().model_copy(
-        update={"environments": [Environment(id="python", display="Python", spec=spec)]}
-    )
-    declared = Declared(config, Repositories(config, cgroups.detect()))
-    lines: list[str] = []
-    failed = asyncio.run(declared.build_all(lambda _env_id: lambda _p, line: lines.append(line)))
-    assert failed == {"python": None}, lines[-20:]
-    env = declared.built("python")
-    assert env is not None and current_keys(config) == {env.key}
+    """``hubstack env build`` with its progress, of the files of the first test's repository
+    (built there in a whole run, so found here; built here when this test runs alone)."""
+    declared = {"id": "python", "display": "Python", "spec": {"requirements": TABULATE}}
+    config = {**site.config().model_dump(mode="json"), "environments": [declared]}
+    path = site.root / "declared.yaml"
+    path.write_text(json.dumps(config))
+    cli = [sys.executable, "-m", "hubstack.cli", "env", "build", "--config", str(path)]
+    built = subprocess.run([*cli, "python"], capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stdout + built.stderr
+    lines = built.stdout.splitlines()
+    assert lines[0] == "==> environment python (1 of 1)"
+    assert any(line.startswith("  python | ") for line in lines)
+    [key] = current_keys(Config.model_validate(config))
+    assert lines[-1].startswith(f"python: ready, {key[:12]}")
+    env = EnvCache.of(site.config()).get(key)
+    assert env is not None
     assert python_as_nobody(env.prefix / "bin/python", "import tabulate; print('ok')") == "ok"
-    assert (env.prefix / "bin/jupyterhub-singleuser").exists()
     prepared, events = site.prepare(site.repo({"requirements.txt": f"{TABULATE}\n"}))
-    assert prepared.env.key == env.key and "building" not in phases(events)
+    assert prepared.env.key == key and "building" not in phases(events)
+    unknown = subprocess.run([*cli, "nope"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1 and "declared: python" in unknown.stderr

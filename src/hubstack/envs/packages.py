@@ -31,7 +31,6 @@ import html.parser
 import json
 import os
 import re
-import shutil
 import stat
 import time
 import urllib.request
@@ -44,6 +43,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from hubstack.system import NO_FOLLOW_DIR
+from hubstack.units import format_size
 
 PYPI = "https://pypi.org/simple"
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
@@ -176,9 +176,12 @@ class PackageCache:
         finally:
             partial.unlink(missing_ok=True)
 
-    def trim(self, limit: int, unused_for: float | None = None) -> list[str]:
+    def trim(
+        self, limit: int, unused_for: float | None = None, *, dry_run: bool = False
+    ) -> list[str]:
         """Remove wheels unused for ``unused_for`` seconds, then the least recently used
-        until the cache holds at most ``limit`` bytes, and interrupted downloads."""
+        until the cache holds at most ``limit`` bytes, and interrupted downloads; returns
+        the names of the wheels removed (``dry_run``: that would be)."""
         entries = sorted(self._entries(), key=lambda item: item[1].st_mtime)
         total = sum(info.st_size for _, info in entries)
         cutoff = time.time() - unused_for if unused_for is not None else 0.0
@@ -186,16 +189,20 @@ class PackageCache:
         for name, info in entries:
             if total <= limit and info.st_mtime >= cutoff:
                 break
-            (self.wheels / name).unlink(missing_ok=True)
+            if not dry_run:
+                (self.wheels / name).unlink(missing_ok=True)
             total -= info.st_size
             removed.append(name)
-        if self.incoming.is_dir():
+        if self.incoming.is_dir() and not dry_run:
             for leftover in self.incoming.iterdir():
                 leftover.unlink(missing_ok=True)
         return removed
 
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+    def summary(self) -> str:
+        """How full the cache is, for ``hubstack env list`` and ``prune``."""
+        files = self.files()
+        used = format_size(sum(info.st_size for info in files))
+        return f"package cache: {len(files)} wheels, {used} of {format_size(self.limit)}"
 
 
 def _is_file_of(filename: str, dist: Installed) -> bool:

@@ -378,19 +378,24 @@ class Repositories:
             finally:
                 lock.close()
         if kept is not None:
-            log.info(
-                "Package cache: %d wheels of %s added, %d already kept, not kept: %s",
-                len(kept.added),
-                env.key[:12],
-                len(kept.known),
-                ", ".join(kept.skipped) or "none",
+            line = (
+                f"Package cache: {len(kept.added)} wheels added, {len(kept.known)} already "
+                f"kept, not kept: {', '.join(kept.skipped) or 'none'}"
             )
+            log.info("%s (%s)", line, env.key[:12])
+            await asyncio.to_thread(_append, self.cache.log(env.key), line)
 
     async def settled(self) -> None:
         """Wait until the wheels of every finished build are in the package cache (for a
         command that builds and exits, and for tests)."""
         while self._keeping:
             await asyncio.gather(*self._keeping, return_exceptions=True)
+
+
+def _append(path: Path, line: str) -> None:
+    """Add ``line`` to a build's log (root's), where champions read what the build did."""
+    with path.open("a") as file:
+        file.write(f"{line}\n")
 
 
 def _drop_foreign_mirror(mirror: Path, fetcher: Account | None) -> None:
