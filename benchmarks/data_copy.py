@@ -1,13 +1,16 @@
 """Copy throughput of hubdata against fsspec's own put/get, on Azurite and moto's S3 server.
 
-    uv run python benchmarks/data_copy.py [--total 2G] [--files 1000]
+    uv run python benchmarks/data_copy.py [--total 2G] [--files 1000] [--stores s3,azure]
+        [--data many,one]
 
 Two data sets: ``--total`` in ``--files`` files, and one file of ``--total``. Each is copied
 out (disk -> store) and in (store -> disk) by hubdata's copy engine (what ``hubdata cp -r``
 runs: several files at once through the library's put_file/get_file, every file verified
 against the store's digest of it, by hashing the local file) and by the baseline
-(``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification), taking turns so
-that noise hits both alike. Both stores run on loopback as emulators, so the numbers
+(``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification) and, when it is
+installed (Debian's ``rclone`` package; benchmark setup only, not the test suite's), by
+``rclone copy`` with its default settings (4 transfers, its own checksum checks), taking
+turns so that noise hits them alike. Both stores run on loopback as emulators, so the numbers
 compare the clients, not a network. The scratch directory (``TMPDIR``) holds the data, one
 copy back and Azurite's objects: give it room for seven times ``--total``.
 """
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -32,6 +36,7 @@ from storage_emulators import AZURITE_ACCOUNT, AZURITE_KEY, azurite, moto_s3
 from hubstack.units import parse_size
 
 WORKER = Path(__file__).with_name("data_copy_worker.py")
+RCLONE = shutil.which("rclone")
 
 
 def make_data(root: Path, total: int, files: int) -> dict[str, Path]:
@@ -66,11 +71,55 @@ def timed(how: str, direction: str, store: tuple[str, dict], local: Path, remote
     return float(json.loads(proc.stdout))
 
 
+def timed_rclone(direction: str, remote_env: dict[str, str], local: Path, remote: str) -> float:
+    """``rclone copy`` of a directory's contents, out or in, with its default settings; the
+    remote ``store:`` is described by environment variables (no rclone.conf)."""
+    src, dst = (
+        (str(local), f"store:{remote}") if direction == "out" else (f"store:{remote}", str(local))
+    )
+    # aws-sdk-go cannot add AWS_CA_BUNDLE to rclone's own HTTP transport (rclone fails with
+    # "unsupported transport"); the stores here are plain HTTP on loopback.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    env |= {**remote_env, "RCLONE_CONFIG": "/dev/null"}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [RCLONE, "copy", src, dst], capture_output=True, text=True, timeout=3600, env=env
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        print(f"rclone {direction} {remote} failed: {last}", file=sys.stderr)
+        return math.nan
+    return time.perf_counter() - start
+
+
+def rclone_remote(protocol: str, options: dict) -> dict[str, str]:
+    """The benchmark's store as an rclone remote named ``store``."""
+    if protocol == "s3":
+        return {
+            "RCLONE_CONFIG_STORE_TYPE": "s3",
+            "RCLONE_CONFIG_STORE_PROVIDER": "Other",
+            "RCLONE_CONFIG_STORE_ACCESS_KEY_ID": options["key"],
+            "RCLONE_CONFIG_STORE_SECRET_ACCESS_KEY": options["secret"],
+            "RCLONE_CONFIG_STORE_ENDPOINT": options["endpoint_url"],
+        }
+    # rclone 1.60 (Debian's) reaches Azurite only as "the emulator", whose account and
+    # key are Azurite's published ones, the benchmark's too.
+    fields = dict(p.split("=", 1) for p in options["connection_string"].split(";") if p)
+    return {
+        "RCLONE_CONFIG_STORE_TYPE": "azureblob",
+        "RCLONE_CONFIG_STORE_USE_EMULATOR": "true",
+        "RCLONE_CONFIG_STORE_ENDPOINT": fields["BlobEndpoint"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--total", default="2G")
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--stores", default="s3,azure", help="which of s3, azure")
+    parser.add_argument("--data", default="many,one", help="which of many, one")
     args = parser.parse_args()
+    hows = ("hubdata", "baseline", "rclone") if RCLONE else ("hubdata", "baseline")
     total = parse_size(args.total)
     work = Path(tempfile.mkdtemp(prefix="hubstack-data-bench-"))
     try:
@@ -90,24 +139,31 @@ def main() -> None:
                 ),
             }
             print(f"{total / 1e9:.2f} GB as {args.files} files and as one file; MB/s")
-            print(f"{'store':16} {'data':5} {'dir':4} {'hubdata':>8} {'baseline':>9}")
+            print(f"{'store':16} {'data':5} {'dir':4}" + "".join(f" {h:>9}" for h in hows))
             for name, store in stores.items():
+                if name.split()[0] not in args.stores.split(","):
+                    continue
                 setup = [str(DEFAULT_ENV / "bin/python"), "-c", MAKE_BUCKETS, *store_args(store)]
                 subprocess.run(setup, check=True, timeout=120)
                 for label, local in data.items():
+                    if label not in args.data.split(","):
+                        continue
                     rates = {}
-                    for how in ("hubdata", "baseline"):
+                    for how in hows:
                         remote = f"bench-{how}/{label}"
-                        out = timed(how, "out", store, local, remote)
                         back = work / f"back-{how}-{label}"
-                        inn = timed(how, "in", store, back, remote)
+                        if how == "rclone":
+                            remote_env = rclone_remote(*store)
+                            out = timed_rclone("out", remote_env, local, remote)
+                            inn = timed_rclone("in", remote_env, back, remote)
+                        else:
+                            out = timed(how, "out", store, local, remote)
+                            inn = timed(how, "in", store, back, remote)
                         rates[how] = (total / out / 1e6, total / inn / 1e6)
                         shutil.rmtree(back, ignore_errors=True)
                     for i, direction in enumerate(("out", "in")):
-                        print(
-                            f"{name:16} {label:5} {direction:4} {rates['hubdata'][i]:8.1f} "
-                            f"{rates['baseline'][i]:9.1f}"
-                        )
+                        cells = "".join(f" {rates[h][i]:9.1f}" for h in hows)
+                        print(f"{name:16} {label:5} {direction:4}{cells}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -115,7 +171,7 @@ def main() -> None:
 MAKE_BUCKETS = """
 import fsspec, json, sys
 fs = fsspec.filesystem(sys.argv[1], **json.loads(sys.argv[2]))
-for name in ("bench-hubdata", "bench-baseline"):
+for name in ("bench-hubdata", "bench-baseline", "bench-rclone"):
     fs.mkdir(name)
 """
 

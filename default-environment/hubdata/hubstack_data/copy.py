@@ -1,7 +1,8 @@
 """Copies between a server's files and a storage connection: resumable, checksummed.
 
 Each file goes through the library's own ``put_file``/``get_file`` (adlfs and s3fs move
-large files in parallel blocks, several files at once here). A copy is then verified
+large files in parallel blocks, several files at once here); a large S3 object comes in
+through s3fs's ``cat_file`` in ranges, hashed as they arrive (``ranged_get``). A copy is then verified
 against the store's own digest of the object (S3's ETag, Azure's Content-MD5; see
 ``digest``), taken from one listing of the source (downloads) or of the destination after
 the uploads, by hashing the local file: the object is not moved twice and no request is
@@ -18,10 +19,12 @@ import errno
 import hashlib
 import os
 import posixpath
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -40,6 +43,9 @@ IN_FLIGHT = 512 * 1024 * 1024
 # file gets them all, many files one each.
 PARTS = 10
 PARTIAL = ".hubdata-partial"
+# The ranges a large S3 object is fetched in: s3fs's own (default_block_size), so that
+# PARTS of them in flight hold about IN_FLIGHT bytes.
+RANGE = 50 * 1024 * 1024
 # azure-storage-blob's max_single_put_size: larger blobs are sent in blocks.
 AZURE_SINGLE_PUT = 64 * 1024 * 1024
 
@@ -189,17 +195,74 @@ def download(src: Side, item: Item, parts: int, progress: Callable[[int], Any]) 
     """One object to a local file: written beside it, renamed when verified."""
     partial = item.dst + PARTIAL
     os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
-    src.fs.get_file(item.src, partial, callback=Progress(progress), max_concurrency=parts)
-    if not verified(partial, item.info, src, item.src):
+    stored = digest.of(item.info)
+    if "s3" in getattr(src.fs, "fs", src.fs).protocol and item.size > 2 * RANGE:
+        hasher = digest.Hasher(stored.part_size if stored else None)
+        ranged_get(src.fs, item.src, partial, item.size, parts, hasher.update, progress)
+        ok = verified(partial, item.info, src, item.src, hasher.hexdigest())
+    else:
+        src.fs.get_file(item.src, partial, callback=Progress(progress), max_concurrency=parts)
+        ok = verified(partial, item.info, src, item.src)
+    if not ok:
         os.unlink(partial)
         raise mismatch(item.src, item.dst)
     os.replace(partial, item.dst)
 
 
-def verified(local_path: str, info: dict[str, Any], store: Side, remote: str) -> bool:
-    """The local file holds the object's bytes: by the store's digest, else (none, or one
-    that is not an MD5) by SHA-256 of both, reading the object again."""
-    if digest.matches(local_path, info):
+def ranged_get(
+    fs: AbstractFileSystem,
+    path: str,
+    local: str,
+    size: int,
+    parts: int,
+    consume: Callable[[bytes], Any],
+    progress: Callable[[int], Any],
+) -> None:
+    """A large object in ranges of RANGE bytes, ``parts`` at once, each written at its
+    offset as it arrives and given to ``consume`` in order (the digest, computed while
+    the object comes in rather than by reading the file again after).
+
+    s3fs's own ``get_file`` fetches ranges in parallel too, but in batches that all wait
+    for the slowest, and gives no bytes to hash: this keeps ``parts`` ranges in flight
+    through the library's ``cat_file`` and writes from the worker threads."""
+    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+
+    def fetch(start: int) -> bytes:
+        data = fs.cat_file(path, start=start, end=min(start + RANGE, size))
+        if len(data) != min(RANGE, size - start):
+            raise CopyStopped(f"{path}: the store sent {len(data)} bytes at {start}; run again")
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(fd, view, start + len(data) - len(view)) :]
+        return data
+
+    starts = iter(range(0, size, RANGE))
+    pending: deque[Future[bytes]] = deque()
+    pool = ThreadPoolExecutor(parts)
+    try:
+        while True:
+            for start in islice(starts, parts - len(pending)):
+                pending.append(pool.submit(fetch, start))
+            if not pending:
+                break
+            data = pending.popleft().result()
+            consume(data)
+            progress(len(data))
+    finally:
+        pool.shutdown(cancel_futures=True)
+        os.close(fd)
+
+
+def verified(
+    local_path: str, info: dict[str, Any], store: Side, remote: str, computed: str | None = None
+) -> bool:
+    """The local file holds the object's bytes: by the store's digest (against
+    ``computed``, the file's in the store's form, if given), else (none, or one that is
+    not an MD5) by SHA-256 of both, reading the object again."""
+    stored = digest.of(info)
+    if computed is not None and stored is not None and stored.md5 == computed:
+        return True
+    if computed is None and digest.matches(local_path, info):
         return True
     return sha256_of(LocalFileSystem(), local_path) == sha256_of(store.fs, remote)
 

@@ -63,27 +63,44 @@ def s3fs_parts(size: int) -> int | None:
     return None if size < min(5 * 2**30, 2 * part) else part
 
 
+class Hasher:
+    """A digest in the store's form of bytes fed in order: MD5, or (``part_size``) the MD5
+    of each part's MD5, so that a file is hashed as it is written or read, in one pass."""
+
+    def __init__(self, part_size: int | None = None) -> None:
+        self.part_size = part_size
+        self.whole = hashlib.md5(usedforsecurity=False)
+        self.part = hashlib.md5(usedforsecurity=False)
+        self.left = part_size or 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self.part_size is None:
+            self.whole.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = min(self.left, len(view))
+            self.part.update(view[:take])
+            self.left -= take
+            view = view[take:]
+            if self.left == 0:
+                self.whole.update(self.part.digest())
+                self.part, self.left = hashlib.md5(usedforsecurity=False), self.part_size
+
+    def hexdigest(self) -> str:
+        whole = self.whole.copy()
+        if self.part_size is not None and self.left != self.part_size:
+            whole.update(self.part.digest())
+        return whole.hexdigest()
+
+
 def of_file(path: str, part_size: int | None = None) -> str:
     """A local file's digest in the store's form: MD5, or the MD5 of each part's MD5."""
-    whole = hashlib.md5(usedforsecurity=False)
-    part = hashlib.md5(usedforsecurity=False)
-    left = part_size or 0
+    hasher = Hasher(part_size)
     with open(path, "rb", buffering=0) as src:
-        while True:
-            chunk = src.read(min(READ, left) if part_size else READ)
-            if not chunk:
-                break
-            if part_size is None:
-                whole.update(chunk)
-                continue
-            part.update(chunk)
-            left -= len(chunk)
-            if left == 0:
-                whole.update(part.digest())
-                part, left = hashlib.md5(usedforsecurity=False), part_size
-    if part_size is not None and left != part_size:
-        whole.update(part.digest())
-    return whole.hexdigest()
+        while chunk := src.read(READ):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def matches(path: str, info: Mapping[str, Any]) -> bool:
