@@ -24,6 +24,7 @@ from slurm.conftest import Blocker
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, needs_root, needs_default_env]
 
 REPO = Path(__file__).resolve().parents[2]
+TABULATE = "tabulate==0.9.0"
 
 
 def slurm_hub_overrides(hungry: Path) -> dict[str, Any]:
@@ -54,6 +55,8 @@ def slurm_hub_overrides(hungry: Path) -> dict[str, Any]:
                 "prefix": str(DEFAULT_ENV),
                 "interfaces": ["lab", "vscode", "voila"],
             },
+            # The files of the repository test's repository: one build serves both.
+            {"id": "declared", "display": "Declared", "spec": {"requirements": TABULATE}},
         ],
         "extra_jupyterhub_config": {"HubstackSpawner": {"poll_interval": 2}},
     }
@@ -97,6 +100,17 @@ def alice(hub: Hub) -> Session:
         capture_output=True,
     )
     return hub.new_user("alice")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def at_wall_time(alice: Session) -> Session:
+    """Alice's server "short" with a wall time of one minute (Slurm's smallest), started as
+    the module starts: its job runs out while the tests before the wall-time test run, and
+    that test only waits for what is left. Tests that fill the node (Blocker) come after
+    the wall-time test, since the job's end frees a CPU."""
+    assert alice.start("short", {"walltime": "1m"}).status_code in (201, 202)
+    alice.wait_ready("short", timeout=180)
+    return alice
 
 
 def squeue(*args: str) -> str:
@@ -233,7 +247,7 @@ def test_an_environment_from_a_repository_runs_as_a_job(hub: Hub, alice: Session
         make_repo(
             git.base / "slurmrepo",
             {
-                "requirements.txt": "tabulate==0.9.0\n",
+                "requirements.txt": f"{TABULATE}\n",
                 "start": '#!/bin/sh\nexport PROBE=started\nexec "$@"\n',
                 "data.csv": "a,b\n",
             },
@@ -257,6 +271,29 @@ def test_an_environment_from_a_repository_runs_as_a_job(hub: Hub, alice: Session
         "['data.csv', 'requirements.txt', 'start']",
     ], run
     alice.stop("fromrepo", remove=True)
+
+
+def test_a_declared_environment_runs_as_a_job_from_the_shared_path(
+    hub: Hub, alice: Session
+) -> None:
+    """Built by the hub at its start into binder.root (the path the nodes share)."""
+
+    def accepted() -> bool:
+        answer = alice.start("declared", {"environment": "declared"})
+        assert answer.status_code in (201, 202, 400), answer.text
+        if answer.status_code == 400:
+            assert "is being built" in answer.json()["message"], answer.text
+        return answer.status_code != 400
+
+    wait_for(accepted, 600, "the declared environment's build", interval=2)
+    alice.wait_ready("declared", timeout=300)
+    job = job_of(hub, "alice", "declared")
+    run = alice.run_code(
+        "import os, sys, tabulate\nprint(os.environ['SLURM_JOB_ID'], sys.prefix)", "declared"
+    )
+    job_id, prefix = run.stdout.split()
+    assert job_id == job and Path(prefix).parent.parent == hub.root / "binder/envs", run
+    alice.stop("declared", remove=True)
 
 
 def test_spawn_through_the_form_on_another_partition(hub: Hub, alice: Session) -> None:
@@ -305,8 +342,17 @@ def test_bad_fields_are_refused_before_anything_is_submitted(
     resp = alice.start("tampered", options)
     assert resp.status_code == 400, resp.text
     assert words.lower() in resp.json()["message"].lower()
-    assert jobs_of(hub.prefix + "alice") == before
+    assert set(jobs_of(hub.prefix + "alice")) <= set(before), "no job was submitted"
     assert not Path("/tmp/hubstack-pwned").exists()
+
+
+def test_a_job_at_its_wall_time_is_stopped_and_the_user_told(
+    hub: Hub, at_wall_time: Session
+) -> None:
+    alice = at_wall_time
+    wait_for(lambda: alice.model("short") is None, 180, "the job to reach its wall time")
+    home = alice.http.get(f"{hub.url}/hub/home", timeout=30).content.decode()
+    assert "wall time" in home
 
 
 def test_a_queued_job_says_why_it_waits_then_starts(hub: Hub, alice: Session) -> None:
@@ -351,14 +397,6 @@ def test_a_job_killed_for_memory_says_so(hub: Hub, alice: Session) -> None:
         assert events[-1].get("failed"), events
         message = events[-1]["message"]
     assert "ran out of memory" in message, message
-
-
-def test_a_job_at_its_wall_time_is_stopped_and_the_user_told(hub: Hub, alice: Session) -> None:
-    assert alice.start("short", {"walltime": "1m"}).status_code in (201, 202)
-    alice.wait_ready("short", timeout=180)
-    wait_for(lambda: alice.model("short") is None, 180, "the job to reach its wall time")
-    home = alice.http.get(f"{hub.url}/hub/home", timeout=30).content.decode()
-    assert "wall time" in home
 
 
 def test_a_scheduler_outage_does_not_drop_a_running_server(hub: Hub, alice: Session) -> None:
