@@ -32,6 +32,8 @@ from condachannel import (
 from gitserver import GitDaemon
 from hubtest import free_port_block, new_test_root
 
+from hubstack.envs.repository import Repositories
+from hubstack.system import cgroups
 from system.test_builds import Site, python, version
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds run as their own account")
@@ -102,6 +104,11 @@ def test_runtime_txt_gets_a_python_the_host_lacks_from_the_channel(site: Site) -
     assert python(prepared, "import sys; print(sys.version.split()[0])") == PYTHON
     assert version(prepared, "tabulate") == "0.9.0"
     assert (prepared.env.prefix / "bin/jupyterhub-singleuser").exists()
+    # The hub keeps the channel's packages for later builds (a layer of rattler's cache).
+    kept = Repositories(site.config(), cgroups.detect()).builder.keep_packages(prepared.env)
+    assert kept is not None and f"python-{PYTHON}-0_hubstack" in kept.added
+    layer = site.root / "binder/packages/conda"
+    assert (layer / f"python-{PYTHON}-0_hubstack/bin/python3.10").stat().st_mode & 0o777 == 0o755
 
 
 def test_an_r_version_nobody_provides_fails_naming_it(site: Site) -> None:

@@ -5,6 +5,7 @@ leaves them (and as a hostile build could leave them)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -15,8 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import rattler
+from condachannel import Package, serve, write_channel
+from hubtest import free_port_block
+from rattler.package_cache import PackageCache as CondaCache
 
 from hubstack.envs.builder import build_script
+from hubstack.envs.conda_packages import harvest_conda
 from hubstack.envs.packages import PackageCache, installed_by_uv
 from unit.test_build_script import spec
 
@@ -182,3 +188,46 @@ def test_builds_read_the_cache_through_find_links(tmp_path: Path) -> None:
     )
     installs = [line for line in script.splitlines() if "pip install" in line]
     assert installs and all(f"--find-links {wheels}" in line for line in installs)
+
+
+# -- conda packages -------------------------------------------------------------------------
+
+
+def solve(channel: str, gateway: Path) -> list[rattler.RepoDataRecord]:
+    platforms = [rattler.Platform.current(), rattler.Platform("noarch")]
+    solved = rattler.solve(
+        [channel], ["tiny"], platforms=platforms, gateway=rattler.Gateway(cache_dir=gateway)
+    )
+    return list(asyncio.run(solved))
+
+
+def install(records: list[rattler.RepoDataRecord], prefix: Path, cache: CondaCache) -> None:
+    asyncio.run(rattler.install(records, prefix, package_cache=cache, show_progress=False))
+
+
+def test_conda_packages_are_kept_from_the_channel_and_builds_read_them(tmp_path: Path) -> None:
+    """A package is kept only from an allowed channel with the sha256 that channel lists;
+    a later install finds it in the cache, with the channel gone."""
+    channel = tmp_path / "channels/conda-forge"
+    write_channel(channel, [Package("tiny", "1.0", files={"share/tiny.txt": (b"hello\n", False)})])
+    cache = PackageCache(tmp_path / "binder", 10**9)
+    with serve(tmp_path / "channels", free_port_block(1)) as base:
+        url = f"{base}/conda-forge"
+        records = solve(url, tmp_path / "gateway")
+        install(records, tmp_path / "built", CondaCache(tmp_path / "scratch"))
+        assert harvest_conda(cache, tmp_path / "built", [f"{base}/other"]).added == []
+        archive = next(channel.glob("noarch/tiny-1.0-0.*"))
+        genuine = archive.read_bytes()
+        archive.write_bytes(genuine[:-10] + b"made up!!!")  # the channel's lists still say...
+        assert harvest_conda(cache, tmp_path / "built", [url]).skipped == [archive.name]
+        archive.write_bytes(genuine)
+        assert harvest_conda(cache, tmp_path / "built", [url]).added == ["tiny-1.0-0"]
+    kept = cache.conda / "tiny-1.0-0"
+    assert (kept / "share/tiny.txt").stat().st_mode & 0o777 == 0o644
+    assert list(cache.incoming.iterdir()) == []
+    os.chmod(cache.conda, 0o555)  # as a build account sees it (root could write to 0755)
+    layered = CondaCache.new_layered([cache.conda, tmp_path / "own"])
+    install(records, tmp_path / "next", layered)
+    assert (tmp_path / "next/share/tiny.txt").read_text() == "hello\n"
+    assert not list((tmp_path / "own").glob("tiny*"))
+    assert "1 conda packages" in cache.summary()

@@ -46,8 +46,9 @@ from typing import IO
 from hubstack.config.models import BinderSettings
 from hubstack.envs.cache import META, BuiltEnv, EnvCache, tree_size
 from hubstack.envs.conda import INSTALLER as CONDA_INSTALLER
+from hubstack.envs.conda import channel_url, installer_input
 from hubstack.envs.conda import create_steps as conda_steps
-from hubstack.envs.conda import installer_input
+from hubstack.envs.conda_packages import harvest_conda
 from hubstack.envs.git import export
 from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
 from hubstack.envs.packages import Harvest, PackageCache, index_urls
@@ -352,7 +353,11 @@ class Builder:
         if job.spec.conda is not None:
             target = self.cache.path(job.key)  # where the build sees its scratch folder
             instructions = installer_input(
-                job.spec.conda, self.binder.conda, target / ENV, target / SCRATCH / "rattler"
+                job.spec.conda,
+                self.binder.conda,
+                target / ENV,
+                target / SCRATCH / "rattler",
+                self.packages.conda if self.packages is not None else None,
             )
             (scratch / CONDA_INPUT).write_text(instructions)
             shutil.copyfile(CONDA_INSTALLER, scratch / CONDA_INSTALLER.name)
@@ -467,7 +472,15 @@ class Builder:
         environment names them; the index's hashes vouch for them); None when it is off."""
         if self.packages is None:
             return None
-        return self.packages.harvest(env.prefix, index_urls(dict(os.environ)))
+        wheels = self.packages.harvest(env.prefix, index_urls(dict(os.environ)))
+        channels = [channel_url(name, self.binder.conda) for name in self.binder.conda.channels]
+        conda = harvest_conda(self.packages, env.prefix, channels)
+        self.packages.trim(self.packages.limit)
+        return Harvest(
+            [*wheels.added, *conda.added],
+            [*wheels.known, *conda.known],
+            [*wheels.skipped, *conda.skipped],
+        )
 
     def _end_processes(self, group: cgroups.Cgroup, account: Account | None) -> None:
         """Nothing a build started may outlive it (a daemon left by postBuild, a fork bomb):

@@ -116,12 +116,21 @@ def channel_url(name: str, settings: CondaSettings) -> str:
     return f"{base}/{name}"
 
 
-def installer_input(conda: CondaPlan, settings: CondaSettings, prefix: Path, cache: Path) -> str:
-    """The installer's instructions (JSON): channel URLs, specs, the prefix and where the
-    downloads go (the build's scratch space: nothing is shared between builds)."""
+def installer_input(
+    conda: CondaPlan, settings: CondaSettings, prefix: Path, cache: Path, shared: Path | None = None
+) -> str:
+    """The installer's instructions (JSON): channel URLs, specs, the prefix, where the
+    downloads go (the build's scratch space) and the hub's read-only package cache layer
+    ``shared`` (see :mod:`hubstack.envs.conda_packages`), if there is one."""
     channels = [channel_url(name, settings) for name in conda.channels]
     return json.dumps(
-        {"channels": channels, "specs": conda.specs, "prefix": str(prefix), "cache": str(cache)}
+        {
+            "channels": channels,
+            "specs": conda.specs,
+            "prefix": str(prefix),
+            "cache": str(cache),
+            "shared": str(shared) if shared is not None else None,
+        }
     )
 
 

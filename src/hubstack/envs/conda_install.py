@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import rattler
 from rattler.exceptions import GatewayError, InstallerError, InvalidMatchSpecError, SolverError
+from rattler.package_cache import PackageCache
 
 
 def fail(message: str) -> NoReturn:
@@ -25,7 +26,9 @@ def fail(message: str) -> NoReturn:
     os._exit(1)  # see main: no finalization while rattler's threads run
 
 
-async def build(channels: list[str], specs: list[str], prefix: Path, cache: Path) -> None:
+async def build(
+    channels: list[str], specs: list[str], prefix: Path, cache: Path, shared: Path | None
+) -> None:
     gateway = rattler.Gateway(cache_dir=cache / "repodata")
     platform = rattler.Platform.current()
     try:
@@ -42,11 +45,20 @@ async def build(channels: list[str], specs: list[str], prefix: Path, cache: Path
         fail(f"The channels could not be read ({', '.join(channels)}): {exc}")
     names = ", ".join(f"{r.name.normalized} {r.version}" for r in records)
     print(f"Installing {len(records)} conda packages: {names}", flush=True)
+    # The hub's packages first: rattler only reads that layer (it is not writable here) and
+    # downloads what it lacks into the build's own.
+    layers = [cache / "pkgs"]
+    if shared is not None and shared.is_dir():
+        layers.insert(0, shared)
+        found = sum(
+            (shared / f"{r.name.normalized}-{r.version}-{r.build}").is_dir() for r in records
+        )
+        print(f"{found} of them from the hub's package cache", flush=True)
     try:
         await rattler.install(
             records,
             prefix,
-            cache_dir=cache / "pkgs",
+            package_cache=PackageCache.new_layered(layers),
             show_progress=False,
             # Link scripts would run package code outside the steps the log shows; conda-forge
             # asks packages to work without them.
@@ -64,7 +76,8 @@ def main() -> None:
         except InvalidMatchSpecError as exc:
             fail(f"{spec!r} is not a conda package specification: {exc}")
     prefix, cache = Path(instructions["prefix"]), Path(instructions["cache"])
-    asyncio.run(build(instructions["channels"], instructions["specs"], prefix, cache))
+    shared = Path(instructions["shared"]) if instructions.get("shared") else None
+    asyncio.run(build(instructions["channels"], instructions["specs"], prefix, cache, shared))
     # rattler's worker threads may still hold the GIL machinery while the interpreter
     # finalizes, which can abort a finished install (exit 134): leave without finalizing.
     sys.stdout.flush()

@@ -31,6 +31,7 @@ import html.parser
 import json
 import os
 import re
+import shutil
 import stat
 import time
 import urllib.request
@@ -88,27 +89,40 @@ class PackageCache:
     def __init__(self, root: Path, limit: int) -> None:
         self.root = root / "packages"
         self.wheels = self.root / "wheels"
+        self.conda = self.root / "conda"  # a read-only layer of rattler's package cache
         self.incoming = self.root / ".incoming"  # root's alone: downloads being checked
+        self.repodata = self.root / ".repodata"  # root's reading of the channels' lists
         self.limit = limit
 
     def create(self) -> None:
-        for path, mode in ((self.root, 0o755), (self.wheels, 0o755), (self.incoming, 0o700)):
+        for path, mode in (
+            (self.root, 0o755),
+            (self.wheels, 0o755),
+            (self.conda, 0o755),
+            (self.incoming, 0o700),
+            (self.repodata, 0o700),
+        ):
             path.mkdir(parents=True, exist_ok=True)
             os.chmod(path, mode)
 
-    def files(self) -> list[os.stat_result]:
-        return [info for _, info in self._entries()]
+    def files(self) -> list[tuple[Path, float, int]]:
+        """Every wheel and conda package kept: (path, last use, bytes)."""
+        return list(self._entries())
 
     def size(self) -> int:
-        return sum(info.st_size for info in self.files())
+        return sum(size for _, _, size in self._entries())
 
-    def _entries(self) -> Iterator[tuple[str, os.stat_result]]:
-        if not self.wheels.is_dir():
-            return
-        for entry in os.scandir(self.wheels):
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and entry.name.endswith(".whl"):
-                yield entry.name, info
+    def _entries(self) -> Iterator[tuple[Path, float, int]]:
+        if self.wheels.is_dir():
+            for entry in os.scandir(self.wheels):
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and entry.name.endswith(".whl"):
+                    yield Path(entry.path), info.st_mtime, info.st_size
+        if self.conda.is_dir():
+            for entry in os.scandir(self.conda):
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    yield Path(entry.path), info.st_mtime, tree_bytes(Path(entry.path))
 
     def harvest(self, prefix: Path, indexes: list[str]) -> Harvest:
         """Keep the wheels uv installed into the environment at ``prefix`` (root's copy),
@@ -139,7 +153,6 @@ class PackageCache:
                 added.append(filename)
             else:
                 skipped.append(label)
-        self.trim(self.limit)
         return Harvest(added, known, skipped)
 
     def _page(
@@ -182,27 +195,48 @@ class PackageCache:
         """Remove wheels unused for ``unused_for`` seconds, then the least recently used
         until the cache holds at most ``limit`` bytes, and interrupted downloads; returns
         the names of the wheels removed (``dry_run``: that would be)."""
-        entries = sorted(self._entries(), key=lambda item: item[1].st_mtime)
-        total = sum(info.st_size for _, info in entries)
+        entries = sorted(self._entries(), key=lambda item: item[1])
+        total = sum(size for _, _, size in entries)
         cutoff = time.time() - unused_for if unused_for is not None else 0.0
         removed = []
-        for name, info in entries:
-            if total <= limit and info.st_mtime >= cutoff:
+        for path, used, size in entries:
+            if total <= limit and used >= cutoff:
                 break
             if not dry_run:
-                (self.wheels / name).unlink(missing_ok=True)
-            total -= info.st_size
-            removed.append(name)
+                _remove(path)
+            total -= size
+            removed.append(path.name)
         if self.incoming.is_dir() and not dry_run:
             for leftover in self.incoming.iterdir():
-                leftover.unlink(missing_ok=True)
+                _remove(leftover)
         return removed
 
     def summary(self) -> str:
         """How full the cache is, for ``hubstack env list`` and ``prune``."""
         files = self.files()
-        used = format_size(sum(info.st_size for info in files))
-        return f"package cache: {len(files)} wheels, {used} of {format_size(self.limit)}"
+        wheels = sum(path.parent == self.wheels for path, _, _ in files)
+        used = format_size(sum(size for _, _, size in files))
+        return (
+            f"package cache: {wheels} wheels, {len(files) - wheels} conda packages, "
+            f"{used} of {format_size(self.limit)}"
+        )
+
+
+def tree_bytes(top: Path) -> int:
+    """Bytes of the files under ``top`` (root's own folder: links are not followed)."""
+    total = 0
+    for folder, _dirs, files in os.walk(top):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _is_file_of(filename: str, dist: Installed) -> bool:
@@ -269,9 +303,9 @@ def _dist_info(site: int, name: str) -> Installed | None:
     except (InvalidVersion, OSError):
         return None
     try:
-        if _read(folder, "INSTALLER").strip() != "uv":
+        if read_no_follow(folder, "INSTALLER").strip() != "uv":
             return None
-        wheel = _read(folder, "WHEEL")
+        wheel = read_no_follow(folder, "WHEEL")
     except OSError:
         return None
     finally:
@@ -282,12 +316,17 @@ def _dist_info(site: int, name: str) -> Installed | None:
     return Installed(found[1], version, tags) if tags else None
 
 
-def _read(folder: int, name: str) -> str:
+def read_no_follow(folder: int, name: str, limit: int = META_MAX) -> str:
+    """The start (``limit`` bytes) of the regular file ``name`` in ``folder``, opened
+    without following a link; a FIFO or other special file raises OSError, never blocks."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{name} is not a file")
-        return os.read(fd, META_MAX).decode("utf-8", "replace")
+        data = b""
+        while len(data) < limit and (chunk := os.read(fd, min(limit - len(data), 1 << 20))):
+            data += chunk
+        return data.decode("utf-8", "replace")
     finally:
         os.close(fd)
 
