@@ -323,7 +323,7 @@ def read_no_follow(folder: int, name: str, limit: int = META_MAX) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{name} is not a file")
-        data = b""
+        data = bytearray()
         while len(data) < limit and (chunk := os.read(fd, min(limit - len(data), 1 << 20))):
             data += chunk
         return data.decode("utf-8", "replace")
