@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from gitserver import GitDaemon, add_commit, make_repo
-from hubtest import new_test_root, python_as_nobody, startup_facts
+from hubtest import new_test_root, python_as_nobody, remove_later, startup_facts
 from prometheus_client import REGISTRY
 
 from hubstack.config.models import Config
@@ -87,7 +87,7 @@ class Site:
                 volumes.unmount(Path(line.split()[1]))
         for account in (self.account, fetch_account_name(self.account)):
             subprocess.run(["userdel", account], check=False, capture_output=True)
-        subprocess.run(["rm", "-rf", str(self.root)], check=False)
+        remove_later(self.root)
 
     def refused(self, name: str, **limits: Any) -> str:
         """The message of a launch that fails; it must leave nothing behind: no entry in
