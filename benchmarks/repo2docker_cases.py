@@ -41,8 +41,8 @@ OUTPUT_TAIL = 6
 CONDA = "needs conda packages (conda-forge, defaults), which cannot be reached from here"
 PY2 = "asks for Python 2.7, which no source here provides"
 R_CHANNEL = (
-    "needs conda-forge's r-base {} and CRAN packages from packagemanager.posit.co, neither of "
-    "which can be reached from here"
+    "needs conda-forge's r-base {} (conda builds are off here, as no public channel can be "
+    "reached) and CRAN packages from packagemanager.posit.co, which cannot be reached either"
 )
 CANNOT = {
     "base/general": "expects the user jovyan with uid 1000 (hubstack's users are hs-<name> "
@@ -70,11 +70,10 @@ CANNOT = {
             "yaml",
         )
     },
-    "r/r-rspm-apt-file": R_CHANNEL.format(
-        "4.4 (repo2docker's default; hubstack takes the newest the channel has)"
-    )
-    + "; and lists apt.txt's package with `apt list`, which reads "
-    "the host's dpkg database, not the packages unpacked into the environment",
+    "r/r-rspm-apt-file": R_CHANNEL.format("4.4")
+    + "; it asserts R 4.4, repo2docker's default (hubstack takes the newest r-base the "
+    "channel has), and lists apt.txt's package with `apt list`, which reads the host's dpkg "
+    "database, not the packages unpacked into the environment",
     "r/r-rspm-description-file": R_CHANNEL.format("(any version)"),
     "r/r3.6-rspm": R_CHANNEL.format("3.6"),
     "r/r4.3.2-rspm": R_CHANNEL.format("4.3.2"),
@@ -182,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             args.hub_log.write_text(text)
 
     results: list[Result] = []
-    with binder_hub(keep_log) as (hub, session), GitDaemon(hub.root / "git") as git:
+    # Conda builds off: the public channels the cases name cannot be reached from here.
+    with binder_hub(keep_log, None) as (hub, session), GitDaemon(hub.root / "git") as git:
         launcher = Launcher(session, validate(hub.config()), service_answers(session))
         if not launcher.via_service:
             print("the binder service does not answer", file=sys.stderr)
