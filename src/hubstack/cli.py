@@ -204,19 +204,10 @@ def cmd_env_rebuild(args: argparse.Namespace) -> int:
     """Build one environment again from its repository at the commit it was built from."""
     import asyncio
 
-    from hubstack.envs.declared import SPEC_ORIGIN
     from hubstack.envs.repository import PrepareFailed, Repositories
 
     config, cache = _environments(args)
     env = cache.find(args.key)
-    if env.repo.startswith(SPEC_ORIGIN):
-        name = env.repo.removeprefix(SPEC_ORIGIN)
-        print(
-            f"hubstack: {env.key[:12]} is a declared spec's build; change the spec of "
-            f"environment {name!r} and run `hubstack env build {name}`",
-            file=sys.stderr,
-        )
-        return 1
     repositories = Repositories.of(config)
     print(f"rebuilding {env.key[:12]} from {env.repo} at {env.commit}")
     try:
@@ -264,17 +255,10 @@ def cmd_env_build(args: argparse.Namespace) -> int:
 
 
 def cmd_env_prune(args: argparse.Namespace) -> int:
-    from hubstack.envs.declared import current_keys, in_use
-    from hubstack.hub.database import db_url
-    from hubstack.hub.status import saved_states
+    from hubstack.hub.status import builds_in_use
 
     config, cache = _environments(args)
-    # What running servers use is in the hub's database, so it holds after a restart too.
-    url = db_url(config)
-    known = Path(url.removeprefix("sqlite:///")).exists()  # none before the hub's first start
-    states = [state for _user, _server, state in saved_states(url)] if known else []
-    keep = current_keys(config) | in_use(states)
-    removed = cache.prune(args.unused_for, dry_run=args.dry_run, keep=keep)
+    removed = cache.prune(args.unused_for, dry_run=args.dry_run, keep=builds_in_use(config))
     verb = "would remove" if args.dry_run else "removed"
     for env in removed:
         print(

@@ -16,7 +16,8 @@ from hubstack.config.load import validate
 from hubstack.config.models import Config
 from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.declared import Declared, State, current_keys, in_use, origin_of
-from hubstack.envs.repository import Repositories
+from hubstack.envs.repository import PrepareFailed, Repositories
+from hubstack.hub.status import builds_in_use
 from hubstack.launch import render_options_form, resolve
 from hubstack.launch.plan import BuiltRepository, server_plan
 from hubstack.system import cgroups
@@ -146,6 +147,14 @@ def test_prune_keeps_what_records_and_running_servers_name(tmp_path: Path) -> No
     (records / "gone").write_text("k0\n")  # an environment the config no longer declares
     assert current_keys(hub) == {"k1"}
     assert in_use([{"env_key": "k2"}, {}, {"backend": {}}]) == {"k2"}
+    assert builds_in_use(hub) == {"k1"}, "no database before the hub's first start"
+    assert not (tmp_path / "data/jupyterhub.sqlite").exists(), "and prune makes none"
+
+
+def test_a_spec_build_is_not_rebuilt_as_a_repository(tmp_path: Path) -> None:
+    hub = config(tmp_path)
+    with pytest.raises(PrepareFailed, match="hubstack env build data"):
+        asyncio.run(Repositories(hub, cgroups.NoLimits()).rebuild(built_env(tmp_path), print))
 
 
 def test_a_spec_the_builder_refuses_is_logged_marked_and_refused(

@@ -37,6 +37,8 @@ from hubstack.config.models import Config
 from hubstack.envs.layout import APT, HOME
 
 META = "meta.json"
+SPEC_ORIGIN = "spec:"
+"""How a declared spec's build names its origin: ``spec:<environment id>`` (see declared.py)."""
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hubstack.config.models import Config, Environment
-from hubstack.envs.cache import BuiltEnv
+from hubstack.envs.cache import SPEC_ORIGIN, BuiltEnv
 from hubstack.envs.repository import Phase, PrepareFailed, Repositories
 from hubstack.launch.repo import repo_source
 from hubstack.untrusted import InvalidLaunch
 
 RECORDS = "declared"
-SPEC_ORIGIN = "spec:"
-"""How ``env list`` names a declared spec's build: ``spec:<environment id>``."""
 
 
 def definition_hash(environment: Environment) -> str:

@@ -40,7 +40,7 @@ from hubstack.envs.builder import (
     BuildJob,
     write_files,
 )
-from hubstack.envs.cache import BuiltEnv, EnvCache
+from hubstack.envs.cache import SPEC_ORIGIN, BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
 from hubstack.errors import Explained
@@ -200,7 +200,14 @@ class Repositories:
 
     async def rebuild(self, env: BuiltEnv, phase: Phase) -> Prepared:
         """Build ``env`` again, from its repository at the commit it was built from (for
-        champions: after a fix of the site's index, or to pick up a changed base)."""
+        champions: after a fix of the site's index, or to pick up a changed base). A
+        declared spec's build has no repository: its definition in the config is built."""
+        if env.repo.startswith(SPEC_ORIGIN):
+            name = env.repo.removeprefix(SPEC_ORIGIN)
+            raise PrepareFailed(
+                f"{env.key[:12]} is the build of the declared environment {name!r}: change "
+                f"its spec, or build it with `hubstack env build {name}`."
+            )
         source = repo_source(env.repo, env.ref, self.binder)
         lock = await asyncio.to_thread(self.cache.acquire_build_lock)
         try:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from jupyterhub import orm
 
 from hubstack.config import Config
+from hubstack.envs.declared import current_keys, in_use
 from hubstack.hub.alerts import read_firing
+from hubstack.hub.database import db_url
 from hubstack.hub.group_admin import HubApi
 from hubstack.hub.monitor import STATE_FILE, measure_disks, watched_paths
 from hubstack.slurm.client import Slurm, SlurmError
@@ -74,6 +77,16 @@ def saved_states(db_url: str) -> list[tuple[str, str, dict[str, Any]]]:
         return [(s.user.name, s.name, dict(s.state or {})) for s in db.query(orm.Spawner)]
     finally:
         db.close()
+
+
+def builds_in_use(config: Config) -> set[str]:
+    """The environment builds ``env prune`` keeps however long unused: each declared
+    environment's current one and those running servers record, read from the database
+    (so it holds after a hub restart too; none before the hub's first start)."""
+    url = db_url(config)
+    known = Path(url.removeprefix("sqlite:///")).exists()
+    states = [state for _user, _server, state in saved_states(url)] if known else []
+    return current_keys(config) | in_use(states)
 
 
 def queue_lines(config: Config, states: list[tuple[str, str, dict[str, Any]]]) -> list[str]:

@@ -43,6 +43,7 @@ from hubstack.envs.cache import BuiltEnv
 from hubstack.envs.repository import PrepareFailed, Repositories
 from hubstack.exits import exit_now
 from hubstack.hub.logs import redact_handlers
+from hubstack.hub.status import builds_in_use
 from hubstack.launch.form import REPOSITORY_WARNING, source_facts
 from hubstack.launch.policy import repository_launch_timeout
 from hubstack.launch.repo import (
@@ -495,7 +496,8 @@ class EnvironmentsHandler(ServiceHandler):
         try:
             if action == "prune":
                 unused_for = parse_duration(self.get_argument("unused_for", ""))
-                removed = await asyncio.to_thread(cache.prune, unused_for)
+                keep = await asyncio.to_thread(builds_in_use, self.service.config)
+                removed = await asyncio.to_thread(cache.prune, unused_for, keep=keep)
                 unused = format_duration(unused_for)
                 notice = f"Removed {len(removed)} environment(s) unused for {unused}."
             elif action in ("rebuild", "remove"):
@@ -509,6 +511,12 @@ class EnvironmentsHandler(ServiceHandler):
 
     async def _act(self, action: str, env: BuiltEnv) -> str:
         if action == "remove":
+            if env.key in await asyncio.to_thread(builds_in_use, self.service.config):
+                raise HTTPError(
+                    400,
+                    f"{env.key[:12]} is in use by a running server or is a declared "
+                    "environment's current build; it can be removed once neither.",
+                )
             await asyncio.to_thread(self.service.environments.cache.remove, env.key)
             return f"Removed {env.key[:12]} ({env.repo})."
         self.service.rebuild(env)
