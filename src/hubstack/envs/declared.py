@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hubstack.config.models import Config, Environment
@@ -33,21 +33,16 @@ from hubstack.untrusted import InvalidLaunch
 RECORDS = "declared"
 
 
-def definition_hash(environment: Environment) -> str:
-    """A short hash of what the config says to build (shown in ``env list`` as the ref)."""
-    definition = (
-        environment.repository.model_dump()
-        if environment.repository is not None
-        else dict(environment.spec or {})
-    )
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:12]
+def definition_hash(spec: Mapping[str, str]) -> str:
+    """A short hash of a spec's files (shown in ``env list`` as the ref of its build)."""
+    return hashlib.sha256(json.dumps(dict(spec), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def origin_of(environment: Environment) -> tuple[str, str]:
     """What ``env list`` shows as the repository and ref of a declared environment's build."""
     if environment.repository is not None:
         return environment.repository.url, environment.repository.ref
-    return f"{SPEC_ORIGIN}{environment.id}", definition_hash(environment)
+    return f"{SPEC_ORIGIN}{environment.id}", definition_hash(environment.spec or {})
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Declared:
         self.environments = [e for e in config.environments if e.declared]
         self.states = {e.id: State() for e in self.environments}
         self.records = config.binder.root / RECORDS
-        self._task: asyncio.Future[None] | None = None
+        self._task: asyncio.Future[dict[str, str | None]] | None = None
 
     def start(self, log: logging.Logger) -> None:
         """Build every declared environment in the background (the hub's start), with the
