@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 import rattler
 from rattler.exceptions import GatewayError, InstallerError, InvalidMatchSpecError, SolverError
-from rattler.package_cache import PackageCache
 
 
 def fail(message: str) -> NoReturn:
@@ -45,20 +46,14 @@ async def build(
         fail(f"The channels could not be read ({', '.join(channels)}): {exc}")
     names = ", ".join(f"{r.name.normalized} {r.version}" for r in records)
     print(f"Installing {len(records)} conda packages: {names}", flush=True)
-    # The hub's packages first: rattler only reads that layer (it is not writable here) and
-    # downloads what it lacks into the build's own.
-    layers = [cache / "pkgs"]
     if shared is not None and shared.is_dir():
-        layers.insert(0, shared)
-        found = sum(
-            (shared / f"{r.name.normalized}-{r.version}-{r.build}").is_dir() for r in records
-        )
+        found = seed_cache(records, shared, cache / "pkgs")
         print(f"{found} of them from the hub's package cache", flush=True)
     try:
         await rattler.install(
             records,
             prefix,
-            package_cache=PackageCache.new_layered(layers),
+            cache_dir=cache / "pkgs",
             show_progress=False,
             # Link scripts would run package code outside the steps the log shows; conda-forge
             # asks packages to work without them.
@@ -66,6 +61,21 @@ async def build(
         )
     except InstallerError as exc:
         fail(f"The conda packages could not be installed: {exc}")
+
+
+def seed_cache(records: list[rattler.RepoDataRecord], shared: Path, pkgs: Path) -> int:
+    """Copy the packages the hub keeps (extracted, read-only here; see
+    hubstack.envs.conda_packages) into the build's own rattler cache, where the install finds
+    them instead of downloading and extracting them. Not a read-only layer of rattler's
+    layered cache: rattler 0.28 opens a layer's lock files for writing even to read it,
+    which a folder the build account cannot write refuses. Returns how many were there."""
+    found = 0
+    for record in records:
+        stem = re.sub(r"\.(conda|tar\.bz2)$", "", record.file_name)
+        if stem != record.file_name and (shared / stem).is_dir():
+            shutil.copytree(shared / stem, pkgs / stem, symlinks=True, dirs_exist_ok=True)
+            found += 1
+    return found
 
 
 def main() -> None:

@@ -1,12 +1,10 @@
 """Conda packages in the hub's package cache: what finished conda builds installed, checked
-against the channel's own hashes, extracted by root into a read-only layer of rattler's
-package cache (``<binder.root>/packages/conda/<name>-<version>-<build>/``).
+against the channel's own hashes, extracted by root in the layout of rattler's package cache
+(``<binder.root>/packages/conda/<name>-<version>-<build>/``).
 
-A conda build installs with a layered rattler package cache (see
-:mod:`hubstack.envs.conda_install`): this folder first, which rattler sees is read-only to
-the build account and only reads (a package found there is linked into the environment
-without a download or an extraction), then the build's own scratch cache, where anything
-else is downloaded.
+A conda build (see :mod:`hubstack.envs.conda_install`) copies the packages it needs from
+this folder, which it can read but not write, into its own scratch cache, where rattler
+installs them without a download or an extraction; anything else is downloaded there.
 
 As for wheels (:mod:`hubstack.envs.packages`), what a build installed only names the
 packages: the records in the environment's ``conda-meta`` (root's copy, read with no-follow
