@@ -1,4 +1,5 @@
-"""In a real browser: log in, pick a machine on the spawn form, start, land in JupyterLab.
+"""In a real browser: log in, pick a machine on the spawn form, start, land in JupyterLab,
+and browse a storage connection in jupyter-fsspec's panel.
 
 Drives Debian's Chromium through Playwright against a real ``hubstack up`` hub, so the
 login page, our options form inside JupyterHub's spawn page, the spawn-pending redirect and
@@ -8,6 +9,7 @@ the single-user OAuth round trip are all exercised as a user meets them. Screens
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from chromium import ARTIFACTS, chromium, needs_chromium
 from conftest import needs_default_env, needs_root
 from hubtest import DEFAULT_ENV, Hub, running_hub
 from playwright.sync_api import Browser, Page, expect
+from storage_emulators import moto_s3
 
 SPAWN_TIMEOUT_MS = 120_000
 
@@ -37,6 +40,22 @@ def hub() -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server (an emulator) with a bucket holding one table."""
+    with moto_s3() as s3:
+        code = (
+            "import s3fs, sys\n"
+            "s3 = s3fs.S3FileSystem(key='k', secret='x', endpoint_url=sys.argv[1])\n"
+            "s3.mkdir('br-bucket')\n"
+            "s3.pipe_file('br-bucket/tables/table.csv', b'x,y\\n1,2\\n')\n"
+        )
+        subprocess.run(
+            [str(DEFAULT_ENV / "bin/python"), "-c", code, s3.endpoint], check=True, timeout=120
+        )
+        yield s3.endpoint
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
         yield launched
@@ -51,10 +70,20 @@ def page(browser: Browser) -> Iterator[Page]:
         context.close()
 
 
-def test_login_pick_tiny_and_land_in_jupyterlab(hub: Hub, page: Page) -> None:
+def test_login_pick_tiny_land_in_jupyterlab_and_browse_storage(
+    hub: Hub, page: Page, s3_endpoint: str
+) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     password = hub.add_user("carol")
     api = hub.login("carol", password)  # a separate session, only for its API token
+    connection = {
+        "name": "lab",
+        "kind": "s3-compatible",
+        "endpoint": s3_endpoint,
+        "container": "br-bucket",
+        "credential": {"access_key_id": "AKIABROWSER", "secret_access_key": "browser-secret"},
+    }
+    assert api.api("POST", "/storage/users/carol/connections", json=connection).status_code == 201
     try:
         page.goto(f"{hub.url}/hub/login")
         page.fill("#username_input", "carol")
@@ -78,6 +107,16 @@ def test_login_pick_tiny_and_land_in_jupyterlab(hub: Hub, page: Page) -> None:
         model = api.model()
         assert model is not None and model["ready"], model
         assert model["user_options"] == {"machine": "tiny", "environment": "python"}
+
+        # jupyter-fsspec's panel lists the connection by name and browses it.
+        page.locator('li[data-id="jupyterFsspec:widget"]').click()
+        source = page.locator(".jfss-fsitem-name", has_text="lab")
+        expect(source).to_be_visible(timeout=30_000)
+        source.click()
+        expect(page.get_by_text("tables", exact=True)).to_be_visible(timeout=30_000)
+        page.get_by_text("tables", exact=True).click()
+        expect(page.get_by_text("table.csv", exact=True)).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "fsspec-panel.png"), full_page=True)
     finally:
         if api.model() is not None:
             api.stop()
