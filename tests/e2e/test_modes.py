@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_default_env, needs_root
-from hubtest import Hub, new_test_root, running_hub
+from hubtest import Hub, new_test_root, remove_later, running_hub
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 REPO = Path(__file__).parents[2]
@@ -50,7 +50,7 @@ def portable_python() -> Iterator[str]:
     try:
         yield str(venv / "bin/python")
     finally:
-        shutil.rmtree(venv.parent, ignore_errors=True)
+        remove_later(venv.parent)
 
 
 def test_dev_mode_runs_servers_as_the_invoking_account_and_says_so(
