@@ -297,7 +297,8 @@ class CopyJobsAPIHandler(CopyJobsMixin, APIHandler):
                 python,
             )
             env = {
-                "JUPYTERHUB_API_URL": self.hub.api_url,
+                # As a server's job reaches the hub (launch.plan).
+                "JUPYTERHUB_API_URL": self.hubstack.backend.slurm.hub_url or self.hub.api_url,
                 "JUPYTERHUB_USER": user.name,
                 "HUBSTACK_COPY_JOB": str(job.id),
                 "HUBSTACK_COPY_TOKEN": token,
