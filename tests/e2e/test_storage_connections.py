@@ -155,6 +155,9 @@ def test_bad_connections_are_refused_with_a_message(alice: Session, stores: dict
         assert resp.status_code in (400, 403), resp.text
         assert words in resp.json()["message"]
         assert S3_SECRET not in resp.text
+    copy = {"source": "mine:x", "destination": "x", "workdir": "/"}
+    resp = alice.api("POST", f"/storage/users/{alice.name}/jobs", json=copy)
+    assert resp.status_code == 400 and "Slurm hub only" in resp.json()["message"]
 
 
 def test_own_connection_copies_in_and_out_with_checksums(

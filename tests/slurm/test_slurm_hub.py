@@ -586,6 +586,14 @@ def test_a_copy_job_runs_as_the_user_with_its_progress_in_the_hub(
 
 
 def test_a_copy_job_that_fails_or_is_cancelled_says_so(hub: Hub, copier: Session) -> None:
+    jobs = f"/storage/users/{copier.name}/jobs"
+    for body, key in (
+        ({"source": "slow:a\nb", "destination": "x", "workdir": "/tmp"}, "source"),
+        ({"source": "slow:a", "destination": "x", "workdir": "relative"}, "workdir"),
+        ({"source": "a", "destination": "x", "workdir": "/tmp"}, "one side"),
+    ):
+        refused = copier.api("POST", jobs, json=body)
+        assert refused.status_code == 400 and key in refused.json()["message"], refused.text
     rc, _, err = hubdata(copier, "cp", "--job", "slow:../etc", "x", server="data")
     assert rc == 2 and "'..'" in err, err
     rc, _, err = hubdata(copier, "cp", "--job", "nosuch:x", "x", server="data")
