@@ -130,8 +130,15 @@ class PackageCache:
         self.create()
         added, known, skipped = [], [], []
         pages: dict[str, list[tuple[str, str, str]]] = {}
+        kept_names = [name for name in os.listdir(self.wheels) if name.endswith(".whl")]
         for dist in installed_by_uv(prefix):
             label = f"{dist.name} {dist.version}"
+            # Kept already: no need to ask the index (most builds share most wheels).
+            kept = next((name for name in kept_names if _is_file_of(name, dist)), None)
+            if kept is not None:
+                os.utime(self.wheels / kept)  # used again: kept longest
+                known.append(kept)
+                continue
             match = next(
                 (
                     (filename, url, digest)
@@ -145,11 +152,7 @@ class PackageCache:
                 skipped.append(label)
                 continue
             filename, url, digest = match
-            kept = self.wheels / filename
-            if kept.is_file():
-                os.utime(kept)  # used again: kept longest
-                known.append(filename)
-            elif self._fetch(url, digest, filename):
+            if self._fetch(url, digest, filename):
                 added.append(filename)
             else:
                 skipped.append(label)
