@@ -118,15 +118,20 @@ def test_an_r_repository_runs_in_the_environments_r_kernel(
     assert "Running install.R" in messages
     assert "Installing the repository as an R package (DESCRIPTION)" in messages
     # The "ir" kernel is the environment's (the host's Debian R has one by that name too):
-    # install.R's package, the DESCRIPTION package with its import, the site's repository.
+    # install.R's package, the DESCRIPTION package with its import, the site's repository;
+    # and a package the user installs goes to their own library in their home.
     code = (
+        'install.packages("hubstackgreet", quiet = TRUE)\n'
         'cat(binderrepo::hello(), hubstackshout::shout("r"), getOption("repos")[["CRAN"]], '
-        'R.version$minor, R.home(), sep = "\\n")'
+        "R.version$minor, R.home(), "
+        'file.exists(file.path(.libPaths()[1], "hubstackgreet", "DESCRIPTION")), '
+        'startsWith(.libPaths()[1], path.expand("~/R/")), sep = "\\n")'
     )
     run = rhea.run_code(code, "renv", kernel_name="ir")
     assert run.status == "ok", run
-    greeting, shout, repos, minor, home = run.stdout.splitlines()
+    greeting, shout, repos, minor, home, *user_library = run.stdout.splitlines()[-7:]
     assert (greeting, shout) == ("hello from binderrepo, said hubstackgreet", "R")
     assert (repos, minor[:2]) == (f"{channel}/cran", "2.")
     assert home.endswith(f"/{ENV}/lib/R") and home != "/usr/lib/R"
+    assert user_library == ["TRUE", "TRUE"]
     rhea.stop("renv", remove=True)

@@ -212,9 +212,9 @@ def test_build_script_of_an_r_environment(tmp_path: Path) -> None:
     script = build_script(spec, Path("/cache/k"), Path("/usr/bin/python3.11"), "/opt/uv")
     site = "/cache/k/env/lib/R/etc/Rprofile.site"
     # The site's repository as an R string, shell-quoted; written as a new file.
-    assert (
-        """printf '%s\\n' 'options(repos = c(CRAN = "https://cran.example/it'"'"'s"))'""" in script
-    )
+    repos = """printf '%s\\n' 'options(repos = c(CRAN = "https://cran.example/it'"'"'s"))\n"""
+    assert repos in script
+    assert "file.access(.Library, 2) != 0" in script  # users install into their own library
     assert f"rm -f {site} && mv {site}.new {site}" in script
     steps = [
         "R installs packages from",

@@ -9,6 +9,7 @@ asked for), a Python for the Jupyter server, and:
 - the CRAN-like repository ``binder.r.repos`` as R's ``repos`` option, in the environment's
   ``Rprofile.site`` (so ``install.R`` and the users' ``install.packages`` read the same one);
   without one, Posit Package Manager's CRAN snapshot of ``runtime.txt``'s date, else CRAN;
+  users' own packages go to their ``R_LIBS_USER``;
 - ``install.R`` run with ``Rscript`` as the build account, from the repository's root;
 - ``DESCRIPTION``: the repository installed as an R package with its dependencies by
   ``remotes::install_local`` (``r-remotes`` from the channel), as repo2docker does;
@@ -36,6 +37,18 @@ _RUNTIME = re.compile(
 )
 # Started with none of the user's or site's start-up files but the environment's Rprofile.site.
 _R_FLAGS = "--no-save --no-restore --no-init-file --no-environ"
+
+
+# In the environment's Rprofile.site: where the library is not writable (a server's user; the
+# environment is root's and shared), packages a user installs go to R_LIBS_USER in their home,
+# made on first start, as R would only offer to in an interactive session.
+_USER_LIBRARY = """local({
+  lib <- Sys.getenv("R_LIBS_USER")
+  if (nzchar(lib) && file.access(.Library, 2) != 0) {
+    dir.create(lib, recursive = TRUE, showWarnings = FALSE)
+    .libPaths(c(lib, .libPaths()))
+  }
+})"""
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def setup_steps(r: RPlan, env: Path) -> list[str]:
     q = shlex.quote
     site = env / "lib/R/etc/Rprofile.site"
     # A new file, not an append: the installed one may be a link into a package cache.
-    profile = f"options(repos = c(CRAN = {json.dumps(r.repos)}))"
+    profile = f"options(repos = c(CRAN = {json.dumps(r.repos)}))\n{_USER_LIBRARY}"
     lines = [
         f"echo {q(f'R installs packages from {r.repos}')}",
         f"{{ cat {q(str(site))} 2>/dev/null || true; printf '%s\\n' {q(profile)}; }}"
