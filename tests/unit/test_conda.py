@@ -65,8 +65,8 @@ def test_environment_yml_is_a_conda_plan_with_its_pip_section(tmp_path: Path) ->
 
 
 def test_without_python_or_channels_the_defaults(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, {"environment.yml": "dependencies:\n  - r-base\n"})
-    assert spec.conda == CondaPlan(("conda-forge",), ("r-base", "python 3.10.*"))
+    spec = spec_of(tmp_path, {"environment.yml": "dependencies:\n  - hello-conda\n"})
+    assert spec.conda == CondaPlan(("conda-forge",), ("hello-conda", "python 3.10.*"))
 
 
 def test_runtime_txt_is_ignored_beside_environment_yml(tmp_path: Path) -> None:

@@ -933,3 +933,29 @@ def test_whole_tree_key_tells_paths_from_contents(tmp_path: Path) -> None:
     os.remove(three / "empty-dir/.keep")
     assert key_of(one) != key_of(two)
     assert key_of(three) == key_of(one)
+
+
+@pytest.mark.parametrize(
+    ("dependencies", "added"),
+    [
+        ("[r-base=4.3, r-ggplot2]", ("r-irkernel",)),
+        ("[r-base, r-irkernel=1.3]", ()),
+    ],
+)
+def test_an_environment_yml_with_r_packages_gets_the_r_kernel(
+    tmp_path: Path, dependencies: str, added: tuple[str, ...]
+) -> None:
+    spec = r_spec(tmp_path, {"environment.yml": f"dependencies: {dependencies}\n"})
+    assert spec.conda is not None and spec.r is not None
+    asked = tuple(dependencies.strip("[]").split(", "))
+    assert spec.conda.specs == (*asked, "python 3.10.*", *added)
+    assert (spec.kind, spec.r.repos, spec.r.install_r, spec.whole_tree) == (
+        "environment.yml",
+        "https://cloud.r-project.org",
+        None,
+        False,
+    )
+
+
+def test_an_environment_yml_without_r_packages_has_no_r(tmp_path: Path) -> None:
+    assert r_spec(tmp_path, {"environment.yml": "dependencies: [numpy, rpy2]\n"}).r is None

@@ -84,13 +84,14 @@ def read_conda_file(tree: RepoTree, rel: str, settings: CondaSettings) -> CondaF
             f"{rel} asks for packages from the channel {listing(refused)}, which this hub "
             f"does not allow; it allows {', '.join(settings.channels)}."
         )
-    if not any(_name(spec) == "python" for spec in specs):
+    if not any(package_name(spec) == "python" for spec in specs):
         specs.append(f"python {DEFAULT_PYTHON}.*")
     conda = CondaPlan(tuple(dict.fromkeys(channels)), tuple(specs))
     return CondaFile(conda, found.pip, tuple(notices))
 
 
-def _name(spec: str) -> str:
+def package_name(spec: str) -> str:
+    """The package a match spec names (``numpy`` of ``numpy >=1.26``), lower case."""
     return re.split(r"[ \t=<>!~]", spec, maxsplit=1)[0].lower()
 
 

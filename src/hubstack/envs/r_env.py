@@ -15,6 +15,9 @@ asked for), a Python for the Jupyter server, and:
   ``remotes::install_local`` (``r-remotes`` from the channel), as repo2docker does;
 - an R kernel registered in the environment by ``IRkernel::installspec``, which the server
   finds before any kernel of the host's with the same name.
+
+An ``environment.yml`` with R packages (``r-...``) gets ``r-irkernel``, the repository
+setting and the kernel too, as in repo2docker's conda buildpack.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubstack.config.models import RSettings
+from hubstack.envs.conda import package_name
 from hubstack.envs.rees_files import RepoTree, SpecError
 from hubstack.untrusted import quote_untrusted
 
@@ -100,6 +104,18 @@ def conda_specs(r: RPlan) -> tuple[str, ...]:
     else:  # 4.2: any 4.2.x; 4.2.3: that one
         base = f"r-base {r.version}.*" if r.version.count(".") == 1 else f"r-base {r.version}"
     return (base, "r-irkernel", *(["r-remotes"] if r.description else []))
+
+
+def uses_r(specs: tuple[str, ...]) -> bool:
+    """An environment.yml with R packages (``r-``), by repo2docker's rule: it gets an R kernel."""
+    return any(package_name(spec).startswith("r-") for spec in specs)
+
+
+def with_kernel(specs: tuple[str, ...]) -> tuple[str, ...]:
+    """``specs`` with ``r-irkernel``, unless they name it already (with a pin, say)."""
+    if any(package_name(spec) == "r-irkernel" for spec in specs):
+        return specs
+    return (*specs, "r-irkernel")
 
 
 def setup_steps(r: RPlan, env: Path) -> list[str]:

@@ -185,16 +185,21 @@ def _conda_plan(
     tree: RepoTree,
     at: dict[str, str],
     ignored: list[str],
-    settings: CondaSettings | None,
+    settings: tuple[CondaSettings | None, RSettings],
     notices: list[str],
 ) -> _Plan:
     """environment.yml wins over every other file; runtime.txt is ignored with it. With
-    conda builds on, its packages (Python too) come from conda channels; else from PyPI."""
+    conda builds on, its packages (Python too) come from conda channels, with R's kernel
+    if it has R packages; else from PyPI."""
     rel = at.get("environment.yml") or at["environment.yaml"]
-    if settings is not None and settings.enabled:
-        found = read_conda_file(tree, rel, settings)
+    conda, r_settings = settings
+    if conda is not None and conda.enabled:
+        found = read_conda_file(tree, rel, conda)
         notices += found.notices
         plan = _Plan("environment.yml", found.pip, [rel], [], conda=found.conda)
+        if r_env.uses_r(found.conda.specs):
+            plan.conda = CondaPlan(found.conda.channels, r_env.with_kernel(found.conda.specs))
+            plan.r = r_env.plan(None, None, False, r_settings)
     else:
         plan = _Plan("environment.yml", read_environment_yml(tree, rel), [rel], [])
     if plan.install.python is not None:
@@ -299,18 +304,18 @@ def detect(
     is_r = runtime is not None or "DESCRIPTION" in at
     notices = _notices(tree, binder_dir, at, is_r)
     ignored: list[str] = []
+    settings = (conda_settings, r_settings or RSettings())
     if is_r:
-        settings = (conda_settings, r_settings or RSettings())
         plan = _r_plan(tree, binder_dir, at, runtime, settings, ignored)
     elif "environment.yml" in at or "environment.yaml" in at:
-        plan = _conda_plan(tree, at, ignored, conda_settings, notices)
+        plan = _conda_plan(tree, at, ignored, settings, notices)
     elif "Pipfile.lock" in at or "Pipfile" in at:
         plan = _pipenv_plan(tree, at, ignored)
     else:
         plan = _python_plan(tree, binder_dir, at)
     uv_python, python = None, None
     try:
-        python = None if plan.r else choose_python(plan.asks, available_pythons)
+        python = choose_python(plan.asks, available_pythons)
     except SpecError as refusal:
         plan.conda, uv_python = elsewhere(plan.asks, python_sources, conda_settings, refusal)
     shown = [at[name] for name in dict.fromkeys(ignored) if name in at]
@@ -335,7 +340,10 @@ def detect(
         start=at.get("start"),
         defining_files=tuple(dict.fromkeys(defining)),
         # install.R and DESCRIPTION run or install the repository's own code, as postBuild
-        whole_tree=reach.local or plan.install_project or post_build is not None or bool(plan.r),
+        whole_tree=reach.local
+        or plan.install_project
+        or post_build is not None
+        or bool(plan.r and (plan.r.install_r or plan.r.description)),
         notices=tuple(notices),
         apt_packages=apt,
         conda=plan.conda,
