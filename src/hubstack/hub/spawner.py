@@ -473,9 +473,9 @@ class HubstackSpawner(Spawner):
         token = self.user.new_api_token(
             note="hubstack: resume a start", expires_in=300, scopes=[scope]
         )
-        path = url_path_join(
-            api, "users", self.user.escaped_name, "servers", url_escape_path(self.name)
-        )
+        # The default server has a route of its own (an empty name under servers/ is a 404).
+        server = ("servers", url_escape_path(self.name)) if self.name else ("server",)
+        path = url_path_join(api, "users", self.user.escaped_name, *server)
         try:
             await client.fetch(
                 path,
