@@ -557,6 +557,7 @@ def test_runtime_txt_alone_keeps_the_default_kind(tmp_path: Path) -> None:
             "runtime.txt asks for an R environment, which is built from conda packages "
             "(r-base, r-irkernel), and conda builds are off on this hub (binder.conda.enabled).",
         ),
+        ("r-2024-02-30", "runtime.txt names the date 2024-02-30, which is not a date."),
         (
             "r-4.3-01-2024",
             "runtime.txt asks for R as 'r-4.3-01-2024'; write r-<version>, "

@@ -22,6 +22,7 @@ setting and the kernel too, as in repo2docker's conda buildpack.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import shlex
@@ -84,7 +85,12 @@ def read_r_runtime(tree: RepoTree, rel: str) -> RRuntime | None:
             f"{rel} asks for R as {quote_untrusted(text)}; write r-<version>, "
             "r-<version>-<YYYY-MM-DD> or r-<YYYY-MM-DD>, e.g. r-4.3-2024-01-10."
         )
-    return RRuntime(match["version"], match["date"] or match["only_date"])
+    date = match["date"] or match["only_date"]
+    try:
+        datetime.date.fromisoformat(date or "2000-01-01")
+    except ValueError:
+        raise SpecError(f"{rel} names the date {date}, which is not a date.") from None
+    return RRuntime(match["version"], date)
 
 
 def plan(
