@@ -1,8 +1,8 @@
 """Copies between a server's files and a storage connection: resumable, checksummed.
 
 Each file goes through the library's own ``put_file``/``get_file`` (adlfs and s3fs move
-large files in parallel blocks, several files at once here); a large S3 object comes in
-through s3fs's ``cat_file`` in ranges, hashed as they arrive (``ranged_get``). A copy is then verified
+large files in parallel blocks, several files at once here); an S3 object is hashed while
+s3fs writes it (``hashed_get``). A copy is then verified
 against the store's own digest of the object (S3's ETag, Azure's Content-MD5; see
 ``digest``), taken from one listing of the source (downloads) or of the destination after
 the uploads, by hashing the local file: the object is not moved twice and no request is
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import posixpath
-from collections import deque
+import threading
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -43,9 +43,6 @@ IN_FLIGHT = 512 * 1024 * 1024
 # file gets them all, many files one each.
 PARTS = 10
 PARTIAL = ".hubdata-partial"
-# The ranges a large S3 object is fetched in: s3fs's own (default_block_size), so that
-# PARTS of them in flight hold about IN_FLIGHT bytes.
-RANGE = 50 * 1024 * 1024
 # azure-storage-blob's max_single_put_size: larger blobs are sent in blocks.
 AZURE_SINGLE_PUT = 64 * 1024 * 1024
 
@@ -196,61 +193,76 @@ def download(src: Side, item: Item, parts: int, progress: Callable[[int], Any]) 
     partial = item.dst + PARTIAL
     os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
     stored = digest.of(item.info)
-    if "s3" in getattr(src.fs, "fs", src.fs).protocol and item.size > 2 * RANGE:
-        hasher = digest.Hasher(stored.part_size if stored else None)
-        ranged_get(src.fs, item.src, partial, item.size, parts, hasher.update, progress)
-        ok = verified(partial, item.info, src, item.src, hasher.hexdigest())
+    if stored is not None and "s3" in getattr(src.fs, "fs", src.fs).protocol:
+        computed: str | None = hashed_get(src, item, partial, parts, progress, stored.part_size)
     else:
         src.fs.get_file(item.src, partial, callback=Progress(progress), max_concurrency=parts)
-        ok = verified(partial, item.info, src, item.src)
-    if not ok:
+        computed = None
+    if not verified(partial, item.info, src, item.src, computed):
         os.unlink(partial)
         raise mismatch(item.src, item.dst)
     os.replace(partial, item.dst)
 
 
-def ranged_get(
-    fs: AbstractFileSystem,
-    path: str,
-    local: str,
-    size: int,
+def hashed_get(
+    src: Side,
+    item: Item,
+    partial: str,
     parts: int,
-    consume: Callable[[bytes], Any],
     progress: Callable[[int], Any],
-) -> None:
-    """A large object in ranges of RANGE bytes, ``parts`` at once, each written at its
-    offset as it arrives and given to ``consume`` in order (the digest, computed while
-    the object comes in rather than by reading the file again after).
+    part_size: int | None,
+) -> str:
+    """s3fs's own ``get_file`` (ranges in parallel, as a user's ``get`` does), with the
+    file's digest in the store's form computed while it is written: s3fs writes the object
+    in order and counts each write, so a thread hashes the written part, from the page
+    cache, behind it, and no second pass over the file follows the download."""
+    hasher = digest.Hasher(part_size)
+    more, finished, failed = threading.Event(), threading.Event(), threading.Event()
 
-    s3fs's own ``get_file`` fetches ranges in parallel too, but in batches that all wait
-    for the slowest, and gives no bytes to hash: this keeps ``parts`` ranges in flight
-    through the library's ``cat_file`` and writes from the worker threads."""
-    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    def written(count: int) -> None:
+        progress(count)
+        if count:  # a write, not s3fs's announcing the size (before the file exists)
+            more.set()
 
-    def fetch(start: int) -> bytes:
-        data = fs.cat_file(path, start=start, end=min(start + RANGE, size))
-        if len(data) != min(RANGE, size - start):
-            raise CopyStopped(f"{path}: the store sent {len(data)} bytes at {start}; run again")
-        view = memoryview(data)
-        while view:
-            view = view[os.pwrite(fd, view, start + len(data) - len(view)) :]
-        return data
+    counter = Progress(written)
 
-    starts = iter(range(0, size, RANGE))
-    pending: deque[Future[bytes]] = deque()
-    pool = ThreadPoolExecutor(parts)
+    def follow() -> None:
+        done = 0
+        more.wait()  # s3fs has created the file by its first write
+        if failed.is_set() or not os.path.exists(partial):
+            return
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            while True:
+                # s3fs's file object may still buffer its last few KiB; all is on disk once
+                # get_file has returned.
+                last = finished.is_set()
+                end = item.size if last else counter.value - io.DEFAULT_BUFFER_SIZE
+                while done < end:
+                    data = os.pread(fd, min(CHUNK, end - done), done)
+                    if not data:
+                        break
+                    hasher.update(data)
+                    done += len(data)
+                if last or failed.is_set():
+                    return
+                more.wait()
+                more.clear()
+        finally:
+            os.close(fd)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
     try:
-        while True:
-            for start in islice(starts, parts - len(pending)):
-                pending.append(pool.submit(fetch, start))
-            if not pending:
-                break
-            data = pending.popleft().result()
-            consume(data)
-            progress(len(data))
+        src.fs.get_file(item.src, partial, callback=counter, max_concurrency=parts)
+    except BaseException:
+        failed.set()
+        raise
     finally:
-        pool.shutdown(cancel_futures=True)
-        os.close(fd)
+        finished.set()
+        more.set()
+        follower.join()
+    return hasher.hexdigest()
 
 
 def verified(
