@@ -401,6 +401,9 @@ def write_r_packages(channel: Path) -> None:
         with contextlib.suppress(OSError):  # another module made it meanwhile: the same
             staging.rename(kept)
         shutil.rmtree(staging, ignore_errors=True)
+        for old in R_CACHE.glob("[!.]*"):  # made from other versions: not needed again
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
     for archive in kept.glob("*/*.tar.bz2"):
         (channel / archive.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(archive, channel / archive.parent.name / archive.name)
