@@ -178,10 +178,10 @@ def test_a_declared_environment_is_built_replaced_while_used_and_pruned(hub: Hub
         assert "Being built; not ready yet" in spawn_page
         refused = declan.start("new", {"environment": "declared"})
         assert refused.status_code == 400 and "is being built" in refused.json()["message"]
-        wait_for(lambda: build_logs_saying(hub, "Running postBuild"), 300, "the postBuild")
-
-        # kill -9 of the hub mid-build: the restarted hub builds again, and nothing
-        # half-built is ever offered.
+        # kill -9 of the hub as soon as the build has begun (it cannot end: its postBuild
+        # waits at the gate): the restarted hub builds again, and nothing half-built is
+        # ever offered.
+        wait_for(lambda: len(build_logs_saying(hub, "Creating the environment")) == 2, 300, "v2")
         kill_hub(hub)
         (gate / "open").touch()
         hub.start()
