@@ -1,0 +1,130 @@
+"""Where a local server start's CPU goes, step by step, with and without the fork server.
+
+    uv run python benchmarks/start_cpu.py [--starts 5] [--fork-server | --no-fork-server]
+
+One hub (tests/hubtest.py) starts servers one after the other, each a new user's first
+(as in a class); for each start it reads
+CPU-seconds from the kernel's accounting, which counts CPU used however busy the machine is:
+the server's cgroup (``cpuacct.usage``: every process the start ran in it, the usual chain
+and any stand-in included) and ``/proc/<pid>/stat`` of the server and of its kernel. Steps:
+
+* **ready**: the start until the hub's check got the server's answer;
+* **lab page**: what JupyterLab's page asks the server for at its first load (the page, its
+  settings, kernel specs, contents, translations, ``/api/me``, sessions);
+* **kernel**: ``POST /api/kernels`` and ``1+1`` run through the kernel's websocket, split
+  into the server's share and the kernel process's own.
+
+Printed per start and as medians. Needs root and the default environment (scripts/setup.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hubbench import SINGLEUSER, catch_signals, load
+from hubtest import Hub, Session, execute, running_hub, wait_for
+
+TICK = os.sysconf("SC_CLK_TCK")
+LAB_PAGE = (
+    "lab",
+    "lab/api/settings",
+    "api/kernelspecs",
+    "api/contents?content=1",
+    "lab/api/translations/en",
+    "api/me",
+    "api/sessions",
+)
+STEPS = ("ready", "chain", "server", "lab page", "kernel: server", "kernel: kernel", "total")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU-seconds of ``pid`` itself, from /proc (user + system)."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / TICK
+
+
+def cgroup_dir(hub: Hub, name: str) -> Path:
+    return Path(f"/sys/fs/cgroup/cpuacct/hubstack/hubstack-{hub.prefix}{name}-default")
+
+
+def cgroup_cpu(group: Path) -> float:
+    return int((group / "cpuacct.usage").read_text()) / 1e9
+
+
+def pids(group: Path) -> list[int]:
+    return [int(line) for line in (group / "cgroup.procs").read_text().split()]
+
+
+def one_start(hub: Hub, session: Session) -> dict[str, float]:
+    """Start, load the lab page, run a cell; CPU-seconds of each step."""
+    group = cgroup_dir(hub, session.name)
+    assert session.start().status_code in (201, 202)
+    session.wait_ready(timeout=300)
+    # The stand-in a forked server replaced leaves its cgroup a moment after.
+    wait_for(lambda: len(pids(group)) == 1, 30, "the server alone in its cgroup")
+    ready = cgroup_cpu(group)
+    (server,) = pids(group)
+    server_ready = process_cpu(server)
+    base = session.server_url()
+    headers = {"Authorization": f"token {session.token}"}
+    for path in LAB_PAGE:
+        requests.get(base + path, headers=headers, timeout=120).raise_for_status()
+    after_lab = process_cpu(server)
+    made = requests.post(f"{base}api/kernels", headers=headers, json={}, timeout=120)
+    made.raise_for_status()
+    run = execute(base, made.json()["id"], session.token, "print(1+1)", 120)
+    assert run.status == "ok" and run.stdout.strip() == "2", run
+    (kernel,) = (pid for pid in pids(group) if pid != server)
+    result = {
+        "ready": ready,
+        "chain": ready - server_ready,
+        "server": server_ready,
+        "lab page": after_lab - server_ready,
+        "kernel: server": process_cpu(server) - after_lab,
+        "kernel: kernel": process_cpu(kernel),
+        "total": cgroup_cpu(group),
+    }
+    session.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument(
+        "--fork-server",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="backend.local.fork_server (default: on)",
+    )
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root: servers run as other accounts")
+    if not SINGLEUSER.exists():
+        parser.error(f"{SINGLEUSER} is missing: run scripts/setup.sh first")
+    catch_signals()
+    print(f"{args.starts} starts one after the other, fork server {args.fork_server}")
+    print(f"  machine: {os.cpu_count()} CPUs, load {load()}; CPU-seconds per step")
+    print("  " + " ".join(f"{step:>14s}" for step in STEPS))
+    overrides = {"backend": {"local": {"fork_server": args.fork_server}}}
+    rows = []
+    with running_hub(overrides) as hub:
+        for i in range(args.starts):
+            # A user of its own per start: each start is a first one, as in a class.
+            rows.append(one_start(hub, hub.new_user(f"startcpu{i}")))
+            print("  " + " ".join(f"{rows[-1][step]:14.3f}" for step in STEPS), flush=True)
+    print("  " + " ".join(f"{statistics.median(r[s] for r in rows):14.3f}" for s in STEPS))
+    print("  (medians; ready = chain + server; total = the cgroup's CPU at the end)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
