@@ -4,11 +4,19 @@ and nothing that Python or jupyterhub-singleuser reads before the fork may diffe
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from hubstack.backends.forking import forkable, root_only, server_argv
+from hubstack.backends.forking import (
+    ForkServer,
+    forkable,
+    installed_stamp,
+    root_only,
+    server_argv,
+)
 
 SERVER = Path("/env/bin/jupyterhub-singleuser")
 
@@ -56,3 +64,29 @@ def test_only_environments_that_only_root_can_change(tmp_path: Path) -> None:
     os.chown(env / "bin", 0, 0)
     os.chmod(tmp_path, 0o777)
     assert not root_only(env, python)  # anyone could move the environment away
+
+
+def test_a_fork_server_is_replaced_once_its_environment_changes(tmp_path: Path) -> None:
+    """A package installed into the environment (its metadata directory added to
+    site-packages) ends the running fork server and the next start gets a new one; until
+    then the same one serves every start. An environment without Jupyter still gives a
+    fork server (what it cannot import is left to the servers)."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin/python3"
+    (site,) = env.glob("lib/python3*/site-packages")
+    server = ForkServer(python, tmp_path / "fork-server.log")
+    server.ensure_started()
+    first = server._proc
+    assert first is not None
+    server.ensure_started()
+    assert server._proc is first
+    stamp = installed_stamp(python)
+    (site / "example-1.0.dist-info").mkdir()
+    os.utime(site, ns=(stamp[-1] + 10**9, stamp[-1] + 10**9))  # a coarse clock still moves
+    server.ensure_started()
+    assert server._proc is not first
+    assert first.wait(30) == 0  # the old parent ended when the hub let go of it
+    assert server._proc is not None and server._proc.poll() is None
+    server._proc.kill()
+    server._proc.wait()

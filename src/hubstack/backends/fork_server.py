@@ -38,11 +38,26 @@ PRELOAD = (
     "jupyter_server.serverapp",
     "jupyterlab.labapp",
 )
+# Imported by every server after the fork, at its start or its first requests (measured:
+# benchmarks/start_cpu.py and the modules a server has that its fork server had not):
+# httpx's transport (JupyterLab's extension manager makes a client at start), the asyncio
+# backend of anyio, and what the enabled extensions import when they load or first answer.
+LAZY = (
+    "httpcore",
+    "anyio._backends._asyncio",
+    "tornado.platform.asyncio",
+    "jinja2.ext",
+    "jupyter_core.migrate",
+    "ipykernel.kernelspec",
+    "notebook_shim.nbserver",
+    "jupyter_lsp.virtual_documents_shadow",
+)
 
 
 def preload() -> None:
     """Import what every server imports, and the server extensions the environment enables
-    (names from its ``jupyter_server_config.d``); one that fails is left to the server."""
+    (names from its ``jupyter_server_config.d``), and what those import later; one that
+    fails (an environment without it) is left to the server."""
     names = list(PRELOAD)
     config_d = os.path.join(sys.prefix, "etc/jupyter/jupyter_server_config.d")
     for entry in sorted(os.listdir(config_d)) if os.path.isdir(config_d) else []:
@@ -52,6 +67,12 @@ def preload() -> None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         names += [name for name, on in enabled.items() if on is True]
+    names += LAZY
+    with contextlib.suppress(Exception):
+        # The handler modules of Jupyter Server's own services, which it imports at start.
+        from jupyter_server.serverapp import JUPYTER_SERVICE_HANDLERS
+
+        names += [name for found in JUPYTER_SERVICE_HANDLERS.values() for name in found or ()]
     for name in names:
         # One that fails is reported by the server when it imports it itself.
         with contextlib.suppress(Exception):

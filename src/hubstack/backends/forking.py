@@ -60,6 +60,21 @@ def root_only(prefix: Path, python: Path) -> bool:
     return bool(site)
 
 
+def installed_stamp(python: Path) -> tuple[int, ...]:
+    """When the environment's packages last changed: installers (pip, uv, conda) add and
+    remove each package's metadata directory in site-packages, which changes its mtime, and
+    a new interpreter replaces ``python``. A fork server older than that would fork servers
+    with the old modules in memory beside the new files on disk."""
+    site = sorted(python.parent.parent.glob("lib/python3*/site-packages"))
+    stamp = []
+    for path in (python.resolve(), *site):
+        try:
+            stamp.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            stamp.append(0)
+    return tuple(stamp)
+
+
 def forkable(env: dict[str, str]) -> bool:
     return not any(name.startswith(IMPORT_TIME_PREFIXES) for name in env)
 
@@ -69,7 +84,8 @@ class ForkServer:
 
     It runs in its own session, so a signal to the hub's process group leaves it alone; it
     ends when the hub's end of the control socket closes, also on ``kill -9`` of the hub,
-    and the servers it forked run on.
+    and the servers it forked run on. Once the environment's packages change (see
+    :func:`installed_stamp`), the next start ends it and starts a new one.
     """
 
     def __init__(self, python: Path, log_path: Path) -> None:
@@ -79,6 +95,7 @@ class ForkServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._exits: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._stamp: tuple[int, ...] = ()
 
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -111,11 +128,11 @@ class ForkServer:
                 f"the fork server of {self.python} did not start (see {self.log_path})"
             )
         ours.settimeout(None)
-        threading.Thread(target=self._read_exits, args=(ours,), daemon=True).start()
+        threading.Thread(target=self._read_exits, args=(ours, self._proc), daemon=True).start()
         log.info("fork server of %s ready (pid %d)", self.python, self._proc.pid)
         return ours
 
-    def _read_exits(self, control: socket.socket) -> None:
+    def _read_exits(self, control: socket.socket, proc: subprocess.Popen[bytes]) -> None:
         """Exit statuses of forked servers (the fork server is their parent, not the hub)."""
         while True:
             try:
@@ -130,18 +147,26 @@ class ForkServer:
         with self._lock:
             if self._control is control:
                 self._control = None  # the next start starts a new fork server
-        if self._proc is not None:
-            self._proc.wait()
+        control.close()
+        proc.wait()
 
     def exit_status(self, pid: int) -> int | None:
         with self._lock:
             return self._exits.get(pid)
 
     def ensure_started(self) -> None:
-        """Start the fork server unless it runs; ForkFailed if it cannot. Blocking."""
+        """Start the fork server unless it runs with the environment's current packages;
+        ForkFailed if it cannot. Blocking."""
+        stamp = installed_stamp(self.python)
         with self._lock:
+            if self._control is not None and stamp != self._stamp:
+                log.info("the packages of %s changed: starting a new fork server", self.python)
+                # Wakes the reader thread and ends the old parent; its servers run on.
+                self._control.shutdown(socket.SHUT_RDWR)
+                self._control = None
             if self._control is None:
                 self._control = self._start()
+                self._stamp = stamp
 
     def fork(self, start: dict[str, Any], listening: int, log_fd: int, timeout: float) -> int:
         """Fork a server in place of ``start["standin"]``; its pid. Blocking (a thread)."""
