@@ -43,6 +43,12 @@ IN_FLIGHT = 512 * 1024 * 1024
 # file gets them all, many files one each.
 PARTS = 10
 PARTIAL = ".hubdata-partial"
+# A large S3 object comes in as S3_STREAMS ranged GETs at once (rclone's default number of
+# streams), each of S3_RANGE bytes, so that IN_FLIGHT bytes are held: fewer, larger ranges
+# than s3fs's default (10 of 50 MiB), each one request that a store (moto: the whole object
+# copied for each) serves once.
+S3_STREAMS = 4
+S3_RANGE = IN_FLIGHT // S3_STREAMS
 # azure-storage-blob's max_single_put_size: larger blobs are sent in blocks.
 AZURE_SINGLE_PUT = 64 * 1024 * 1024
 
@@ -254,7 +260,13 @@ def hashed_get(
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     try:
-        src.fs.get_file(item.src, partial, callback=counter, max_concurrency=parts)
+        src.fs.get_file(
+            item.src,
+            partial,
+            callback=counter,
+            max_concurrency=min(parts, S3_STREAMS),
+            chunksize=S3_RANGE,
+        )
     except BaseException:
         failed.set()
         raise
