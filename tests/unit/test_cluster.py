@@ -106,3 +106,16 @@ def test_boot_times_give_the_typical_wait() -> None:
         records.nodes[node].since -= {"g1": 40, "g2": 60, "g3": 50}[node]
         records.up(node, None)
     assert records.typical_boot("g") == pytest.approx(50, abs=1)
+
+
+def test_a_released_machine_leaves_a_failed_nodes_record() -> None:
+    """Slurm suspends a failed boot's node (and the reconciler may find its machine) while
+    the failure is being recorded: the record keeps why the node is out of service."""
+    records = Records()
+    records.booting("g1", "g")
+    records.failed("g1", "g", "its slurmd did not register within 30 s")
+    records.machine_released("g1", "g")
+    assert records.nodes["g1"].state == "failed"
+    records.booting("g2", "g")
+    records.machine_released("g2", "g")
+    assert records.nodes["g2"].state == "released"

@@ -172,20 +172,30 @@ class Programs:
             time.sleep(_REGISTER_POLL_S)
 
     def suspend(self, hostlist: str) -> None:
+        """Release the machines. Slurm suspends a node whose boot outlived ResumeTimeout
+        too, at the same time as it runs the resume-fail program: whichever runs first
+        fails the boot."""
+        known = self.records.read().nodes
         for node, group in self._ours(hostlist):
+            record = known.get(node)
+            if record is not None and record.state == "booting":
+                self._failed(node, group, self._not_registered())
+                continue
             provider_for(self.cluster, group).delete(node)
             with self.records.change() as records:
-                records.released(node, group.name)
+                records.machine_released(node, group.name)
+
+    def _not_registered(self) -> str:
+        return f"its slurmd did not register within {self.cluster.resume_timeout} s"
 
     def resume_fail(self, hostlist: str) -> None:
         """Slurm also runs this for nodes the resume program failed itself, maybe after the
         reconciler returned them: only a boot still under way has timed out."""
-        timeout = self.cluster.resume_timeout
         known = self.records.read().nodes
         for node, group in self._ours(hostlist):
             if node in known and known[node].state == "booting":
-                self._failed(node, group, f"its slurmd did not register within {timeout} s")
-            elif node in known and known[node].state == "refused":
+                self._failed(node, group, self._not_registered())
+            elif node in known and known[node].state in ("refused", "failed"):
                 # Slurm has just put its own reason (ResumeTimeout reached) in place of ours.
                 self.slurm.set_down(node, f"hubstack: {known[node].reason}")
             else:

@@ -74,7 +74,7 @@ def reconcile(programs: Programs) -> list[Finding]:
         if name in machines and _orphan(node):
             provider_for(cluster, group).delete(name)
             with programs.records.change() as changing:
-                changing.released(name, group.name)
+                changing.machine_released(name, group.name)
             findings.append(
                 Finding(name, "a machine runs while Slurm has the node powered down", "released it")
             )

@@ -71,6 +71,15 @@ class Records:
         self._ended(node)
         self.nodes[node] = NodeRecord(group, "released", time.time())
 
+    def machine_released(self, node: str, group: str) -> None:
+        """The node's machine is gone. A failed or refused node keeps its record (why it is
+        out of service, since when), which status shows and the reconciler's cool-down
+        reads: Slurm suspends a failed boot's node, and the reconciler may find its
+        machine, at the moment the failure is recorded."""
+        record = self.nodes.get(node)
+        if record is None or record.state not in ("failed", "refused"):
+            self.released(node, group)
+
     def refused(self, node: str, group: str, reason: str) -> None:
         """Not started at all (its group's budget is spent): no machine, no node time."""
         self.nodes[node] = NodeRecord(group, "refused", time.time(), reason=reason)
