@@ -18,7 +18,9 @@ import urllib.request
 
 ATTEMPTS = 200
 RETRY_FOR_SECONDS = 600
-RETRY_STATUSES = (502, 503, 504)  # the hub restarting, or the scheduler not answering it
+# The hub restarting (behind its proxy, which answers 404 until the hub has added its
+# route again, or 502-504), or the scheduler not answering it.
+RETRY_STATUSES = (404, 502, 503, 504)
 
 
 def ephemeral_ports() -> range:
