@@ -628,7 +628,9 @@ def print_report(results: Results, launcher: Launcher, runtime: float) -> None:
     print()
     print_cold(results.cold)
     print()
-    print_cold(results.small, f"Cold uv build of {SMALL_REQUIREMENTS.split()} (5 packages)")
+    print_cold(
+        results.small, f"Cold uv build of {', '.join(SMALL_REQUIREMENTS.split())} (5 packages)"
+    )
     print()
     if results.conda:
         print_cold(results.conda, "Cold conda build (local channel: python 3.10, 4 packages)")
