@@ -468,8 +468,9 @@ class Builder:
             raise BuildFailed(self._why(None if timed_out else proc.returncode, oom, tail))
 
     def keep_packages(self, env: BuiltEnv) -> Harvest | None:
-        """Add the wheels of a finished build to the package cache (root's copy of the
-        environment names them; the index's hashes vouch for them); None when it is off."""
+        """Add the wheels and conda packages of a finished build to the package cache (root's
+        copy of the environment names them; the index's and the channels' hashes vouch for
+        them), within its size; None when it is off."""
         if self.packages is None:
             return None
         wheels = self.packages.harvest(env.prefix, index_urls(dict(os.environ)))
