@@ -568,6 +568,7 @@ def test_a_copy_job_runs_as_the_user_with_its_progress_in_the_hub(
     for method in ("GET", "DELETE"):
         assert bob.api(method, f"/storage/users/bob/jobs/{job['id']}").status_code == 404
     assert bob.api("GET", "/storage/users/bob/jobs").json() == {"jobs": []}
+    assert bob.api("GET", "/storage/users/bob/jobs/9" + "9" * 30).status_code == 404
     bob_page = bob.http.get(f"{hub.url}/hub/storage", timeout=60).text
     assert "slow:in" not in bob_page
 

@@ -197,7 +197,7 @@ class CopyJobsMixin(StorageMixin):
         db: Session = self.db  # type: ignore[attr-defined]
         found = (
             db.query(CopyJob).filter_by(id=int(job_id), owner=user.name).populate_existing().first()
-            if job_id.isdigit()
+            if job_id.isdigit() and len(job_id) < 10
             else None
         )
         if found is None:
