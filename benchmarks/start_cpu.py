@@ -1,6 +1,7 @@
 """Where a local server start's CPU goes, step by step, with and without the fork server.
 
-    uv run python benchmarks/start_cpu.py [--starts 5] [--fork-server | --no-fork-server]
+    uv run python benchmarks/start_cpu.py [--starts 5] [--no-fork-server]
+        [--no-language-server-search]
 
 One hub (tests/hubtest.py) starts servers one after the other, each a new user's first
 (as in a class); for each start it reads
@@ -30,7 +31,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hubbench import SINGLEUSER, catch_signals, load
-from hubtest import Hub, Session, execute, running_hub, wait_for
+from hubtest import DEFAULT_ENV, Hub, Session, execute, running_hub, wait_for
 
 TICK = os.sysconf("SC_CLK_TCK")
 LAB_PAGE = (
@@ -105,16 +106,32 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="backend.local.fork_server (default: on)",
     )
+    parser.add_argument(
+        "--language-server-search",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the environment's language_server_search (default: on)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: servers run as other accounts")
     if not SINGLEUSER.exists():
         parser.error(f"{SINGLEUSER} is missing: run scripts/setup.sh first")
     catch_signals()
-    print(f"{args.starts} starts one after the other, fork server {args.fork_server}")
+    print(
+        f"{args.starts} starts one after the other, fork server {args.fork_server}, "
+        f"language server search {args.language_server_search}"
+    )
     print(f"  machine: {os.cpu_count()} CPUs, load {load()}; CPU-seconds per step")
     print("  " + " ".join(f"{step:>14s}" for step in STEPS))
-    overrides = {"backend": {"local": {"fork_server": args.fork_server}}}
+    environment = {
+        **{"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)},
+        "language_server_search": args.language_server_search,
+    }
+    overrides = {
+        "backend": {"local": {"fork_server": args.fork_server}},
+        "environments": [environment],
+    }
     rows = []
     with running_hub(overrides) as hub:
         for i in range(args.starts):

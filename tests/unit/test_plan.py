@@ -313,3 +313,12 @@ def test_debian_packages_of_a_repository_are_found_by_server_kernels_and_man() -
     # pip installs go to the user's ~/.local, which the environment's Python finds
     assert env["PIP_PREFIX"] == "/home/hs-alice/.local"
     assert env["PYTHONPATH"] == "/home/hs-alice/.local/lib/python3.11/site-packages"
+
+
+@pytest.mark.parametrize("search", [True, False])
+def test_jupyter_lsp_searches_at_each_start_unless_the_environment_says_not(search: bool) -> None:
+    config = local(environments=[{**ENVIRONMENTS[0], "language_server_search": search}])
+    plan = server_plan(config, resolve(config, {}), "", ALICE, Path("/v"), HUB_ENV)
+    off = "--LanguageServerManager.autodetect=False"
+    assert (off in plan.argv) is not search
+    assert plan.argv[-1] == TERMINALS

@@ -423,6 +423,12 @@ class Environment(Strict):
     groups: list[GroupName] = Field(
         default_factory=list, description="who may pick it; empty: everyone"
     )
+    language_server_search: bool = Field(
+        True,
+        description="jupyter-lsp searches for language servers at every server start (it runs "
+        "npm and Rscript where they exist: about 0.3 CPU-s); false: only the language "
+        "servers the environment's own Jupyter config lists",
+    )
 
     @field_validator("interfaces")
     @classmethod

@@ -29,6 +29,8 @@ PYTHON = "bin/python3"
 # A job's server learns its port and address only on its node (see the job script).
 ALL_ADDRESSES = "0.0.0.0"
 KERNELS_OVER_IPC = "--KernelManager.transport=ipc"
+# environments[].language_server_search false: jupyter-lsp's search at each start is off.
+NO_LANGUAGE_SERVER_SEARCH = "--LanguageServerManager.autodetect=False"
 # VS Code and RStudio, behind jupyter-server-proxy, listen on a Unix socket in a private
 # directory of the server, never on a TCP port: code-server runs with --auth none, and any
 # account on the machine could reach a port.
@@ -200,6 +202,7 @@ def server_plan(
         f"--ServerApp.root_dir={workdir}",
         f"--ServerApp.preferred_dir={checkout or volume}",
         *extension_options(environment),
+        *([] if environment.language_server_search else [NO_LANGUAGE_SERVER_SEARCH]),
         TERMINAL_SHELL,
     ]
     env = dict(hub_env)
