@@ -16,6 +16,7 @@ import pytest
 import requests
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, make_repo
+from hubprocesses import kill_hub
 from hubtest import DEFAULT_ENV, Hub, Session, execute, new_test_root, running_hub, wait_for
 from storage_emulators import Throttle, hubdata, moto_s3
 
@@ -610,6 +611,19 @@ def test_a_copy_job_that_fails_or_is_cancelled_says_so(hub: Hub, copier: Session
     assert "not found" in ended["error"]
     rc, out, _ = hubdata(copier, "status", str(missing["id"]), server="data")
     assert rc == 1 and "not found" in out
+
+    # A hub killed while a copy runs: the job finishes and reports its end once the hub
+    # is back, which kept its record.
+    survivor = copy_job(copier, "-r", "slow:in", "survived")
+    wait_for(lambda: job_now(copier, survivor)["state"] == "running", 180, "the copy to run")
+    kill_hub(hub)
+    hub.start()
+    ended = wait_for(
+        lambda: (now := job_now(copier, survivor))["state"] not in ("queued", "running") and now,
+        180,
+        "the copy job to report its end to the restarted hub",
+    )
+    assert ended["state"] == "done" and ended["files_done"] == 16, ended
 
     running = copy_job(copier, "-r", "slow:in", "cancelled")
     wait_for(lambda: job_now(copier, running)["state"] == "running", 180, "the copy to run")

@@ -16,6 +16,8 @@ import fsspec
 import requests
 from fsspec.implementations.dirfs import DirFileSystem
 
+UNREACHABLE = "the hub cannot be reached"
+
 
 class ConnectionError_(Exception):
     """The hub refused or could not give the connection; the message says why."""
@@ -52,7 +54,7 @@ def hub_request(path: str, method: str = "GET", body: object = None) -> dict[str
             method, url, json=body, headers={"Authorization": f"token {token}"}, timeout=30
         )
     except requests.RequestException as exc:
-        raise ConnectionError_(f"the hub cannot be reached: {type(exc).__name__}") from None
+        raise ConnectionError_(f"{UNREACHABLE}: {type(exc).__name__}") from None
     if resp.status_code == 204:
         return {}
     if resp.status_code not in (200, 201):

@@ -14,14 +14,17 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from hubstack_data import copy
-from hubstack_data.connection import hub_request
+from hubstack_data.connection import UNREACHABLE, ConnectionError_, hub_request
 
-# How often a running job tells the hub its progress.
+# How often a running job tells the hub its progress, and how long it tries to report its
+# end to a hub that cannot be reached (restarting).
 REPORT_EVERY = 1.0
+END_REPORT_WAIT = 600.0
 
 
 def submit(source: str, destination: str, recursive: bool, checksum: bool) -> dict[str, Any]:
@@ -92,10 +95,21 @@ class Reporter:
                 print(f"hubdata: progress not reported: {exc}", file=sys.stderr)
 
     def end(self, state: str, error: str = "") -> None:
+        """Report the end, waiting out a hub that restarts meanwhile (its record of the
+        job is kept): otherwise the hub would later find the job gone and call it failed."""
         self.stopped.set()
         if self.thread.is_alive():
             self.thread.join()
-        self.send(state, error)
+        deadline = time.monotonic() + END_REPORT_WAIT
+        while True:
+            try:
+                self.send(state, error)
+                return
+            except ConnectionError_ as exc:
+                if not str(exc).startswith(UNREACHABLE) or time.monotonic() > deadline:
+                    raise
+                print(f"hubdata: end not reported yet: {exc}", file=sys.stderr)
+                self.stopped.wait(2)
 
 
 def run_job(copy_with: Callable[[dict[str, Any], Reporter], int]) -> int:
