@@ -15,7 +15,13 @@ from hubstack.config.load import validate
 from hubstack.config.script import SCRIPT_VARIABLES
 from hubstack.launch import resolve
 from hubstack.launch.slurm_fields import SlurmRequest
-from hubstack.slurm.jobscript import DEFAULT_TEMPLATE, JobScript, JobScriptError, render_job_script
+from hubstack.slurm.jobscript import (
+    DEFAULT_TEMPLATE,
+    JobScript,
+    JobScriptError,
+    render_copy_script,
+    render_job_script,
+)
 
 CONFIG = validate(
     {
@@ -277,3 +283,34 @@ def test_a_request_with_no_optional_values_renders() -> None:
         "#SBATCH --cpus-per-task=1",
         "#SBATCH --mem=301M",
     ]
+
+
+def test_a_copy_job_script_runs_hubdata_with_its_token_off_the_environment(tmp_path: Path) -> None:
+    """The token goes from the environment to hubdata's standard input; the script holds
+    no path a user typed and no secret."""
+    script = render_copy_script(
+        "hubdata-hs-alice-7",
+        "/home/hs-alice/.hubstack/jobs/hubdata-7-%j.log",
+        REQUEST,
+        "",
+        "/opt/envs/py/bin/python3",
+    )
+    assert directives(script)[:3] == [
+        "#SBATCH --job-name=hubdata-hs-alice-7",
+        "#SBATCH --output=/home/hs-alice/.hubstack/jobs/hubdata-7-%j.log",
+        "#SBATCH --export=ALL",
+    ]
+    fake_python = tmp_path / "python3"
+    fake_python.write_text("#!/bin/sh\ncat; env | grep -c HUBSTACK_COPY_TOKEN || true\n")
+    fake_python.chmod(0o755)
+    body = script.replace("/opt/envs/py/bin/python3", str(fake_python))
+    run = subprocess.run(
+        ["bash", "-c", body],
+        env={"PATH": "/usr/bin:/bin", "HUBSTACK_COPY_TOKEN": "tok-123"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.split() == ["tok-123", "0"], "on stdin, not in the environment"
+    with pytest.raises(JobScriptError):
+        render_copy_script("x\n#SBATCH --uid=0", "/tmp/o", REQUEST, "", "/opt/py")
