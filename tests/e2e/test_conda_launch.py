@@ -8,7 +8,6 @@ channel for runtime.txt: tests/system/test_conda_builds.py."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +22,7 @@ from condachannel import (
 from conftest import needs_default_env, needs_root
 from e2e.test_repository_launch import start_and_follow
 from gitserver import GitDaemon, make_repo
-from hubtest import Hub, Session, free_port_block, new_test_root, running_hub
+from hubtest import Hub, Session, free_port_block, new_test_root, remove_later, running_hub
 
 from hubstack.envs.layout import ENV
 
@@ -54,7 +53,7 @@ def channel() -> Iterator[str]:
         with serve(root / "channels", free_port_block(1)) as url:
             yield url
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_later(root)
 
 
 @pytest.fixture(scope="module")
