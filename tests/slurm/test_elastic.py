@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,8 @@ def elastic(slurm_cluster: object) -> Iterator[Elastic]:
         for name in netns.names("hsn-el"):
             netns.delete(name)
         subprocess.run([tool("ip"), "link", "delete", BRIDGE], check=False)
+        if not os.environ.get("HUBSTACK_KEEP_TEST_ROOT"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
