@@ -30,7 +30,6 @@ import os
 import shutil
 import stat
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from subprocess import run
 
+from httpfake import serving
 from rattler.index import index_fs
 
 PYENV = Path("/root/.pyenv/versions")
@@ -253,13 +253,8 @@ class _QuietServer(ThreadingHTTPServer):
 def serve(folder: Path, port: int) -> Iterator[str]:
     """``folder`` over HTTP on 127.0.0.1:``port``; yields the base URL."""
     server = _QuietServer(("127.0.0.1", port), partial(_QuietHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 DEBIAN_R = Path("/usr/lib/R")

@@ -111,7 +111,14 @@ class Session:
             raise AssertionError(f"server {server!r} did not become ready: {events}")
         return last
 
-    def progress(self, server: str = "", timeout: float = 120) -> list[dict[str, Any]]:
+    def progress(
+        self,
+        server: str = "",
+        timeout: float = 120,
+        watch: Callable[[dict[str, Any]], bool | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The events of the start's progress stream up to ready or failed, or up to the
+        first for which ``watch`` (called with each, as it comes) answers true."""
         path = self.server_path(server) + "/progress"
         events: list[dict[str, Any]] = []
         with self.api("GET", path, stream=True, timeout=timeout) as resp:
@@ -120,7 +127,8 @@ class Session:
                 if line and line.startswith("data:"):
                     event = json.loads(line[5:])
                     events.append(event)
-                    if event.get("ready") or event.get("failed"):
+                    seen = watch is not None and watch(event)
+                    if seen or event.get("ready") or event.get("failed"):
                         break
         return events
 

@@ -11,12 +11,12 @@ import hashlib
 import io
 import os
 import secrets
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from httpfake import QuietHandler, serving
 from system.test_builds import TABULATE, Site, python, site
 
 from hubstack.envs.repository import Prepared, Repositories
@@ -65,7 +65,7 @@ class FakeIndex(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/simple"
 
 
-class _IndexHandler(BaseHTTPRequestHandler):
+class _IndexHandler(QuietHandler):
     server: FakeIndex
 
     def do_HEAD(self) -> None:
@@ -81,28 +81,13 @@ class _IndexHandler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command == "GET":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(body, kind)
 
 
 @pytest.fixture
 def index() -> Iterator[FakeIndex]:
-    server = FakeIndex()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(FakeIndex()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @pytest.mark.parametrize(

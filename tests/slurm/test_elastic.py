@@ -190,32 +190,13 @@ def hub(elastic: Elastic) -> Iterator[Hub]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def alice(hub: Hub) -> Session:
-    return hub.new_user("alice")
-
-
-@pytest.fixture(scope="module")
-def bob(hub: Hub) -> Session:
-    return hub.new_user("bob")
-
-
 def progress_until(
     session: Session, server: str, stop: Callable[[str], bool], timeout: float
 ) -> list[str]:
     """The progress messages of ``server``'s start up to the first that ``stop`` accepts
     (or the end of the start)."""
-    said: list[str] = []
-    path = session.server_path(server) + "/progress"
-    with session.api("GET", path, stream=True, timeout=timeout) as resp:
-        resp.raise_for_status()
-        for line in resp.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[5:])
-                said.append(str(event.get("message", "")))
-                if stop(said[-1]) or event.get("ready") or event.get("failed"):
-                    break
-    return said
+    events = session.progress(server, timeout, lambda e: stop(str(e.get("message", ""))))
+    return [str(event.get("message", "")) for event in events]
 
 
 def jobs_of(elastic: Elastic, account: str) -> list[str]:

@@ -8,7 +8,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,24 +139,6 @@ def batch_script(job_id: str) -> str:
         text=True,
         check=True,
     ).stdout
-
-
-def stream_progress(
-    session: Session, server: str, on_event: Callable[[dict[str, Any]], None], timeout: float
-) -> list[dict[str, Any]]:
-    """Read the progress stream until ready or failed, calling ``on_event`` for each event."""
-    events: list[dict[str, Any]] = []
-    path = session.server_path(server) + "/progress"
-    with session.api("GET", path, stream=True, timeout=timeout) as resp:
-        resp.raise_for_status()
-        for line in resp.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[5:])
-                events.append(event)
-                on_event(event)
-                if event.get("ready") or event.get("failed"):
-                    break
-    return events
 
 
 def messages(events: list[dict[str, Any]]) -> str:
@@ -367,7 +349,7 @@ def test_a_queued_job_says_why_it_waits_then_starts(hub: Hub, alice: Session) ->
                 homes.append(alice.http.get(f"{hub.url}/hub/home", timeout=30).text)
                 blocker.release()
 
-        events = stream_progress(alice, "queued", release_when_queued, timeout=240)
+        events = alice.progress("queued", 240, release_when_queued)
     finally:
         blocker.release()
     assert events[-1].get("ready"), events

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from httpfake import QuietHandler, serving
 from hubtest import wait_for
 
 REPORTER = resources.files("hubstack.backends").joinpath("report_address.py").read_text()
@@ -32,7 +33,7 @@ class Route(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: Route
 
     def do_POST(self) -> None:
@@ -44,20 +45,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b'{"message": "not your server"}')
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def route(request: pytest.FixtureRequest) -> Iterator[Route]:
     statuses, delay = request.param
-    server = Route(statuses, delay)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
+    with serving(Route(statuses, delay)) as server:
+        yield server
+        server.release.set()
 
 
 def run_job(route: Route, log: Path) -> subprocess.Popen[str]:

@@ -9,15 +9,15 @@ import asyncio
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import rattler
 from condachannel import Package, serve, write_channel
+from httpfake import QuietHandler, serving
 from hubtest import free_port_block
 from rattler.package_cache import PackageCache as CondaCache
 
@@ -46,7 +46,7 @@ class Index(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/simple"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: Index
 
     def do_GET(self) -> None:
@@ -71,27 +71,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(body, kind)
 
 
 @pytest.fixture
 def index() -> Iterator[Index]:
-    server = Index()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Index()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def installed(prefix: Path, name: str = "tabulate-0.9.0", installer: str = "uv") -> Path:

@@ -266,7 +266,7 @@ class CopyJobsAPIHandler(CopyJobsMixin, APIHandler):
         try:
             account = await self.backend.job_account(user.name)
         except StartFailed as exc:
-            raise web.HTTPError(500, exc.message) from None
+            raise web.HTTPError(503, exc.message) from None
         now = utcnow()
         job = CopyJob(
             owner=user.name,
