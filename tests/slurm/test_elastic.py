@@ -311,9 +311,12 @@ def test_the_cluster_page_is_for_admins_and_champions(
             )
             assert cells in re.sub(r">\s+<", "><", page.text), page.text
             assert '<td class="hs-node-status">busy</td>' in page.text
+        home = session.http.get(f"{hub.url}/hub/home", timeout=30).text
+        assert 'href="/hub/cluster"' in home, "the nav bar links the page"
     # A member of the group who is not its champion.
     assert alice.api("GET", "/cluster/nodes").status_code == 403
     assert alice.http.get(f"{hub.url}/hub/cluster", timeout=30).status_code == 403
+    assert "hub/cluster" not in alice.http.get(f"{hub.url}/hub/home", timeout=30).text
 
 
 def test_stopped_servers_nodes_are_released_after_their_idle_time(

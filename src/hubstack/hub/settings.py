@@ -173,7 +173,11 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
         ]
 
     # The home page's cards (templates/home.html), computed only when that page asks.
-    c.JupyterHub.template_vars = {"hubstack_home": home_template_var(config.model_dump_json())}
+    c.JupyterHub.template_vars = {
+        "hubstack_home": home_template_var(config.model_dump_json()),
+        # The nav bar links the cluster page (hub/cluster_page.py) where there is one.
+        "hubstack_cluster": bool(config.cluster.node_groups),
+    }
     configure_groups(c, config)
 
     if os.geteuid() != 0:
