@@ -26,6 +26,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from hubstack.hub import builtin_accounts
 from hubstack.hub.auth import HubstackNativeAuthenticator, HubstackPAMAuthenticator, dummy_hash
+from hubstack.hub.login_limits import Failures
 
 PER_ACCOUNT = 3
 PER_ADDRESS = 6
@@ -141,7 +142,9 @@ def test_an_unknown_name_costs_the_same_bcrypt_check(
     with builtin_accounts.session(f"sqlite:///{tmp_path / 'hub.sqlite'}") as db:
         password = builtin_accounts.add(db, "erin")
         db.commit()
-        authenticator = HubstackNativeAuthenticator(db=db, failed_logins_per_account=PER_ACCOUNT)
+        authenticator = HubstackNativeAuthenticator(
+            db=db, failed_logins_per_account=PER_ACCOUNT, failed_logins_per_address=10
+        )
         checked: list[bytes] = []
         checkpw = bcrypt.checkpw
 
@@ -185,3 +188,12 @@ def test_guessing_a_machine_accounts_password_is_limited() -> None:
     with pytest.raises(web.HTTPError) as refused:
         asyncio.run(attempt())
     assert refused.value.status_code == 429 and LOCKED_ACCOUNT in str(refused.value.log_message)
+
+
+def test_a_counter_without_a_limit_keeps_nothing() -> None:
+    """Limits set to 0 count nothing: a flood of guesses from new names and addresses does
+    not grow the hub's memory."""
+    failures = Failures(0, 60.0)
+    for n in range(1000):
+        failures.add(f"name{n}")
+    assert failures.recent == {} and failures.wait("name1") == 0

@@ -57,8 +57,16 @@ def ended(job_ids: list[str]) -> dict[str, AccountedJob] | None:
 def jobs(slurm_cluster: Cluster, slurm_user: User) -> Iterator[dict[str, AccountedJob]]:
     if not slurm_cluster.accounting:
         pytest.skip("the local cluster runs without accounting")
-    ids = [submit(slurm_user, f"hubstack-{slurm_user.name}-{label}") for label in "abc"]
-    yield wait_for(lambda: ended(ids), 120, "the jobs' final records in sacct")
+    # slurmdbd now and then records a job it hears about without its name as "allocation"
+    # (its fallback for a nameless start message); such a job is no longer recognisable as
+    # hubstack's, which is what the tests compare, so submit the three again.
+    for attempt in range(3):
+        names = [f"hubstack-{slurm_user.name}-{attempt}{label}" for label in "abc"]
+        ids = [submit(slurm_user, name) for name in names]
+        jobs = wait_for(lambda ids=ids: ended(ids), 120, "the jobs' final records in sacct")
+        if sorted(job.name for job in jobs.values()) == names:
+            break
+    yield jobs
 
 
 def run_reconcile(
@@ -97,7 +105,7 @@ def test_reconcile_finds_each_kind_of_difference(
     jobs: dict[str, AccountedJob], slurm_user: User, tmp_path: Path
 ) -> None:
     a, b, c = sorted(jobs.values(), key=lambda job: int(job.job_id))
-    assert a.name.endswith("-a") and a.user == slurm_user.name
+    assert a.name.endswith("a") and a.user == slurm_user.name
     assert a.start is not None and a.end is not None and 1 <= a.elapsed <= 30
     user = slurm_user.name.removeprefix(PREFIX)
     late = timedelta(minutes=10)

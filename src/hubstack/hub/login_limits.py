@@ -71,8 +71,11 @@ class Failures:
         return failures[-self.limit] + self.window - now
 
     def add(self, key: str) -> float:
-        """Count a failure now; the returned time takes it back (``take_back``)."""
+        """Count a failure now; the returned time takes it back (``take_back``). Nothing is
+        kept when there is no limit, so an unlimited counter does not grow."""
         attempt = self.clock()
+        if not self.limit:
+            return attempt
         self.recent.setdefault(key, deque()).append(attempt)
         if len(self.recent) > REMEMBERED_MAX:
             for old in [k for k in self.recent if self.wait(k) <= 0 and k != key]:
