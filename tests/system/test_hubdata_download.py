@@ -1,6 +1,7 @@
-"""hubdata's download of S3 objects hashed while s3fs writes them, against moto's S3 server:
-the bytes land whole and the store's digest (a plain MD5 ETag, or a multipart one whose
-parts do not line up with s3fs's ranges) is checked without reading the file again."""
+"""hubdata's download of S3 objects hashed as they come in, against moto's S3 server: the
+bytes land whole and the store's digest (a plain MD5 ETag, or a multipart one whose object
+comes in as several ranges at once, each hashed apart) is checked without reading the file
+again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from storage_emulators import moto_s3
 
 pytestmark = [needs_default_env]
 
-# single.bin comes in one GET, multi.bin in s3fs's parallel ranges (over copy.S3_RANGE).
+# single.bin comes in one GET, multi.bin in 5 ranges of 32 MiB (4 parts each), 4 at once.
 CODE = """
 import hashlib, json, os, sys
 import s3fs
@@ -26,7 +27,7 @@ s3.mkdir("ranged")
 single = os.urandom(5 * 2**20 + 12345)
 s3.pipe_file("ranged/single.bin", single)
 multi = os.urandom(130 * 2**20 + 7)
-assert len(multi) > copy.S3_RANGE
+copy.S3_RANGE = 30 * 2**20  # rounded up to whole parts
 part = 8 * 1024 * 1024  # botocore's part size, which the ETag's part count reveals
 with s3.open("ranged/multi.bin", "wb", block_size=part) as out:
     for start in range(0, len(multi), part):
@@ -37,13 +38,20 @@ store = copy.Side(s3, "ranged", "ranged")
 local = copy.Side(LocalFileSystem(), sys.argv[2], sys.argv[2])
 real = copy.sha256_of
 copy.sha256_of = lambda fs, path: reads.append(path) or real(fs, path)
+gets = []
+call = s3._call_s3
+async def counted(method, *args, **kwargs):
+    if method == "get_object":
+        gets.append(kwargs["Range"])
+    return await call(method, *args, **kwargs)
+s3._call_s3 = counted
 items = copy.plan(store, local, True, False)
 done = copy.run(store, local, items, lambda n: None)
 same = [
     open(os.path.join(sys.argv[2], n), "rb").read() == data
     for n, data in (("single.bin", single), ("multi.bin", multi))
 ]
-print(json.dumps([done, same, etags, reads, sorted(os.listdir(sys.argv[2]))]))
+print(json.dumps([done, same, etags, reads, sorted(os.listdir(sys.argv[2])), sorted(gets)]))
 """
 
 
@@ -58,8 +66,16 @@ def test_objects_are_hashed_as_they_are_written_and_verified_without_a_second_re
             timeout=300,
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    done, same, etags, reads, names = json.loads(proc.stdout)
+    done, same, etags, reads, names, gets = json.loads(proc.stdout)
     assert done == 2 and same == [True, True]
     assert "-" not in etags[0] and etags[1].endswith('-17"'), etags
     assert reads == [], "verified by the digest computed on the way in, not read again"
     assert names == ["multi.bin", "single.bin"]
+    mib = 2**20
+    assert sorted(gets) == sorted(
+        [f"bytes=0-{5 * mib + 12344}"]
+        + [
+            f"bytes={s}-{min(s + 32 * mib, 130 * mib + 7) - 1}"
+            for s in range(0, 130 * mib, 32 * mib)
+        ]
+    ), "one GET for the plain MD5, ranges of whole parts for the multipart object"

@@ -65,33 +65,46 @@ def s3fs_parts(size: int) -> int | None:
 
 class Hasher:
     """A digest in the store's form of bytes fed in order: MD5, or (``part_size``) the MD5
-    of each part's MD5, so that a file is hashed as it is written or read, in one pass."""
+    of each part's MD5, so that a file is hashed as it is written or read, in one pass.
+    Bytes starting at a part boundary may be hashed apart and the pieces joined
+    (``joined``): a multipart object comes in as several ranges at once."""
 
     def __init__(self, part_size: int | None = None) -> None:
         self.part_size = part_size
-        self.whole = hashlib.md5(usedforsecurity=False)
-        self.part = hashlib.md5(usedforsecurity=False)
+        self.md5 = hashlib.md5(usedforsecurity=False)  # of the whole, or of the part begun
+        self.parts: list[bytes] = []
         self.left = part_size or 0
 
     def update(self, data: bytes | memoryview) -> None:
         if self.part_size is None:
-            self.whole.update(data)
+            self.md5.update(data)
             return
         view = memoryview(data)
         while view:
             take = min(self.left, len(view))
-            self.part.update(view[:take])
+            self.md5.update(view[:take])
             self.left -= take
             view = view[take:]
             if self.left == 0:
-                self.whole.update(self.part.digest())
-                self.part, self.left = hashlib.md5(usedforsecurity=False), self.part_size
+                self.parts.append(self.md5.digest())
+                self.md5, self.left = hashlib.md5(usedforsecurity=False), self.part_size
+
+    def part_digests(self) -> list[bytes]:
+        if self.left != self.part_size:
+            return [*self.parts, self.md5.digest()]
+        return self.parts
 
     def hexdigest(self) -> str:
-        whole = self.whole.copy()
-        if self.part_size is not None and self.left != self.part_size:
-            whole.update(self.part.digest())
-        return whole.hexdigest()
+        return joined([self])
+
+
+def joined(hashers: list[Hasher]) -> str:
+    """The digest of the bytes fed to ``hashers`` one after the other, each but the first
+    starting at a part boundary (all with the same ``part_size``)."""
+    if hashers[0].part_size is None:
+        return hashers[0].md5.hexdigest()
+    parts = [part for hasher in hashers for part in hasher.part_digests()]
+    return hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
 
 
 def of_file(path: str, part_size: int | None = None) -> str:
