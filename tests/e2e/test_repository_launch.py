@@ -5,8 +5,11 @@ files and ``start`` script in the running server, the cache, and refusals."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import re
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,14 +19,25 @@ from gitserver import GitDaemon, add_commit, make_repo
 from hubprocesses import kill_hub
 from hubtest import Hub, Session, running_hub, wait_for
 
+from hubstack.envs.server_layer import FALLBACK_NOTE
+
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
+TABULATE = "tabulate==0.9.0"
+TERMCOLOR = "termcolor==2.4.0"
+# A server dependency at another version than the server layer's (jupyter-server and
+# jupyterhub accept it).
+PROMETHEUS = "prometheus-client==0.20.0"
+REF_CACHE = 1.0  # seconds: the hub's binder.ref_cache
 START = '#!/bin/bash\nexport HUBSTACK_PROBE="set by start"\nexec "$@"\n'
 
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[Hub]:
-    with running_hub({"policy": {"named_servers": {"max": 4}}}) as running:
+    # A branch resolved once is launched at that commit for binder.ref_cache: one second
+    # here, so that a test can launch a branch's new commit soon after.
+    config = {"policy": {"named_servers": {"max": 4}}, "binder": {"ref_cache": "1s"}}
+    with running_hub(config) as running:
         yield running
 
 
@@ -117,11 +131,14 @@ def test_files_a_user_changed_survive_a_new_commit(
     name = repo(git, {"data.txt": "v1\n"})
     assert carol.start("keep", options(git, name)).status_code in (201, 202)
     carol.wait_ready("keep", timeout=600)
+    resolved = time.monotonic()  # main was resolved by now
     run = carol.run_code("open('data.txt', 'w').write('mine\\n')", "keep")
     assert run.status == "ok", run
     carol.stop("keep")
 
     add_commit(git.base / name, {"data.txt": "v2\n"})
+    # Launched within binder.ref_cache of its first launch, main would be the commit it was.
+    time.sleep(max(0.0, resolved + REF_CACHE - time.monotonic()))
     assert carol.start("keep", options(git, name)).status_code in (201, 202)
     carol.wait_ready("keep", timeout=600)
     run = carol.run_code(
@@ -277,3 +294,66 @@ def test_a_repositorys_packages_home_and_paths_reach_kernels_and_terminals(
     assert any(line.startswith("TOIlet") for line in found)
     assert f"man={prefix}apt/usr/share/man:" in found
     carol.stop("tools", remove=True)
+
+
+def built_envs(hub: Hub) -> dict[str, dict[str, Any]]:
+    """The metadata of every complete entry of the hub's environment cache, by key."""
+    found = {}
+    for meta in (hub.root / "binder/envs").glob("*/meta.json"):
+        found[meta.parent.name] = json.loads(meta.read_text())
+    return found
+
+
+def building_lines(events: list[dict[str, Any]]) -> list[str]:
+    return [e["message"] for e in events if e.get("phase") == "building"]
+
+
+def test_repositories_share_one_server_layer_and_a_conflicting_one_falls_back(
+    hub: Hub, git: GitDaemon, carol: Session
+) -> None:
+    """Two repositories built one after the other use one server layer: the second installs
+    its own package only, and its server (the environment's Python, the layer's JupyterLab
+    and extensions) runs a kernel that imports it. A repository pinning a server dependency
+    to another version than the layer's gets the server packages of its own."""
+    first = repo(git, {"requirements.txt": f"{TERMCOLOR}\n"})
+    second = repo(git, {"requirements.txt": f"{TABULATE}\n# {secrets.token_hex(3)}\n"})
+    events = start_and_follow(carol, "layer1", options(git, first))
+    assert events[-1].get("ready"), events
+    events = start_and_follow(carol, "layer2", options(git, second))
+    assert events[-1].get("ready"), events
+    log = building_lines(events)
+    assert "Installing the Jupyter server and kernel" not in log, log
+    assert not any(line.startswith("Building the shared server layer") for line in log), log
+    by_repo = {meta["repo"]: meta for meta in built_envs(hub).values()}
+    layer = by_repo[git.url(first)]["layer"]
+    assert by_repo[git.url(second)]["layer"] == layer
+    assert f"Using the shared server layer {layer[:12]}" in log
+    run = carol.run_code(
+        "import sys, tabulate, jupyterlab\n"
+        "print(tabulate.__version__)\n"
+        "print(sys.executable.startswith(sys.prefix), jupyterlab.__file__.startswith(sys.prefix))",
+        "layer2",
+    )
+    assert run.status == "ok", run
+    assert run.stdout.split() == ["0.9.0", "True", "False"], run
+    token = {"Authorization": f"token {carol.token}"}
+    page = carol.http.get(f"{carol.server_url('layer2')}lab", headers=token, timeout=60)
+    assert page.status_code == 200
+    assert "jupyterlab_pygments" in page.text  # a labextension of the layer's share/jupyter
+    script = re.search(r'src="([^"]*/static/lab/[^"]+)"', page.text)
+    assert script is not None, page.text[-2000:]
+    static = carol.http.get(f"{hub.url}{script[1]}", headers=token, timeout=60)
+    assert static.status_code == 200 and len(static.content) > 1000
+    carol.stop("layer1", remove=True)
+    carol.stop("layer2", remove=True)
+
+    pinned = repo(git, {"requirements.txt": f"{PROMETHEUS}\n"})
+    events = start_and_follow(carol, "pinned", options(git, pinned))
+    assert events[-1].get("ready"), events
+    assert FALLBACK_NOTE in building_lines(events)
+    assert "layer" not in {m["repo"]: m for m in built_envs(hub).values()}[git.url(pinned)]
+    run = carol.run_code(
+        "import importlib.metadata as m; print(m.version('prometheus-client'))", "pinned"
+    )
+    assert run.stdout.strip() == PROMETHEUS.split("==")[1], run
+    carol.stop("pinned", remove=True)

@@ -55,6 +55,8 @@ from hubstack.envs.packages import Harvest, PackageCache, index_urls
 from hubstack.envs.python_sources import uv_steps as uv_python_steps
 from hubstack.envs.r_env import kernel_steps as r_kernel_steps
 from hubstack.envs.r_env import setup_steps as r_setup_steps
+from hubstack.envs.server_layer import CONSTRAINTS, layer_steps
+from hubstack.envs.server_layer import env_steps as layered_steps
 from hubstack.envs.server_packages import install_steps as server_steps
 from hubstack.envs.server_packages import same_major
 from hubstack.envs.spec import EnvSpec
@@ -70,7 +72,8 @@ SERVER_OVERRIDES = Path(__file__).with_name("server-overrides.txt")
 # 2: bytecode compiled at build time, base packages installed with SERVER_OVERRIDES.
 # 3: no uv or pip configuration file read (earlier builds may have honoured a repository's).
 # 4: pip in every environment, the build's home kept, npm's global prefix, apt.txt.
-BUILDER_VERSION = "4"
+# 5: virtualenvs of a host Python on a shared server layer (envs/server_layer.py).
+BUILDER_VERSION = "5"
 # Passed from the hub's environment to uv and npm: a site's index, proxy and CA settings.
 PASSED_ENV = (
     "http_proxy",
@@ -118,6 +121,8 @@ class BuildJob:
     mirror: Path | None  # None: a declared spec's ``files`` are the repository
     commit: str
     files: Mapping[str, str] | None = None
+    layer: Path | None = None  # the server layer's entry it is built on (see server_layer)
+    server_layer: bool = False  # this is a server layer itself
 
 
 def uv_binary() -> str:
@@ -128,28 +133,16 @@ def uv_binary() -> str:
     return shutil.which("uv") or "uv"
 
 
-def build_script(
-    spec: EnvSpec, target: Path, python: Path, uv: str, wheels: Path | None = None
-) -> str:
-    """The shell script of one build; every value in it is quoted.
-
-    The base packages go in first, then the repository's own (which may override them),
-    as repo2docker does; requirement files are installed from their own folder so their
-    relative references (``-r other.txt``, ``-e .``) mean what their authors meant. uv
-    takes the wheels it finds in the hub's read-only package cache ``wheels`` (see
-    :mod:`hubstack.envs.packages`) instead of downloading them again.
-    """
+def _pip(env: Path, uv: str, wheels: Path | None) -> str:
+    """uv's install into ``env``, taking the wheels it finds in the hub's read-only package
+    cache ``wheels`` (see :mod:`hubstack.envs.packages`) instead of downloading them again."""
     q = shlex.quote
-    env, repo, scratch = target / ENV, target / "repo", target / SCRATCH
     pip = f"{q(uv)} pip install --python {q(str(env / 'bin/python'))}"
-    if wheels is not None:
-        pip += f" --find-links {q(str(wheels))}"
-    lines = [
-        "set -eu",
-        f"cd {q(str(repo))}",
-        *_create_steps(spec, env, scratch, python, uv),
-        *apt_steps(spec.apt_packages, env / APT, scratch / "apt", back=repo),
-        *(r_setup_steps(spec.r, env) if spec.r else []),
+    return pip if wheels is None else f"{pip} --find-links {q(str(wheels))}"
+
+
+def _server_steps(pip: str, scratch: Path) -> list[str]:
+    return [
         "echo 'Installing the Jupyter server and kernel'",
         *server_steps(
             pip,
@@ -157,8 +150,78 @@ def build_script(
             str(scratch / "base-requirements.txt"),
             str(scratch / "base-requirements-same-major.txt"),
         ),
-        *(r_kernel_steps(env) if spec.r else []),
     ]
+
+
+def layer_script(target: Path, python: Path, uv: str, wheels: Path | None = None) -> str:
+    """The shell script of a server layer's build (see :mod:`hubstack.envs.server_layer`)."""
+    q = shlex.quote
+    env = target / ENV
+    lines = [
+        "set -eu",
+        f"cd {q(str(target / 'repo'))}",
+        f"echo {q(f'Building the shared server layer for {python.name}')}",
+        f"{q(uv)} venv --quiet --python {q(str(python))} {q(str(env))}",
+        *_server_steps(_pip(env, uv, wheels), target / SCRATCH),
+        *layer_steps(env, target, uv),
+        "echo 'Build finished'",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_script(
+    spec: EnvSpec,
+    target: Path,
+    python: Path,
+    uv: str,
+    wheels: Path | None = None,
+    layer: Path | None = None,
+) -> str:
+    """The shell script of one build; every value in it is quoted.
+
+    The base packages go in first, then the repository's own (which may override them),
+    as repo2docker does; requirement files are installed from their own folder so their
+    relative references (``-r other.txt``, ``-e .``) mean what their authors meant. On a
+    server ``layer`` (its cache entry), the base packages are the layer's, and the
+    repository's are installed with the layer's versions as constraints (see
+    :mod:`hubstack.envs.server_layer`).
+    """
+    q = shlex.quote
+    env, repo, scratch = target / ENV, target / "repo", target / SCRATCH
+    pip = _pip(env, uv, wheels)
+    lines = [
+        "set -eu",
+        f"cd {q(str(repo))}",
+        *_create_steps(spec, env, scratch, python, uv),
+        *apt_steps(spec.apt_packages, env / APT, scratch / "apt", back=repo),
+        *(r_setup_steps(spec.r, env) if spec.r else []),
+    ]
+    server = [*_server_steps(pip, scratch), *(r_kernel_steps(env) if spec.r else [])]
+    if layer is None:
+        lines += [*server, *_repository_steps(spec, repo, scratch, pip)]
+    else:
+        constrained = f"{pip} --constraint {q(str(layer / CONSTRAINTS))}"
+        layered = _repository_steps(spec, repo, scratch, constrained)
+        fallback = [*server, *_repository_steps(spec, repo, scratch, pip)]
+        lines += layered_steps(env, layer, scratch / "layered.log", layered, fallback)
+    if spec.post_build:
+        # What the server will have: the environment's and the packages' paths, REPO_DIR.
+        layer_prefix = None if layer is None else layer / ENV
+        paths = search_paths(env, target / HOME, repo, bool(spec.apt_packages), layer_prefix)
+        exports = " ".join(f"{name}={q(value)}" for name, value in paths.items())
+        lines += [
+            f"echo {q(f'Running {spec.post_build}')}",
+            f"chmod +x {q(spec.post_build)}",
+            f"{exports} REPO_DIR={q(str(repo))} ./{q(spec.post_build)}",
+        ]
+    lines.append("echo 'Build finished'")
+    return "\n".join(lines) + "\n"
+
+
+def _repository_steps(spec: EnvSpec, repo: Path, scratch: Path, pip: str) -> list[str]:
+    """The installs of the repository's own packages: single commands, one a line."""
+    q = shlex.quote
+    lines: list[str] = []
     for path in spec.requirement_files:
         folder, name = os.path.split(path)
         lines += [
@@ -172,17 +235,7 @@ def build_script(
         ]
     if spec.install_project:
         lines += ["echo 'Installing the repository as a package'", f"{pip} ."]
-    if spec.post_build:
-        # What the server will have: the environment's and the packages' paths, REPO_DIR.
-        paths = search_paths(env, target / HOME, repo, bool(spec.apt_packages))
-        exports = " ".join(f"{name}={q(value)}" for name, value in paths.items())
-        lines += [
-            f"echo {q(f'Running {spec.post_build}')}",
-            f"chmod +x {q(spec.post_build)}",
-            f"{exports} REPO_DIR={q(str(repo))} ./{q(spec.post_build)}",
-        ]
-    lines.append("echo 'Build finished'")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _create_steps(spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str) -> list[str]:
@@ -422,7 +475,10 @@ class Builder:
         if self.packages is not None:
             await asyncio.to_thread(self.packages.create)
             wheels = self.packages.wheels
-        script = build_script(job.spec, target, job.python, self.uv, wheels)
+        if job.server_layer:
+            script = layer_script(target, job.python, self.uv, wheels)
+        else:
+            script = build_script(job.spec, target, job.python, self.uv, wheels, job.layer)
         unit = f"hubstack-build-{job.key[:16]}"
         limits = cgroups.Limits(
             cpu=self.limits.cpu, memory=self.limits.memory, pids=self.limits.processes

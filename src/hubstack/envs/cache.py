@@ -5,6 +5,8 @@ Layout under ``binder.root`` (world-readable, on Slurm a path every node sees)::
     envs/<key>/env/        the environment (a uv virtualenv), root-owned and read-only
     envs/<key>/repo/       the repository as its postBuild left it (only with a postBuild)
     envs/<key>/meta.json   written last: an entry without it is not complete and never used
+    envs/<key>/            also the shared server layers (kind "server layer"), see
+                           server_layer.py; an environment's meta.json names its layer
     logs/<key>.log         the last build log of each environment (capped)
     used/<key>             its modification time is the environment's last launch
     locks/                 one lock for builds, so a CLI rebuild and the hub never race
@@ -37,6 +39,8 @@ from hubstack.config.models import Config
 from hubstack.envs.layout import APT, HOME
 
 META = "meta.json"
+LAYER_KIND = "server layer"
+"""The ``kind`` of a server layer's entry (see :mod:`hubstack.envs.server_layer`)."""
 SPEC_ORIGIN = "spec:"
 """How a declared spec's build names its origin: ``spec:<environment id>`` (see declared.py)."""
 
@@ -56,10 +60,16 @@ class BuiltEnv:
     built_at: float
     last_used: float
     notices: list[str] = field(default_factory=list)
+    layer: str | None = None  # the key of the server layer it is built on
 
     @property
     def prefix(self) -> Path:
         return self.path / "env"
+
+    @property
+    def layer_prefix(self) -> Path | None:
+        """The prefix of the server layer it is built on, if any."""
+        return None if self.layer is None else self.path.with_name(self.layer) / "env"
 
     @property
     def home(self) -> Path | None:
@@ -161,6 +171,7 @@ class EnvCache:
             built_at=meta["built_at"],
             last_used=last_used,
             notices=list(meta.get("notices", [])),
+            layer=meta.get("layer"),
         )
 
     def complete(self, key: str, meta: dict[str, Any]) -> BuiltEnv:
@@ -183,7 +194,14 @@ class EnvCache:
         os.utime(mark)
 
     def list(self) -> list[BuiltEnv]:
-        """Every complete environment, most recently used first."""
+        """Every complete environment, most recently used first (not the server layers)."""
+        return [env for env in self._entries() if env.kind != LAYER_KIND]
+
+    def layers(self) -> list[BuiltEnv]:
+        """Every complete server layer."""
+        return [env for env in self._entries() if env.kind == LAYER_KIND]
+
+    def _entries(self) -> list[BuiltEnv]:
         if not self.envs.is_dir():
             return []
         found = [self.get(p.name) for p in self.envs.iterdir() if not p.name.startswith(".")]
@@ -218,9 +236,9 @@ class EnvCache:
     ) -> list[BuiltEnv]:
         """Remove the environments nobody launched for ``unused_for`` seconds (a running
         server counts as a launch: the hub marks its environment used while it runs), the
-        mirrors only they came from, and what failed builds left; never those in ``keep``
-        (the builds running servers and declared environments use). Waits for a build
-        under way, so none is cut short."""
+        mirrors only they came from, the server layers only they used, and what failed
+        builds left; never those in ``keep`` (the builds running servers and declared
+        environments use). Waits for a build under way, so none is cut short."""
         cutoff = time.time() - unused_for
         old = [env for env in self.list() if env.last_used < cutoff and env.key not in keep]
         if dry_run:
@@ -229,6 +247,10 @@ class EnvCache:
         try:
             for env in old:
                 self.remove(env.key)
+            used = {env.layer for env in self.list()}
+            for layer in self.layers():
+                if layer.key not in used:
+                    self.remove(layer.key)
             kept = {self.mirror(env.repo) for env in self.list()}
             for leftover in [*self.incomplete(), *self._stale_work(kept, cutoff)]:
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -23,9 +23,12 @@ MULTIARCH = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linu
 HOME_CACHES = (".cache", ".npm")
 
 
-def search_paths(prefix: Path, home: Path, repo_dir: Path | None, apt: bool) -> dict[str, str]:
+def search_paths(
+    prefix: Path, home: Path, repo_dir: Path | None, apt: bool, layer: Path | None = None
+) -> dict[str, str]:
     """``PATH`` (and with Debian packages ``LD_LIBRARY_PATH`` and ``MANPATH``) for what runs
-    from the environment at ``prefix`` as the account whose home is ``home``.
+    from the environment at ``prefix`` as the account whose home is ``home``; with the
+    prefix of a server ``layer``, where Jupyter finds the layer's data and config.
 
     The environment's ``bin`` comes first, then the packages' and the user's own
     ``~/.local/bin`` and ``$REPO_DIR/.local/bin`` (as repo2docker has them), then the system.
@@ -43,4 +46,13 @@ def search_paths(prefix: Path, home: Path, repo_dir: Path | None, apt: bool) -> 
         libraries = [root / "usr/lib" / MULTIARCH, root / "usr/lib", root / "lib" / MULTIARCH]
         found["LD_LIBRARY_PATH"] = ":".join(map(str, libraries))
         found["MANPATH"] = f"{root / 'usr/share/man'}:"
+    if layer is not None:
+        # What jupyter_core and JupyterLab look for under sys.prefix, the environment's:
+        # JUPYTER_PATH and JUPYTER_CONFIG_PATH come before the environment's own folders in
+        # their search (a package in both is at the same version in both, see server_layer).
+        found |= {
+            "JUPYTER_PATH": str(layer / "share/jupyter"),
+            "JUPYTER_CONFIG_PATH": str(layer / "etc/jupyter"),
+            "JUPYTERLAB_DIR": str(layer / "share/jupyter/lab"),
+        }
     return found

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +42,11 @@ from hubstack.envs.builder import (
     BuildJob,
     write_files,
 )
-from hubstack.envs.cache import SPEC_ORIGIN, BuiltEnv, EnvCache
+from hubstack.envs.cache import LAYER_KIND, SPEC_ORIGIN, BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
+from hubstack.envs.layout import ENV
+from hubstack.envs.server_layer import PTH, layer_key
+from hubstack.envs.server_layer import applies as on_layer
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
 from hubstack.errors import Explained
 from hubstack.hub import metrics
@@ -59,6 +64,8 @@ log = logging.getLogger(__name__)
 
 LOG_REPLAY = 100
 LOCK_POLL = 0.2
+INSPECTED_MAX = 256
+"""Commits whose spec and key the hub remembers (a few hundred bytes each)."""
 """Seconds between two tries of the cache's build lock while a build waits for it."""
 PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
 PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
@@ -135,6 +142,8 @@ class Repositories:
         self._builds: dict[str, _Build] = {}
         self._one_build = asyncio.Lock()
         self._fetches: dict[Path, asyncio.Lock] = {}
+        self._resolved: dict[tuple[str, str], tuple[str, float]] = {}  # (url, ref): commit, when
+        self._inspected: OrderedDict[tuple[Path, str], tuple[EnvSpec, str, str]] = OrderedDict()
         self._keeping: set[asyncio.Task[None]] = set()
 
     async def prepare(
@@ -219,10 +228,26 @@ class Repositories:
         return prepared
 
     async def _resolve(self, source: RepoSource, phase: Phase, fetcher: Account | None) -> str:
+        """The commit of the ref; one resolved less than ``binder.ref_cache`` ago is reused
+        without asking the repository again (BinderHub keeps resolved refs too, revalidated
+        with GitHub's ETags, which git's protocol has no cheap equivalent of), so a launch
+        costs no round trip to the forge, and a new commit on the branch is launched once
+        that time has passed."""
+        now = time.monotonic()
+        known = self._resolved.get((source.url, source.ref))
+        if known is not None and now - known[1] < self.binder.ref_cache:
+            phase("fetching", f"{source.ref} is commit {known[0][:12]}, resolved just before")
+            return known[0]
         phase("fetching", f"Resolving {source.ref} in {source.url}")
-        return await resolve_ref(
+        commit = await resolve_ref(
             source.url, source.ref, schemes=self.binder.allowed_schemes, timeout=60, user=fetcher
         )
+        for stale in [
+            k for k, (_, at) in self._resolved.items() if now - at >= self.binder.ref_cache
+        ]:
+            del self._resolved[stale]
+        self._resolved[(source.url, source.ref)] = (commit, now)
+        return commit
 
     async def _fetch(
         self, source: RepoSource, commit: str, phase: Phase, fetcher: Account | None
@@ -250,15 +275,24 @@ class Repositories:
     ) -> tuple[EnvSpec, str, str]:
         """Read the spec at ``commit`` from a private export (the fetch account's, in a
         folder only it and root reach, so nothing a build runs can change it while it is
-        read) and compute the environment's key."""
+        read) and compute the environment's key. Both follow from the commit's files alone
+        (and the hub's settings, fixed while it runs), so a commit launched before is not
+        exported and hashed again."""
+        if (known := self._inspected.get((mirror, commit))) is not None:
+            self._inspected.move_to_end((mirror, commit))
+            return known
         work = Path(tempfile.mkdtemp(prefix="inspect-", dir=self.cache.work))
         try:
             if fetcher is not None:
                 os.chown(work, fetcher.uid, fetcher.gid)
             await export(mirror, commit, work / "repo", user=fetcher)
-            return await asyncio.to_thread(self._key, work / "repo")
+            found = await asyncio.to_thread(self._key, work / "repo")
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+        self._inspected[(mirror, commit)] = found
+        while len(self._inspected) > INSPECTED_MAX:
+            self._inspected.popitem(last=False)
+        return found
 
     def _key(self, tree: Path) -> tuple[EnvSpec, str, str]:
         if not self.pythons:
@@ -267,9 +301,31 @@ class Repositories:
             tree, self.pythons, self.binder.conda, self.binder.python_sources, self.binder.r
         )
         python = spec.python or _newest(self.pythons)
-        base = BASE_REQUIREMENTS.read_text() + SERVER_OVERRIDES.read_text()
-        salt = f"{BUILDER_VERSION}\n{python}\n{base}"
+        salt = f"{BUILDER_VERSION}\n{python}\n{_server_requirements()}"
         return spec, environment_key(tree, spec, salt), python
+
+    async def _layer(self, job: BuildJob, python: str, build: _Build) -> BuildJob:
+        """``job`` on its server layer, built first if the cache lacks it (the caller holds
+        the build locks); ``job`` itself when its kind keeps the server packages."""
+        if not on_layer(job.spec):
+            return job
+        salt = f"{BUILDER_VERSION}\n{_server_requirements()}"
+        key = await asyncio.to_thread(layer_key, job.python, python, salt)
+        if self.cache.get(key) is None:
+            build.line(f"Building the shared server layer {key[:12]} for Python {python}")
+            spec = dataclasses.replace(job.spec, post_build=None)
+            layer = BuildJob(key, spec, job.python, None, "", files={}, server_layer=True)
+            # Part of the build that needs it (its metrics count one build).
+            await self.builder.build(layer, build.line)
+            meta = {
+                "repo": f"server layer for Python {python}",
+                "ref": "",
+                "commit": "",
+                "python": python,
+                "kind": LAYER_KIND,
+            }
+            self._keep(await asyncio.to_thread(self.cache.complete, key, meta))
+        return dataclasses.replace(job, layer=self.cache.path(key))
 
     async def _build(
         self, job: BuildJob, origin: Origin, python: str, phase: Phase, owner: str | None
@@ -348,6 +404,7 @@ class Repositories:
                 build.line(f"Building the environment {job.key[:12]} for {origin[0]}")
                 began = time.monotonic()
                 try:
+                    job = await self._layer(job, python, build)
                     await self.builder.build(job, build.line)
                 except BaseException:
                     metrics.build_finished(time.monotonic() - began, ok=False)
@@ -361,13 +418,19 @@ class Repositories:
                     "kind": job.spec.kind,
                     "notices": list(job.spec.notices),
                 }
+                if job.layer is not None and await asyncio.to_thread(_uses_layer, job):
+                    meta["layer"] = job.layer.name
                 env = await asyncio.to_thread(self.cache.complete, job.key, meta)
             finally:
                 lock.close()
+        self._keep(env)
+        return env
+
+    def _keep(self, env: BuiltEnv) -> None:
+        """Keep the packages of ``env`` in the package cache, once its launch went on."""
         task = asyncio.create_task(self._keep_packages(env))
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
-        return env
 
     async def _keep_packages(self, env: BuiltEnv) -> None:
         """Add a finished build's wheels to the package cache, after its launch went on and
@@ -397,6 +460,18 @@ class Repositories:
         command that builds and exits, and for tests)."""
         while self._keeping:
             await asyncio.gather(*self._keeping, return_exceptions=True)
+
+
+def _server_requirements() -> str:
+    """What the server packages are: part of every environment's and layer's key."""
+    return BASE_REQUIREMENTS.read_text() + SERVER_OVERRIDES.read_text()
+
+
+def _uses_layer(job: BuildJob) -> bool:
+    """Whether the build of ``job`` kept its server layer (it falls back to installing the
+    server packages when the repository's requirements cannot have the layer's versions)."""
+    env = job.layer.with_name(job.key) / ENV if job.layer is not None else None
+    return env is not None and any(env.glob(f"lib/python*/site-packages/{PTH}"))
 
 
 def _append(path: Path, line: str) -> None:

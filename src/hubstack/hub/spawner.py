@@ -339,7 +339,11 @@ class HubstackSpawner(Spawner):
         )
         self._emit(f"Launching a server with the environment of {request.repo.url}", "launching")
         built = BuiltRepository(
-            prepared.env.prefix, content, apt=prepared.env.apt, python=prepared.env.python
+            prepared.env.prefix,
+            content,
+            apt=prepared.env.apt,
+            python=prepared.env.python,
+            layer=prepared.env.layer_prefix,
         )
         return request, built
 
@@ -354,7 +358,9 @@ class HubstackSpawner(Spawner):
         self.env_key = env.key
         self._env_marked = time.monotonic()
         self._save_state()
-        return BuiltRepository(env.prefix, None, apt=env.apt, python=env.python)
+        return BuiltRepository(
+            env.prefix, None, apt=env.apt, python=env.python, layer=env.layer_prefix
+        )
 
     def _spawn_error(self, message: str, reason: str) -> SpawnException:
         self.add_notice(message)

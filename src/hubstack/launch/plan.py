@@ -87,6 +87,7 @@ class BuiltRepository:
     content: Content | None
     apt: bool = False  # Debian packages are unpacked in the environment (envs/layout.py)
     python: str | None = None  # the environment's Python version, X.Y
+    layer: Path | None = None  # the prefix of its server layer (envs/server_layer.py)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,13 @@ def server_plan(
     env |= PROXIED_OVER_SOCKETS | {
         "HOME": str(account.home),
         "USER": account.name,
-        **search_paths(prefix, account.home, checkout, built is not None and built.apt),
+        **search_paths(
+            prefix,
+            account.home,
+            checkout,
+            built is not None and built.apt,
+            None if built is None else built.layer,
+        ),
         "HUBSTACK_MACHINE": request.machine.id,
         "HUBSTACK_ENVIRONMENT": environment.id,
         "HUBSTACK_VOLUME": str(volume),
