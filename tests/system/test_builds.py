@@ -12,17 +12,18 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gitserver import GitDaemon, add_commit, make_repo
-from hubtest import new_test_root, python_as_nobody, remove_later, startup_facts
+from hubtest import new_test_root, python_as_nobody, remove_later, startup_facts, wait_for
 from prometheus_client import REGISTRY
 
 from hubstack.config.models import Config
+from hubstack.envs import repository
 from hubstack.envs.builder import fetch_account_name
 from hubstack.envs.cache import EnvCache
 from hubstack.envs.declared import current_keys
@@ -77,8 +78,11 @@ class Site:
         return prepared, events
 
     def entries(self) -> set[str]:
+        """The cache's entries but the server layers (a refused build may make the first)."""
+        cache = EnvCache.of(self.config())
+        layers = {layer.key for layer in cache.layers()}
         envs = self.root / "binder/envs"
-        return {p.name for p in envs.iterdir()} if envs.is_dir() else set()
+        return {p.name for p in envs.iterdir()} - layers if envs.is_dir() else set()
 
     def remove(self) -> None:
         """Unmount what builds left mounted, delete the build accounts and the files."""
@@ -326,6 +330,49 @@ def test_a_second_launch_and_a_readme_commit_do_not_rebuild(site: Site) -> None:
     assert changed.env.key != first.env.key
     assert "building" in phases(events)
     assert has(changed, "termcolor")
+
+
+def test_a_resolved_branch_is_launched_again_until_binder_ref_cache_has_passed(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within ``binder.ref_cache`` a branch launched before is launched at the commit it was
+    resolved to, without asking the repository or reading the commit's files again; once
+    that time has passed, at the branch's new commit."""
+    name = site.repo({"requirements.txt": f"{TABULATE}\n"})
+    exports = []
+    real_export = repository.export
+
+    async def export(*args: Any, **kwargs: Any) -> None:
+        exports.append(args[1])
+        await real_export(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "export", export)
+
+    def launcher(ref_cache: str) -> Callable[[], tuple[Prepared, list[tuple[str, str]]]]:
+        config = Site(site.root, site.git, {**site.overrides, "ref_cache": ref_cache}).config()
+        repositories = Repositories(config, cgroups.detect())
+        source = repo_source(site.git.url(name), "main", config.binder)
+
+        def launch() -> tuple[Prepared, list[tuple[str, str]]]:
+            events: list[tuple[str, str]] = []
+            prepared = asyncio.run(repositories.prepare(source, lambda *e: events.append(e)))
+            return prepared, events
+
+        return launch
+
+    launch = launcher("1h")
+    first, _ = launch()
+    add_commit(site.git.base / name, {"README.md": "new\n"})
+    again, events = launch()
+    assert again.commit == first.commit and exports == [first.commit]
+    assert ("fetching", f"main is commit {first.commit[:12]}, resolved just before") in events
+    assert not any(message.startswith("Resolving") for _, message in events)
+
+    quick = launcher("1s")
+    newer, _ = quick()
+    assert newer.commit != first.commit and newer.env.key == first.env.key
+    latest = add_commit(site.git.base / name, {"README.md": "newer\n"})
+    wait_for(lambda: quick()[0].commit == latest, 60, "the branch's new commit to be launched")
 
 
 def test_a_post_build_makes_every_file_count(site: Site) -> None:

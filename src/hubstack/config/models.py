@@ -568,6 +568,12 @@ class BinderSettings(Strict):
     token_lifetime: Duration = Field(
         "1d", description="how long the token handed to a Binder API client works"
     )  # type: ignore[assignment]
+    ref_cache: Duration = Field(
+        "1m",
+        le=3600,
+        description="how long a branch or tag, once resolved to a commit, is launched at that "
+        "commit without asking its repository again (at most 1h)",
+    )  # type: ignore[assignment]
     cors_origins: list[Annotated[str, Field(pattern=ORIGIN)]] = Field(
         default_factory=list,
         description="web sites whose pages may launch and use servers (Binder clients such "
