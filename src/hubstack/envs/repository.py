@@ -64,9 +64,9 @@ log = logging.getLogger(__name__)
 
 LOG_REPLAY = 100
 LOCK_POLL = 0.2
+"""Seconds between two tries of the cache's build lock while a build waits for it."""
 INSPECTED_MAX = 256
 """Commits whose spec and key the hub remembers (a few hundred bytes each)."""
-"""Seconds between two tries of the cache's build lock while a build waits for it."""
 PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
 PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
 
