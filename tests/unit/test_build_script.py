@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hubstack.envs.builder import build_script
 from hubstack.envs.checkout import Content
+from hubstack.envs.server_layer import CONSTRAINTS, FALLBACK_NOTE, PTH
 from hubstack.envs.spec import EnvSpec
 from hubstack.launch.plan import start_command
 
@@ -100,3 +101,29 @@ def test_apt_packages_are_unpacked_first_and_post_build_sees_the_servers_paths()
     assert f"LD_LIBRARY_PATH={TARGET}/env/apt/usr/lib/" in run
     assert f"REPO_DIR={TARGET}/repo ./postBuild" in run
     assert subprocess.run(["bash", "-n", "-c", script], check=False).returncode == 0
+
+
+LAYER = Path("/srv/binder/envs/f00d")
+
+
+def test_a_build_on_a_layer_installs_the_repository_with_its_constraints_or_falls_back() -> None:
+    evil = "x; touch /tmp/pwned $(id).txt"
+    script = build_script(
+        spec(requirement_files=(f"{evil}/requirements.txt",), requirements=("numpy",)),
+        TARGET,
+        Path("/usr/bin/python3.11"),
+        "/opt/uv",
+        layer=LAYER,
+    )
+    checked = subprocess.run(["bash", "-n", "-c", script], capture_output=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert shlex.quote(f"{TARGET}/repo/{evil}") in script
+    lines = script.splitlines()
+    layered = next(
+        i for i, line in enumerate(lines) if f"--constraint {LAYER}/{CONSTRAINTS}" in line
+    )
+    fallback = lines.index(f"  echo {shlex.quote(FALLBACK_NOTE)}")
+    server = next(i for i, line in enumerate(lines) if "base-requirements.txt" in line)
+    assert any(PTH in line for line in lines[:layered])
+    assert layered < fallback < server  # the server packages only when the layer cannot do
+    assert "--constraint" not in "\n".join(lines[fallback:])
