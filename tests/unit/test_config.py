@@ -153,6 +153,8 @@ def test_sizes_read_as_a_person_reads_them(size: int, shown: str) -> None:
         ({"binder": {"pythons": {"3": "/usr/bin/python3"}}}, "binder.pythons", "3.12"),
         ({"binder": {"cors_origins": ["*"]}}, "binder.cors_origins[0]", "pattern"),
         ({"binder": {"build_account": "root!"}}, "binder.build_account", "pattern"),
+        ({"binder": {"ref_cache": "2h"}}, "binder.ref_cache", "less than or equal to 3600"),
+        ({"binder": {"ref_cache": "0"}}, "binder.ref_cache", "not a positive duration"),
         (
             {"auth": {"failed_logins": {"lockout": "soon"}}},
             "auth.failed_logins.lockout",
