@@ -77,6 +77,27 @@ def free_port_block(size: int = 4) -> int:
     raise RuntimeError("no free block of ports")
 
 
+def stream_events(resp: requests.Response) -> Iterator[dict[str, Any]]:
+    """The JSON events of a server-sent event stream as they come; the caller stops reading
+    at the event it waits for (a finished launch stream is held open for the browser)."""
+    for line in resp.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            yield json.loads(line[5:])
+
+
+def launch_events(
+    resp: requests.Response, until: tuple[str, ...] = ("ready", "failed")
+) -> list[dict[str, Any]]:
+    """A launch stream's events up to the first whose phase is in ``until``."""
+    seen = []
+    for event in stream_events(resp):
+        seen.append(event)
+        if event["phase"] in until:
+            break
+    resp.close()
+    return seen
+
+
 @dataclass
 class Session:
     """A logged-in browser-like session of one hub user, plus an API token."""
@@ -123,13 +144,11 @@ class Session:
         events: list[dict[str, Any]] = []
         with self.api("GET", path, stream=True, timeout=timeout) as resp:
             resp.raise_for_status()
-            for line in resp.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    events.append(event)
-                    seen = watch is not None and watch(event)
-                    if seen or event.get("ready") or event.get("failed"):
-                        break
+            for event in stream_events(resp):
+                events.append(event)
+                seen = watch is not None and watch(event)
+                if seen or event.get("ready") or event.get("failed"):
+                    break
         return events
 
     def stop(self, server: str = "", remove: bool = False) -> None:

@@ -16,7 +16,7 @@ import pytest
 import requests
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, add_commit, make_repo, tag
-from hubtest import Hub, Session, running_hub, wait_for
+from hubtest import Hub, Session, launch_events, running_hub, wait_for
 
 from hubstack.config.models import BinderSettings
 from hubstack.launch.repo import repo_source, server_name
@@ -63,18 +63,6 @@ def build(
     return requests.get(
         f"{hub.url}{SERVICE}build/{spec}", headers=sent, stream=True, timeout=LAUNCH_TIMEOUT
     )
-
-
-def events(resp: requests.Response, until: tuple[str, ...] = ("ready", "failed")) -> list[Any]:
-    """The stream's JSON events up to the first whose phase is in ``until``."""
-    seen = []
-    for line in resp.iter_lines(decode_unicode=True):
-        if line and line.startswith("data:"):
-            seen.append(json.loads(line[5:]))
-            if seen[-1]["phase"] in until:
-                break
-    resp.close()
-    return seen
 
 
 def phases(seen: list[dict[str, Any]]) -> list[str]:
@@ -220,7 +208,7 @@ def test_build_api_refuses_bad_specs_with_400_and_a_failed_event(
     resp = build(alice, hub, spec)
     assert resp.status_code == 400
     assert resp.headers["Content-Type"] == "text/event-stream"
-    (event,) = events(resp)
+    (event,) = launch_events(resp)
     assert event["phase"] == "failed" and event["status_code"] == 400
     assert says in event["message"]
 
@@ -232,7 +220,7 @@ def test_build_api_needs_the_event_stream_and_a_user(hub: Hub, alice: Session) -
 
     resp = build(None, hub, "gh/org/repo/main")
     assert resp.status_code == 403
-    (event,) = events(resp)
+    (event,) = launch_events(resp)
     assert event["phase"] == "failed" and "Log in" in event["message"]
 
     # EventSource cannot send headers, so Binder clients put the token in the URL.
@@ -278,7 +266,7 @@ def test_only_listed_sites_may_use_the_build_api_from_their_pages(hub: Hub, alic
 def test_a_launch_through_the_build_api(hub: Hub, git: GitDaemon, bob: Session) -> None:
     name = new_repo(git, {"requirements.txt": "six==1.16.0\n", "notebooks/intro.ipynb": "{}\n"})
     url = git.url(name)
-    seen = events(build(bob, hub, git_spec(url, "main")))
+    seen = launch_events(build(bob, hub, git_spec(url, "main")))
     assert seen[-1]["phase"] == "ready", seen
     assert phases(seen)[0] == "waiting"
     assert {"fetching", "building", "built", "launching"} <= set(phases(seen)), seen
@@ -319,14 +307,14 @@ def test_a_launch_through_the_build_api(hub: Hub, git: GitDaemon, bob: Session) 
         assert resp.status_code == 403, (method, path, resp.text)
 
     # The same repository and ref again: the running server, at once.
-    again = events(build(bob, hub, git_spec(url, "main")))
+    again = launch_events(build(bob, hub, git_spec(url, "main")))
     assert phases(again) == ["waiting", "ready"], again
     assert again[-1]["url"] == ready["url"]
 
     # Another ref of it: the server is restarted with that ref.
     add_commit(git.base / name, {"notebooks/other.ipynb": "{}\n"})
     tag(git.base / name, "other")
-    other = events(build(bob, hub, git_spec(url, "other")))
+    other = launch_events(build(bob, hub, git_spec(url, "other")))
     assert other[-1]["phase"] == "ready", other
     assert any("Stopping your server" in event["message"] for event in other), other
     model = bob.model(server)
@@ -341,13 +329,15 @@ def test_a_client_that_leaves_does_not_stop_the_launch(
     url = git.url(name)
     binder = BinderSettings(allowed_hosts=["127.0.0.1:*"], allowed_schemes=["git"])
     server = server_name(repo_source(url, "main", binder), 20)
-    first = events(build(bob, hub, git_spec(url, "main")), until=("fetching", "ready", "failed"))
+    first = launch_events(
+        build(bob, hub, git_spec(url, "main")), until=("fetching", "ready", "failed")
+    )
     assert first[-1]["phase"] == "fetching", first
 
     bob.wait_ready(server, timeout=LAUNCH_TIMEOUT)
     started = (bob.model(server) or {}).get("started")
     # Coming back finds the server the first request started.
-    seen = events(build(bob, hub, git_spec(url, "main")))
+    seen = launch_events(build(bob, hub, git_spec(url, "main")))
     assert phases(seen) == ["waiting", "ready"], seen
     assert seen[-1]["url"].endswith(f"/user/bob/{server}/")
     assert (bob.model(server) or {}).get("started") == started
@@ -358,7 +348,7 @@ def test_the_hubs_refusal_is_a_failed_event(hub: Hub, git: GitDaemon) -> None:
     fred = hub.new_user("fred")
     for server in ("one", "two"):
         assert fred.api("PUT", f"/users/fred/servers/{server}", json={}).status_code == 201
-    seen = events(build(fred, hub, git_spec(git.url("anything"), "main")))
+    seen = launch_events(build(fred, hub, git_spec(git.url("anything"), "main")))
     assert seen[-1]["phase"] == "failed", seen
     assert seen[-1]["status_code"] == 400
     assert "You already have 2 named servers" in seen[-1]["message"]
@@ -368,7 +358,7 @@ def test_the_champions_page_lists_rebuilds_and_removes(
     hub: Hub, git: GitDaemon, bob: Session
 ) -> None:
     name = new_repo(git, {"requirements.txt": "tabulate==0.9.0\n# champions\n"})
-    seen = events(build(bob, hub, git_spec(git.url(name), "main")))
+    seen = launch_events(build(bob, hub, git_spec(git.url(name), "main")))
     assert seen[-1]["phase"] == "ready", seen
     bob.stop(seen[-1]["url"].rstrip("/").rsplit("/", 1)[1], remove=True)
 

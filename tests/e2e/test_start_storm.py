@@ -8,7 +8,6 @@ services at once. Correctness only: no time is asserted."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import pwd
 import re
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import needs_default_env, needs_root
 from hubprocesses import hub_processes
-from hubtest import Abort, Hub, Session, running_hub, wait_for
+from hubtest import Abort, Hub, Session, running_hub, stream_events, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -111,11 +110,9 @@ def waits_in_line(session: Session, server: str) -> bool:
     wait_for(started, 60, f"{session.name}'s start of {server!r}")
     path = f"{session.server_path(server)}/progress"
     with session.api("GET", path, stream=True, timeout=120) as resp:
-        for line in resp.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                message = json.loads(line[5:]).get("message", "")
-                if WAITING.match(message):
-                    return True
+        for event in stream_events(resp):
+            if WAITING.match(event.get("message", "")):
+                return True
     return False
 
 

@@ -22,7 +22,7 @@ import requests
 from browser.chromium import ARTIFACTS, chromium, needs_chromium
 from conftest import needs_default_env, needs_root
 from gitserver import GitDaemon, make_repo
-from hubtest import Hub, Session, running_hub, wait_for
+from hubtest import Hub, Session, launch_events, running_hub, wait_for
 from playwright.sync_api import expect
 
 from hubstack.config.models import BinderSettings
@@ -123,8 +123,8 @@ def test_a_share_link_shows_what_it_runs_and_starts_only_on_the_click(
     stream_url = html.unescape(re.search(r'data-build-url="([^"]+)"', progress.text).group(1))
     with carol.http.get(hub.url + stream_url, headers=STREAM, stream=True, timeout=120) as resp:
         assert resp.status_code == 200, resp.text
-        body = "".join(resp.iter_content(decode_unicode=True))
-    assert '"phase": "failed"' in body and MISSING_REF in body, body
+        seen = launch_events(resp)
+    assert seen[-1]["phase"] == "failed" and MISSING_REF in seen[-1]["message"], seen
     assert launched(carol, server), "the click launched it"
 
 
