@@ -46,7 +46,11 @@ def slurm_hub_overrides(hungry: Path) -> dict[str, Any]:
             },
         },
         "policy": {"named_servers": {"max": 20}},
-        "machines": [{"id": "small", "display": "Small", "cpu": 1, "memory": "1G"}],
+        "machines": [
+            {"id": "small", "display": "Small", "cpu": 1, "memory": "1G"},
+            # For a group nobody here is in: refused to the copy jobs test's user.
+            {"id": "wide", "display": "Wide", "cpu": 2, "memory": "1G", "groups": ["copy-wide"]},
+        ],
         "environments": [
             {"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)},
             {"id": "hungry", "display": "Hungry", "prefix": str(hungry)},
@@ -512,6 +516,7 @@ def test_a_copy_job_runs_as_the_user_with_its_progress_in_the_hub(
 ) -> None:
     job = copy_job(copier, "-r", "slow:in", "copied")
     assert job["state"] in ("queued", "running") and job["slurm_job"], job
+    assert (job["machine"], job["partition"]) == ("small", "debug"), "the defaults"
     account = pwd.getpwnam(hub.prefix + "alice")
 
     def midway() -> dict[str, Any] | None:
@@ -617,3 +622,35 @@ def test_a_copy_job_that_fails_or_is_cancelled_says_so(hub: Hub, copier: Session
         120,
         "the cancelled copy's Slurm job to leave the queue",
     )
+
+
+def test_a_copy_job_runs_on_the_machine_type_and_partition_chosen(
+    hub: Hub, copier: Session
+) -> None:
+    jobs = f"/storage/users/{copier.name}/jobs"
+    before = len(copier.api("GET", jobs).json()["jobs"])
+    base = {"source": "slow:in", "destination": "x", "workdir": "/tmp", "recursive": True}
+    for extra, words in (
+        ({"machine": "wide"}, "'wide' is for groups: copy-wide, and you are in none"),
+        ({"machine": "huge"}, "Unknown machine type 'huge'. Choose one of: small."),
+        ({"machine": 3}, "machine"),
+        ({"partition": "nosuch"}, "Unknown partition 'nosuch'. Choose one of: debug, long, gpu"),
+        ({"partition": "gpu"}, "Partition gpu does not exist on the cluster"),
+    ):
+        refused = copier.api("POST", jobs, json=base | extra)
+        assert refused.status_code == 400 and words in refused.json()["message"], refused.text
+    assert len(copier.api("GET", jobs).json()["jobs"]) == before, "nothing recorded or submitted"
+    rc, _, err = hubdata(copier, "cp", "--machine", "small", "slow:in/f0.bin", "x", server="data")
+    assert rc == 2 and "add --job" in err, err
+
+    job = copy_job(copier, "--machine", "small", "--partition", "long", "-r", "slow:in", "on-long")
+    assert (job["machine"], job["partition"]) == ("small", "long"), job
+    assert "#SBATCH --partition=long" in batch_script(job["slurm_job"]).splitlines()
+    rc, out, _ = hubdata(copier, "jobs", server="data")
+    assert rc == 0 and "on small (partition long)" in next(
+        line for line in out.splitlines() if line.startswith(f"{job['id']}\t")
+    ), out
+    page = copier.http.get(f"{hub.url}/hub/storage", timeout=60).text
+    assert "small (partition long)" in page
+    rc, _, err = hubdata(copier, "cancel", str(job["id"]), server="data")
+    assert rc == 0, err

@@ -53,13 +53,22 @@ def cp(args: argparse.Namespace) -> int:
     if args.job:
         if args.dry_run:
             raise ValueError("--dry-run shows a copy here; leave out --job to see it")
-        job = jobs.submit(args.source, args.destination, args.recursive, args.checksum)
+        job = jobs.submit(
+            args.source,
+            args.destination,
+            args.recursive,
+            args.checksum,
+            args.machine,
+            args.partition,
+        )
         print(
             f"copy job {job['id']} submitted as Slurm job {job['slurm_job']}: "
             f"see hubdata status {job['id']}, or the hub's Storage page"
         )
         return 0
     src, dst = side(args.source, writing=False), side(args.destination, writing=True)
+    if args.machine or args.partition:
+        raise ValueError("--machine and --partition choose where a copy job runs: add --job")
     if src.local == dst.local:
         raise ValueError("one side of a copy must be a connection (NAME:path), the other not")
     items = copy.plan(src, dst, args.recursive, args.checksum)
@@ -138,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p_cp.add_argument(
         "--job", action="store_true", help="run the copy as a Slurm job (on a Slurm hub)"
     )
+    p_cp.add_argument(
+        "--machine", help="with --job: the machine type to run on (as when starting a server)"
+    )
+    p_cp.add_argument("--partition", help="with --job: the Slurm partition to run on")
     p_cp.set_defaults(func=cp)
     commands.add_parser("jobs", help="your copy jobs and their progress").set_defaults(
         func=jobs_list

@@ -27,14 +27,23 @@ REPORT_EVERY = 1.0
 END_REPORT_WAIT = 600.0
 
 
-def submit(source: str, destination: str, recursive: bool, checksum: bool) -> dict[str, Any]:
-    body = {
+def submit(
+    source: str,
+    destination: str,
+    recursive: bool,
+    checksum: bool,
+    machine: str | None = None,
+    partition: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "source": source,
         "destination": destination,
         "workdir": os.getcwd(),
         "recursive": recursive,
         "checksum": checksum,
     }
+    # Left out when not chosen: the hub's defaults.
+    body |= {k: v for k, v in (("machine", machine), ("partition", partition)) if v}
     return hub_request("jobs", "POST", body)
 
 
@@ -56,6 +65,9 @@ def line(job: dict[str, Any]) -> str:
     size = f"{job['bytes_done']}/{job['bytes_total'] if job['bytes_total'] is not None else '?'}"
     text = f"{job['id']}\t{job['state']}\t{files} files\t{size} bytes\t"
     text += f"{job['source']} -> {job['destination']}"
+    if job.get("machine"):
+        where = f" (partition {job['partition']})" if job.get("partition") else ""
+        text += f"\ton {job['machine']}{where}"
     return text + (f"\t{job['error']}" if job["error"] else "")
 
 

@@ -52,6 +52,7 @@ from hubstack.config import Config
 from hubstack.hub import metrics
 from hubstack.launch import LaunchRequest
 from hubstack.launch.plan import ALL_ADDRESSES, server_label, server_plan
+from hubstack.launch.slurm_fields import SlurmRequest
 from hubstack.slurm.client import JobEnd, Slurm, SlurmError, is_active, reason_from_log
 from hubstack.slurm.jobscript import JobScript, JobScriptError, render_job_script, shared_links
 from hubstack.slurm.watcher import JobWatcher, Tracked
@@ -275,9 +276,13 @@ class SlurmBackend:
         this user may charge. If it cannot be asked, the config alone decides, and sbatch's
         own answer reaches the user if the job is refused.
         """
-        wanted = request.slurm
-        if wanted is None:
+        if request.slurm is None:
             return None
+        return await self.check_slurm(hub_user, request.slurm)
+
+    async def check_slurm(self, hub_user: str, wanted: SlurmRequest) -> str | None:
+        """Why the scheduler would refuse ``wanted`` for ``hub_user`` (a server's job or a
+        copy job), or None."""
         try:
             partitions = await self.slurm.partitions()
             member_of = await self.slurm.user_accounts(self.accounts.unix_name(hub_user))

@@ -31,11 +31,13 @@ from hubstack.config import Config
 from hubstack.hub import storage
 from hubstack.hub.storage import StorageMixin, resolve
 from hubstack.hub.tables import HubTable, utcnow
-from hubstack.launch.access import Access
-from hubstack.launch.slurm_fields import resolve_slurm
+from hubstack.launch.access import Access, offered_items, pick
+from hubstack.launch.profiles import LABELS
+from hubstack.launch.slurm_fields import SlurmRequest, resolve_slurm
 from hubstack.slurm.client import SlurmError, is_active
 from hubstack.slurm.jobscript import JobScriptError, render_copy_script
 from hubstack.storage.spec import NAME
+from hubstack.untrusted import InvalidLaunch
 
 ENDED = ("done", "failed", "cancelled")
 NAME_RE = re.compile(NAME)
@@ -63,6 +65,9 @@ class CopyJob(HubTable):
     bytes_done: Mapped[int] = mapped_column(Integer, default=0)
     bytes_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(UnicodeText, default="")
+    # Where it runs: the machine type and partition (None: jobs from before the choice).
+    machine: Mapped[str | None] = mapped_column(Unicode(255), nullable=True)
+    partition: Mapped[str | None] = mapped_column(Unicode(255), nullable=True)
     token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
@@ -76,6 +81,8 @@ class CopyJob(HubTable):
             "checksum": self.checksum,
             "workdir": self.workdir,
             "slurm_job": self.slurm_job,
+            "machine": self.machine,
+            "partition": self.partition,
             "log": self.log,
             "state": self.state,
             "files_done": self.files_done,
@@ -97,6 +104,9 @@ class CopyRequest(BaseModel):
     workdir: str = Field(min_length=1, max_length=1000, pattern=r"^/")
     recursive: bool = False
     checksum: bool = False
+    # Where it runs, as on the spawn form; None: the default.
+    machine: str | None = Field(None, min_length=1, max_length=255)
+    partition: str | None = Field(None, min_length=1, max_length=255)
 
 
 class Progress(BaseModel):
@@ -156,6 +166,27 @@ def check_copy(db: Session, user: Any, wanted: CopyRequest) -> None:
             raise web.HTTPError(
                 403, f"the storage connection {name!r} of group {connection.group!r} is read-only"
             )
+
+
+def job_shape(config: Config, wanted: CopyRequest, access: Access) -> tuple[str, SlurmRequest]:
+    """The machine type and Slurm job of a copy: what the person chose, by the spawn form's
+    rules (a machine type or partition for some groups only is theirs if they are in one),
+    or its defaults. HTTP 400 naming what they may choose instead."""
+    options = {
+        key: value
+        for key, value in (("machine", wanted.machine), ("partition", wanted.partition))
+        if value is not None
+    }
+    try:
+        machine = pick(
+            LABELS["machine"], options, "machine", offered_items(config.machines), access
+        )
+        if "partition" in options and not config.backend.slurm.fields.partition.choices:
+            raise InvalidLaunch("This hub offers no choice of partition.")
+        found = next(m for m in config.machines if m.id == machine)
+        return machine, resolve_slurm(config, found, options, access)
+    except InvalidLaunch as exc:
+        raise web.HTTPError(400, exc.message) from None
 
 
 def hubdata_python(config: Config) -> str:
@@ -262,7 +293,10 @@ class CopyJobsAPIHandler(CopyJobsMixin, APIHandler):
         check_copy(self.db, user, wanted)
         python = hubdata_python(self.hubstack)
         access = Access(frozenset(g.name for g in user.groups), bool(user.admin))
-        request = resolve_slurm(self.hubstack, self.hubstack.machines[0], {}, access)
+        machine, request = job_shape(self.hubstack, wanted, access)
+        refusal = await self.backend.check_slurm(user.name, request)
+        if refusal is not None:
+            raise web.HTTPError(400, refusal)
         try:
             account = await self.backend.job_account(user.name)
         except StartFailed as exc:
@@ -275,6 +309,8 @@ class CopyJobsAPIHandler(CopyJobsMixin, APIHandler):
             workdir=wanted.workdir,
             recursive=wanted.recursive,
             checksum=wanted.checksum,
+            machine=machine,
+            partition=request.partition,
             state="queued",
             created_at=now,
             updated_at=now,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from jupyterhub import orm
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import DeclarativeBase
 
 
@@ -19,7 +20,8 @@ def utcnow() -> datetime:
 
 
 def create_tables(db_url: str) -> None:
-    """Create those of hubstack's tables that are missing (an existing one is never altered)."""
+    """Create those of hubstack's tables that are missing, and add the columns a newer
+    hubstack gave an existing one (each nullable: rows from before hold none)."""
     # The modules that define them, so that their classes are on the metadata; imported
     # here because they import this module.
     from hubstack.hub import invitations, storage, storage_jobs  # noqa: F401
@@ -27,5 +29,23 @@ def create_tables(db_url: str) -> None:
     db = orm.new_session_factory(db_url)()
     try:
         HubTable.metadata.create_all(db.get_bind(), checkfirst=True)
+        add_columns(db.get_bind())  # type: ignore[arg-type]
     finally:
         db.close()
+
+
+def add_columns(engine: Engine) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each nullable column a table lacks: the one kind of
+    change hubstack makes to its tables, which needs no migration tool (JupyterHub's own
+    tables are alembic's)."""
+    found = inspect(engine)
+    with engine.begin() as conn:
+        for table in HubTable.metadata.sorted_tables:
+            there = {column["name"] for column in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in there:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(f"{table.name}.{column.name} is new and not nullable")
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
