@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import needs_default_env, needs_root
 from hubtest import Hub, Session, wait_for
+
+from hubstack.system import tool, volumes
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -217,6 +221,43 @@ def test_volume_is_hard_limited_kept_on_stop_and_removed_on_delete(
     run = alice.run_code("import os; print(os.listdir(os.environ['HUBSTACK_VOLUME']))", "data")
     assert "keep.txt" not in run.stdout, "a re-created server starts with an empty volume"
     alice.stop("data", remove=True)
+
+
+def test_a_start_right_after_a_stop_waits_for_the_previous_storage(hub: Hub, bob: Session) -> None:
+    """A server stopped with a kernel running and started again at once from the spawn
+    form, while another mount namespace (one a build made, say) still holds its volume and
+    home: the start waits for them to be released, never mounting them twice, then runs."""
+    assert bob.start("again").status_code in (201, 202)
+    bob.wait_ready("again")
+    headers = {"Authorization": f"token {bob.token}"}
+    kernel = requests.post(f"{bob.server_url('again')}api/kernels", headers=headers, timeout=60)
+    kernel.raise_for_status()
+    image = volume_image(hub, "bob", "again")
+    ours = os.readlink("/proc/self/ns/mnt")
+    holder = subprocess.Popen(
+        [tool("unshare"), "--mount", "--propagation", "private", "--", tool("cat")],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/mnt") != ours, 30, "a namespace")
+        assert bob.api("DELETE", bob.server_path("again")).status_code == 204
+        url = f"{hub.url}/hub/spawn/bob/again"
+        bob.http.get(url, timeout=30)
+        form = {"machine": "small", "environment": "python", "_xsrf": xsrf(bob)}
+        resp = bob.http.post(url, data=form, allow_redirects=False, timeout=60)
+        assert resp.status_code == 302, resp.text[-2000:]
+        waiting = "Waiting for your previous server's storage to be released"
+        events = bob.progress("again", watch=lambda event: event.get("message") == waiting)
+        assert events[-1].get("message") == waiting, events
+        assert volumes.is_held(image) and not volumes.is_in_use(image)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    bob.wait_ready("again")
+    run = bob.run_code("import os; print(os.environ['HUBSTACK_VOLUME'])", "again")
+    assert run.status == "ok", run
+    bob.stop("again", remove=True)
 
 
 def test_users_cannot_read_each_others_files(hub: Hub, alice: Session, bob: Session) -> None:

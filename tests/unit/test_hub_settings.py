@@ -35,8 +35,9 @@ def test_every_backend_runs_under_the_one_spawner(backend: str) -> None:
 def test_local_servers_report_nothing_and_may_wait_their_turn_to_start() -> None:
     _, c = hub_config(backend={"local": {"queue_timeout": "5m", "start_timeout": "2m"}})
     assert (ROUTE, ServerAddressHandler) not in c.JupyterHub.extra_handlers
-    # JupyterHub's timeout is a backstop beyond the backend's own two.
-    assert c.HubstackSpawner.start_timeout > 300 + 120
+    # JupyterHub's timeout is a backstop beyond the backend's own three: the wait for a
+    # previous run's storage, the wait in line and the start.
+    assert c.HubstackSpawner.start_timeout > 120 + 300 + 120
 
 
 def test_slurm_jobs_report_their_address_and_may_wait_in_the_queue() -> None:

@@ -81,6 +81,7 @@ _LISTEN_CODE = resources.files("hubstack.backends").joinpath("listen_fd.py").rea
 # /tmp (see _private_tmp), a short path (a Unix socket's is at most 107 bytes) nobody else sees.
 _RUNTIME_DIR = "/tmp/jupyter-runtime"
 _ANSWER_INTERVAL_S = 0.1
+_RELEASE_INTERVAL_S = 0.2
 # What the usual chain runs last when a fork server starts the server (see forking.py): it
 # says it is in place, then waits for the hub to close its input.
 _STANDIN_SCRIPT = 'echo ready && exec "$0"'
@@ -329,6 +330,8 @@ class LocalBackend:
         if spec.listening is None:
             raise ValueError("a local server needs the socket from server_socket()")
         local = self.config.backend.local
+        # Before its turn: waiting for the previous server's teardown takes no CPU.
+        await self._previous_released(spec, emit)
         async with self.admission.turn(emit, local.queue_timeout):
             try:
                 async with asyncio.timeout(local.start_timeout) as limit:
@@ -341,6 +344,47 @@ class LocalBackend:
                     "of its start (backend.local.start_timeout); an admin can raise it.",
                     reason="timeout",
                 ) from None
+
+    async def _previous_released(self, spec: ServerSpec, emit: Emit) -> None:
+        """Wait until the file systems of this server's previous run have been released.
+
+        A stopped server's home and volume are unmounted at once, but each lives on (its
+        loop device bound) while anything still holds it: the stopped server's last
+        processes as the kernel ends them, or another mount namespace that copied it. A
+        second mount of a file system still alive would corrupt it, so a start right after
+        a stop waits here, at most ``backend.local.start_timeout``.
+        """
+        if not self.accounts.root:
+            return
+        name = self.accounts.unix_name(spec.hub_user)
+        images = [self._server_image(name, spec.label)]
+        if not self.accounts.existing:
+            images.append(self.data_dir / "storage/homes" / f"{name}.img")
+        timeout = self.config.backend.local.start_timeout
+        deadline = time.monotonic() + timeout
+        told = False
+        while held := [
+            image for image in images if await asyncio.to_thread(volumes.is_held, image)
+        ]:
+            if time.monotonic() > deadline:
+                holders = await asyncio.to_thread(volumes.holders, held[0])
+                log.warning(
+                    "%s is still held after %s, by the mount namespaces of processes %s",
+                    held[0],
+                    format_duration(timeout),
+                    holders or "that have ended meanwhile",
+                )
+                raise StartFailed(
+                    "Your previous server's storage is still in use "
+                    f"{format_duration(timeout)} after it stopped, so it cannot be mounted "
+                    "again yet (backend.local.start_timeout). Try again in a while; an admin "
+                    "finds what holds it in the hub's log.",
+                    reason="storage",
+                )
+            if not told:
+                emit("Waiting for your previous server's storage to be released")
+                told = True
+            await asyncio.sleep(_RELEASE_INTERVAL_S)
 
     async def _start(self, spec: ServerSpec, emit: Emit) -> Started:
         emit("Preparing your account")

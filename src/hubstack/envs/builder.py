@@ -463,7 +463,11 @@ class Builder:
             f"exec {q(tool('setpriv'))} --reuid={account.uid} --regid={account.gid} "
             '--clear-groups --no-new-privs -- /bin/bash -c "$1"',
         ]
-        namespace = [tool("unshare"), "--mount", "--propagation", "private", "--"]
+        # A slave of the hub's namespace, as a server's: the build's binds stay in it, and
+        # users' homes and volumes that the hub unmounts during the build leave it too. A
+        # private copy would hold every file system mounted when the build began until it
+        # ends, and a user's server stopped meanwhile could not start again until then.
+        namespace = [tool("unshare"), "--mount", "--propagation", "slave", "--"]
         return [*namespace, "/bin/sh", "-c", "\n".join(steps), "build", script]
 
     async def _run(

@@ -155,10 +155,11 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
         # Starting a job includes its time in the queue: waiting there is not a failure.
         c.HubstackSpawner.start_timeout = config.backend.slurm.start_timeout
     else:
-        # The local backend bounds the wait in line and the start itself; JupyterHub's own
-        # timeout, beyond both, is a backstop (a class would otherwise time out in line).
+        # The local backend bounds the wait for a previous run's storage (start_timeout),
+        # the wait in line and the start itself; JupyterHub's own timeout, beyond all three,
+        # is a backstop (a class would otherwise time out in line).
         local = config.backend.local
-        c.HubstackSpawner.start_timeout = local.queue_timeout + local.start_timeout + 30
+        c.HubstackSpawner.start_timeout = local.queue_timeout + 2 * local.start_timeout + 30
 
     c.JupyterHub.services = [culler_service(config)]
     c.JupyterHub.load_roles = [

@@ -23,9 +23,12 @@ _MNT_DETACH = 2
 _UMOUNT_NOFOLLOW = 8
 _UMOUNT_ATTEMPTS = 5
 _UMOUNT_WAIT_S = 0.2
+# How long a mount waits for a just-unmounted image's loop device to go (the kernel finishes
+# tearing down the last namespace that held it); a longer wait is the caller's (see is_held).
 _LOOP_RELEASE_TIMEOUT_S = 5.0
-# How long a mount waits for the last server namespace holding its image to go (under load).
-_NAMESPACE_RELEASE_TIMEOUT_S = 30.0
+# How long an unmount waits for its loop device: freed at once unless another mount namespace
+# still holds the file system, and then autoclear frees it whenever that one goes.
+_UNMOUNT_RELEASE_WAIT_S = 1.0
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 _OPTIONS = "loop,nosuid,nodev"
 _EXT4_MAGIC = 0xEF53
@@ -91,9 +94,12 @@ def mount(
         if mounted_at:
             raise SystemOpError(f"{image} is already mounted at {', '.join(mounted_at)}")
         if not _released(image):
-            # A lazily unmounted volume stays open until its last process exits; a second
-            # mount of the same file system then would corrupt it.
-            raise SystemOpError(f"{image} is still in use by a process that has not exited yet")
+            # A lazily unmounted volume, or one another mount namespace still holds, lives on
+            # until its last holder goes; a second mount of the same file system then would
+            # corrupt it.
+            raise SystemOpError(
+                f"{image} is still in use by a process or mount namespace that has not ended yet"
+            )
         if spot is not None:
             raise SystemOpError(
                 f"cannot mount {image} at {mountpoint}: something else is mounted there"
@@ -200,6 +206,37 @@ def open_root_owned(path: Path, below: Path, owner: tuple[int, int]) -> int:
 def is_in_use(image: Path) -> bool:
     """Whether ``image`` is mounted anywhere, from the kernel's tables (no user's path)."""
     return bool(_mountpoints_of(image))
+
+
+def is_held(image: Path) -> bool:
+    """Whether a file system of ``image`` lives on though it is mounted nowhere here: its
+    loop device is still bound, held by a process with a file open there (after a lazy
+    unmount) or by another mount namespace that still has it. It cannot be mounted again
+    until that goes (autoclear then frees the device)."""
+    return bool(_loop_devices(image)) and not _mountpoints_of(image)
+
+
+def holders(image: Path) -> list[int]:
+    """Processes (one per mount namespace) whose namespace still has a file system of
+    ``image`` mounted: what keeps :func:`is_held` true, for the hub's log."""
+    devices = set()
+    for device in _loop_devices(image):
+        with contextlib.suppress(OSError):
+            devices.add(Path(f"/sys/block/{os.path.basename(device)}/dev").read_text().strip())
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            namespace = os.readlink(entry / "ns/mnt")
+            if namespace in found:
+                continue
+            with open(entry / "mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                if any(line.split(" ", 3)[2] in devices for line in f):
+                    found[namespace] = int(entry.name)
+        except OSError:
+            continue
+    return sorted(found.values())
 
 
 def remove_image(image: Path, mountpoint: Path | None) -> None:
@@ -470,8 +507,9 @@ def _mountpoints_of(image: Path) -> list[str]:
 def _released(image: Path) -> bool:
     """Whether no loop device uses ``image``, waiting a little: a file system unmounted in
     the hub's mount namespace lives on until the last server namespace holding it is gone,
-    which the kernel finishes shortly after that server's last process."""
-    deadline = time.monotonic() + _NAMESPACE_RELEASE_TIMEOUT_S
+    which the kernel finishes shortly after that server's last process. A start waits for
+    longer holders before it mounts (see :func:`is_held`)."""
+    deadline = time.monotonic() + _LOOP_RELEASE_TIMEOUT_S
     while _loop_devices(image):
         if time.monotonic() > deadline:
             return False
@@ -480,10 +518,25 @@ def _released(image: Path) -> bool:
 
 
 def _wait_loop_released(device: str, backing: str) -> None:
-    """Wait for autoclear to detach ``device``; detach it ourselves if it does not."""
-    deadline = time.monotonic() + _LOOP_RELEASE_TIMEOUT_S
+    """Wait briefly for autoclear to detach ``device``; detach one without autoclear ourselves.
+
+    A device with autoclear still bound after the wait belongs to a file system that another
+    mount namespace still holds: detaching cannot free it sooner, and the next mount waits
+    for it instead (see :func:`is_held`), so the unmount does not.
+    """
+    deadline = time.monotonic() + _UNMOUNT_RELEASE_WAIT_S
     while _loop_backing_file(device) == backing:
         if time.monotonic() > deadline:
-            run(["losetup", "--detach", device])
+            if not _autoclear(device):
+                run(["losetup", "--detach", device])
             return
         time.sleep(0.02)
+
+
+def _autoclear(device: str) -> bool:
+    """Whether loop ``device`` detaches itself once its file system is released."""
+    name = os.path.basename(device)
+    try:
+        return Path(f"/sys/block/{name}/loop/autoclear").read_text().strip() == "1"
+    except OSError:
+        return False
