@@ -112,6 +112,40 @@ def test_runtime_txt_gets_a_python_the_host_lacks_from_the_channel(site: Site) -
     assert (layer / f"python-{PYTHON}-0_hubstack/bin/python3.10").stat().st_mode & 0o777 == 0o755
 
 
+def test_a_second_build_takes_the_packages_an_earlier_one_brought_from_the_cache(
+    site: Site,
+) -> None:
+    """After the build above, the channel refuses every package archive (its package lists
+    stay): a build of an environment.yml of that Python can only install it from the
+    package cache, which is root's and which the build account copies from."""
+    cache = site.root / "binder/packages/conda"
+    kept = cache / f"python-{PYTHON}-0_hubstack"
+    if not kept.is_dir():  # run alone: the earlier build keeps its packages first
+        test_runtime_txt_gets_a_python_the_host_lacks_from_the_channel(site)
+    assert (cache.stat().st_uid, kept.stat().st_uid) == (0, 0)
+    assert not (cache.stat().st_mode | kept.stat().st_mode) & 0o022
+    channel = site.root / "channels/conda-forge"
+    hidden = site.root / "hidden-archives"
+    archives = [*channel.glob("*/*.conda"), *channel.glob("*/*.tar.bz2")]
+    assert archives
+    hidden.mkdir()
+    try:
+        for archive in archives:
+            (hidden / archive.parent.name).mkdir(exist_ok=True)
+            archive.rename(hidden / archive.parent.name / archive.name)
+        env = "channels: [conda-forge]\ndependencies:\n  - python=3.10\n"
+        prepared, events = site.prepare(site.repo({"environment.yml": env}))
+    finally:
+        for archive in archives:
+            (hidden / archive.parent.name / archive.name).rename(archive)
+    log = [message for phase, message in events if phase == "building"]
+    assert f"Installing 1 conda packages: python {PYTHON}" in log
+    assert "1 of them from the hub's package cache" in log
+    assert python(prepared, "import sys; print(sys.version.split()[0])") == PYTHON
+    # The channel's Python has no bytecode: the build compiled it (users cannot write it).
+    assert (prepared.env.prefix / "lib/python3.10/__pycache__/os.cpython-310.pyc").is_file()
+
+
 def test_an_r_version_nobody_provides_fails_naming_it(site: Site) -> None:
     message = site.refused(site.repo({"runtime.txt": "r-9.9-2024-01-10\n"}))
     assert "r-base 9.9" in message
