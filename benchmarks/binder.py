@@ -1,6 +1,6 @@
 """Binder-style launches on the local backend: cold build, warm launch and plain spawn.
 
-    uv run python benchmarks/binder.py [--builds N] [--launches N] [--hub-log PATH]
+    uv run python benchmarks/binder.py [--builds N] [--launches N] [--hub-log PATH] [--warm-only]
 
 One ``hubstack up`` hub (tests/hubtest.py: local backend, its default machine of 1 CPU and
 1G, builds in the default limits of 2 CPUs, 4G and 15 min), one user of it, and a git daemon
@@ -10,9 +10,10 @@ gets their newest releases. These are timed:
 
 1. Cold build: a repository whose environment is not in the cache is launched, and built.
    Nothing is cached: the hub's environment cache is new (it lives under the hub's own test
-   root), its package cache (``<binder.root>/packages``) is emptied before each cold build,
-   and uv's download cache lives on each build's scratch file system, so every build
-   downloads all its packages (the Jupyter server and kernel, then the repository's) from the
+   root), its package cache (``<binder.root>/packages``) and its shared server layer (see
+   src/hubstack/envs/server_layer.py) are removed before each cold build, and uv's download
+   cache lives on each build's scratch file system, so every build downloads all its
+   packages (the Jupyter server and kernel into the layer, then the repository's) from the
    package index. The ``--builds`` repositories differ only in a comment line of their
    requirements.txt, which is enough for a key of their own: each is built. After each
    build the run waits until the hub has put its wheels in the package cache (its log says
@@ -30,14 +31,19 @@ gets their newest releases. These are timed:
    progress only once the hub calls the server pending, which it polls for every 0.5 s; the
    hub's events from before then arrive together, so a fetch done by then shows as 0.
 2. Known packages: ``--builds`` new repositories asking for numpy, pandas and matplotlib
-   plus termcolor, after the cold builds left their wheels in the package cache: the Jupyter
-   server's and the three packages' wheels come from there, termcolor from the index.
+   plus termcolor, after the cold builds left their wheels in the package cache and the
+   last one its server layer: the Jupyter server is the layer's, the three packages' wheels
+   come from the package cache, termcolor from the index.
 3. Warm launch: the first repository again, its environment now in the cache, from opening
    the event stream until ``ready``; split the same way (fetch: until the environment was
    found); the conda repository's warm launch too.
 4. Plain spawn: a server of the hub's default environment (``{"environment": "python"}``),
    from sending ``POST /hub/api/users/<user>/servers/<name>`` until the progress stream
    reports ``ready``, as spawn_local.py times its spawns.
+
+``--warm-only`` builds only the small uv repository and the conda one (steps 1's small
+builds), then times warm launches of them against plain spawns (steps 3 and 4): the
+comparison of a warm launch with a plain spawn in a few minutes, without the large builds.
 
 Repository launches use the binder service's BinderHub API, as Binder clients do: ``GET
 <hub>/services/binder/build/git/<quoted clone URL>/main`` with ``Accept: text/event-stream``
@@ -340,24 +346,29 @@ def conda_channel() -> Iterator[str | None]:
 
 @dataclass
 class Packages:
-    """The hub's package cache: emptied before a cold build, and awaited after each build
-    (the hub adds a build's wheels after its launch went on, before the next build)."""
+    """The hub's package cache and its shared server layers: emptied before a cold build,
+    and awaited after each build (the hub adds a build's wheels after its launch went on,
+    before the next build)."""
 
     hub: Hub
     cache: PackageCache
+    envs: EnvCache
     builds: int = 0
 
     def empty(self) -> None:
         shutil.rmtree(self.cache.wheels, ignore_errors=True)
+        for layer in self.envs.layers():  # built again, at the same place, by the next build
+            self.envs.remove(layer.key)
 
     def kept(self, logs: Path) -> None:
-        """Wait until the hub has noted in the build logs that it kept this build's wheels."""
+        """Wait until the hub has noted in the build logs that it kept this build's wheels
+        (the layers' logs say so too, and do not count)."""
         self.builds += 1
 
         def noted() -> bool:
-            return sum("Package cache:" in log.read_text() for log in logs.glob("*.log")) >= (
-                self.builds
-            )
+            layers = {f"{layer.key}.log" for layer in self.envs.layers()}
+            envs = [log for log in logs.glob("*.log") if log.name not in layers]
+            return sum("Package cache:" in log.read_text() for log in envs) >= self.builds
 
         wait_for(noted, HARVEST_WAIT, "the hub to keep the build's wheels", interval=0.5)
 
@@ -651,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--builds", type=int, default=3, help="cold builds (distinct repos)")
     parser.add_argument("--launches", type=int, default=10, help="warm launches and plain spawns")
     parser.add_argument("--hub-log", type=Path, help="also save the hub's log here")
+    parser.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="build only the small uv (and the conda) repository, then time warm launches",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: servers and builds run as other accounts")
@@ -674,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             config = validate(hub.config())
             size = config.binder.package_cache.size
-            packages = Packages(hub, PackageCache(config.binder.root, size))
+            packages = Packages(hub, PackageCache(config.binder.root, size), EnvCache.of(config))
             launcher = Launcher(session, config, service_answers(session))
             print(f"  launches:   {describe_path(launcher.via_service)}\n", flush=True)
             urls = make_repositories(git, args.builds)
@@ -689,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
             conda_builds = (
                 builds_of(launcher, [conda], packages, "conda build", cold=True) if conda else []
             )
+            if args.warm_only:
+                warm_and_plain(launcher, small[0], args.launches, conda)
+                print_launches(launcher)
+                print_split_legend(launcher.via_service)
+                print(f"load now:   {load()}; runtime {time.monotonic() - started:.0f} s")
+                return 0
             builds = builds_of(launcher, urls, packages, "cold build", cold=True)
             known = builds_of(launcher, known_urls, packages, "known packages", cold=False)
             results = Results(builds, small_builds, conda_builds, known)
