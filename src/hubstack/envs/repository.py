@@ -160,6 +160,9 @@ class Repositories:
             mirror = await self._fetch(source, commit, phase, fetcher)
             spec, key, python = await self._inspect(mirror, commit, fetcher)
         except (GitError, SpecError) as exc:
+            # A commit that could not be fetched (the branch moved meanwhile) is not
+            # launched again: the next launch asks the repository.
+            self._resolved.pop((source.url, source.ref), None)
             raise PrepareFailed(exc.message) from None
         for notice in spec.notices:
             phase("fetching", f"Note: {notice}")
