@@ -115,7 +115,7 @@ from hubtest import Hub, Session, free_port_block, new_test_root, running_hub, w
 
 from hubstack.config.load import validate
 from hubstack.config.models import Config
-from hubstack.envs.builder import uv_binary
+from hubstack.envs.builder import build_unit, uv_binary
 from hubstack.envs.cache import EnvCache
 from hubstack.envs.packages import PackageCache
 from hubstack.launch.repo import repo_source, server_name
@@ -377,7 +377,7 @@ def remove_build_groups(cache: EnvCache) -> None:
     """Drop the cgroups of this hub's builds, found by their keys (other hubs' are spared)."""
     keys = {path.stem for path in (*cache.work.glob("*.img"), *cache.logs.glob("*.log"))}
     for key in keys:
-        unit = f"hubstack-build-{key[:16]}"
+        unit = build_unit(cache.root, key)
         for pattern in (f"*/hubstack/{unit}", f"hubstack/{unit}"):
             for group in CGROUP_ROOT.glob(pattern):
                 with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import hashlib
 import os
 import posixpath
 import re
@@ -483,7 +484,7 @@ class Builder:
             script = layer_script(target, job.python, self.uv, wheels)
         else:
             script = build_script(job.spec, target, job.python, self.uv, wheels, job.layer)
-        unit = f"hubstack-build-{job.key[:16]}"
+        unit = build_unit(self.cache.root, job.key)
         limits = cgroups.Limits(
             cpu=self.limits.cpu, memory=self.limits.memory, pids=self.limits.processes
         )
@@ -617,6 +618,14 @@ class Builder:
     def _image(self, key: str) -> Path:
         """The build's scratch file system image."""
         return self.cache.work / f"{key}.img"
+
+
+def build_unit(root: Path, key: str) -> str:
+    """The cgroup unit of the build of ``key`` into the cache at ``root``, named for both: two
+    hubs on one machine building the same key (a server layer is the same for every cache of
+    one interpreter) must not share a group, as the end of one build kills what is in it."""
+    digest = hashlib.sha256(f"{root}\n{key}".encode()).hexdigest()
+    return f"hubstack-build-{digest[:16]}"
 
 
 def write_files(folder: Path, files: Mapping[str, str]) -> None:
