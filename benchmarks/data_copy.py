@@ -5,8 +5,9 @@
 
 Two data sets: ``--total`` in ``--files`` files, and one file of ``--total``. Each is copied
 out (disk -> store) and in (store -> disk) by hubdata's copy engine (what ``hubdata cp -r``
-runs: several files at once through the library's put_file/get_file, every file verified
-against the store's digest of it, by hashing the local file) and by the baseline
+runs: several files at once, out through the library's put_file, in streamed through
+s3fs's client or the Azure SDK's, every file verified against the store's digest of it)
+and by the baseline
 (``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification) and, when it is
 installed (Debian's ``rclone`` package; benchmark setup only, not the test suite's), by
 ``rclone copy`` with its default settings (4 transfers, its own checksum checks), taking

@@ -1,9 +1,9 @@
 """Copies between a server's files and a storage connection: resumable, checksummed.
 
-Each file goes through the library's own ``put_file``/``get_file`` (adlfs and s3fs move
-large files in parallel blocks, several files at once here), except S3 downloads, which
-stream ranges through s3fs's client and hash the object on the way in (``s3_get``). A copy
-is then verified
+Uploads go through the library's own ``put_file`` (adlfs and s3fs move large files in
+parallel blocks, several files at once here); downloads stream through s3fs's client or
+the Azure SDK's and hash the object on the way in (``s3_get``, ``azure_get``). A copy is
+then verified
 against the store's own digest of the object (S3's ETag, Azure's Content-MD5; see
 ``digest``), taken from one listing of the source (downloads) or of the destination after
 the uploads, by hashing the local file: the object is not moved twice and no request is
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob.aio import BlobClient
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 from fsspec.callbacks import Callback
@@ -51,6 +53,10 @@ PARTIAL = ".hubdata-partial"
 # 128 MiB at 240).
 S3_STREAMS = 4
 S3_RANGE = 512 * 1024 * 1024
+# A blob comes in as requests of AZURE_GET bytes, read from the socket AZURE_READ at a time
+# (the SDK's defaults: 4 MiB and 4 KiB).
+AZURE_GET = 32 * 1024 * 1024
+AZURE_READ = 1024 * 1024
 # azure-storage-blob's max_single_put_size: larger blobs are sent in blocks.
 AZURE_SINGLE_PUT = 64 * 1024 * 1024
 
@@ -201,16 +207,74 @@ def download(src: Side, item: Item, parts: int, progress: Callable[[int], Any]) 
     partial = item.dst + PARTIAL
     os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
     store = getattr(src.fs, "fs", src.fs)  # the library's, under hubdata's DirFileSystem
+    path = src.fs._join(item.src) if store is not src.fs else item.src
     computed = None
     if "s3" in store.protocol:
-        path = src.fs._join(item.src) if store is not src.fs else item.src
         computed = sync(store.loop, s3_get, store, path, item, partial, parts, progress)
+    elif "abfs" in store.protocol:
+        computed = sync(store.loop, azure_get, store, path, item, partial, parts, progress)
     else:
-        src.fs.get_file(item.src, partial, callback=Progress(progress), max_concurrency=parts)
+        src.fs.get_file(item.src, partial, callback=Progress(progress))
     if not verified(partial, item.info, src, item.src, computed):
         os.unlink(partial)
         raise mismatch(item.src, item.dst)
     os.replace(partial, item.dst)
+
+
+class Writer:
+    """Bytes of an object as they come in, from ``offset`` on: gathered into blocks (a
+    list, not copied together), one block written to its place and hashed in a thread
+    while the next comes, so that the download is one pass over the bytes."""
+
+    def __init__(
+        self, fd: int, offset: int, hasher: digest.Hasher | None, progress: Callable[[int], Any]
+    ) -> None:
+        self.fd, self.offset, self.hasher, self.progress = fd, offset, hasher, progress
+        self.block: list[bytes] = []
+        self.size = 0
+        self.pending: asyncio.Future[None] | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self.block.append(chunk)
+        self.size += len(chunk)
+        if self.size >= CHUNK:
+            await self.wait()
+            self.pending = asyncio.ensure_future(asyncio.to_thread(self.keep, *self.passed()))
+
+    async def close(self) -> int:
+        """Write what is left; the offset after the last byte."""
+        await self.wait()
+        if self.block:
+            await asyncio.to_thread(self.keep, *self.passed())
+        return self.offset
+
+    async def wait(self) -> None:
+        """The block in the thread written; also when cancelled (another range failed),
+        so that the file is closed only after the thread's last write."""
+        if self.pending is not None:
+            await asyncio.wait([self.pending])
+            self.pending.result()
+            self.pending = None
+
+    def passed(self) -> tuple[list[bytes], int, int]:
+        block, offset, size = self.block, self.offset, self.size
+        self.block, self.offset, self.size = [], offset + size, 0
+        return block, offset, size
+
+    def keep(self, block: list[bytes], offset: int, size: int) -> None:
+        written = os.pwritev(self.fd, block, offset)
+        rest = memoryview(b"".join(block))[written:] if written < size else memoryview(b"")
+        while rest:  # a full quota shows as a short write, then as EDQUOT
+            written = os.pwrite(self.fd, rest, offset + size - len(rest))
+            rest = rest[written:]
+        if self.hasher is not None:
+            for chunk in block:
+                self.hasher.update(chunk)
+        self.progress(size)
+
+
+def created(partial: str) -> int:
+    return os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
 
 async def s3_get(
@@ -239,53 +303,29 @@ async def s3_get(
         unit = part or CHUNK
         span = max(unit, -(-S3_RANGE // unit) * unit)
     bucket, key, _ = s3.split_path(path)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = created(partial)
     limit = asyncio.Semaphore(max(1, min(streams, S3_STREAMS)))
 
     async def fetch(start: int) -> digest.Hasher:
         hasher = digest.Hasher(part)
         end = min(start + span, item.size)
+        writer = Writer(fd, start, hasher if stored else None, progress)
         async with limit:
             # s3fs's own call: its session, credentials, retries and error translation.
             answer = await s3._call_s3(  # type: ignore[attr-defined]
                 "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}"
             )
-            body, offset, block, pending = answer["Body"], start, bytearray(), None
             try:
-                # aiohttp hands the body over in pieces of about 256 KiB: gathered into
-                # blocks, one block is written and hashed in a thread while the next comes.
-                while chunk := await body.read(CHUNK):
-                    block += chunk
-                    if len(block) < CHUNK:
-                        continue
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.ensure_future(asyncio.to_thread(keep, block, offset, hasher))
-                    offset, block = offset + len(block), bytearray()
-                if pending is not None:
-                    await pending
-                await asyncio.to_thread(keep, block, offset, hasher)
-                offset += len(block)
+                while chunk := await answer["Body"].read(CHUNK):
+                    await writer.add(chunk)
             finally:
-                body.close()
-                if pending is not None and not pending.done():
-                    # Cancelled (another range failed): the file is closed only after
-                    # the thread's last write.
-                    await asyncio.wait([pending])
+                answer["Body"].close()
+                offset = await writer.close()
         if offset != end:
             raise OSError(
                 errno.EIO, f"{item.src}: the store sent {offset - start} of {end - start} bytes"
             )
         return hasher
-
-    def keep(block: bytearray, offset: int, hasher: digest.Hasher) -> None:
-        view = memoryview(block)
-        while view:  # a full quota shows as a short write, then as EDQUOT
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
-        if stored is not None:
-            hasher.update(block)
-        progress(len(block))
 
     try:
         async with asyncio.TaskGroup() as group:  # one range failing cancels the others
@@ -296,6 +336,50 @@ async def s3_get(
         os.close(fd)
     hashers = [task.result() for task in tasks]
     return digest.joined(hashers) if stored and hashers else None
+
+
+async def azure_get(
+    abfs: AbstractFileSystem,
+    path: str,
+    item: Item,
+    partial: str,
+    streams: int,
+    progress: Callable[[int], Any],
+) -> str | None:
+    """An Azure blob to ``partial`` through the Azure SDK's own download, in order and
+    hashed on the way (a blob's Content-MD5 is of the whole); the MD5, or None.
+
+    Not adlfs's ``get_file``: that leaves the SDK's defaults (4 MiB a request, read 4 KiB
+    at a time), and hashing its file means reading it again. The blob's client is the
+    one adlfs would use (its URL and credential), with larger requests and reads."""
+    container, blob, _ = abfs.split_path(path)
+    service = abfs.service_client  # type: ignore[attr-defined]
+    url = service.get_blob_client(container, blob).url
+    stored = digest.of(item.info)
+    fd = created(partial)
+    writer = Writer(fd, 0, digest.Hasher() if stored else None, progress)
+    try:
+        async with BlobClient.from_blob_url(
+            url,
+            credential=service.credential,
+            max_single_get_size=AZURE_GET,
+            max_chunk_get_size=AZURE_GET,
+            connection_data_block_size=AZURE_READ,
+        ) as client:
+            try:
+                answer = await client.download_blob()
+            except ResourceNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+            try:
+                async for chunk in answer.chunks():
+                    await writer.add(chunk)
+            finally:
+                size = await writer.close()
+    finally:
+        os.close(fd)
+    if size != item.size:
+        raise OSError(errno.EIO, f"{item.src}: the store sent {size} of {item.size} bytes")
+    return writer.hasher.hexdigest() if writer.hasher is not None else None
 
 
 def verified(
