@@ -104,9 +104,42 @@ def test_temporary_files_count_against_the_size_limit(site: Site, folder: str) -
     fill = f"#!/bin/sh\nset -e\ndd if=/dev/zero of={host_file} bs=1M count=1024 status=none\n"
     name = site.repo({"postBuild": fill}, executable=("postBuild",))
     try:
-        # The environment alone fits (see test_builds); with the file written, it does not.
-        message = site.refused(name, size="1200M")
-        assert "size limit of 1200M" in message
+        # The environment alone fits (see test_builds, also its server layer); with the file
+        # written, it does not.
+        message = site.refused(name, size="1G")
+        assert "size limit of 1G" in message
         assert not host_file.exists()
     finally:
         host_file.unlink(missing_ok=True)
+
+
+TAMPER = """#!/bin/bash
+layer=$(python -c 'import jupyterlab, os; print(os.path.dirname(jupyterlab.__path__[0]))')
+echo "layer site-packages: $layer"
+try() { if eval "$1" 2>/dev/null; then echo "TAMPERED: $1"; fi; }
+try 'echo "import os" >> "$layer/jupyterlab/__init__.py"'
+try 'echo planted > "$layer/planted.pth"'
+try 'rm -f "$layer/../../../bin/jupyterhub-singleuser"'
+try 'echo "jupyterlab==0.1" > "$layer/../../../../server-constraints.txt"'
+try 'mv "$layer/ipykernel" "$layer/ipykernel.moved"'
+"""
+
+
+def test_a_build_cannot_change_the_shared_server_layer(site: Site) -> None:
+    """The layer every later environment runs its server from is root's and read-only to
+    builds: a postBuild that tries to change it changes nothing (its own environment is
+    its own)."""
+    name = site.repo({"postBuild": TAMPER}, executable=("postBuild",))
+    prepared, events = site.prepare(name)
+    log = [message for _, message in events]
+    assert any(line.startswith("layer site-packages: ") for line in log), log
+    assert not [line for line in log if line.startswith("TAMPERED")], log
+    layer = prepared.env.layer_prefix
+    assert layer is not None
+    [site_packages] = layer.glob("lib/python*/site-packages")
+    assert "import os" not in (site_packages / "jupyterlab/__init__.py").read_text()
+    assert not (site_packages / "planted.pth").exists()
+    assert (site_packages / "ipykernel").is_dir() and (
+        layer / "bin/jupyterhub-singleuser"
+    ).is_file()
+    assert "jupyterlab==0.1" not in (layer.parent / "server-constraints.txt").read_text()
