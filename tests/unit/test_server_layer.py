@@ -72,8 +72,8 @@ def test_prune_keeps_a_layer_while_an_environment_uses_it(tmp_path: Path) -> Non
     entry(cache, "plain", now)
     assert {env.key for env in cache.list()} == {"plain", "recent", "stale"}
     assert json.loads((cache.path("recent") / "meta.json").read_text())["layer"] == "layer1"
-    assert cache.get("recent") is not None
-    assert cache.get("recent").layer_prefix == cache.path("layer1") / "env"  # type: ignore[union-attr]
+    recent = cache.get("recent")
+    assert recent is not None and recent.layer_prefix == cache.path("layer1") / "env"
 
     removed = cache.prune(MONTH - 86400)
     assert [env.key for env in removed] == ["stale"]
