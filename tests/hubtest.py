@@ -334,6 +334,11 @@ class Hub:
                 "conda": {"enabled": False},
             },
         }
+        fork_server = os.environ.get("HUBSTACK_TEST_FORK_SERVER")
+        if fork_server is not None:
+            # A run of the suite with the local backend's fork servers on (1) or off (0),
+            # whatever the default is; a module's own overrides still decide.
+            base["backend"]["local"]["fork_server"] = fork_server == "1"
         if self.overrides.get("backend", {}).get("type") == "slurm":
             # The local cluster's node is this machine: its "shared" paths are local ones.
             shared = {"home_base": str(self.home_base), "volumes": str(self.root / "volumes")}

@@ -105,6 +105,10 @@ def test_forked_servers_come_from_the_root_fork_server(
     assert status(parent)["Uid"] == ["0"] * 4
     cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
     assert cmdline[:3] == [str(DEFAULT_ENV / "bin/python3").encode(), b"-I", b"-c"]
+    for _, pid in servers.values():
+        # What ps shows: the server's own command line, not its parent's code.
+        shown = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert shown[0] == str(DEFAULT_ENV / "bin/jupyterhub-singleuser").encode(), shown
 
 
 def test_each_runs_as_its_account_with_its_groups_cgroup_home_and_tmp(

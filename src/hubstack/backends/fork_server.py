@@ -95,6 +95,20 @@ def _ids(status: str, key: str) -> list[int]:
     raise ValueError(f"no {key} in the stand-in's status")
 
 
+def show_as(argv: list) -> None:
+    """Write the server's own command line over the fork server's in this process's memory,
+    where ``/proc/<pid>/cmdline`` (what ps, pgrep and admins read) finds it: a server
+    started afresh shows ``jupyterhub-singleuser`` there too. The parent's arguments (its
+    code) are far longer than a server's; what would not fit is cut. (prctl's PR_SET_MM
+    could point elsewhere, but needs CAP_SYS_RESOURCE, which a container may lack.)"""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # arg_start and arg_end, fields 48 and 49 of stat(5); this list starts at field 3.
+    begin, end = int(fields[45]), int(fields[46])
+    text = b"\0".join(os.fsencode(arg) for arg in argv)[: end - begin - 1]
+    ctypes.memmove(begin, text.ljust(end - begin, b"\0"), end - begin)
+
+
 def become(start: dict, listen_fd: int, log_fd: int, channel: socket.socket) -> None:
     """In the forked child (root, one thread): take the stand-in's place, then drop root."""
     standin = int(start["standin"])
@@ -118,6 +132,7 @@ def become(start: dict, listen_fd: int, log_fd: int, channel: socket.socket) -> 
     if libc.setns(mount_ns, CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "setns into the server's mount namespace")
     os.close(mount_ns)
+    show_as(start["argv"])
     # From here on, nothing is opened or resolved as root.
     os.setgroups(groups)
     os.setresgid(gid, gid, gid)
