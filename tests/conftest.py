@@ -29,7 +29,9 @@ def hub() -> Iterator[Hub]:
         "machines": [
             {"id": "small", "display": "Small", "cpu": 1, "memory": "1G"},
             {"id": "tiny", "display": "Tiny", "cpu": 0.5, "memory": "400M"},
-            {"id": "starved", "display": "Starved", "cpu": 0.5, "memory": "40M"},
+            # Too small for a server to answer, even a forked one (whose imported modules
+            # stay its fork server's pages until written to).
+            {"id": "starved", "display": "Starved", "cpu": 0.5, "memory": "16M"},
         ],
         "environments": [
             {"id": "python", "display": "Python 3", "prefix": str(DEFAULT_ENV)},

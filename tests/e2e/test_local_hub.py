@@ -167,11 +167,11 @@ def test_a_server_that_cannot_start_explains_why(hub: Hub, alice: Session) -> No
     resp = alice.start("starved", {"machine": "starved"})
     events = alice.progress("starved") if resp.status_code == 202 else []
     message = resp.json()["message"] if resp.status_code >= 400 else events[-1]["message"]
-    assert "ran out of memory (limit 40M)" in message, (resp.status_code, resp.text, events)
+    assert "ran out of memory (limit 16M)" in message, (resp.status_code, resp.text, events)
     events = alice.progress("starved")
-    assert events[-1]["failed"] and "ran out of memory (limit 40M)" in events[-1]["message"]
+    assert events[-1]["failed"] and "ran out of memory (limit 16M)" in events[-1]["message"]
     page = alice.http.get(f"{hub.url}/hub/spawn-pending/alice/starved", timeout=30)
-    assert "ran out of memory (limit 40M)" in page.content.decode()
+    assert "ran out of memory (limit 16M)" in page.content.decode()
 
     resp = alice.start("broken", {"environment": "broken"})
     message = resp.json()["message"] if resp.status_code >= 400 else alice.progress("broken")
