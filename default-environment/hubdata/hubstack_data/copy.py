@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob.aio import BlobClient
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import Callback
 from fsspec.implementations.local import LocalFileSystem
@@ -388,6 +386,11 @@ async def azure_get(
     Not adlfs's ``get_file``: that leaves the SDK's defaults (4 MiB a request, read 4 KiB
     at a time), and hashing its file means reading it again. The blob's client is the
     one adlfs would use (its URL and credential), with larger requests and reads."""
+    # Imported here: the SDK takes a quarter of a second to import, which an S3 copy of a
+    # few seconds would pay for nothing.
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.blob.aio import BlobClient
+
     container, blob, _ = abfs.split_path(path)
     service = abfs.service_client  # type: ignore[attr-defined]
     url = service.get_blob_client(container, blob).url
