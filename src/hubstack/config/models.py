@@ -152,9 +152,10 @@ class LocalSettings(Strict):
         "10m", description="how long a start may wait in line for its turn"
     )  # type: ignore[assignment]
     fork_server: bool = Field(
-        False,
+        True,
         description="fork servers of root-owned environments from a process that has "
-        "imported Jupyter once, instead of starting each from scratch",
+        "imported Jupyter once, instead of starting each from scratch (never for "
+        "repository launches, environments users can write, or on systemd hosts)",
     )
 
 
