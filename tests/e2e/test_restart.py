@@ -6,6 +6,7 @@ new build while running servers keep theirs."""
 
 from __future__ import annotations
 
+import json
 import pwd
 import signal
 from pathlib import Path
@@ -21,6 +22,8 @@ from hubprocesses import (
     wait_kernels_answer,
 )
 from hubtest import Hub, Session, wait_for
+
+from hubstack.envs.cache import LAYER_KIND
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -154,10 +157,12 @@ def build_logs_saying(hub: Hub, text: str) -> list[Path]:
 
 
 def complete_builds(hub: Hub) -> set[str]:
-    """The cache's entries: each must be complete (a crash leaves none half-built)."""
-    entries = {p.name: (p / "meta.json").is_file() for p in (hub.root / "binder/envs").iterdir()}
-    assert all(entries.values()), f"an incomplete entry is in the cache: {entries}"
-    return set(entries)
+    """The cache's environments (not the server layer they share): each entry must be
+    complete (a crash leaves none half-built)."""
+    entries = {p.name: p / "meta.json" for p in (hub.root / "binder/envs").iterdir()}
+    assert all(meta.is_file() for meta in entries.values()), f"an incomplete entry: {entries}"
+    kinds = {key: json.loads(meta.read_text()).get("kind") for key, meta in entries.items()}
+    return {key for key, kind in kinds.items() if kind != LAYER_KIND}
 
 
 def test_a_declared_environment_is_built_replaced_while_used_and_pruned(hub: Hub) -> None:
