@@ -152,6 +152,9 @@ class LocalBackend:
     def _server_image(self, account: str, label: str) -> Path:
         return self.data_dir / "storage/servers" / account / f"{label}.img"
 
+    def _home_image(self, account: str) -> Path:
+        return self.data_dir / "storage/homes" / f"{account}.img"
+
     def storage_use(self, hub_user: str, server_names: Iterable[str]) -> StorageUse:
         """Measured from the images in root's storage directory (see
         :func:`volumes.image_usage`), so stopped servers' volumes count too."""
@@ -166,7 +169,7 @@ class LocalBackend:
                 return StorageUse()
         home_use = None
         if not self.accounts.existing:
-            home_image = self.data_dir / "storage/homes" / f"{name}.img"
+            home_image = self._home_image(name)
             home_use = _usage(volumes.image_usage(home_image, below=home.parent))
         servers = {
             server: _usage(
@@ -195,7 +198,7 @@ class LocalBackend:
             return
         if not self.accounts.existing:
             self._share_homes()
-            home_image = self.data_dir / "storage/homes" / f"{account.name}.img"
+            home_image = self._home_image(account.name)
             volumes.create_image(home_image, storage.home, account.uid, account.gid)
             volumes.mount(home_image, account.home, account.uid, account.gid)
         image = self._server_image(account.name, label)
@@ -359,7 +362,7 @@ class LocalBackend:
         name = self.accounts.unix_name(spec.hub_user)
         images = [self._server_image(name, spec.label)]
         if not self.accounts.existing:
-            images.append(self.data_dir / "storage/homes" / f"{name}.img")
+            images.append(self._home_image(name))
         timeout = self.config.backend.local.start_timeout
         deadline = time.monotonic() + timeout
         told = False
