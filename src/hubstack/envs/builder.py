@@ -52,6 +52,10 @@ from hubstack.envs.conda import create_steps as conda_steps
 from hubstack.envs.conda_packages import harvest_conda
 from hubstack.envs.git import export
 from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
+from hubstack.envs.package_store import MAP as STORE_MAP
+from hubstack.envs.package_store import PINS as STORE_PINS
+from hubstack.envs.package_store import applies as uses_store
+from hubstack.envs.package_store import entry_script, use_steps, write_map
 from hubstack.envs.packages import Harvest, PackageCache, index_urls
 from hubstack.envs.python_sources import uv_steps as uv_python_steps
 from hubstack.envs.r_env import kernel_steps as r_kernel_steps
@@ -124,6 +128,8 @@ class BuildJob:
     files: Mapping[str, str] | None = None
     layer: Path | None = None  # the server layer's entry it is built on (see server_layer)
     server_layer: bool = False  # this is a server layer itself
+    store: Mapping[str, str] | None = None  # what the package store offers (package_store)
+    store_wheels: tuple[str, ...] = ()  # this is a store entry of these kept wheels
 
 
 def uv_binary() -> str:
@@ -177,6 +183,7 @@ def build_script(
     uv: str,
     wheels: Path | None = None,
     layer: Path | None = None,
+    store: Mapping[str, str] | None = None,
 ) -> str:
     """The shell script of one build; every value in it is quoted.
 
@@ -185,7 +192,8 @@ def build_script(
     relative references (``-r other.txt``, ``-e .``) mean what their authors meant. On a
     server ``layer`` (its cache entry), the base packages are the layer's, and the
     repository's are installed with the layer's versions as constraints (see
-    :mod:`hubstack.envs.server_layer`).
+    :mod:`hubstack.envs.server_layer`), those the package ``store`` holds referenced from it
+    (see :mod:`hubstack.envs.package_store`).
     """
     q = shlex.quote
     env, repo, scratch = target / ENV, target / "repo", target / SCRATCH
@@ -203,6 +211,9 @@ def build_script(
     else:
         constrained = f"{pip} --constraint {q(str(layer / CONSTRAINTS))}"
         layered = _repository_steps(spec, repo, scratch, constrained)
+        if store and uses_store(spec):
+            resolve = _compile(spec, env, repo, scratch, uv, wheels, layer / CONSTRAINTS)
+            layered = [use_steps(env, layer, scratch, resolve, constrained, layered)]
         fallback = [*server, *_repository_steps(spec, repo, scratch, pip)]
         lines += layered_steps(env, layer, scratch / "layered.log", layered, fallback)
     if spec.post_build:
@@ -237,6 +248,25 @@ def _repository_steps(spec: EnvSpec, repo: Path, scratch: Path, pip: str) -> lis
     if spec.install_project:
         lines += ["echo 'Installing the repository as a package'", f"{pip} ."]
     return lines
+
+
+def _compile(
+    spec: EnvSpec, env: Path, repo: Path, scratch: Path, uv: str, wheels: Path | None, pins: Path
+) -> str:
+    """The command that resolves the repository's requirements to exact pins for ``env``,
+    with the layer's ``pins`` as constraints (from the repository's root, as the spec names
+    its requirement files)."""
+    q = shlex.quote
+    files = [*spec.requirement_files]
+    if spec.requirements:
+        files.append(str(scratch / "requirements.txt"))
+    links = f" --find-links {q(str(wheels))}" if wheels is not None else ""
+    return (
+        f"(cd {q(str(repo))} && {q(uv)} pip compile --quiet --no-header --no-annotate "
+        f"--python {q(str(env / 'bin/python'))} --constraint {q(str(pins))}{links} "
+        + " ".join(f"-r {q(path)}" for path in files)
+        + ")"
+    )
 
 
 def _create_steps(spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str) -> list[str]:
@@ -415,6 +445,9 @@ class Builder:
             )
             (scratch / CONDA_INPUT).write_text(instructions)
             shutil.copyfile(CONDA_INSTALLER, scratch / CONDA_INSTALLER.name)
+        if job.store:
+            write_map(scratch / STORE_MAP, job.store)
+            shutil.copyfile(STORE_PINS, scratch / STORE_PINS.name)
         for name in (name for _, name in PRIVATE_TMP):
             (scratch / name).mkdir(mode=0o700)
         (work / HOME).mkdir(mode=0o700)
@@ -482,8 +515,13 @@ class Builder:
             wheels = self.packages.wheels
         if job.server_layer:
             script = layer_script(target, job.python, self.uv, wheels)
+        elif job.store_wheels:
+            assert wheels is not None
+            script = entry_script(target, job.python, self.uv, wheels, list(job.store_wheels))
         else:
-            script = build_script(job.spec, target, job.python, self.uv, wheels, job.layer)
+            script = build_script(
+                job.spec, target, job.python, self.uv, wheels, job.layer, job.store
+            )
         unit = build_unit(self.cache.root, job.key)
         limits = cgroups.Limits(
             cpu=self.limits.cpu, memory=self.limits.memory, pids=self.limits.processes

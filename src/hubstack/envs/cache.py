@@ -7,6 +7,8 @@ Layout under ``binder.root`` (world-readable, on Slurm a path every node sees)::
     envs/<key>/meta.json   written last: an entry without it is not complete and never used
     envs/<key>/            also the shared server layers (kind "server layer"), see
                            server_layer.py; an environment's meta.json names its layer
+    envs/<key>/packages/   also the package store's entries (kind "packages"), see
+                           package_store.py; an environment's meta.json names those it uses
     logs/<key>.log         the last build log of each environment (capped)
     used/<key>             its modification time is the environment's last launch
     locks/                 one lock for builds, so a CLI rebuild and the hub never race
@@ -41,6 +43,8 @@ from hubstack.envs.layout import APT, HOME
 META = "meta.json"
 LAYER_KIND = "server layer"
 """The ``kind`` of a server layer's entry (see :mod:`hubstack.envs.server_layer`)."""
+STORE_KIND = "packages"
+"""The ``kind`` of a package store's entry (see :mod:`hubstack.envs.package_store`)."""
 SPEC_ORIGIN = "spec:"
 """How a declared spec's build names its origin: ``spec:<environment id>`` (see declared.py)."""
 
@@ -60,7 +64,10 @@ class BuiltEnv:
     built_at: float
     last_used: float
     notices: list[str] = field(default_factory=list)
-    layer: str | None = None  # the key of the server layer it is built on
+    layer: str | None = None  # the key of the server layer it is built on (or a store
+    # entry's: the layer whose interpreter compiled it)
+    stores: list[str] = field(default_factory=list)  # the store entries it uses
+    packages: dict[str, str] = field(default_factory=dict)  # a store entry's: pin: folder
 
     @property
     def prefix(self) -> Path:
@@ -172,6 +179,8 @@ class EnvCache:
             last_used=last_used,
             notices=list(meta.get("notices", [])),
             layer=meta.get("layer"),
+            stores=list(meta.get("stores", [])),
+            packages=dict(meta.get("packages", {})),
         )
 
     def complete(self, key: str, meta: dict[str, Any]) -> BuiltEnv:
@@ -194,12 +203,17 @@ class EnvCache:
         os.utime(mark)
 
     def list(self) -> list[BuiltEnv]:
-        """Every complete environment, most recently used first (not the server layers)."""
-        return [env for env in self._entries() if env.kind != LAYER_KIND]
+        """Every complete environment, most recently used first (not the server layers
+        nor the package store's entries)."""
+        return [env for env in self._entries() if env.kind not in (LAYER_KIND, STORE_KIND)]
 
     def layers(self) -> list[BuiltEnv]:
         """Every complete server layer."""
         return [env for env in self._entries() if env.kind == LAYER_KIND]
+
+    def stores(self) -> list[BuiltEnv]:
+        """Every complete entry of the package store."""
+        return [env for env in self._entries() if env.kind == STORE_KIND]
 
     def _entries(self) -> list[BuiltEnv]:
         if not self.envs.is_dir():
@@ -236,7 +250,8 @@ class EnvCache:
     ) -> list[BuiltEnv]:
         """Remove the environments nobody launched for ``unused_for`` seconds (a running
         server counts as a launch: the hub marks its environment used while it runs), the
-        mirrors only they came from, the server layers only they used, and what failed
+        mirrors only they came from, the server layers only they used, the package store's
+        entries no environment uses that were not used for as long, and what failed
         builds left; never those in ``keep`` (the builds running servers and declared
         environments use). Waits for a build under way, so none is cut short."""
         cutoff = time.time() - unused_for
@@ -251,6 +266,10 @@ class EnvCache:
             for layer in self.layers():
                 if layer.key not in used:
                     self.remove(layer.key)
+            referenced = {key for env in self.list() for key in env.stores}
+            for entry in self.stores():
+                if entry.key not in referenced and entry.last_used < cutoff:
+                    self.remove(entry.key)
             kept = {self.mirror(env.repo) for env in self.list()}
             for leftover in [*self.incomplete(), *self._stale_work(kept, cutoff)]:
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from hubstack.config import Config
+from hubstack.envs import package_store
 from hubstack.envs.builder import (
     BASE_REQUIREMENTS,
     BUILDER_VERSION,
@@ -42,9 +43,10 @@ from hubstack.envs.builder import (
     BuildJob,
     write_files,
 )
-from hubstack.envs.cache import LAYER_KIND, SPEC_ORIGIN, BuiltEnv, EnvCache
+from hubstack.envs.cache import LAYER_KIND, SPEC_ORIGIN, STORE_KIND, BuiltEnv, EnvCache
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
 from hubstack.envs.layout import ENV
+from hubstack.envs.packages import Harvest
 from hubstack.envs.server_layer import PTH, layer_key
 from hubstack.envs.server_layer import applies as on_layer
 from hubstack.envs.spec import EnvSpec, SpecError, detect, environment_key
@@ -69,6 +71,8 @@ INSPECTED_MAX = 256
 """Commits whose spec and key the hub remembers (a few hundred bytes each)."""
 PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
 PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
+# What a package store entry's build is given as its spec: nothing of a repository's.
+STORE_SPEC = EnvSpec("", STORE_KIND, None, (), (), False, None, None, (), False, ())
 
 
 class PrepareFailed(Explained):
@@ -408,6 +412,7 @@ class Repositories:
                 began = time.monotonic()
                 try:
                     job = await self._layer(job, python, build)
+                    job = await asyncio.to_thread(self._with_store, job)
                     await self.builder.build(job, build.line)
                 except BaseException:
                     metrics.build_finished(time.monotonic() - began, ok=False)
@@ -423,11 +428,67 @@ class Repositories:
                 }
                 if job.layer is not None and await asyncio.to_thread(_uses_layer, job):
                     meta["layer"] = job.layer.name
+                if job.store:
+                    meta["stores"] = await asyncio.to_thread(self._stores_used, job)
                 env = await asyncio.to_thread(self.cache.complete, job.key, meta)
             finally:
                 lock.close()
         self._keep(env)
         return env
+
+    def _store_entries(self, layer: str) -> list[BuiltEnv]:
+        """The package store's entries compiled by the interpreter of ``layer``."""
+        return [entry for entry in self.cache.stores() if entry.layer == layer]
+
+    def _with_store(self, job: BuildJob) -> BuildJob:
+        """``job`` offered what the package store holds for its layer's interpreter, when it
+        can use it (see :mod:`hubstack.envs.package_store`)."""
+        if job.layer is None or self.builder.packages is None:
+            return job
+        if not package_store.applies(job.spec):
+            return job
+        entries = self._store_entries(job.layer.name)
+        held = package_store.contents((entry.path, entry.packages) for entry in entries)
+        return dataclasses.replace(job, store=held) if held else job
+
+    def _stores_used(self, job: BuildJob) -> list[str]:
+        """The store entries the finished build of ``job`` names (marked used now)."""
+        assert job.layer is not None
+        entries = {entry.key: entry.path for entry in self._store_entries(job.layer.name)}
+        used = package_store.used_entries(self.cache.path(job.key) / ENV, entries)
+        for key in used:
+            self.cache.touch(key)
+        return used
+
+    async def _store(self, env: BuiltEnv, kept: Harvest) -> str | None:
+        """Build a package store entry of the wheels just kept for ``env`` that the store
+        lacks, for its layer's interpreter (the caller holds the build locks); its line
+        for the build's log, or None when nothing was stored."""
+        packages = self.builder.packages
+        layer = self.cache.get(env.layer) if env.layer is not None else None
+        if packages is None or layer is None:
+            return None
+        held = {pin for entry in self._store_entries(layer.key) for pin in entry.packages}
+        wheels = [*kept.added, *kept.known]
+        names = await asyncio.to_thread(package_store.new_wheels, wheels, held, packages.wheels)
+        if not names:
+            return None
+        key = package_store.entry_key(layer.key, names)
+        if self.cache.get(key) is None:
+            python = layer.prefix / "bin/python"
+            job = BuildJob(key, STORE_SPEC, python, None, "", files={}, store_wheels=tuple(names))
+            await self.builder.build(job, lambda _line: None)
+            meta = {
+                "repo": f"package store for Python {layer.python}",
+                "ref": "",
+                "commit": "",
+                "python": layer.python,
+                "kind": STORE_KIND,
+                "layer": layer.key,
+                "packages": package_store.entry_meta(names),
+            }
+            await asyncio.to_thread(self.cache.complete, key, meta)
+        return f"Package store: {len(names)} packages unpacked and compiled into {key[:12]}"
 
     def _keep(self, env: BuiltEnv) -> None:
         """Keep the packages of ``env`` in the package cache, once its launch went on."""
@@ -436,15 +497,23 @@ class Repositories:
         task.add_done_callback(self._keeping.discard)
 
     async def _keep_packages(self, env: BuiltEnv) -> None:
-        """Add a finished build's wheels to the package cache, after its launch went on and
-        before the next build starts (it holds the build locks), so that build finds them."""
+        """Add a finished build's wheels to the package cache and the package store, after
+        its launch went on and before the next build starts (it holds the build locks), so
+        that build finds them."""
         async with self._one_build:
             lock = self.cache.try_build_lock()
             while lock is None:
                 await asyncio.sleep(LOCK_POLL)
                 lock = self.cache.try_build_lock()
+            stored = None
             try:
                 kept = await asyncio.to_thread(self.builder.keep_packages, env)
+                if kept is not None:
+                    stored = await self._store(env, kept)
+            except BuildFailed as exc:
+                log.warning(
+                    "Package store: the wheels of %s were not stored: %s", env.key[:12], exc
+                )
             except Exception:
                 log.exception("Package cache: the wheels of %s were not kept", env.key[:12])
                 return
@@ -455,8 +524,10 @@ class Repositories:
                 f"Package cache: {len(kept.added)} wheels added, {len(kept.known)} already "
                 f"kept, not kept: {', '.join(kept.skipped) or 'none'}"
             )
-            log.info("%s (%s)", line, env.key[:12])
-            await asyncio.to_thread(_append, self.cache.log(env.key), line)
+            for text in (stored, line):  # the cache's line last: what waits for it sees both
+                if text is not None:
+                    log.info("%s (%s)", text, env.key[:12])
+                    await asyncio.to_thread(_append, self.cache.log(env.key), text)
 
     async def settled(self) -> None:
         """Wait until the wheels of every finished build are in the package cache (for a

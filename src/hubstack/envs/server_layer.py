@@ -138,5 +138,11 @@ for name in sorted(os.listdir(source)):
 
 def _script_copies(source: Path, old: str, new: str) -> list[str]:
     """The line (in an ``if``) that runs :data:`COPY_SCRIPTS`."""
+    return [f"  {copy_scripts(shlex.quote(str(source)), old, new)}"]
+
+
+def copy_scripts(source: str, old: str, new: str) -> str:
+    """The command that runs :data:`COPY_SCRIPTS` on the folder ``source`` (a shell word,
+    quoted or a variable's expansion): also for the package store's scripts."""
     q = shlex.quote
-    return [f"  {q(new)} -c {q(COPY_SCRIPTS)} {q(str(source))} {q(old)} {q(new)}"]
+    return f"{q(new)} -c {q(COPY_SCRIPTS)} {source} {q(old)} {q(new)}"
