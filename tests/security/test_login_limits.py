@@ -135,6 +135,30 @@ def test_guesses_sent_all_at_once_do_not_pass_the_limit_together(hub: Hub) -> No
     assert answers == [403] * PER_ACCOUNT + [429] * (burst - PER_ACCOUNT)
 
 
+@needs_root
+@needs_default_env
+def test_a_class_behind_one_address_logs_in_at_once(hub: Hub) -> None:
+    """More logins than the address's limit at the same moment, all with the right password
+    (a class behind one NAT address): checks in flight wait for each other, none is refused."""
+    count = 2 * PER_ADDRESS
+    passwords = {f"pupil{n}": hub.add_user(f"pupil{n}") for n in range(count)}
+    ready = threading.Barrier(count)
+
+    def enter(name: str) -> int:
+        http = requests.Session()
+        http.mount("http://", FromAddress("127.0.3.1"))
+        http.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()
+        form = {"username": name, "password": passwords[name]}
+        form["_xsrf"] = http.cookies.get("_xsrf", path="/hub/")
+        ready.wait(30)
+        resp = http.post(f"{hub.url}/hub/login", data=form, allow_redirects=False, timeout=120)
+        return resp.status_code
+
+    with ThreadPoolExecutor(count) as pool:
+        assert list(pool.map(enter, passwords)) == [302] * count
+    assert log_in(hub, "nobody", "guess", "127.0.3.1").status_code == 403, "still counted"
+
+
 def test_an_unknown_name_costs_the_same_bcrypt_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

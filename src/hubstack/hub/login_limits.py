@@ -11,8 +11,9 @@ through the hub as fast as it answers.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,7 @@ class Failures:
         self.window = window
         self.clock = clock
         self.recent: dict[str, deque[float]] = {}
+        self.checking: Counter[str] = Counter()  # checks in flight
 
     def wait(self, key: str) -> float:
         """Seconds until ``key`` may try again (0: now)."""
@@ -70,23 +72,34 @@ class Failures:
             return 0.0
         return failures[-self.limit] + self.window - now
 
-    def add(self, key: str) -> float:
-        """Count a failure now; the returned time takes it back (``take_back``). Nothing is
-        kept when there is no limit, so an unlimited counter does not grow."""
-        attempt = self.clock()
+    def add(self, key: str) -> None:
+        """Count a failure now. Nothing is kept when there is no limit, so an unlimited
+        counter does not grow."""
         if not self.limit:
-            return attempt
-        self.recent.setdefault(key, deque()).append(attempt)
+            return
+        self.recent.setdefault(key, deque()).append(self.clock())
         if len(self.recent) > REMEMBERED_MAX:
             for old in [k for k in self.recent if self.wait(k) <= 0 and k != key]:
                 if not self.recent[old]:
                     self.recent.pop(old)
-        return attempt
 
-    def take_back(self, key: str, attempt: float) -> None:
-        failures = self.recent.get(key)
-        if failures and attempt in failures:
-            failures.remove(attempt)
+    def has_room(self, key: str) -> bool:
+        """Whether one more check for ``key`` may start now: the checks in flight count as
+        failures until judged, so that guesses sent all at once cannot together pass the
+        limit; the others wait for them rather than being refused, so a class logging in
+        at once from behind one address is not locked out by its own logins."""
+        if not self.limit:
+            return True
+        self.wait(key)  # forgets failures older than the window
+        return len(self.recent.get(key, ())) + self.checking[key] < self.limit
+
+    def start(self, key: str) -> None:
+        self.checking[key] += 1
+
+    def finish(self, key: str) -> None:
+        self.checking[key] -= 1
+        if self.checking[key] <= 0:
+            del self.checking[key]
 
     def clear(self, key: str) -> None:
         self.recent.pop(key, None)
@@ -111,27 +124,37 @@ class LimitedLogins(Authenticator):
         lockout = self.failed_logins_lockout
         self.account_failures = Failures(self.failed_logins_per_account, lockout)
         self.address_failures = Failures(self.failed_logins_per_address, lockout)
+        self._judged = asyncio.Condition()  # notified when a check ends
 
     async def authenticate(self, handler: web.RequestHandler, data: dict[str, str]) -> Any:
         username = self.normalize_username(str(data.get("username", "")))
         # No handler: a login made by the hub's own code, not through a request.
         address = client_address(handler.request) if handler is not None else ""
+        counters = ((self.account_failures, username), (self.address_failures, address))
+        async with self._judged:
+            await self._judged.wait_for(
+                lambda: self._locked(username, address) or all(c.has_room(k) for c, k in counters)
+            )
         self.refuse_while_locked(username, address)
-        # Counted as failed before the check and taken back on success: guesses sent all at
-        # once would otherwise all pass the limit while the first checks are running.
-        by_name = self.account_failures.add(username)
-        by_address = self.address_failures.add(address)
+        for counter, key in counters:
+            counter.start(key)
+        judged, result = False, None
         try:
             result = await super().authenticate(handler, data)
-        except Exception:
-            # The check could not be made (a directory that is down): no guess was judged.
-            self.account_failures.take_back(username, by_name)
-            self.address_failures.take_back(address, by_address)
-            raise
-        if result:
-            self.account_failures.clear(username)
-            self.address_failures.take_back(address, by_address)
+            judged = True  # else the check could not be made (a directory that is down)
+        finally:
+            for counter, key in counters:
+                counter.finish(key)
+                if judged and not result:
+                    counter.add(key)
+            if result:
+                self.account_failures.clear(username)
+            async with self._judged:  # counted before the waiting checks look again
+                self._judged.notify_all()
         return result
+
+    def _locked(self, username: str, address: str) -> bool:
+        return self.account_failures.wait(username) > 0 or self.address_failures.wait(address) > 0
 
     def refuse_while_locked(self, username: str, address: str) -> None:
         """Refuse with HTTP 429, whatever the password, while a limit is reached; the login
