@@ -145,24 +145,27 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 5b. hubdata and fsspec's hub:// (default-environment/hubdata) in the default environment,
-# reinstalled when its source changes.
-hubdata_src="$here/default-environment/hubdata"
-hubdata_stamp="$env_dir/.hubstack-hubdata.sha256"
-want_hubdata=$(cd "$hubdata_src" \
-  && find . -type f \( -name '*.py' -o -name '*.toml' -o -name '*.json' \) \
-  | LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -d' ' -f1)
-if [ ! -f "$hubdata_stamp" ] || [ "$(cat "$hubdata_stamp")" != "$want_hubdata" ]; then
-  need_root "installing hubdata into $env_dir"
-  step "hubdata ($env_dir)"
-  umask 022
-  # Its dependencies (fsspec, adlfs, s3fs, jupyter-fsspec) are pinned in requirements.txt,
-  # installed above.
-  "$uv" pip install -q --reinstall --no-deps --compile-bytecode \
-    --python "$env_dir/bin/python" "$hubdata_src"
-  chmod -R a+rX "$prefix/envs"
-  echo "$want_hubdata" > "$hubdata_stamp"
-fi
+# 5b. hubstack's packages in the default environment, each reinstalled when its source
+# changes: hubdata and fsspec's hub:// (default-environment/hubdata), and the kernels forked
+# from a kernel parent in forked servers (default-environment/kernels).
+for package in hubdata kernels; do
+  package_src="$here/default-environment/$package"
+  package_stamp="$env_dir/.hubstack-$package.sha256"
+  want_package=$(cd "$package_src" \
+    && find . -type f \( -name '*.py' -o -name '*.toml' -o -name '*.json' \) \
+    | LC_ALL=C sort | xargs -r sha256sum | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$package_stamp" ] || [ "$(cat "$package_stamp")" != "$want_package" ]; then
+    need_root "installing $package into $env_dir"
+    step "$package ($env_dir)"
+    umask 022
+    # Their dependencies (fsspec, adlfs, s3fs, jupyter-fsspec; ipykernel) are pinned in
+    # requirements.txt, installed above.
+    "$uv" pip install -q --reinstall --no-deps --compile-bytecode \
+      --python "$env_dir/bin/python" "$package_src"
+    chmod -R a+rX "$prefix/envs"
+    echo "$want_package" > "$package_stamp"
+  fi
+done
 
 # 6. The default environment's site config (default-environment/etc, e.g. ipyparallel's Slurm
 # settings in etc/ipython), copied over the environment's own etc. Its stamp is the

@@ -4,7 +4,12 @@ as its own account with exactly that account's groups, in its own cgroup and mou
 namespace (its private /tmp), in its home, with its own environment, and with none of the
 parent's descriptors; neither the parent nor another user's server has a user's API token
 in its memory. A stopped server is gone with its cgroup, and the next start still forks;
-after `kill -9` of the hub the forked servers run on and the restarted hub takes them back."""
+after `kill -9` of the hub the forked servers run on and the restarted hub takes them back.
+
+Their kernels are forks of each server's kernel parent (``hubstack_kernels``): it runs as
+the server's account in its cgroup and mount namespace, holds no socket anyone else can
+reach, and each kernel has its own directory and variables; interrupt, restart and
+shutdown work as for a kernel started afresh."""
 
 from __future__ import annotations
 
@@ -13,24 +18,28 @@ import os
 import pwd
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import needs_default_env, needs_root
 from hubprocesses import kill_hub
-from hubtest import DEFAULT_ENV, Hub, Session, running_hub, wait_for
+from hubtest import DEFAULT_ENV, Hub, Session, execute, running_hub, wait_for
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
 USERS = ("forka", "forkb")
-# The kernel's parent is the server; the kernel also says which /tmp it sees, and the
-# environment it inherited from the server (a fork changes its environment in memory, so
-# /proc/<server>/environ still shows the parent's).
+# The kernel's parent is the server's kernel parent, whose parent is the server; the kernel
+# also says which /tmp it sees, and the environment it inherited from the server (a fork
+# changes its environment in memory, so /proc/<server>/environ still shows the parent's).
 WHO = (
     "import os, json; e = {k: os.environ.get(k) for k in "
     "('JUPYTERHUB_USER', 'USER', 'HOME', 'JUPYTERHUB_API_TOKEN', 'PATH', 'LANG')}; "
     "t = os.stat('/tmp'); print(os.getppid(), f'{t.st_dev}:{t.st_ino}', json.dumps(e))"
 )
+KERNEL_PARENT = b"hubstack-kernel-parent"
+IDS = "import os; print(os.getpid(), os.getppid(), os.getcwd(), os.environ.get('JPY_SESSION_NAME'))"
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +69,13 @@ def who(session: Session) -> tuple[int, str, dict[str, str | None]]:
     """The server's pid, its /tmp (device:inode) and its environment, as its kernel sees them."""
     run = session.run_code(WHO, timeout=120)
     assert run.status == "ok", run
-    pid, tmp, env = run.stdout.split(maxsplit=2)
-    return int(pid), tmp, json.loads(env)
+    parent, tmp, env = run.stdout.split(maxsplit=2)
+    assert cmdline(int(parent)) == [KERNEL_PARENT], "the kernel was not forked"
+    return parent_of(int(parent)), tmp, json.loads(env)
+
+
+def cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
 
 
 def open_files(pid: int) -> set[str]:
@@ -161,6 +175,122 @@ def test_no_descriptor_of_the_parent_and_no_token_of_another_user(
     # The second server was forked after the first had started: nothing of the first's.
     assert not memory_holds(second, tokens[first])
     assert memory_holds(second, tokens[second])  # the search does find what is there
+
+
+def unnamed_unix_sockets(pid: int) -> set[str]:
+    """``socket:[inode]`` of every Unix socket without a path (none can be connected to) in
+    the network namespace of ``pid``."""
+    lines = Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]
+    return {f"socket:[{line.split()[6]}]" for line in lines if len(line.split()) == 7}
+
+
+def test_kernels_are_forks_of_a_kernel_parent_of_the_server_that_no_one_else_reaches(
+    hub: Hub, servers: dict[str, tuple[Session, int]]
+) -> None:
+    """Each server's kernel parent: the server's child, as its account without capabilities
+    in its cgroup and mount namespace, holding only its standard streams and sockets
+    without a path; a kernel of another user can neither read its descriptors nor signal
+    it, and no kernel holds its sockets."""
+    parents = {}
+    for name, (session, server) in servers.items():
+        account = pwd.getpwnam(hub.prefix + name)
+        run = session.run_code(IDS, timeout=120)
+        assert run.status == "ok", run
+        parent = int(run.stdout.split()[1])
+        parents[name] = parent
+        assert cmdline(parent) == [KERNEL_PARENT] and parent_of(parent) == server, name
+        unit = f"hubstack-{account.pw_name}-default"
+        for pid in (parent, server):
+            facts = status(pid)
+            assert facts["Uid"] == [str(account.pw_uid)] * 4, (name, pid)
+            assert facts["CapEff"] == ["0000000000000000"], (name, pid)
+            assert all(
+                unit in line
+                for line in Path(f"/proc/{pid}/cgroup").read_text().split()
+                if re.search(r":(memory|pids|cpu|cpuacct):", line)
+            ), (name, pid)
+            assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{server}/ns/mnt")
+        sockets = {f for f in open_files(parent) if f.startswith("socket:")}
+        assert sockets and sockets <= unnamed_unix_sockets(parent), (name, sockets)
+        others = {f for f in open_files(parent) if not f.startswith(("socket:", "pipe:"))}
+        assert all(f == "/dev/null" or f.endswith(".log") for f in others), others
+    # forkb's kernel against forka's kernel parent: its descriptors and signals are closed.
+    parent_a = parents["forka"]
+    probe = (
+        f"import os\nfor attempt in (lambda: os.listdir('/proc/{parent_a}/fd'), "
+        f"lambda: os.kill({parent_a}, 0)):\n    try:\n        attempt(); print('reached')\n"
+        "    except PermissionError:\n        print('denied')"
+    )
+    run = servers["forkb"][0].run_code(probe, timeout=120)
+    assert run.status == "ok" and run.stdout.split() == ["denied", "denied"], run
+
+
+def test_a_forked_kernel_has_its_own_directory_and_variables_interrupt_restart_shutdown(
+    hub: Hub, servers: dict[str, tuple[Session, int]]
+) -> None:
+    session, server = servers["forka"]
+    home = pwd.getpwnam(hub.prefix + "forka").pw_dir
+    base, headers = session.server_url(), {"Authorization": f"token {session.token}"}
+
+    def api(method: str, path: str, status: int, **kwargs: object) -> requests.Response:
+        resp = requests.request(method, base + path, headers=headers, timeout=60, **kwargs)
+        assert resp.status_code == status, (path, resp.status_code, resp.text)
+        return resp
+
+    def ids(kernel_id: str) -> list[str]:
+        run = execute(base, kernel_id, session.token, IDS, 60)
+        assert run.status == "ok", run
+        return run.stdout.split()
+
+    api("PUT", "api/contents/kdir", 201, json={"type": "directory"})
+    made = api(
+        "POST",
+        "api/sessions",
+        201,
+        json={"path": "kdir/a.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    ).json()
+    kernel_id = made["kernel"]["id"]
+    pid, parent, cwd, name = ids(kernel_id)
+    assert cmdline(int(parent)) == [KERNEL_PARENT] and parent_of(int(parent)) == server
+    assert cwd == f"{home}/kdir" and name.endswith("kdir/a.ipynb"), (cwd, name)
+    assert os.readlink(f"/proc/{pid}/cwd") == cwd
+    assert not {f for f in open_files(int(parent)) if f.startswith("socket:")} & open_files(
+        int(pid)
+    ), "the kernel holds a socket of its parent"
+    assert execute(base, kernel_id, session.token, "x = 42", 60).status == "ok"
+    # Another kernel of the same server: another fork, its own directory and variables.
+    other = session.run_code(IDS + "; print('x' in globals())", timeout=60)
+    other_pid, other_parent, other_cwd, other_name, has_x = other.stdout.split()
+    assert other_parent == parent and other_pid != pid
+    assert (other_cwd, other_name, has_x) == (home, "None", "False")
+
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(
+            execute, base, kernel_id, session.token, "import time; time.sleep(300)", 120
+        )
+        wait_for(
+            lambda: api("GET", f"api/kernels/{kernel_id}", 200).json()["execution_state"] == "busy",
+            60,
+            "the kernel to be busy",
+        )
+        api("POST", f"api/kernels/{kernel_id}/interrupt", 204)
+        interrupted = busy.result(timeout=60)
+    assert interrupted.status == "error" and interrupted.error.startswith("KeyboardInterrupt")
+    still = execute(base, kernel_id, session.token, "print(x)", 60)
+    assert still.stdout.strip() == "42", still  # the same kernel, only interrupted
+
+    api("POST", f"api/kernels/{kernel_id}/restart", 200)
+    wait_for(
+        lambda: not Path(f"/proc/{pid}").exists(), 30, "the restarted kernel's old process to end"
+    )
+    new_pid, new_parent, new_cwd, _ = ids(kernel_id)
+    assert new_pid != pid and new_parent == parent and new_cwd == cwd
+    fresh = execute(base, kernel_id, session.token, "print('x' in globals())", 60)
+    assert fresh.stdout.strip() == "False", fresh
+
+    api("DELETE", f"api/sessions/{made['id']}", 204)
+    wait_for(lambda: not Path(f"/proc/{new_pid}").exists(), 30, "the shut down kernel to end")
+    assert Path(f"/proc/{parent}").exists()  # the kernel parent stays for the next kernel
 
 
 def test_a_stopped_server_is_gone_and_the_next_start_forks_again(

@@ -16,9 +16,18 @@ descriptor, replaces the environment and runs ``jupyterhub-singleuser`` on the h
 socket. What a fork carries over is therefore imported code only: ``random`` reseeds
 itself after fork, Jupyter makes its secrets after this point from ``os.urandom``. The
 parent reports each child's exit status on the control socket (``<pid> <status>``).
+
+Where the environment has ``hubstack_kernels`` (default-environment/kernels), the parent
+also imports ipykernel, and each server, once it has become the user and before it runs,
+forks a *kernel parent* of itself: the same account, cgroup, mount namespace and
+directory, no descriptor but its own end of an anonymous socket pair with the server
+(which hands the other to ``hubstack_kernels.provisioner``). It serves kernels as this
+parent serves servers: each launch comes on a socket of its own, read only by the forked
+child, which takes the launch's environment and directory and runs ipykernel.
 """
 
 import array
+import atexit
 import contextlib
 import ctypes
 import json
@@ -30,6 +39,7 @@ import site
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 PRELOAD = (
@@ -52,6 +62,26 @@ LAZY = (
     "notebook_shim.nbserver",
     "jupyter_lsp.virtual_documents_shadow",
 )
+# What a kernel imports until it runs a cell (the modules a kernel has that a server has
+# not), for environments whose servers fork their kernels (``hubstack_kernels``). None
+# starts a thread, an event loop or a ZMQ context on import (checked in main()).
+KERNEL = (
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",
+    "ipykernel.comm",
+    "IPython.core.debugger",
+    "IPython.core.oinspect",
+    "IPython.core.completerlib",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "faulthandler",
+)
+KERNEL_PROVISIONER = "hubstack_kernels.provisioner"
+# Variables the preloaded modules set on import (debugpy sets PYDEVD_USE_FRAME_EVAL): a kernel
+# started afresh has them, as it imports those modules itself.
+IMPORT_ENV: dict[str, str] = {}
 
 
 def preload() -> None:
@@ -73,6 +103,9 @@ def preload() -> None:
         from jupyter_server.serverapp import JUPYTER_SERVICE_HANDLERS
 
         names += [name for found in JUPYTER_SERVICE_HANDLERS.values() for name in found or ()]
+    with contextlib.suppress(Exception):
+        __import__(KERNEL_PROVISIONER)
+        names += KERNEL
     for name in names:
         # One that fails is reported by the server when it imports it itself.
         with contextlib.suppress(Exception):
@@ -143,12 +176,7 @@ def become(start: dict, listen_fd: int, log_fd: int, channel: socket.socket) -> 
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    keep = sorted({listen_fd, channel.fileno()})
-    low = 3
-    for fd in keep:
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    _close_all_but(listen_fd, channel.fileno())
     os.environ.clear()
     os.environ.update(start["env"])
     channel.sendall(json.dumps({"pid": os.getpid()}).encode())
@@ -168,11 +196,41 @@ def add_user_site() -> None:
     sys.path.insert(len(sys.path) if before is None else before, user_site)
 
 
-def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
-    """The forked child: set up, report, then run the server (never returns)."""
+def _default_signals() -> None:
+    """A forked child's signals as a process started afresh has them."""
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+
+
+def _close_all_but(*keep: int) -> None:
+    low = 3
+    for fd in sorted(set(keep)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _run(main: Callable[[], object]) -> int:
+    """Run a program's main as the interpreter would; its exit status."""
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # printed as Python would, exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
+    """The forked child: set up, report, then run the server (never returns)."""
+    _default_signals()
     control.close()
     channel = socket.socket(fileno=channel_fd)
     try:
@@ -186,28 +244,104 @@ def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
         finally:
             os._exit(1)
     add_user_site()
+    listen_fd = int(os.environ.pop("HUBSTACK_LISTEN_FD"))
+    if start.get("kernel_parent"):
+        start_kernel_parent()
     # As the user, as listen_fd.py does in a server started without this parent.
     namespace: dict = {"__name__": "hubstack_listen_fd"}
     exec(compile(listen_code, "listen_fd.py", "exec"), namespace)
-    namespace["adopt"](int(os.environ.pop("HUBSTACK_LISTEN_FD")))
+    namespace["adopt"](listen_fd)
     sys.argv = list(start["argv"])
-    code = 0
-    try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # printed as Python would, exit 1
-        import traceback
+    os._exit(_run(lambda: runpy.run_path(sys.argv[0], run_name="__main__")))
 
-        traceback.print_exc()
-        code = 1
+
+def start_kernel_parent() -> None:
+    """Fork the server's kernel parent (as the user, before the server runs: one thread, no
+    event loop) and hand the server its end, unless the environment lacks
+    ``hubstack_kernels``: then its kernels start afresh."""
+    try:
+        provisioner = sys.modules[KERNEL_PROVISIONER]
+    except KeyError:
+        return
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() == 0:
+        ours.close()
+        kernel_parent(theirs)
+    theirs.close()
+    provisioner.adopt(ours)
+
+
+def kernel_parent(control: socket.socket) -> None:
+    """Fork a kernel per launch until the server's end closes (never returns). The server's
+    stop signals its process group, this one too: it stays until the server has ended, so
+    the server can still learn how its kernels ended."""
+    show_as(["hubstack-kernel-parent"])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _close_all_but(control.fileno())  # the server's listening socket too
+    serve(control, kernel_child)
+    os._exit(0)
+
+
+def kernel_child(control: socket.socket, channel_fd: int) -> None:
+    """A kernel forked by the kernel parent: take the launch, run ipykernel (never returns).
+
+    As ``python -m ipykernel_launcher`` started by the server would be: its own session
+    (interrupts signal its process group), the launch's directory (``""``) on
+    ``sys.path``, the launch's variables, and ``JPY_PARENT_PID`` naming the process whose
+    end ends it."""
+    _default_signals()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    control.close()
+    channel = socket.socket(fileno=channel_fd)
+    try:
+        launch = json.loads(channel.recv(1 << 20))
+        argv, cwd = [str(arg) for arg in launch["argv"]], str(launch["cwd"])
+        os.setsid()
+        os.chdir(cwd)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        _close_all_but(channel.fileno())
+        os.environ.clear()
+        os.environ.update(launch["env"])
+        for name, value in IMPORT_ENV.items():
+            os.environ.setdefault(name, value)
+        os.environ["JPY_PARENT_PID"] = str(os.getppid())
+        show_as(argv)
+        pidfd = os.pidfd_open(os.getpid())
+        channel.sendmsg([json.dumps({"pid": os.getpid()}).encode()], [_rights(pidfd)])
+        os.close(pidfd)
+    except BaseException as exc:  # the server gets the reason and starts the kernel afresh
+        try:
+            channel.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        finally:
+            os._exit(1)
+    channel.close()
+    # The working directory, where IPython puts it in a kernel started afresh (before the
+    # site-packages); IPython leaves it out under the parent's -I, so it is added here.
+    site_dirs = ("site-packages", "dist-packages")
+    first_site = (i for i, path in enumerate(sys.path) if os.path.basename(path) in site_dirs)
+    sys.path.insert(next(first_site, 0), "")
+    # ipykernel read JPY_PARENT_PID when the parent imported it; its value is given here.
+    sys.argv = [argv[0], *argv[3:], f"--IPKernelApp.parent_handle={os.getppid()}"]
+    code = _run(lambda: runpy.run_module(argv[2], run_name="__main__", alter_sys=True))
+    # A kernel registers its cleanups (history, connection file) with atexit.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def serve(control: socket.socket, listen_code: str) -> None:
-    """Fork a child per request until the hub closes the control socket; report exits."""
+def _rights(*fds: int) -> tuple[int, int, bytes]:
+    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())
+
+
+def serve(control: socket.socket, run_child: Callable[[socket.socket, int], None]) -> None:
+    """Fork a child per request until the other end closes the control socket; report its
+    children's exits there."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -244,7 +378,7 @@ def serve(control: socket.socket, listen_code: str) -> None:
             if os.fork() == 0:
                 os.close(wake_r)
                 os.close(wake_w)
-                child(control, fds[0], listen_code)
+                run_child(control, fds[0])
             os.close(fds[0])
 
 
@@ -254,11 +388,13 @@ def main() -> None:
     listen_code = sys.argv[1]
     sys.argv = sys.argv[:1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = dict(os.environ)
     preload()
+    IMPORT_ENV.update((k, v) for k, v in os.environ.items() if before.get(k) != v)
     if threading.active_count() != 1:
         sys.exit("hubstack: importing Jupyter started a thread; forking it is not safe")
     control.sendall(b"ready\n")
-    serve(control, listen_code)
+    serve(control, lambda control, fd: child(control, fd, listen_code))
 
 
 if __name__ == "__main__":

@@ -524,6 +524,7 @@ class LocalBackend:
                     "cgroup_procs": group.procs_files(),
                     "env": plan.env | {"JUPYTER_RUNTIME_DIR": _RUNTIME_DIR},
                     "argv": server_argv(plan.argv, plan.executable),
+                    "kernel_parent": self.local.fork_kernels,
                 }
                 pid = await self._fork_in(fork, proc, start, fd, log.fileno(), state)
                 state["pid"], state["forked"] = pid, True

@@ -157,6 +157,11 @@ class LocalSettings(Strict):
         "imported Jupyter once, instead of starting each from scratch (never for "
         "repository launches, environments users can write, or on systemd hosts)",
     )
+    fork_kernels: bool = Field(
+        True,
+        description="in forked servers, fork Python kernels from a kernel parent that has "
+        "imported ipykernel once (environments with hubstack-kernels installed)",
+    )
 
 
 class Choice(Strict):

@@ -1,0 +1,1 @@
+"""Kernels forked from a kernel parent in hubstack servers (see provisioner.py)."""
