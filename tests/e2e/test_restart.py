@@ -7,6 +7,7 @@ new build while running servers keep theirs."""
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import signal
 from pathlib import Path
@@ -23,7 +24,7 @@ from hubprocesses import (
 )
 from hubtest import Hub, Session, wait_for
 
-from hubstack.envs.cache import LAYER_KIND
+from hubstack.envs.cache import LAYER_KIND, STORE_KIND
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -157,12 +158,26 @@ def build_logs_saying(hub: Hub, text: str) -> list[Path]:
 
 
 def complete_builds(hub: Hub) -> set[str]:
-    """The cache's environments (not the server layer they share): each entry must be
-    complete (a crash leaves none half-built)."""
-    entries = {p.name: p / "meta.json" for p in (hub.root / "binder/envs").iterdir()}
-    assert all(meta.is_file() for meta in entries.values()), f"an incomplete entry: {entries}"
-    kinds = {key: json.loads(meta.read_text()).get("kind") for key, meta in entries.items()}
-    return {key for key, kind in kinds.items() if kind != LAYER_KIND}
+    """The cache's environments (not the server layer and package store they share), once
+    every entry is complete: a package store build the hub runs after a build may be under
+    way, but a crash must leave none half-built."""
+    envs = hub.root / "binder/envs"
+
+    def all_complete() -> bool:
+        return all((entry / "meta.json").is_file() for entry in envs.iterdir())
+
+    wait_for(all_complete, 300, f"complete entries in {sorted(os.listdir(envs))}")
+    metas = [
+        json.loads((entry / "meta.json").read_text()) | {"key": entry.name}
+        for entry in envs.iterdir()
+    ]
+    return {m["key"] for m in metas if m.get("kind") not in (LAYER_KIND, STORE_KIND)}
+
+
+def layers(hub: Hub) -> list[Path]:
+    """The cache's server layers (complete_builds makes sure no entry is half-built)."""
+    metas = (hub.root / "binder/envs").glob("*/meta.json")
+    return [m.parent for m in metas if json.loads(m.read_text()).get("kind") == LAYER_KIND]
 
 
 def test_a_declared_environment_is_built_replaced_while_used_and_pruned(hub: Hub) -> None:
@@ -171,7 +186,13 @@ def test_a_declared_environment_is_built_replaced_while_used_and_pruned(hub: Hub
     declan = hub.new_user("declan")
     try:
         with_declared(hub, DECLARED_V1)
+        # kill -9 of the hub while it builds the shared server layer, the first build of
+        # this hub: the restarted hub builds the layer again, and uses only a complete one.
+        wait_for(lambda: build_logs_saying(hub, "Building the shared server layer"), 300, "layer")
+        kill_hub(hub)
+        hub.start()
         started_once_built(declan, "")
+        assert len(layers(hub)) == 1, "one complete layer, built again after the crash"
         old = Path(declan.run_code(PREFIX_CODE).stdout.strip())
         assert old.parent.parent == hub.root / "binder/envs", old
         assert complete_builds(hub) == {old.parent.name}
