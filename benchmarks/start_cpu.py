@@ -1,7 +1,7 @@
 """Where a local server start's CPU goes, step by step, with and without the fork server.
 
     uv run python benchmarks/start_cpu.py [--starts 5] [--no-fork-server]
-        [--no-language-server-search]
+        [--no-fork-kernels] [--no-language-server-search]
 
 One hub (tests/hubtest.py) starts servers one after the other, each a new user's first
 (as in a class); for each start it reads
@@ -122,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         help="backend.local.fork_server (default: on)",
     )
     parser.add_argument(
+        "--fork-kernels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="backend.local.fork_kernels (default: on)",
+    )
+    parser.add_argument(
         "--language-server-search",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     catch_signals()
     print(
         f"{args.starts} starts one after the other, fork server {args.fork_server}, "
+        f"forked kernels {args.fork_kernels}, "
         f"language server search {args.language_server_search}"
     )
     print(f"  machine: {os.cpu_count()} CPUs, load {load()}; CPU-seconds per step")
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "language_server_search": args.language_server_search,
     }
     overrides = {
-        "backend": {"local": {"fork_server": args.fork_server}},
+        "backend": {"local": {"fork_server": args.fork_server, "fork_kernels": args.fork_kernels}},
         "environments": [environment],
     }
     rows = []

@@ -183,11 +183,11 @@ class ForkedKernelProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         parent = _parent
-        if parent is None or parent.gone or not forkable(cmd, kwargs):
-            self.log.info(
-                "Starting kernel afresh: %s",
-                "no kernel parent" if parent is None or parent.gone else "not forkable",
-            )
+        if parent is None or parent.gone:
+            self.log.debug("No kernel parent: starting the kernel afresh")
+            return await super().launch_kernel(cmd, **kwargs)
+        if not forkable(cmd, kwargs):
+            self.log.info("Not this Python's ipykernel, or start-time variables: started afresh")
             return await super().launch_kernel(cmd, **kwargs)
         cwd = str(kwargs.get("cwd") or os.getcwd())
         env = dict(kwargs.get("env") or os.environ)
