@@ -9,7 +9,8 @@ after `kill -9` of the hub the forked servers run on and the restarted hub takes
 Their kernels are forks of each server's kernel parent (``hubstack_kernels``): it runs as
 the server's account in its cgroup and mount namespace, holds no socket anyone else can
 reach, and each kernel has its own directory and variables; interrupt, restart and
-shutdown work as for a kernel started afresh."""
+shutdown work as for a kernel started afresh, and without its parent a server starts its
+kernels afresh."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -290,7 +292,12 @@ def test_a_forked_kernel_has_its_own_directory_and_variables_interrupt_restart_s
 
     api("DELETE", f"api/sessions/{made['id']}", 204)
     wait_for(lambda: not Path(f"/proc/{new_pid}").exists(), 30, "the shut down kernel to end")
-    assert Path(f"/proc/{parent}").exists()  # the kernel parent stays for the next kernel
+    assert status(int(parent))["State"][0] == "S"  # the kernel parent stays for the next one
+    # Without its kernel parent, the server starts its kernels afresh.
+    os.kill(int(parent), signal.SIGKILL)
+    wait_for(lambda: status(int(parent))["State"][0] == "Z", 30, "the kernel parent to end")
+    afresh = session.run_code(IDS, timeout=120)
+    assert afresh.status == "ok" and int(afresh.stdout.split()[1]) == server, afresh
 
 
 def test_a_stopped_server_is_gone_and_the_next_start_forks_again(
