@@ -10,15 +10,17 @@ gets their newest releases. These are timed:
 
 1. Cold build: a repository whose environment is not in the cache is launched, and built.
    Nothing is cached: the hub's environment cache is new (it lives under the hub's own test
-   root), its package cache (``<binder.root>/packages``) and its shared server layer (see
+   root), its package cache (``<binder.root>/packages``), its package store (see
+   src/hubstack/envs/package_store.py) and its shared server layer (see
    src/hubstack/envs/server_layer.py) are removed before each cold build, and uv's download
    cache lives on each build's scratch file system, so every build downloads all its
    packages (the Jupyter server and kernel into the layer, then the repository's) from the
    package index. The ``--builds`` repositories differ only in a comment line of their
    requirements.txt, which is enough for a key of their own: each is built. After each
-   build the run waits until the hub has put its wheels in the package cache (its log says
-   ``Package cache:`` in its build log). Also timed cold: a uv build of three small packages
-   (``SMALL_REQUIREMENTS``: with Python and pip, as many packages as the conda build) and,
+   build the run waits until the hub has put its wheels in the package cache and unpacked
+   them into the package store (its log says ``Package cache:`` in its build log). Also
+   timed cold: a uv build of three small packages (``SMALL_REQUIREMENTS``: with Python and
+   pip, as many packages as the conda build) and,
    when the machine has the pyenv CPython 3.10.13 that tests/condachannel.py repackages, a
    conda ``environment.yml`` of Python 3.10, pip and two small packages (one with a
    compiled library) solved and installed from that local channel, served on loopback as
@@ -32,8 +34,9 @@ gets their newest releases. These are timed:
    hub's events from before then arrive together, so a fetch done by then shows as 0.
 2. Known packages: ``--builds`` new repositories asking for numpy, pandas and matplotlib
    plus termcolor, after the cold builds left their wheels in the package cache and the
-   last one its server layer: the Jupyter server is the layer's, the three packages' wheels
-   come from the package cache, termcolor from the index.
+   last one its server layer: the Jupyter server is the layer's, the three packages and
+   their dependencies are the package store's (unpacked and compiled after the last cold
+   build), termcolor comes from the index (then from the store, for the next ones).
 3. Warm launch: the first repository again, its environment now in the cache, from opening
    the event stream until ``ready``; split the same way (fetch: until the environment was
    found); the conda repository's warm launch too.
@@ -346,9 +349,9 @@ def conda_channel() -> Iterator[str | None]:
 
 @dataclass
 class Packages:
-    """The hub's package cache and its shared server layers: emptied before a cold build,
-    and awaited after each build (the hub adds a build's wheels after its launch went on,
-    before the next build)."""
+    """The hub's package cache, package store and shared server layers: emptied before a
+    cold build, and awaited after each build (the hub adds a build's wheels to the cache
+    and the store after its launch went on, before the next build)."""
 
     hub: Hub
     cache: PackageCache
@@ -359,6 +362,8 @@ class Packages:
         shutil.rmtree(self.cache.wheels, ignore_errors=True)
         for layer in self.envs.layers():  # built again, at the same place, by the next build
             self.envs.remove(layer.key)
+        for entry in self.envs.stores():  # the package store's, unpacked from those wheels
+            self.envs.remove(entry.key)
 
     def kept(self, logs: Path) -> None:
         """Wait until the hub has noted in the build logs that it kept this build's wheels

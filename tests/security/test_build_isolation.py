@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from system.conftest import PYTHON
-from system.test_builds import Site, site
+from system.test_builds import TABULATE, Site, site
 
 __all__ = ["site"]
 
@@ -143,3 +144,42 @@ def test_a_build_cannot_change_the_shared_server_layer(site: Site) -> None:
         layer / "bin/jupyterhub-singleuser"
     ).is_file()
     assert "jupyterlab==0.1" not in (layer.parent / "server-constraints.txt").read_text()
+
+
+STORE_TAMPER = """#!/bin/bash
+stored=$(python -c 'import os, tabulate; print(os.path.dirname(tabulate.__path__[0]))')
+echo "stored at: $stored"
+try() { if eval "$1" 2>/dev/null; then echo "TAMPERED: $1"; fi; }
+try 'echo "# planted" >> "$stored/tabulate/__init__.py"'
+try 'echo planted > "$stored/planted.pth"'
+try 'touch -d 2001-01-01 "$stored/tabulate/__init__.py"'
+try 'rm -r "$stored/tabulate/__pycache__"'
+try 'mv "$stored/tabulate" "$stored/tabulate.moved"'
+try 'echo "{}" > "$stored/../../meta.json"'
+"""
+
+
+def test_a_build_cannot_change_a_package_store_entry(site: Site) -> None:
+    """What the store holds is referenced by every later environment of its packages: a
+    postBuild that uses a stored package cannot change it, and the entry is root's, with
+    nothing writable by another account."""
+    site.prepare(site.repo({"requirements.txt": f"{TABULATE}\n# kept\n"}), settle=True)
+    files = {"requirements.txt": f"{TABULATE}\n", "postBuild": STORE_TAMPER}
+    prepared, events = site.prepare(site.repo(files, executable=("postBuild",)))
+    log = [message for _, message in events]
+    assert any(line.startswith("stored at: ") for line in log), log
+    assert not [line for line in log if line.startswith("TAMPERED")], log
+    [key] = prepared.env.stores
+    entry = prepared.env.path.with_name(key)
+    before = {line.split(": ", 1)[1] for line in log if line.startswith("stored at: ")}
+    [stored] = before
+    assert stored.startswith(f"{entry}/packages/")
+    assert "# planted" not in Path(stored, "tabulate/__init__.py").read_text()
+    assert Path(stored, "tabulate/__pycache__").is_dir()
+    assert not Path(stored, "planted.pth").exists()
+    assert json.loads((entry / "meta.json").read_text())["kind"] == "packages"
+    for folder, dirs, names in os.walk(entry):
+        for name in [".", *dirs, *names]:
+            info = os.lstat(os.path.join(folder, name))
+            assert info.st_uid == 0 and not info.st_mode & 0o6000, (folder, name)
+            assert stat.S_ISLNK(info.st_mode) or not info.st_mode & 0o022, (folder, name)

@@ -69,13 +69,23 @@ class Site:
         make_repo(self.git.base / name, files, executable=executable)
         return name
 
-    def prepare(self, name: str, **limits: Any) -> tuple[Prepared, list[tuple[str, str]]]:
+    def prepare(
+        self, name: str, settle: bool = False, **limits: Any
+    ) -> tuple[Prepared, list[tuple[str, str]]]:
+        """Launch ``name``; ``settle``: and wait until its wheels are kept and stored, as
+        the hub does after the launch went on."""
         config = self.config(**limits)
         repositories = Repositories(config, cgroups.detect())
         source = repo_source(self.git.url(name), "main", config.binder)
         events: list[tuple[str, str]] = []
-        prepared = asyncio.run(repositories.prepare(source, lambda p, m: events.append((p, m))))
-        return prepared, events
+
+        async def launch() -> Prepared:
+            prepared = await repositories.prepare(source, lambda p, m: events.append((p, m)))
+            if settle:
+                await repositories.settled()
+            return prepared
+
+        return asyncio.run(launch()), events
 
     def entries(self) -> set[str]:
         """The cache's entries but the server layers (a refused build may make the first)."""
@@ -496,6 +506,45 @@ def test_env_list_rebuild_and_prune(site: Site) -> None:
     assert list(wheels.iterdir()) == [] and "package cache: 0 wheels" in pruned.stdout
     assert EnvCache.of(site.config()).get(key) is None
     assert not (site.root / "binder/envs" / key).exists()
+
+
+def test_a_repository_of_known_packages_takes_them_from_the_package_store(site: Site) -> None:
+    """A build's kept wheels are unpacked and compiled into the store; a new repository
+    asking for them references them instead of installing them, and prune keeps the store
+    entries environments use."""
+    first, _ = site.prepare(site.repo({"requirements.txt": f"{TABULATE}\n# store\n"}), True)
+    cache = EnvCache.of(site.config())
+    [entry] = [e for e in cache.stores() if "tabulate==0.9.0" in e.packages]
+    assert entry.layer == first.env.layer
+    stored = entry.path / "packages" / entry.packages["tabulate==0.9.0"]
+    assert list(stored.glob("tabulate/__pycache__/__init__.cpython-*.pyc"))
+
+    files = {"requirements.txt": f"{TABULATE}\n{TERMCOLOR}\n"}
+    second, events = site.prepare(site.repo(files), True)
+    log = [message for _, message in events]
+    assert "Using 1 packages from the package store" in log, "\n".join(log[-20:])
+    [site_packages] = second.env.prefix.glob("lib/python*/site-packages")
+    assert not (site_packages / "tabulate").exists() and (site_packages / "termcolor").is_dir()
+    assert python(second, "import tabulate; print(tabulate.__file__)").startswith(f"{stored}/")
+    assert version(second, "tabulate") == "0.9.0" and has(second, "termcolor")
+    listed = python(
+        second,
+        "import subprocess, sys; print(subprocess.run([sys.executable, "
+        "'-m', 'pip', 'list'], capture_output=True, text=True).stdout)",
+    )
+    assert "tabulate" in listed and "termcolor" in listed
+    script = (second.env.prefix / "bin/tabulate").read_text()
+    assert script.startswith(f"#!{second.env.prefix}/bin/python")
+    assert second.env.stores == [entry.key]
+
+    # The second build's termcolor went into an entry of its own, which nothing uses.
+    [unused] = [e for e in cache.stores() if "termcolor==2.4.0" in e.packages]
+    month_ago = time.time() - 31 * 86400
+    for key in (entry.key, unused.key):
+        os.utime(site.root / "binder/used" / key, (month_ago, month_ago))
+    cache.prune(30 * 86400)
+    assert [e.key for e in cache.stores()] == [entry.key]
+    assert python(second, "import tabulate; print('ok')") == "ok"
 
 
 # -- declared environments ------------------------------------------------------------------

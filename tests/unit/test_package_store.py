@@ -58,7 +58,13 @@ def test_the_split_writes_the_pth_and_what_uv_installs(tmp_path: Path) -> None:
     done = subprocess.run(run, capture_output=True, text=True, check=True)
     assert done.stdout == "/s/tabulate-0.9.0\n"
     assert (tmp_path / "rest").read_text() == "termcolor==2.4.0\n"
-    assert "site.addsitedir(p) for p in ['/s/tabulate-0.9.0']" in (tmp_path / PTH).read_text()
+    assert (tmp_path / PTH).read_text() == "import site; site.addsitedir('/s/tabulate-0.9.0')\n"
+    # Read as site reads site-packages: the folder lands on sys.path, without errors.
+    (tmp_path / PTH).write_text(store_pins.pth_line([str(tmp_path / "stored")]))
+    (tmp_path / "stored").mkdir()
+    code = f"import site, sys; site.addsitedir({str(tmp_path)!r}); print(sys.path[-1])"
+    seen = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert (seen.stdout, seen.stderr) == (f"{tmp_path / 'stored'}\n", "")
     (tmp_path / "pins.txt").write_text("-e file:///repo\n")
     refused = subprocess.run(run, capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "Not using the package store" in refused.stderr
@@ -99,7 +105,7 @@ def test_a_build_on_the_store_resolves_first_and_falls_back_as_before() -> None:
         in script
     )
     assert (
-        f"--constraint {LAYER}/server-constraints.txt --find-links {wheels} -r requirements.txt"
+        f"--constraint {LAYER}/server-constraints.txt --find-links {wheels} -- requirements.txt"
         in script
     )
     assert "--no-deps -r /srv/binder/envs/abc/.hubstack-build/rest" in script

@@ -264,7 +264,7 @@ def _compile(
     return (
         f"(cd {q(str(repo))} && {q(uv)} pip compile --quiet --no-header --no-annotate "
         f"--python {q(str(env / 'bin/python'))} --constraint {q(str(pins))}{links} "
-        + " ".join(f"-r {q(path)}" for path in files)
+        + " ".join(["--", *map(q, files)])
         + ")"
     )
 

@@ -63,8 +63,9 @@ def split(
 
 def pth_line(folders: list[str]) -> str:
     """One ``.pth`` line adding each folder as a site directory (their own ``.pth`` files
-    are read, as in site-packages), after the environment's site-packages."""
-    return f"import site; [site.addsitedir(p) for p in {folders!r}]\n"
+    are read, as in site-packages), after the environment's site-packages. Statements,
+    not a comprehension: site runs the line in a function's scope, which one cannot see."""
+    return "import site; " + "; ".join(f"site.addsitedir({f!r})" for f in folders) + "\n"
 
 
 def main(argv: list[str]) -> int:
