@@ -27,7 +27,15 @@ import pytest
 import requests
 from conftest import needs_default_env, needs_root
 from hubprocesses import kill_hub
-from hubtest import DEFAULT_ENV, Hub, Session, execute, running_hub, wait_for
+from hubtest import (
+    DEFAULT_ENV,
+    Hub,
+    Session,
+    execute,
+    python_as_nobody,
+    running_hub,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
@@ -298,6 +306,34 @@ def test_a_forked_kernel_has_its_own_directory_and_variables_interrupt_restart_s
     wait_for(lambda: status(int(parent))["State"][0] == "Z", 30, "the kernel parent to end")
     afresh = session.run_code(IDS, timeout=120)
     assert afresh.status == "ok" and int(afresh.stdout.split()[1]) == server, afresh
+
+
+# Launches the kernel parent must not take: another kernel spec, another Python, a Popen
+# argument it cannot honour, a variable read when Python or its imports start.
+FORKABLE = """
+import sys
+from hubstack_kernels.provisioner import forkable
+own = [sys.executable, "-m", "ipykernel_launcher", "-f", "c.json"]
+cases = [
+    (own, {"env": {}, "cwd": "/tmp"}),
+    (own, {"env": {"HOME": "/h", "JPY_SESSION_NAME": "a.ipynb"}}),
+    (["R", "--slave", "-e", "IRkernel::main()"], {"env": {}}),
+    (["/usr/bin/python3", *own[1:]], {"env": {}}),
+    ([own[0], "-m", "other_kernel", *own[3:]], {"env": {}}),
+    (own, {"env": {}, "independent": True}),
+    (own, {"env": {}, "stdout": 1}),
+    (own, {"env": {"PYTHONPATH": "/x"}}),
+    (own, {"env": {"LD_PRELOAD": "/x.so"}}),
+    (own, {"env": {"PYDEVD_USE_CYTHON": "NO"}}),
+]
+print(" ".join(str(forkable(cmd, kwargs)) for cmd, kwargs in cases))
+"""
+
+
+def test_only_this_pythons_ipykernel_without_start_time_variables_is_forked() -> None:
+    assert python_as_nobody(DEFAULT_ENV / "bin/python3", FORKABLE).split() == (
+        ["True", "True"] + ["False"] * 8
+    )
 
 
 def test_a_stopped_server_is_gone_and_the_next_start_forks_again(

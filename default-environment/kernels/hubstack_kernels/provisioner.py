@@ -174,7 +174,7 @@ def forkable(cmd: list[str], kwargs: dict[str, Any]) -> bool:
         kwargs.get(name) is not None for name in ("stdin", "stdout", "stderr")
     ):
         return False
-    env = kwargs.get("env") or os.environ
+    env = os.environ if kwargs.get("env") is None else kwargs["env"]
     return not any(name.startswith(START_TIME_PREFIXES) for name in env)
 
 
@@ -190,7 +190,7 @@ class ForkedKernelProvisioner(LocalProvisioner):  # type: ignore[misc]
             self.log.info("Not this Python's ipykernel, or start-time variables: started afresh")
             return await super().launch_kernel(cmd, **kwargs)
         cwd = str(kwargs.get("cwd") or os.getcwd())
-        env = dict(kwargs.get("env") or os.environ)
+        env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
         try:
             kernel = await asyncio.to_thread(parent.launch, cmd, env, cwd)
         except (OSError, ValueError) as exc:
