@@ -12,13 +12,18 @@ and by the baseline
 installed (Debian's ``rclone`` package; benchmark setup only, not the test suite's), by
 ``rclone copy`` with its default settings (4 transfers, its own checksum checks), taking
 turns so that noise hits them alike. Both stores run on loopback as emulators, so the numbers
-compare the clients, not a network. The scratch directory (``TMPDIR``) holds the data, one
-copy back and Azurite's objects: give it room for seven times ``--total``.
+compare the clients, not a network. Each client gets a fresh store (nothing left by another
+client's copy), its process confined to ``--store-memory`` in a cgroup of its own: moto's
+server reads a whole object for every ranged GET, so concurrent ranges of a 2 GiB object
+can take more memory than the machine has, and the kernel then stops the store, not the
+machine's other work (the row says so). The scratch directory (``TMPDIR``) holds the data,
+one copy back and Azurite's objects: give it room for five times ``--total``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,13 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from hubtest import DEFAULT_ENV
 from storage_emulators import AZURITE_ACCOUNT, AZURITE_KEY, azurite, moto_s3
 
+from hubstack.system import cgroups
 from hubstack.units import parse_size
 
 WORKER = Path(__file__).with_name("data_copy_worker.py")
@@ -58,14 +66,15 @@ def write(path: Path, size: int, block: bytes) -> None:
             size -= len(block)
 
 
-def timed(how: str, direction: str, store: tuple[str, dict], local: Path, remote: str) -> float:
-    protocol, options = store
+def timed(how: str, direction: str, spec: tuple[str, dict], local: Path, remote: str) -> float:
+    protocol, options = spec
     argv = [str(DEFAULT_ENV / "bin/python"), str(WORKER), how, direction, protocol]
     argv += [json.dumps(options), str(local), remote]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
-        # A store can fail a copy (moto's server loses 2 GB multipart uploads at times):
-        # the table says so and the run goes on.
+        # A store can fail a copy (s3fs's default read timeout, 15 s, is shorter than moto's
+        # server takes to assemble a 2 GiB multipart upload, and the repeated request
+        # fails; a store stopped at its memory limit): the table says so, the run goes on.
         last = (proc.stderr.strip().splitlines() or [""])[-1]
         print(f"{how} {direction} {remote} failed: {last}", file=sys.stderr)
         return math.nan
@@ -113,58 +122,91 @@ def rclone_remote(protocol: str, options: dict) -> dict[str, str]:
     }
 
 
+Store = tuple[str, dict]
+
+
+@contextlib.contextmanager
+def store(kind: str, work: Path, memory: int) -> Iterator[Store]:
+    """A fresh emulator of ``kind`` (``s3``, ``azure``) as an fsspec protocol and options,
+    with the benchmark's buckets, in a cgroup limited to ``memory`` bytes."""
+    with moto_s3() if kind == "s3" else azurite(work) as emulator, confined(emulator, memory):
+        if kind == "s3":
+            options = {"key": "bench", "secret": "bench", "endpoint_url": emulator.endpoint}
+            spec: Store = ("s3", options)
+        else:
+            spec = (
+                "abfs",
+                {
+                    "connection_string": f"DefaultEndpointsProtocol=http;AccountName="
+                    f"{AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                    f"BlobEndpoint={emulator.endpoint};"
+                },
+            )
+        setup = [str(DEFAULT_ENV / "bin/python"), "-c", MAKE_BUCKETS, *store_args(spec)]
+        subprocess.run(setup, check=True, timeout=120)
+        yield spec
+
+
+@contextlib.contextmanager
+def confined(emulator: Any, memory: int) -> Iterator[None]:
+    """The emulator's process in a memory cgroup of its own, removed afterwards; an OOM
+    kill in it is reported."""
+    group = cgroups.detect().prepare(
+        f"bench-store-{os.getpid()}", cgroups.Limits(cpu=None, memory=memory)
+    )
+    try:
+        procs = group.procs_files()
+        if procs is None:
+            print("the store's memory is not limited here (no cgroup to join)", file=sys.stderr)
+        for path in procs or []:
+            Path(path).write_text(str(emulator.proc.pid))
+        yield
+    finally:
+        if group.oom_kills():
+            print(
+                f"the store ran out of its {memory / 2**30:.0f} GiB and was stopped",
+                file=sys.stderr,
+            )
+        group.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--total", default="2G")
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--stores", default="s3,azure", help="which of s3, azure")
     parser.add_argument("--data", default="many,one", help="which of many, one")
+    parser.add_argument("--store-memory", default="12G", help="each emulator's memory limit")
     args = parser.parse_args()
     hows = ("hubdata", "baseline", "rclone") if RCLONE else ("hubdata", "baseline")
     total = parse_size(args.total)
+    memory = parse_size(args.store_memory)
     work = Path(tempfile.mkdtemp(prefix="hubstack-data-bench-"))
+    names = {"s3": "s3 (moto)", "azure": "azure (Azurite)"}
     try:
         data = make_data(work, total, args.files)
-        with moto_s3() as s3, azurite(work) as blob:
-            stores = {
-                "s3 (moto)": (
-                    "s3",
-                    {"key": "bench", "secret": "bench", "endpoint_url": s3.endpoint},
-                ),
-                "azure (Azurite)": (
-                    "abfs",
-                    {
-                        "connection_string": f"DefaultEndpointsProtocol=http;AccountName="
-                        f"{AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={blob.endpoint};"
-                    },
-                ),
-            }
-            print(f"{total / 1e9:.2f} GB as {args.files} files and as one file; MB/s")
-            print(f"{'store':16} {'data':5} {'dir':4}" + "".join(f" {h:>9}" for h in hows))
-            for name, store in stores.items():
-                if name.split()[0] not in args.stores.split(","):
-                    continue
-                setup = [str(DEFAULT_ENV / "bin/python"), "-c", MAKE_BUCKETS, *store_args(store)]
-                subprocess.run(setup, check=True, timeout=120)
-                for label, local in data.items():
-                    if label not in args.data.split(","):
-                        continue
-                    rates = {}
-                    for how in hows:
-                        remote = f"bench-{how}/{label}"
-                        back = work / f"back-{how}-{label}"
+        print(f"{total / 1e9:.2f} GB as {args.files} files and as one file; MB/s")
+        print(f"{'store':16} {'data':5} {'dir':4}" + "".join(f" {h:>9}" for h in hows))
+        for kind in args.stores.split(","):
+            for label in args.data.split(","):
+                local = data[label]
+                rates = {}
+                for how in hows:
+                    remote = f"bench-{how}/{label}"
+                    back = work / f"back-{how}-{label}"
+                    with store(kind, work, memory) as spec:
                         if how == "rclone":
-                            remote_env = rclone_remote(*store)
+                            remote_env = rclone_remote(*spec)
                             out = timed_rclone("out", remote_env, local, remote)
                             inn = timed_rclone("in", remote_env, back, remote)
                         else:
-                            out = timed(how, "out", store, local, remote)
-                            inn = timed(how, "in", store, back, remote)
-                        rates[how] = (total / out / 1e6, total / inn / 1e6)
-                        shutil.rmtree(back, ignore_errors=True)
-                    for i, direction in enumerate(("out", "in")):
-                        cells = "".join(f" {rates[h][i]:9.1f}" for h in hows)
-                        print(f"{name:16} {label:5} {direction:4}{cells}", flush=True)
+                            out = timed(how, "out", spec, local, remote)
+                            inn = timed(how, "in", spec, back, remote)
+                    rates[how] = (total / out / 1e6, total / inn / 1e6)
+                    shutil.rmtree(back, ignore_errors=True)
+                for i, direction in enumerate(("out", "in")):
+                    cells = "".join(f" {rates[h][i]:9.1f}" for h in hows)
+                    print(f"{names[kind]:16} {label:5} {direction:4}{cells}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -177,8 +219,8 @@ for name in ("bench-hubdata", "bench-baseline", "bench-rclone"):
 """
 
 
-def store_args(store: tuple[str, dict]) -> list[str]:
-    return [store[0], json.dumps(store[1])]
+def store_args(spec: Store) -> list[str]:
+    return [spec[0], json.dumps(spec[1])]
 
 
 if __name__ == "__main__":

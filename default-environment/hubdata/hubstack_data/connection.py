@@ -17,6 +17,13 @@ import requests
 from fsspec.implementations.dirfs import DirFileSystem
 
 UNREACHABLE = "the hub cannot be reached"
+# How long s3fs waits for a store's answer to go on (its default is 15 s). A store may take
+# longer to assemble a large multipart upload (moto's server took more than 15 s for 2 GiB)
+# and botocore then sends the CompleteMultipartUpload again, which fails: the upload is gone
+# or, still being assembled by the first request, broken ("seek of closed file"). AWS keeps
+# such a connection alive with whitespace; other S3-compatible stores need not. 5 minutes is
+# rclone's idle timeout. A store that is down is still found at once (connect_timeout).
+S3_READ_TIMEOUT = 300
 
 
 class ConnectionError_(Exception):
@@ -76,19 +83,24 @@ def open_connection(name: str, asynchronous: bool = False) -> Connection:
     """The connection ``name`` of this server's user (their own, else a group's);
     ``asynchronous`` for callers on an event loop (JupyterLab's file browser)."""
     answer = hub_request(f"credentials/{quote(name, safe='')}")
-    # A fresh client each time: a revoked or changed connection takes effect at once.
-    fs = fsspec.filesystem(
-        answer["protocol"],
-        skip_instance_cache=True,
-        asynchronous=asynchronous,
-        **answer["storage_options"],
-    )
+    fs = filesystem(answer["protocol"], answer["storage_options"], asynchronous)
     root = "/".join(p for p in (answer["container"], answer["prefix"]) if p)
     return Connection(
         name,
         answer["mode"],
         answer["group"],
         DirFileSystem(path=root, fs=fs, asynchronous=asynchronous),
+    )
+
+
+def filesystem(protocol: str, options: dict[str, Any], asynchronous: bool = False) -> Any:
+    """The library's filesystem for a store, as hubdata uses it: a fresh client each time,
+    so that a revoked or changed connection takes effect at once."""
+    if protocol == "s3":
+        config = {"read_timeout": S3_READ_TIMEOUT} | options.get("config_kwargs", {})
+        options = options | {"config_kwargs": config}
+    return fsspec.filesystem(
+        protocol, skip_instance_cache=True, asynchronous=asynchronous, **options
     )
 
 

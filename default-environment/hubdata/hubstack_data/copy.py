@@ -1,13 +1,13 @@
 """Copies between a server's files and a storage connection: resumable, checksummed.
 
-Uploads go through the library's own ``put_file`` (adlfs and s3fs move large files in
-parallel blocks, several files at once here); downloads stream through s3fs's client or
-the Azure SDK's and hash the object on the way in (``s3_get``, ``azure_get``). A copy is
-then verified
-against the store's own digest of the object (S3's ETag, Azure's Content-MD5; see
-``digest``), taken from one listing of the source (downloads) or of the destination after
-the uploads, by hashing the local file: the object is not moved twice and no request is
-made per file. Where the store gives no digest or it does not match, the object is read
+Every file is a task on the library's own event loop, several at once (``Transfers``).
+Uploads go through the library's own ``_put_file`` (adlfs and s3fs move large files in
+parallel blocks); downloads stream through s3fs's client or the Azure SDK's and are
+checked on the way in (``s3_get``, ``AzureGet``). A copy is verified against the
+store's own digest of the object (S3's ETag, Azure's Content-MD5; see ``digest``), taken
+from one listing of the source (downloads) or of the destination after the uploads, or
+against the checksum S3 sends with an object (checked by botocore as it comes in): the
+object is not moved twice and no request is made per file. Where the store gives no digest or it does not match, the object is read
 again and SHA-256 of both sides compared. A local destination is written under a
 temporary name and renamed when verified, and an object in a store appears only when its
 upload completes, so after an interruption a file either is whole or is missing: a rerun
@@ -23,7 +23,7 @@ import os
 import posixpath
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -175,37 +175,63 @@ class Progress(Callback):
         self.reported = self.value
 
 
-def upload(dst: Side, item: Item, parts: int, progress: Callable[[int], Any]) -> None:
-    """One file into the store; verified afterwards, with the others (``verify_uploads``)."""
+def library(side: Side) -> AbstractFileSystem:
+    """The library's filesystem (s3fs, adlfs): a connection's is under a DirFileSystem."""
+    return getattr(side.fs, "fs", side.fs)
+
+
+def in_library(side: Side, path: str) -> str:
+    """``path`` of ``side`` as the library's filesystem names it."""
+    return side.fs._join(path) if library(side) is not side.fs else path  # type: ignore[attr-defined]
+
+
+async def send(dst: Side, parts: int, progress: Callable[[int], Any], item: Item) -> None:
+    """One file into the store through the library's own ``_put_file``; verified
+    afterwards, with the others (``verify_uploads``)."""
+    store = library(dst)
     options: dict[str, Any] = {"max_concurrency": parts}
-    if item.size > AZURE_SINGLE_PUT and "abfs" in getattr(dst.fs, "fs", dst.fs).protocol:
+    hashing = None
+    if item.size > AZURE_SINGLE_PUT and "abfs" in store.protocol:
         # Azure sets Content-MD5 itself only for a blob sent in one request; a larger one
         # gets the file's, for later copies to verify against, and the service checks
         # every block it receives against the MD5 of what was read (validate_content).
-        item.md5 = digest.of_file(item.src)
+        item.md5 = await asyncio.to_thread(digest.of_file, item.src)
         md5 = bytearray(bytes.fromhex(item.md5))
         options |= {"content_settings": {"content_md5": md5}, "validate_content": True}
-    hashing = None
-    if "s3" in getattr(dst.fs, "fs", dst.fs).protocol and digest.s3fs_parts(item.size):
+    elif "s3" in store.protocol and (part := digest.s3fs_parts(item.size)):
         # A multipart upload's ETag is checked against the file's part MD5s, computed
         # while the parts are sent rather than after.
-        hashing = ThreadPoolExecutor(1)
-        part_md5 = hashing.submit(digest.of_file, item.src, digest.s3fs_parts(item.size))
+        hashing = asyncio.ensure_future(asyncio.to_thread(digest.of_file, item.src, part))
     try:
-        dst.fs.put_file(item.src, item.dst, callback=Progress(progress), **options)
+        await store._put_file(  # type: ignore[attr-defined]
+            item.src, in_library(dst, item.dst), callback=Progress(progress), **options
+        )
     finally:
         if hashing is not None:
-            hashing.shutdown()
+            await asyncio.wait([hashing])  # the thread is not left reading the file
     if hashing is not None:
-        item.md5 = part_md5.result()
+        item.md5 = hashing.result()
 
 
-def download(src: Side, item: Item, parts: int, progress: Callable[[int], Any]) -> None:
-    """One object to a local file through the library's ``get_file`` (a store other than
-    S3 or Azure): written beside it, renamed when verified."""
-    os.makedirs(os.path.dirname(item.dst) or ".", exist_ok=True)
-    src.fs.get_file(item.src, item.dst + PARTIAL, callback=Progress(progress))
-    settle(src, item, None)
+# A download: the digest it computed, True if the library checked it, or None.
+Fetch = Callable[..., Coroutine[Any, Any, str | bool | None]]
+
+
+async def receive(
+    src: Side, fetch: Fetch, parts: int, progress: Callable[[int], Any], made: set[str], item: Item
+) -> None:
+    """One object to a local file, written beside it and renamed when verified."""
+    folder = os.path.dirname(item.dst) or "."
+    if folder not in made:
+        os.makedirs(folder, exist_ok=True)
+        made.add(folder)
+    partial = item.dst + PARTIAL
+    computed = await fetch(in_library(src, item.src), item, partial, parts, progress)
+    stored = digest.of(item.info)
+    if computed is True or (stored is not None and stored.md5 == computed):
+        os.replace(partial, item.dst)  # verified on the way in: no thread needed
+    else:
+        await asyncio.to_thread(settle, src, item, computed)
 
 
 def settle(src: Side, item: Item, computed: str | None) -> None:
@@ -216,43 +242,43 @@ def settle(src: Side, item: Item, computed: str | None) -> None:
     os.replace(item.dst + PARTIAL, item.dst)
 
 
-Fetch = Callable[..., Coroutine[Any, Any, str | None]]
+Transfer = Callable[[Item], Coroutine[Any, Any, None]]
 
 
-def streamer(side: Side) -> Fetch | None:
-    """How objects of ``side``'s store are streamed in, if hubdata does it itself."""
-    protocol = getattr(side.fs, "fs", side.fs).protocol
-    return s3_get if "s3" in protocol else azure_get if "abfs" in protocol else None
-
-
-class Downloads:
-    """Downloads from S3 or Azure, each a task on the library's own event loop (s3fs and
+class Transfers:
+    """Copies to or from the store, each a task on the library's own event loop (s3fs and
     adlfs are asyncio), ``workers`` at once: not a thread each that waits on the loop,
     which for many small files cost more CPU than the copies (the GIL passed between
     64 threads). Submitted and stopped as a thread pool's work is, for ``run``."""
 
-    def __init__(self, src: Side, fetch: Fetch, workers: int, parts: int, progress: Any) -> None:
-        self.src, self.fetch, self.parts, self.progress = src, fetch, parts, progress
-        self.store = getattr(src.fs, "fs", src.fs)  # the library's, under a DirFileSystem
+    def __init__(
+        self,
+        store: AbstractFileSystem,
+        one: Transfer,
+        workers: int,
+        close: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        self.store, self.one, self.closing = store, one, close
         self.limit = asyncio.Semaphore(workers)
         self.stopped = threading.Event()
 
     def submit(self, item: Item) -> Future[None]:
-        return asyncio.run_coroutine_threadsafe(self.one(item), self.store.loop)
+        return asyncio.run_coroutine_threadsafe(self.limited(item), self.store.loop)
 
     def stop(self) -> None:
-        """Start no further download; those under way finish."""
+        """Start no further copy; those under way finish."""
         self.stopped.set()
 
-    async def one(self, item: Item) -> None:
+    def close(self) -> None:
+        """Release what the copies shared (the Azure SDK's client), on the loop."""
+        if self.closing is not None:
+            asyncio.run_coroutine_threadsafe(self.closing(), self.store.loop).result()
+
+    async def limited(self, item: Item) -> None:
         async with self.limit:
             if self.stopped.is_set():
                 raise asyncio.CancelledError
-            os.makedirs(os.path.dirname(item.dst) or ".", exist_ok=True)
-            path = self.src.fs._join(item.src) if self.store is not self.src.fs else item.src
-            partial = item.dst + PARTIAL
-            computed = await self.fetch(self.store, path, item, partial, self.parts, self.progress)
-            await asyncio.to_thread(settle, self.src, item, computed)
+            await self.one(item)
 
 
 class Writer:
@@ -318,17 +344,25 @@ async def s3_get(
     partial: str,
     streams: int,
     progress: Callable[[int], Any],
-) -> str | None:
-    """An S3 object to ``partial`` as up to ``streams`` ranged GETs through s3fs's client,
-    each streamed to its place in the file and hashed on the way (the store's digest,
-    if it has one that is an MD5); the digest computed, or None.
+) -> str | bool | None:
+    """An S3 object to ``partial`` through s3fs's client, each part streamed to its place
+    in the file: the digest computed on the way in (the store's, if it has one that is an
+    MD5), True if botocore checked the bytes against the store's own checksum of the
+    object, or None.
 
     Not s3fs's ``get_file``: that GETs the whole object once before asking for ranges,
     holds each range whole in memory, and hashing it means reading the file again; this
     one pass costs a tenth of its CPU time (0.4 against 4 CPU-seconds for 512 MiB), which
-    on a machine shared with the store is the throughput. A plain MD5 must be computed
-    in order, so such an object comes in as one stream; a multipart one comes in ranges
-    of whole parts, each hashed apart."""
+    on a machine shared with the store is the throughput. An object sent in one request
+    comes in as one GET: S3 gives its checksum (CRC32 and the like, which botocore and
+    other clients add to every upload) with it and botocore checks it as the last byte
+    is read, so no MD5 is computed here (botocore computes that checksum in any case);
+    without one, the plain MD5 is computed in order. A multipart object comes in as
+    ranged GETs of whole parts, up to ``streams`` at once, each hashed apart."""
+    # Imported here, as s3fs does: an Azure copy does not need botocore.
+    from aiobotocore.httpchecksum import AioStreamingChecksumBody
+    from botocore.exceptions import FlexibleChecksumError
+
     stored = digest.of(item.info)
     part = stored.part_size if stored else None
     if stored is not None and part is None:
@@ -340,18 +374,23 @@ async def s3_get(
     fd = created(partial)
     limit = asyncio.Semaphore(max(1, min(streams, S3_STREAMS)))
 
-    async def fetch(start: int) -> digest.Hasher:
-        hasher = digest.Hasher(part)
+    async def fetch(start: int) -> tuple[bool, digest.Hasher | None]:
         end = min(start + span, item.size)
-        writer = Writer(fd, start, hasher if stored else None, progress)
+        whole = start == 0 and end == item.size
+        ranged = {} if whole else {"Range": f"bytes={start}-{end - 1}"}
         async with limit:
             # s3fs's own call: its session, credentials, retries and error translation.
             answer = await s3._call_s3(  # type: ignore[attr-defined]
-                "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+                "get_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED", **ranged
             )
+            checked = whole and isinstance(answer["Body"], AioStreamingChecksumBody)
+            hasher = digest.Hasher(part) if stored and not checked else None
+            writer = Writer(fd, start, hasher, progress)
             try:
                 while chunk := await answer["Body"].read(CHUNK):
                     await writer.add(chunk)
+            except FlexibleChecksumError:
+                raise mismatch(item.src, item.dst) from None
             finally:
                 answer["Body"].close()
                 offset = await writer.close()
@@ -359,52 +398,63 @@ async def s3_get(
             raise OSError(
                 errno.EIO, f"{item.src}: the store sent {offset - start} of {end - start} bytes"
             )
-        return hasher
+        return checked, hasher
 
     try:
         async with asyncio.TaskGroup() as group:  # one range failing cancels the others
             tasks = [group.create_task(fetch(s)) for s in range(0, item.size, span)]
     except BaseExceptionGroup as failed:
+        if isinstance(failed.exceptions[0], CopyStopped):
+            os.unlink(partial)  # what was read differs from the store's checksum
         raise failed.exceptions[0] from None  # what the caller knows (a full quota...)
     finally:
         os.close(fd)
-    hashers = [task.result() for task in tasks]
+    results = [task.result() for task in tasks]
+    if len(results) == 1 and results[0][0]:
+        return True
+    hashers = [hasher for _, hasher in results if hasher is not None]
     return digest.joined(hashers) if stored and hashers else None
 
 
-async def azure_get(
-    abfs: AbstractFileSystem,
-    path: str,
-    item: Item,
-    partial: str,
-    streams: int,
-    progress: Callable[[int], Any],
-) -> str | None:
-    """An Azure blob to ``partial`` through the Azure SDK's own download, in order and
-    hashed on the way (a blob's Content-MD5 is of the whole); the MD5, or None.
+class AzureGet:
+    """Azure blobs to local files through the Azure SDK's own download, in order and
+    hashed on the way (a blob's Content-MD5 is of the whole).
 
     Not adlfs's ``get_file``: that leaves the SDK's defaults (4 MiB a request, read 4 KiB
-    at a time), and hashing its file means reading it again. The blob's client is the
-    one adlfs would use (its URL and credential), with larger requests and reads."""
-    # Imported here: the SDK takes a quarter of a second to import, which an S3 copy of a
-    # few seconds would pay for nothing.
-    from azure.core.exceptions import ResourceNotFoundError
-    from azure.storage.blob.aio import BlobClient
+    at a time), and hashing its file means reading it again. One client for the whole
+    copy, with adlfs's URL and credential and larger requests and reads, made on the
+    library's loop at the first blob: its connections serve every blob (a client per
+    blob cost a new HTTP session and connection each, more CPU than a small blob's
+    bytes)."""
 
-    container, blob, _ = abfs.split_path(path)
-    service = abfs.service_client  # type: ignore[attr-defined]
-    url = service.get_blob_client(container, blob).url
-    stored = digest.of(item.info)
-    fd = created(partial)
-    writer = Writer(fd, 0, digest.Hasher() if stored else None, progress)
-    try:
-        async with BlobClient.from_blob_url(
-            url,
-            credential=service.credential,
-            max_single_get_size=AZURE_GET,
-            max_chunk_get_size=AZURE_GET,
-            connection_data_block_size=AZURE_READ,
-        ) as client:
+    def __init__(self, abfs: AbstractFileSystem) -> None:
+        self.abfs = abfs
+        self.client: Any = None
+
+    async def __call__(
+        self, path: str, item: Item, partial: str, streams: int, progress: Callable[[int], Any]
+    ) -> str | None:
+        """One blob to ``partial``; its MD5, or None."""
+        # Imported here: the SDK takes a quarter of a second to import, which an S3 copy
+        # of a few seconds would pay for nothing.
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.storage.blob.aio import BlobServiceClient
+
+        if self.client is None:
+            service = self.abfs.service_client  # type: ignore[attr-defined]
+            self.client = BlobServiceClient(
+                service.url,
+                credential=service.credential,
+                max_single_get_size=AZURE_GET,
+                max_chunk_get_size=AZURE_GET,
+                connection_data_block_size=AZURE_READ,
+            )
+        container, blob, _ = self.abfs.split_path(path)
+        stored = digest.of(item.info)
+        fd = created(partial)
+        writer = Writer(fd, 0, digest.Hasher() if stored else None, progress)
+        try:
+            client = self.client.get_blob_client(container, blob)
             try:
                 answer = await client.download_blob()
             except ResourceNotFoundError:
@@ -414,11 +464,15 @@ async def azure_get(
                     await writer.add(chunk)
             finally:
                 size = await writer.close()
-    finally:
-        os.close(fd)
-    if size != item.size:
-        raise OSError(errno.EIO, f"{item.src}: the store sent {size} of {item.size} bytes")
-    return writer.hasher.hexdigest() if writer.hasher is not None else None
+        finally:
+            os.close(fd)
+        if size != item.size:
+            raise OSError(errno.EIO, f"{item.src}: the store sent {size} of {item.size} bytes")
+        return writer.hasher.hexdigest() if writer.hasher is not None else None
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
 
 
 def verified(
@@ -477,16 +531,15 @@ def run(
     largest = max((item.size for item in items), default=0)
     workers = min(max(WORKERS[0], IN_FLIGHT // max(largest, 1)), WORKERS[1], len(items) or 1)
     parts = max(1, PARTS // workers)
-    fetch = None if src.local else streamer(src)
-    with ThreadPoolExecutor(workers) as pool:
-        if fetch is not None:
-            downloads = Downloads(src, fetch, workers, parts, progress)
-            submit, stop = downloads.submit, downloads.stop
-        else:
-            one = partial(upload, dst) if src.local else partial(download, src)
-            submit = partial(pool.submit, one, parts=parts, progress=progress)
-            stop = partial(pool.shutdown, cancel_futures=True)
-        futures = [(item, submit(item)) for item in items]
+    if src.local:
+        transfers = Transfers(library(dst), partial(send, dst, parts, progress), workers)
+    else:
+        store = library(src)
+        fetch: Any = AzureGet(store) if "abfs" in store.protocol else partial(s3_get, store)
+        one = partial(receive, src, fetch, parts, progress, set())
+        transfers = Transfers(store, one, workers, getattr(fetch, "close", None))
+    futures = [(item, transfers.submit(item)) for item in items]
+    try:
         for item, future in futures:
             try:
                 future.result()
@@ -501,9 +554,11 @@ def run(
                         os.unlink(with_partial)
                 if failure is None:
                     failure = exc
-                    stop()
+                    transfers.stop()
             except CopyStopped as exc:
                 failure = failure or exc
+    finally:
+        transfers.close()
     if src.local and copied:
         verify_uploads(dst, copied)
     if isinstance(failure, OSError) and failure.errno in (errno.EDQUOT, errno.ENOSPC):
