@@ -522,7 +522,7 @@ def test_a_repository_of_known_packages_takes_them_from_the_package_store(site: 
     files = {"requirements.txt": f"{TABULATE}\n{TERMCOLOR}\n"}
     second, events = site.prepare(site.repo(files), True)
     log = [message for _, message in events]
-    assert "Using 1 packages from the package store" in log, "\n".join(log[-20:])
+    assert any(line.endswith("packages from the package store") for line in log), log[-20:]
     [site_packages] = second.env.prefix.glob("lib/python*/site-packages")
     assert not (site_packages / "tabulate").exists() and (site_packages / "termcolor").is_dir()
     assert python(second, "import tabulate; print(tabulate.__file__)").startswith(f"{stored}/")
@@ -535,7 +535,9 @@ def test_a_repository_of_known_packages_takes_them_from_the_package_store(site: 
     assert "tabulate" in listed and "termcolor" in listed
     script = (second.env.prefix / "bin/tabulate").read_text()
     assert script.startswith(f"#!{second.env.prefix}/bin/python")
-    assert second.env.stores == [entry.key]
+    assert entry.key in second.env.stores
+    pip = python(second, "import pip; print(pip.__file__)")  # pip as well, like --seed
+    assert any(pip.startswith(f"{e.path}/packages/") for e in cache.stores()), pip
 
     # The second build's termcolor went into an entry of its own, which nothing uses.
     [unused] = [e for e in cache.stores() if "termcolor==2.4.0" in e.packages]
@@ -543,7 +545,8 @@ def test_a_repository_of_known_packages_takes_them_from_the_package_store(site: 
     for key in (entry.key, unused.key):
         os.utime(site.root / "binder/used" / key, (month_ago, month_ago))
     cache.prune(30 * 86400)
-    assert [e.key for e in cache.stores()] == [entry.key]
+    kept = [e.key for e in cache.stores()]
+    assert entry.key in kept and unused.key not in kept
     assert python(second, "import tabulate; print('ok')") == "ok"
 
 

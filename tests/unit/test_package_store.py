@@ -82,8 +82,11 @@ def test_wheels_with_files_for_the_prefix_are_not_stored(tmp_path: Path) -> None
     scripts = wheel(tmp_path, "s-1.0-py3-none-any.whl", "s-1.0.data/scripts/s", "s.py")
     data = wheel(tmp_path, "ext-1.0-py3-none-any.whl", "ext-1.0.data/data/share/jupyter/x")
     headers = wheel(tmp_path, "h-1.0-py3-none-any.whl", "h-1.0.data/headers/h.h")
+    man = wheel(
+        tmp_path, "m-1.0-py3-none-any.whl", "m-1.0.data/data/", "m-1.0.data/data/share/man/man1/m.1"
+    )
     (tmp_path / "bad-1.0-py3-none-any.whl").write_text("not a zip")
-    assert storable(tmp_path / plain) and storable(tmp_path / scripts)
+    assert storable(tmp_path / plain) and storable(tmp_path / scripts) and storable(tmp_path / man)
     assert not storable(tmp_path / data) and not storable(tmp_path / headers)
     assert not storable(tmp_path / "bad-1.0-py3-none-any.whl")
     assert wheel_pin(plain) == ("plain-pkg==1.0", "plain-pkg-1.0")
@@ -109,6 +112,9 @@ def test_a_build_on_the_store_resolves_first_and_falls_back_as_before() -> None:
         in script
     )
     assert "--no-deps -r /srv/binder/envs/abc/.hubstack-build/rest" in script
+    # pip (and what else uv's --seed gives) is resolved with them, from the store too.
+    assert "uv venv --quiet --python /usr/bin/python3" in script
+    assert "-- requirements.txt /srv/binder/envs/abc/.hubstack-build/seed.txt" in script
     assert "Not using the package store" in script
     # Without a store, or for a project installed from the repository: as before.
     for plain in (
@@ -126,6 +132,7 @@ def test_a_build_on_the_store_resolves_first_and_falls_back_as_before() -> None:
         ),
     ):
         assert "pip compile" not in plain and "package store" not in plain
+        assert "uv venv --quiet --seed" in plain
 
 
 def test_prune_keeps_store_entries_in_use_or_recently_made(tmp_path: Path) -> None:

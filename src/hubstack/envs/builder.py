@@ -54,8 +54,8 @@ from hubstack.envs.git import export
 from hubstack.envs.layout import APT, ENV, HOME, HOME_CACHES, search_paths
 from hubstack.envs.package_store import MAP as STORE_MAP
 from hubstack.envs.package_store import PINS as STORE_PINS
+from hubstack.envs.package_store import SEED_FILE, entry_script, use_steps, write_map
 from hubstack.envs.package_store import applies as uses_store
-from hubstack.envs.package_store import entry_script, use_steps, write_map
 from hubstack.envs.packages import Harvest, PackageCache, index_urls
 from hubstack.envs.python_sources import uv_steps as uv_python_steps
 from hubstack.envs.r_env import kernel_steps as r_kernel_steps
@@ -198,10 +198,11 @@ def build_script(
     q = shlex.quote
     env, repo, scratch = target / ENV, target / "repo", target / SCRATCH
     pip = _pip(env, uv, wheels)
+    stored = layer is not None and bool(store) and uses_store(spec)
     lines = [
         "set -eu",
         f"cd {q(str(repo))}",
-        *_create_steps(spec, env, scratch, python, uv),
+        *_create_steps(spec, env, scratch, python, uv, seed=not stored),
         *apt_steps(spec.apt_packages, env / APT, scratch / "apt", back=repo),
         *(r_setup_steps(spec.r, env) if spec.r else []),
     ]
@@ -211,7 +212,7 @@ def build_script(
     else:
         constrained = f"{pip} --constraint {q(str(layer / CONSTRAINTS))}"
         layered = _repository_steps(spec, repo, scratch, constrained)
-        if store and uses_store(spec):
+        if stored:
             resolve = _compile(spec, env, repo, scratch, uv, wheels, layer / CONSTRAINTS)
             layered = [use_steps(env, layer, scratch, resolve, constrained, layered)]
         fallback = [*server, *_repository_steps(spec, repo, scratch, pip)]
@@ -257,7 +258,7 @@ def _compile(
     with the layer's ``pins`` as constraints (from the repository's root, as the spec names
     its requirement files)."""
     q = shlex.quote
-    files = [*spec.requirement_files]
+    files = [*spec.requirement_files, str(scratch / SEED_FILE)]
     if spec.requirements:
         files.append(str(scratch / "requirements.txt"))
     links = f" --find-links {q(str(wheels))}" if wheels is not None else ""
@@ -269,9 +270,12 @@ def _compile(
     )
 
 
-def _create_steps(spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str) -> list[str]:
+def _create_steps(
+    spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str, seed: bool = True
+) -> list[str]:
     """The environment itself: conda packages (their own Python), else a virtualenv of a hub
-    Python; either way with pip, for postBuild scripts and users (`pip install`)."""
+    Python; either way with pip, for postBuild scripts and users (`pip install`). Not
+    ``seed``: a virtualenv whose pip the package store gives (see package_store.SEED)."""
     q = shlex.quote
     if spec.conda is not None:
         # conda's pip only when the file asks for it; PyPI's otherwise, as for virtualenvs.
@@ -282,7 +286,7 @@ def _create_steps(spec: EnvSpec, env: Path, scratch: Path, python: Path, uv: str
         return uv_python_steps(spec.uv_python, env.parent, env, uv)
     return [
         f"echo {q(f'Creating the environment with {python.name}')}",
-        f"{q(uv)} venv --quiet --seed --python {q(str(python))} {q(str(env))}",
+        f"{q(uv)} venv --quiet{' --seed' if seed else ''} --python {q(str(python))} {q(str(env))}",
     ]
 
 

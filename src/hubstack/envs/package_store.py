@@ -23,7 +23,10 @@ fails, a pin is a URL or a path), the build installs as without the store, and s
 An environment's ``meta.json`` names the store entries it uses: ``hubstack env prune``
 keeps those and removes the others once unused for as long as an environment would be.
 Wheels with files for the environment's prefix (``.data/data``, ``.data/headers``: Jupyter
-extensions, headers) are not stored: they need an install into the environment.
+extensions, headers; manual pages aside) are not stored: they need an install into the
+environment. What ``uv venv --seed`` would put into the environment (pip, and setuptools
+and wheel before Python 3.12) is resolved with the repository's packages, so it comes from
+the store too.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ PTH = "hubstack-packages.pth"
 MAP = "package-store.json"
 """The build's input naming what the store holds, written by the hub into its scratch."""
 PINS = Path(__file__).with_name("store_pins.py")
+MAN = "share/man/"
+SEED_FILE = "seed.txt"
+# Run by the environment's Python: what `uv venv --seed` would install (pip; setuptools and
+# wheel too before Python 3.12), resolved with the repository's requirements, so that a
+# build on the store gets them from it too instead of installing and compiling them anew.
+SEED = "import sys; print('pip'); sys.version_info < (3, 12) and print('setuptools\\nwheel')"
 NOT_USED = "Not using the package store: installing the repository's packages as without it"
 
 
@@ -67,16 +76,22 @@ def applies(spec: EnvSpec) -> bool:
 
 def storable(wheel: Path) -> bool:
     """Whether the kept wheel (root's, checked against the index) installs only into
-    site-packages and scripts: ``.data/data`` and ``.data/headers`` land in the prefix."""
+    site-packages and scripts: ``.data/data`` and ``.data/headers`` land in the prefix,
+    except for manual pages (fonttools' ``ttx.1``), which no environment's ``MANPATH`` names
+    (they stay in the entry's folder)."""
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = archive.namelist()
     except (OSError, zipfile.BadZipFile):
         return False
-    parts = (name.split("/") for name in names)
-    return not any(
-        len(p) > 2 and p[0].endswith(".data") and p[1] in ("data", "headers") for p in parts
-    )
+    return not any(_for_the_prefix(name.split("/")) for name in names)
+
+
+def _for_the_prefix(parts: list[str]) -> bool:
+    if len(parts) < 3 or not parts[0].endswith(".data") or parts[1] not in ("data", "headers"):
+        return False
+    rest = "/".join(parts[2:])
+    return parts[1] == "headers" or not (MAN.startswith(rest) or rest.startswith(MAN))
 
 
 def wheel_pin(filename: str) -> tuple[str, str] | None:
@@ -147,12 +162,15 @@ def use_steps(
     without: list[str],
 ) -> str:
     """One shell command that installs a repository's packages from the store: resolve
-    with ``compile_cmd`` (the repository's requirements, constrained as ``pip``), split the
-    pins (:mod:`hubstack.envs.store_pins`), install the rest with ``pip --no-deps`` and copy
-    the stored packages' scripts; or else run ``without`` (single commands), saying so."""
+    with ``compile_cmd`` (the repository's requirements and :data:`SEED_FILE`, constrained
+    as ``pip``), split the pins (:mod:`hubstack.envs.store_pins`), install the rest with
+    ``pip --no-deps`` and copy the stored packages' scripts; or else install the seed
+    packages and run ``without`` (single commands), saying so."""
     q = shlex.quote
     python, layer_python = str(env / "bin/python"), str(layer / ENV / "bin/python")
     pins, err, rest, used = (q(str(scratch / n)) for n in ("pins.txt", "pins.err", "rest", "used"))
+    seed = q(str(scratch / SEED_FILE))
+    seeded = f"{pip} -r {seed}"
     split = (
         f"{q(python)} -I {q(str(scratch / PINS.name))} {q(str(scratch / MAP))} "
         f'{q(str(layer / CONSTRAINTS))} {pins} "$site"/{PTH} {rest} > {used}'
@@ -163,10 +181,11 @@ def use_steps(
         f"{{ [ ! -s {rest} ] || {pip} --no-deps -r {rest}; }}",
         f'while read -r d; do if [ -d "$d/bin" ]; then {copies}; fi; done < {used}',
     ]
-    fallback = [f"echo {q(NOT_USED)}", f"tail -n 5 {err}", f'rm -f "$site"/{PTH}', *without]
-    undo = f'{{ rm -f "$site"/{PTH}; false; }}'  # a failure leaves no reference behind
+    fallback = [f"echo {q(NOT_USED)}", f"tail -n 5 {err}", f'rm -f "$site"/{PTH}', seeded]
+    fallback += without
+    undo = f'{{ rm -f "$site"/{PTH}; {seeded}; false; }}'  # no reference left, pip kept
     return (
-        f"if {compile_cmd} > {pins} 2> {err} && {split}; then "
+        f"{q(python)} -c {q(SEED)} > {seed} && if {compile_cmd} > {pins} 2> {err} && {split}; then "
         f"{{ {' && '.join(stored)}; }} || {undo}; else {' && '.join(fallback)}; fi"
     )
 
