@@ -7,11 +7,12 @@ checked on the way in (``s3_get``, ``AzureGet``). A copy is verified against the
 store's own digest of the object (S3's ETag, Azure's Content-MD5; see ``digest``), taken
 from one listing of the source (downloads) or of the destination after the uploads, or
 against the checksum S3 sends with an object (checked by botocore as it comes in): the
-object is not moved twice and no request is made per file. Where the store gives no digest or it does not match, the object is read
-again and SHA-256 of both sides compared. A local destination is written under a
-temporary name and renamed when verified, and an object in a store appears only when its
-upload completes, so after an interruption a file either is whole or is missing: a rerun
-copies what is missing or differs in size (``checksum``: also what differs in content).
+object is not moved twice and no request is made per file. Where the store gives no
+digest or it does not match, the object is read again and SHA-256 of both sides compared.
+A local destination is written under a temporary name and renamed when verified, and an
+object in a store appears only when its upload completes, so after an interruption a
+file either is whole or is missing: a rerun copies what is missing or differs in size
+(``checksum``: also what differs in content).
 """
 
 from __future__ import annotations
@@ -284,7 +285,10 @@ class Transfers:
 class Writer:
     """Bytes of an object as they come in, from ``offset`` on: gathered into blocks (a
     list, not copied together), one block written to its place and hashed in a thread
-    while the next comes, so that the download is one pass over the bytes."""
+    while the next comes, so that the download is one pass over the bytes. A block with
+    nothing to hash is written on the loop, as the library's own ``get_file`` writes:
+    handing it to a thread cost more than the write (for a thousand small objects, a
+    tenth of the loop's time went to waking threads)."""
 
     def __init__(
         self, fd: int, offset: int, hasher: digest.Hasher | None, progress: Callable[[int], Any]
@@ -299,12 +303,17 @@ class Writer:
         self.size += len(chunk)
         if self.size >= CHUNK:
             await self.wait()
-            self.pending = asyncio.ensure_future(asyncio.to_thread(self.keep, *self.passed()))
+            if self.hasher is None:
+                self.keep(*self.passed())
+            else:
+                self.pending = asyncio.ensure_future(asyncio.to_thread(self.keep, *self.passed()))
 
     async def close(self) -> int:
         """Write what is left; the offset after the last byte."""
         await self.wait()
-        if self.block:
+        if self.block and self.hasher is None:
+            self.keep(*self.passed())
+        elif self.block:
             await asyncio.to_thread(self.keep, *self.passed())
         return self.offset
 
@@ -322,11 +331,14 @@ class Writer:
         return block, offset, size
 
     def keep(self, block: list[bytes], offset: int, size: int) -> None:
-        written = os.pwritev(self.fd, block, offset)
-        rest = memoryview(b"".join(block))[written:] if written < size else memoryview(b"")
-        while rest:  # a full quota shows as a short write, then as EDQUOT
-            written = os.pwrite(self.fd, rest, offset + size - len(rest))
-            rest = rest[written:]
+        # A write per chunk: one pwritev of the block took five times as long here (7 ms
+        # against 1.3 for 2 MiB in ten chunks just received).
+        for chunk in block:
+            rest = memoryview(chunk)
+            while rest:  # a full quota shows as a short write, then as EDQUOT
+                written = os.pwrite(self.fd, rest, offset)
+                offset += written
+                rest = rest[written:]
         if self.hasher is not None:
             for chunk in block:
                 self.hasher.update(chunk)
