@@ -519,7 +519,7 @@ def test_a_repository_of_known_packages_takes_them_from_the_package_store(site: 
     stored = entry.path / "packages" / entry.packages["tabulate==0.9.0"]
     assert list(stored.glob("tabulate/__pycache__/__init__.cpython-*.pyc"))
 
-    files = {"requirements.txt": f"{TABULATE}\n{TERMCOLOR}\n"}
+    files = {"requirements.txt": f"{TABULATE}\n{TERMCOLOR}\n# known\n"}
     second, events = site.prepare(site.repo(files), True)
     log = [message for _, message in events]
     assert any(line.endswith("packages from the package store") for line in log), log[-20:]
