@@ -163,3 +163,10 @@ def test_an_environment_records_the_store_entries_its_pth_names(tmp_path: Path) 
     os.mkfifo(site / PTH)  # the build chose the file: never blocks root's read
     assert used_entries(tmp_path / "env", entries) == []
     assert entry_meta(["x-1-py3-none-any.whl"]) == {"x==1": "x-1"}
+    # A link on the way (lib, pythonX.Y) to a folder elsewhere is not followed either.
+    elsewhere = tmp_path / "elsewhere/python3.11/site-packages"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / PTH).write_text(store_pins.pth_line([f"{entries['k2']}/packages/y-1"]))
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked/lib").symlink_to(tmp_path / "elsewhere")
+    assert used_entries(tmp_path / "linked", entries) == []

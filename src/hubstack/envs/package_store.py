@@ -44,11 +44,10 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion
 
 from hubstack.envs.layout import ENV
-from hubstack.envs.packages import read_no_follow
+from hubstack.envs.packages import read_no_follow, site_packages
 from hubstack.envs.server_layer import CONSTRAINTS, copy_scripts
 from hubstack.envs.server_layer import applies as on_layer
 from hubstack.envs.spec import EnvSpec
-from hubstack.system import NO_FOLLOW_DIR
 
 FOLDER = "packages"
 PTH = "hubstack-packages.pth"
@@ -194,13 +193,12 @@ def used_entries(prefix: Path, entries: Mapping[str, Path]) -> list[str]:
     """The keys of ``entries`` (key: path) that the environment at ``prefix`` (root's copy,
     whose files the build chose) names in its :data:`PTH`, read without following links."""
     text = ""
-    for site in prefix.glob("lib/python3.*/site-packages"):
-        with contextlib.suppress(OSError):
-            fd = os.open(site, NO_FOLLOW_DIR)
-            try:
-                text += read_no_follow(fd, PTH)
-            finally:
-                os.close(fd)
+    for site in site_packages(prefix):
+        try:
+            with contextlib.suppress(OSError):
+                text += read_no_follow(site, PTH)
+        finally:
+            os.close(site)
     return sorted(key for key, path in entries.items() if f"{path}/" in text)
 
 

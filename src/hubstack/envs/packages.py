@@ -262,7 +262,7 @@ def installed_by_uv(prefix: Path) -> list[Installed]:
     every folder is opened without following links, every file is checked to be a regular
     file once opened (a FIFO would block the reader) and read up to :data:`META_MAX`."""
     found = []
-    for site in _site_packages(prefix):
+    for site in site_packages(prefix):
         try:
             for name in sorted(os.listdir(site)):
                 dist = _dist_info(site, name)
@@ -273,8 +273,9 @@ def installed_by_uv(prefix: Path) -> list[Installed]:
     return found
 
 
-def _site_packages(prefix: Path) -> list[int]:
-    """Open folder descriptors of ``prefix/lib/python*/site-packages``."""
+def site_packages(prefix: Path) -> list[int]:
+    """Open folder descriptors of ``prefix/lib/python*/site-packages``, no link followed
+    on the way (the caller closes them)."""
     opened = []
     with contextlib.suppress(OSError):
         fd = os.open(prefix, NO_FOLLOW_DIR)
