@@ -199,9 +199,11 @@ async def send(dst: Side, parts: int, progress: Callable[[int], Any], item: Item
         item.md5 = await asyncio.to_thread(digest.of_file, item.src)
         md5 = bytearray(bytes.fromhex(item.md5))
         options |= {"content_settings": {"content_md5": md5}, "validate_content": True}
-    elif "s3" in store.protocol and (part := digest.s3fs_parts(item.size)):
-        # A multipart upload's ETag is checked against the file's part MD5s, computed
-        # while the parts are sent rather than after.
+    else:
+        # The file's digest in the store's form (MD5, or the part MD5s of an S3 multipart
+        # upload), for the store's of what it received to be checked against: computed
+        # in a thread while the file is sent, not read again after all the uploads.
+        part = digest.s3fs_parts(item.size) if "s3" in store.protocol else None
         hashing = asyncio.ensure_future(asyncio.to_thread(digest.of_file, item.src, part))
     try:
         await store._put_file(  # type: ignore[attr-defined]
