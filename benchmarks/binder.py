@@ -706,10 +706,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             launcher.spawn_plain()
             launcher.remove(PLAIN_SERVER)
-            small_builds = builds_of(launcher, small, packages, "small uv build", cold=True)
+            # The conda build first: a cold build removes the server layer, which a conda
+            # environment does not use and so would not build again for the uv one's launches.
             conda_builds = (
                 builds_of(launcher, [conda], packages, "conda build", cold=True) if conda else []
             )
+            small_builds = builds_of(launcher, small, packages, "small uv build", cold=True)
             if args.warm_only:
                 warm_and_plain(launcher, small[0], args.launches, conda)
                 print_launches(launcher)
