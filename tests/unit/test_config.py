@@ -33,6 +33,11 @@ def test_embedded_defaults_match_the_spec() -> None:
     assert config.policy.named_servers.name_max_length == 20
     assert config.policy.idle_timeout == 7200
     assert config.policy.storage.server_volume == 2 * 2**30
+    # The built-in environment has no language server to search for; a declared one searches.
+    [default] = config.environments
+    assert not default.language_server_search
+    declared = validate({"environments": [{"id": "x", "display": "X", "prefix": "/opt/x"}]})
+    assert declared.environments[0].language_server_search
 
 
 def test_starter_file_is_the_defaults_with_a_declared_environment() -> None:

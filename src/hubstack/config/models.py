@@ -637,6 +637,9 @@ def default_environments() -> list[Environment]:
             display="Python 3",
             description="JupyterLab with numpy, pandas and matplotlib",
             prefix=DEFAULT_PREFIX / "envs/default",
+            # It has no language server, and its users cannot add one to it (root's, with no
+            # user site-packages): jupyter-lsp's search would cost every start 0.3 CPU-s.
+            language_server_search=False,
         )
     ]
 
