@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,6 +308,31 @@ def built_envs(hub: Hub) -> dict[str, dict[str, Any]]:
     return found
 
 
+# Jupyter config in the environment's prefix, as `jupyter ... --sys-prefix` writes it.
+ENV_CONFIG = """#!/bin/bash
+set -e
+etc="$(python -c 'import sys; print(sys.prefix)')/etc/jupyter"
+mkdir -p "$etc"
+echo '{"ContentsManager": {"hide_globs": ["hidden-by-env*"]}}' > "$etc/jupyter_server_config.json"
+"""
+
+
+def by_repo_key(hub: Hub, url: str) -> str:
+    return next(key for key, meta in built_envs(hub).items() if meta["repo"] == url)
+
+
+def forked_from(pid: int) -> str:
+    """The interpreter of the fork server that forked the server ``pid``, or why it was not
+    forked: a server started afresh (also by a fork server's child) runs ``python -c``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    parent = int(re.search(r"^PPid:\s+(\d+)", status, re.M)[1])
+    argv = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    own = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if own[1:2] == [b"-c"] or argv[1:3] != [b"-I", b"-c"]:
+        return f"not forked: {own[:2]!r}, child of {argv[0]!r}"
+    return argv[0].decode()
+
+
 def building_lines(events: list[dict[str, Any]]) -> list[str]:
     return [e["message"] for e in events if e.get("phase") == "building"]
 
@@ -319,7 +345,12 @@ def test_repositories_share_one_server_layer_and_a_conflicting_one_falls_back(
     and extensions) runs a kernel that imports it. A repository pinning a server dependency
     to another version than the layer's gets the server packages of its own."""
     first = repo(git, {"requirements.txt": f"{TERMCOLOR}\n"})
-    second = repo(git, {"requirements.txt": f"{TABULATE}\n# {secrets.token_hex(3)}\n"})
+    files = {
+        "requirements.txt": f"{TABULATE}\n# {secrets.token_hex(3)}\n",
+        "postBuild": ENV_CONFIG,
+        "hidden-by-env.txt": "",
+    }
+    second = repo(git, files, executable=("postBuild",))
     events = start_and_follow(carol, "layer1", options(git, first))
     assert events[-1].get("ready"), events
     events = start_and_follow(carol, "layer2", options(git, second))
@@ -332,14 +363,25 @@ def test_repositories_share_one_server_layer_and_a_conflicting_one_falls_back(
     assert by_repo[git.url(second)]["layer"] == layer
     assert f"Using the shared server layer {layer[:12]}" in log
     run = carol.run_code(
-        "import sys, tabulate, jupyterlab\n"
+        "import os, sys, tabulate, jupyterlab\n"
         "print(tabulate.__version__)\n"
-        "print(sys.executable.startswith(sys.prefix), jupyterlab.__file__.startswith(sys.prefix))",
+        "print(sys.executable.startswith(sys.prefix), jupyterlab.__file__.startswith(sys.prefix))\n"
+        "print(os.getppid(), sys.prefix)",
         "layer2",
     )
     assert run.status == "ok", run
-    assert run.stdout.split() == ["0.9.0", "True", "False"], run
+    version, *checks, server, prefix = run.stdout.split()
+    assert [version, *checks] == ["0.9.0", "True", "False"], run
+    # The server is a fork of the layer's fork server, with the environment's prefix and
+    # interpreter: its kernels are the environment's Python.
+    layer_python = hub.root / "binder/envs" / layer / "env/bin/python3"
+    assert forked_from(int(server)) == str(layer_python)
+    assert prefix == str(hub.root / "binder/envs" / by_repo_key(hub, git.url(second)) / "env")
     token = {"Authorization": f"token {carol.token}"}
+    # The Jupyter config in the environment's prefix applies to its server.
+    listed = carol.http.get(f"{carol.server_url('layer2')}api/contents", headers=token).json()
+    names = {item["name"] for item in listed["content"]}
+    assert "requirements.txt" in names and "hidden-by-env.txt" not in names, names
     page = carol.http.get(f"{carol.server_url('layer2')}lab", headers=token, timeout=60)
     assert page.status_code == 200
     assert "jupyterlab_pygments" in page.text  # a labextension of the layer's share/jupyter
@@ -360,3 +402,47 @@ def test_repositories_share_one_server_layer_and_a_conflicting_one_falls_back(
     )
     assert run.stdout.strip() == PROMETHEUS.split("==")[1], run
     carol.stop("pinned", remove=True)
+
+
+# In a kernel: the server's pid, and a copy of a module every server imports (six, from the
+# layer) in the user's ~/.local, changed, where a server started afresh imports it first.
+SHADOW = (
+    "import os, shutil, six, sys\n"
+    "site = os.path.expanduser(f'~/.local/lib/python{sys.version_info[0]}.{sys.version_info[1]}"
+    "/site-packages')\n"
+    "os.makedirs(site, exist_ok=True)\n"
+    "shutil.copy(six.__file__, site)\n"
+    "open(os.path.join(site, 'six.py'), 'a').write('\\nSHADOWED = True\\n')\n"
+    "print(os.getppid())"
+)
+
+
+def test_a_module_of_the_users_ahead_of_the_layers_starts_the_server_afresh(
+    hub: Hub, git: GitDaemon
+) -> None:
+    """A server forked from the layer's fork server has the layer's modules in memory; when the
+    user's ~/.local holds another version of one, a server started afresh would import that
+    instead, and so the server is started afresh. Without it, the next start forks again."""
+    user = hub.new_user("shadow")
+    name = repo(git, {"requirements.txt": f"{TERMCOLOR}\n# {secrets.token_hex(3)}\n"})
+    assert start_and_follow(user, "", options(git, name))[-1].get("ready")
+    run = user.run_code(SHADOW)
+    assert run.status == "ok", run
+    assert not forked_from(int(run.stdout)).startswith("not forked")
+    user.stop()
+
+    assert start_and_follow(user, "", options(git, name))[-1].get("ready")
+    run = user.run_code("import os, six; print(six.SHADOWED, os.getppid())")
+    assert run.status == "ok", run
+    shadowed, server = run.stdout.split()
+    assert shadowed == "True" and forked_from(int(server)).startswith("not forked")
+    log = next((hub.data_dir / "logs").glob("*shadow*/default.log")).read_text()
+    assert "six.py is not what the fork server imported: starting the server afresh" in log
+    assert user.run_code("import os; os.remove(__import__('six').__file__)").status == "ok"
+    user.stop()
+
+    assert start_and_follow(user, "", options(git, name))[-1].get("ready")
+    run = user.run_code("import os; print(os.getppid())")
+    assert run.status == "ok", run
+    assert not forked_from(int(run.stdout)).startswith("not forked")
+    user.stop()

@@ -14,9 +14,11 @@ from hubstack.backends.forking import (
     ForkServer,
     forkable,
     installed_stamp,
+    layer_python,
     root_only,
     server_argv,
 )
+from hubstack.launch.plan import BuiltRepository, Content
 
 SERVER = Path("/env/bin/jupyterhub-singleuser")
 
@@ -31,7 +33,10 @@ def test_the_servers_own_command_line_follows_the_listen_code() -> None:
     [
         ("JUPYTERHUB_API_TOKEN", True),
         ("HOME", True),
-        ("PYTHONPATH", False),
+        ("PYTHONPATH", True),  # placed on the path by the forked child
+        ("PYTHONHOME", False),
+        ("LD_LIBRARY_PATH", False),
+        ("LD_PRELOAD", False),
         ("PYTHONHASHSEED", False),
         ("JUPYTERHUB_SINGLEUSER_EXTENSION", False),
         ("JUPYTERHUB_SINGLEUSER_APP", False),
@@ -39,6 +44,36 @@ def test_the_servers_own_command_line_follows_the_listen_code() -> None:
 )
 def test_variables_read_at_import_time_rule_out_a_fork(name: str, allowed: bool) -> None:
     assert forkable({"HOME": "/home/a", name: "1"}) is allowed
+
+
+def built(tmp_path: Path, **changes: object) -> BuiltRepository:
+    """An environment on a server layer, both virtualenvs of this Python."""
+    for name in ("layer", "env"):
+        (tmp_path / name / "bin").mkdir(parents=True, exist_ok=True)
+        link = tmp_path / name / "bin/python3"
+        if not link.is_symlink():
+            link.symlink_to(sys.executable)
+    content = Content("r", "https://example.org/r", "c" * 40, tmp_path / "mirror")
+    fields: dict = {"prefix": tmp_path / "env", "content": content, "layer": tmp_path / "layer"}
+    return BuiltRepository(**(fields | changes))
+
+
+def test_environments_on_a_layer_fork_from_the_layers_fork_server(tmp_path: Path) -> None:
+    assert layer_python(built(tmp_path)) == tmp_path / "layer/bin/python3"
+    assert layer_python(built(tmp_path, content=None)) == tmp_path / "layer/bin/python3"
+
+
+def test_what_wraps_the_server_or_is_read_at_start_rules_out_the_layers_fork(
+    tmp_path: Path,
+) -> None:
+    assert layer_python(built(tmp_path, layer=None)) is None  # its own server packages
+    assert layer_python(built(tmp_path, apt=True)) is None  # LD_LIBRARY_PATH
+    content = Content("r", "https://example.org/r", "c" * 40, tmp_path / "m", start="start")
+    assert layer_python(built(tmp_path, content=content)) is None  # wraps the server
+    other = tmp_path / "env/bin/python3"
+    other.unlink()
+    other.symlink_to("/bin/sh")  # another interpreter than the layer's
+    assert layer_python(built(tmp_path)) is None
 
 
 def make_env(root: Path) -> Path:

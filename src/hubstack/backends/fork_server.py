@@ -30,8 +30,11 @@ import array
 import atexit
 import contextlib
 import ctypes
+import importlib.machinery
+import importlib.metadata
 import json
 import os
+import re
 import runpy
 import select
 import signal
@@ -40,8 +43,10 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 CLONE_NEWNS = 0x00020000
+LISTEN_FD = "HUBSTACK_LISTEN_FD"  # listen_fd.VARIABLE
 PRELOAD = (
     "jupyterhub.singleuser",
     "jupyterhub.singleuser.extension",
@@ -82,6 +87,8 @@ KERNEL_PROVISIONER = "hubstack_kernels.provisioner"
 # Variables the preloaded modules set on import (debugpy sets PYDEVD_USE_FRAME_EVAL): a kernel
 # started afresh has them, as it imports those modules itself.
 IMPORT_ENV: dict[str, str] = {}
+# Top-level module: the distributions that provide it, of what the parent imported.
+DISTRIBUTIONS: dict[str, set[tuple[str, str]]] = {}
 
 
 def preload() -> None:
@@ -181,19 +188,133 @@ def become(start: dict, listen_fd: int, log_fd: int, channel: socket.socket) -> 
     os.environ.update(start["env"])
     channel.sendall(json.dumps({"pid": os.getpid()}).encode())
     channel.close()
-    os.environ["HUBSTACK_LISTEN_FD"] = str(listen_fd)
+    os.environ[LISTEN_FD] = str(listen_fd)
 
 
-def add_user_site() -> None:
+def add_user_site() -> list[str]:
     """Put the user's own site-packages (~/.local) where Python would have, before the
-    environment's: the parent runs isolated (-I), as root, without one."""
+    environment's: the parent runs isolated (-I), as root, without one. The folders placed."""
     site.ENABLE_USER_SITE = True
     site.USER_BASE = site.USER_SITE = None  # found again from this user's HOME
     user_site = site.getusersitepackages()
     if not os.path.isdir(user_site):
-        return
+        return []
     before = next((i for i, p in enumerate(sys.path) if p.endswith("site-packages")), None)
     sys.path.insert(len(sys.path) if before is None else before, user_site)
+    return [user_site]
+
+
+def enter_environment(prefix: str, python: str) -> list[str]:
+    """Become a server of the environment at ``prefix``, built on this parent's server layer
+    (``envs/server_layer.py``), as its own ``python`` started afresh would be: its
+    site-packages, and what its ``.pth`` files add, ahead of the layer's, and its prefix and
+    interpreter for what asks (kernel specs, Jupyter's search paths). The folders placed."""
+    layer_site = next(p for p in sys.path if p.endswith("site-packages"))
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    known = list(sys.path)
+    sys.prefix = sys.exec_prefix = prefix
+    sys.executable = python
+    site.addsitedir(os.path.join(prefix, "lib", version, "site-packages"))
+    added = [p for p in sys.path if p not in known]
+    at = known.index(layer_site)
+    sys.path[:] = [*known[:at], *added, *known[at:]]
+    # Computed from sys.prefix when the parent imported them.
+    paths = sys.modules.get("jupyter_core.paths")
+    if paths is not None:
+        paths.ENV_JUPYTER_PATH[:] = [os.path.join(prefix, "share", "jupyter")]
+        paths.ENV_CONFIG_PATH[:] = [os.path.join(prefix, "etc", "jupyter")]
+    spawn = sys.modules.get("multiprocessing.spawn")
+    if spawn is not None:
+        spawn.set_executable(python)
+    return added
+
+
+def add_python_path() -> list[str]:
+    """``PYTHONPATH`` first on the path, where Python puts it at start (the parent ignored
+    it under -I). The folders placed."""
+    found = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = found
+    return found
+
+
+def _module_name(entry: str) -> str | None:
+    """The top-level module a folder's entry would be imported as, if any."""
+    if entry.endswith(tuple(importlib.machinery.all_suffixes())):
+        entry = entry.split(".", 1)[0]
+    return entry if entry.isidentifier() else None
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def imported_distributions() -> dict[str, set[tuple[str, str]]]:
+    """The distributions (name, version) that provide each top-level module imported here:
+    what a folder placed ahead of them must hold at the same version to change nothing."""
+    imported = {name.partition(".")[0] for name in sys.modules}
+    found: dict[str, set[tuple[str, str]]] = {}
+    for dist in importlib.metadata.distributions():
+        declared = (dist.read_text("top_level.txt") or "").split()
+        tops = declared or {str(f).split("/", 1)[0] for f in dist.files or ()}
+        for top in filter(None, map(_module_name, tops)):
+            if top in imported:
+                found.setdefault(top, set()).add((_canonical(dist.metadata["Name"]), dist.version))
+    return found
+
+
+def imported_modules() -> dict[str, str | None]:
+    """Each top-level module imported so far (not built in), with its file."""
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if "." not in name and name not in sys.builtin_module_names:
+            found[name] = getattr(module, "__file__", None)
+    return found
+
+
+def _same_file(path: str, other: str | None) -> bool:
+    if other is None or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as mine, open(other, "rb") as theirs:
+            return mine.read(1 << 20) == theirs.read(1 << 20) and not mine.read(1)
+    except OSError:
+        return False
+
+
+def shadowed(folders: list[str], imported: dict[str, str | None]) -> str | None:
+    """The first module in ``folders`` (placed ahead of this parent's) that a server started
+    afresh would import instead of one of ``imported``, unless it is the same: from the same
+    distribution at the same version, or the same single file; None if there is none."""
+    for folder in folders:
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        installed = set()
+        for entry in entries:
+            if entry.endswith((".dist-info", ".egg-info")):
+                name, _, version = entry.rsplit(".", 1)[0].partition("-")
+                installed.add((_canonical(name), version.partition("-")[0]))
+        for entry in entries:
+            name = _module_name(entry)
+            if name not in imported:
+                continue
+            path = os.path.join(folder, entry)
+            if DISTRIBUTIONS.get(name, {("", "")}) <= installed:
+                continue
+            if not _same_file(path, imported[name]):
+                return path
+    return None
+
+
+def start_afresh(start: dict, listen_fd: int, reason: str) -> NoReturn:
+    """Run the server's usual command (never returns): what this process imported before the
+    fork is not what the server would import."""
+    print(f"hubstack: {reason}: starting the server afresh", file=sys.stderr, flush=True)
+    os.set_inheritable(listen_fd, True)
+    os.environ[LISTEN_FD] = str(listen_fd)
+    argv = [str(arg) for arg in start["exec"]]
+    os.execv(argv[0], argv)
 
 
 def _default_signals() -> None:
@@ -243,8 +364,18 @@ def child(control: socket.socket, channel_fd: int, listen_code: str) -> None:
             channel.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         finally:
             os._exit(1)
-    add_user_site()
-    listen_fd = int(os.environ.pop("HUBSTACK_LISTEN_FD"))
+    listen_fd = int(os.environ.pop(LISTEN_FD))
+    imported = imported_modules()
+    try:
+        if "environment" in start:
+            placed = enter_environment(**start["environment"])
+        else:
+            placed = add_user_site()
+        found = shadowed(add_python_path() + placed, imported)
+    except Exception as exc:  # any reason is one to start afresh
+        start_afresh(start, listen_fd, f"{type(exc).__name__}: {exc}")
+    if found is not None:
+        start_afresh(start, listen_fd, f"{found} is not what the fork server imported")
     if start.get("kernel_parent"):
         start_kernel_parent()
     # As the user, as listen_fd.py does in a server started without this parent.
@@ -391,6 +522,7 @@ def main() -> None:
     before = dict(os.environ)
     preload()
     IMPORT_ENV.update((k, v) for k, v in os.environ.items() if before.get(k) != v)
+    DISTRIBUTIONS.update(imported_distributions())
     if threading.active_count() != 1:
         sys.exit("hubstack: importing Jupyter started a thread; forking it is not safe")
     control.sendall(b"ready\n")

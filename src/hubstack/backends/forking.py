@@ -8,8 +8,13 @@ server's cgroup, mount namespace, account and directory. The standard library's
 ``multiprocessing.forkserver`` forks workers of the same program and user, not into other
 accounts' namespaces, so it does not fit.
 
-Used only for environments that only root can change (the parent runs their code as root)
-and never for repository launches (which run the repository's own start script).
+Used only for environments that only root can change (the parent runs their code as root).
+An environment built on a shared server layer (``envs/server_layer.py``) is forked from
+the layer's fork server, which has imported nothing of any repository: the child, as the
+user, puts the environment's site-packages ahead of the layer's and takes its prefix and
+interpreter (see ``enter_environment`` in fork_server.py). A child that finds a module ahead
+of the layer's that differs from what the parent imported (a package of the user's
+``~/.local`` or the environment at another version) starts the server afresh instead.
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ import subprocess
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hubstack.launch.plan import PYTHON
+
+if TYPE_CHECKING:
+    from hubstack.launch.plan import BuiltRepository
 
 log = logging.getLogger("hubstack.local")
 
@@ -32,9 +42,11 @@ _CODE = resources.files("hubstack.backends").joinpath("fork_server.py").read_tex
 _LISTEN_CODE = resources.files("hubstack.backends").joinpath("listen_fd.py").read_text()
 _READY_TIMEOUT_S = 120.0
 _REPLY_LIMIT = 64 * 1024
-# Read at interpreter start or import time (see fork_server.py): a server whose
-# environment sets one is started the usual way.
-IMPORT_TIME_PREFIXES = ("PYTHON", "JUPYTERHUB_SINGLEUSER_")
+# Read at interpreter start or import time (see fork_server.py), or by the dynamic loader
+# at start (LD_LIBRARY_PATH): a server whose environment sets one is started the usual way.
+IMPORT_TIME_PREFIXES = ("PYTHON", "JUPYTERHUB_SINGLEUSER_", "LD_")
+# Except these, which the forked child applies itself.
+APPLIED_IN_CHILD = ("PYTHONPATH",)
 
 
 class ForkFailed(Exception):
@@ -76,7 +88,24 @@ def installed_stamp(python: Path) -> tuple[int, ...]:
 
 
 def forkable(env: dict[str, str]) -> bool:
-    return not any(name.startswith(IMPORT_TIME_PREFIXES) for name in env)
+    return not any(
+        name.startswith(IMPORT_TIME_PREFIXES) and name not in APPLIED_IN_CHILD for name in env
+    )
+
+
+def layer_python(built: BuiltRepository) -> Path | None:
+    """The Python of the server layer whose fork server may fork servers of ``built``: an
+    environment on a layer and of its interpreter, without a ``start`` script (which wraps
+    the server) or Debian packages (whose libraries the loader looks for only at start).
+    Blocking: resolves the interpreters in the cache (root's)."""
+    if built.layer is None or built.apt:
+        return None
+    if built.content is not None and built.content.start is not None:
+        return None
+    python = built.layer / PYTHON
+    if (built.prefix / PYTHON).resolve() != python.resolve():
+        return None
+    return python
 
 
 class ForkServer:

@@ -49,6 +49,7 @@ from hubstack.backends.forking import (
     ForkServer,
     ForkServers,
     forkable,
+    layer_python,
     root_only,
     server_argv,
 )
@@ -57,7 +58,7 @@ from hubstack.backends.runas import Accounts, existing_account
 from hubstack.backends.server import answers_as_itself, place_files
 from hubstack.config import Config
 from hubstack.launch import LaunchRequest
-from hubstack.launch.plan import ServerPlan, server_label, server_plan
+from hubstack.launch.plan import PYTHON, ServerPlan, server_label, server_plan
 from hubstack.system import (
     SystemOpError,
     accounts,
@@ -525,7 +526,11 @@ class LocalBackend:
                     "env": plan.env | {"JUPYTER_RUNTIME_DIR": _RUNTIME_DIR},
                     "argv": server_argv(plan.argv, plan.executable),
                     "kernel_parent": self.local.fork_kernels,
+                    "exec": list(plan.argv),  # if the child must start it afresh
                 }
+                if spec.built is not None:
+                    python = str(plan.prefix / PYTHON)
+                    start["environment"] = {"prefix": str(plan.prefix), "python": python}
                 pid = await self._fork_in(fork, proc, start, fd, log.fileno(), state)
                 state["pid"], state["forked"] = pid, True
                 status = functools.partial(self._status, state)
@@ -539,12 +544,18 @@ class LocalBackend:
         self, spec: ServerSpec, plan: ServerPlan, group: cgroups.Cgroup
     ) -> ForkServer | None:
         """The environment's fork server, if this start may use one (see forking.py)."""
-        if not (self.local.fork_server and self.accounts.root) or spec.built is not None:
+        if not (self.local.fork_server and self.accounts.root):
             return None
         if group.procs_files() is None or not forkable(plan.env):
             return None
-        python = plan.prefix / "bin/python3"
-        if not await asyncio.to_thread(root_only, plan.prefix, python):
+        built = spec.built
+        python = plan.prefix / PYTHON
+        if built is not None:
+            found = await asyncio.to_thread(layer_python, built)
+            if found is None:
+                return None
+            python = found
+        if not await asyncio.to_thread(root_only, python.parent.parent, python):
             return None
         fork = self.forks.of(python)
         try:

@@ -153,9 +153,10 @@ class LocalSettings(Strict):
     )  # type: ignore[assignment]
     fork_server: bool = Field(
         True,
-        description="fork servers of root-owned environments from a process that has "
-        "imported Jupyter once, instead of starting each from scratch (never for "
-        "repository launches, environments users can write, or on systemd hosts)",
+        description="fork servers of root-owned environments, and of repository "
+        "environments on a shared server layer, from a process that has imported Jupyter "
+        "once, instead of starting each from scratch (never for environments users can "
+        "write, repositories with a start script or apt.txt, or on systemd hosts)",
     )
     fork_kernels: bool = Field(
         True,
