@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,34 @@ __all__ = ["site"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds run as their own account")
 
 
+def running(pid: int, name: str) -> str | None:
+    """The status of process ``pid`` once it runs ``name``; None if it ended before."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        if status.startswith(f"Name:\t{name}\n"):
+            return status
+        if "State:\tZ" in status:
+            return None
+    raise AssertionError(f"process {pid} did not run {name} within 10 s")
+
+
 def test_no_git_or_tar_process_runs_as_root(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, list[int]]] = []
     spawn = asyncio.create_subprocess_exec
 
     async def observed(program: str, *args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
         proc = await spawn(program, *args, **kwargs)
-        name = Path(program).name
+        argv = [program, *args]
+        if Path(program).name == "setpriv":  # switches ids, then runs what follows "--"
+            argv = argv[argv.index("--") + 1 :]
+        name = Path(argv[0]).name
         if name in ("git", "tar"):
-            try:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-            except OSError:
+            status = running(proc.pid, name)
+            if status is None:
                 return proc  # already gone: the quickest calls (git cat-file) may be
             line = next(x for x in status.splitlines() if x.startswith("Uid:"))
             seen.append((name, [int(uid) for uid in line.split()[1:]]))

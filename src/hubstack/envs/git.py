@@ -34,7 +34,7 @@ from typing import Any
 from hubstack.errors import Explained
 from hubstack.launch.repo import COMMIT
 from hubstack.system import SystemOpError, tool
-from hubstack.system.accounts import Account, current_account
+from hubstack.system.accounts import Account, current_account, switch_to
 from hubstack.system.userpaths import as_user
 from hubstack.units import human_size
 from hubstack.untrusted import quote_untrusted
@@ -145,18 +145,11 @@ def _env(schemes: Collection[str]) -> dict[str, str]:
     }
 
 
-def _as_user(user: Account | None) -> dict[str, Any]:
-    """Subprocess arguments that run the child as ``user`` with its groups (as initgroups).
-
-    Popen switches ids itself between fork and exec, which is safer than a Python preexec.
-    """
+def _as_user(user: Account | None) -> list[str]:
+    """The command prefix that runs git or tar as ``user`` with its groups (as initgroups)."""
     if user is None or user.uid == os.geteuid():
-        return {}
-    return {
-        "user": user.uid,
-        "group": user.gid,
-        "extra_groups": os.getgrouplist(user.name, user.gid),
-    }
+        return []
+    return switch_to(user, init_groups=True)
 
 
 def _config() -> list[str]:
@@ -217,6 +210,7 @@ async def _run(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     proc = await asyncio.create_subprocess_exec(
+        *_as_user(user),
         tool("git"),
         *_config(),
         *args,
@@ -226,7 +220,6 @@ async def _run(
         env=_env(schemes),
         cwd="/",
         start_new_session=True,
-        **_as_user(user),
     )
     assert proc.stdout is not None and proc.stderr is not None
     outcome = _Outcome()
@@ -541,21 +534,21 @@ async def _archive(
     try:
         procs.append(
             await asyncio.create_subprocess_exec(
+                *_as_user(owner),
                 *archive,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_end,
                 **common,
-                **_as_user(owner),
             )
         )
         procs.append(
             await asyncio.create_subprocess_exec(
+                *_as_user(user),
                 *extract,
                 stdin=read_end,
                 stdout=asyncio.subprocess.DEVNULL,
                 umask=_UMASK,
                 **common,
-                **_as_user(user),
             )
         )
         os.close(read_end)

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from hubstack.system import NO_FOLLOW_DIR, SystemOpError, tool
-from hubstack.system.accounts import Account
+from hubstack.system.accounts import Account, switch_to
 
 AS_USER_TIMEOUT = 30.0
 
@@ -30,9 +30,8 @@ async def as_user(account: Account, *argv: str, timeout: float = AS_USER_TIMEOUT
     A hub that is not root runs it as itself: it can only act within its own rights anyway.
     """
     command = [tool(argv[0]), *argv[1:]]
-    drop: dict[str, object] = {}
     if os.geteuid() == 0:
-        drop = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        command = [*switch_to(account), *command]
     proc = await asyncio.create_subprocess_exec(
         *command,
         stdin=asyncio.subprocess.DEVNULL,
@@ -42,7 +41,6 @@ async def as_user(account: Account, *argv: str, timeout: float = AS_USER_TIMEOUT
         cwd="/",
         umask=0o077,
         start_new_session=True,
-        **drop,  # type: ignore[arg-type]
     )
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout)
