@@ -422,7 +422,8 @@ def test_a_module_of_the_users_ahead_of_the_layers_starts_the_server_afresh(
 ) -> None:
     """A server forked from the layer's fork server has the layer's modules in memory; when the
     user's ~/.local holds another version of one, a server started afresh would import that
-    instead, and so the server is started afresh. Without it, the next start forks again."""
+    instead, and so the server is started afresh. Without it, the next start forks again, and
+    that server outlives a `kill -9` of the hub."""
     user = hub.new_user("shadow")
     name = repo(git, {"requirements.txt": f"{TERMCOLOR}\n# {secrets.token_hex(3)}\n"})
     assert start_and_follow(user, "", options(git, name))[-1].get("ready")
@@ -444,5 +445,15 @@ def test_a_module_of_the_users_ahead_of_the_layers_starts_the_server_afresh(
     assert start_and_follow(user, "", options(git, name))[-1].get("ready")
     run = user.run_code("import os; print(os.getppid())")
     assert run.status == "ok", run
-    assert not forked_from(int(run.stdout)).startswith("not forked")
+    server = int(run.stdout)
+    assert not forked_from(server).startswith("not forked")
+
+    # The hub dies; its fork servers end with it, the server they forked runs on, and the
+    # restarted hub takes it back and stops it.
+    kill_hub(hub)
+    hub.start()
+    run = user.run_code("import os; print(os.getppid())")
+    assert run.status == "ok", run
+    assert int(run.stdout) == server
     user.stop()
+    wait_for(lambda: not Path(f"/proc/{server}").exists(), 60, "the server to end")
