@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hubstack.backends import fork_server
 from hubstack.backends.forking import (
     ForkServer,
     forkable,
@@ -125,3 +126,48 @@ def test_a_fork_server_is_replaced_once_its_environment_changes(tmp_path: Path) 
     assert server._proc is not None and server._proc.poll() is None
     server._proc.kill()
     server._proc.wait()
+
+
+def folder(root: Path, *entries: str) -> str:
+    """A folder of site-packages entries: ``name/`` a package, ``*.dist-info`` metadata,
+    anything else a file (``name=text`` gives it that text)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        name, _, text = entry.partition("=")
+        if name.endswith("/"):
+            (root / name).mkdir()
+        else:
+            (root / name).write_text(text)
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    ("entries", "found"),
+    [
+        # another copy of the same distribution at the same version changes nothing
+        (("traitlets/", "traitlets-5.14.3.dist-info/"), None),
+        # at another version, or without metadata, the fresh server would import it
+        (("traitlets/", "traitlets-5.0.0.dist-info/"), "traitlets"),
+        (("traitlets/",), "traitlets"),
+        # a single file the same as the imported one changes nothing; another one does
+        (("helper.py=same\n",), None),
+        (("helper.py=other\n",), "helper.py"),
+        (("helper.cpython-311-x86_64-linux-gnu.so=x",), "helper.cpython-311-x86_64-linux-gnu.so"),
+        # what the parent has not imported, and what is no module, is not looked at
+        (("numpy/", "README", "hubstack-server-layer.pth=import site"), None),
+        # a standard library module (no distribution) shadowed by a file of the user's
+        (("json.py=",), "json.py"),
+    ],
+)
+def test_a_folder_ahead_of_the_parents_must_not_change_what_it_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entries: tuple[str, ...], found: str | None
+) -> None:
+    imported = {
+        "traitlets": "/layer/traitlets/__init__.py",
+        "helper": folder(tmp_path / "layer", "helper.py=same\n") + "/helper.py",
+        "json": "/usr/lib/python3.11/json/__init__.py",
+    }
+    monkeypatch.setattr(fork_server, "DISTRIBUTIONS", {"traitlets": {("traitlets", "5.14.3")}})
+    ahead = folder(tmp_path / "ahead", *entries)
+    shadow = fork_server.shadowed([str(tmp_path / "missing"), ahead], imported)
+    assert shadow == (None if found is None else f"{ahead}/{found}")
