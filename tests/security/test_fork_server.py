@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -366,3 +367,32 @@ def test_forked_servers_outlive_a_killed_hub_and_its_fork_server(
     assert session.start().status_code in (201, 202)
     session.wait_ready(timeout=180)
     assert parent_of(who(session)[0]) not in (parent, 1)
+
+
+def test_the_users_site_packages_are_read_as_the_user_only(hub: Hub) -> None:
+    """A forked server compares the user's ~/.local site-packages with what its parent
+    imported (another version of a module makes it start afresh): it lists them as the user,
+    after dropping root. A user whose site-packages link to a folder only root can read, with
+    a changed copy of a module every server imports, gets a forked server: root never looked.
+    """
+    session = hub.new_user("forkc")
+    assert session.start().status_code in (201, 202)  # makes the account and its home
+    session.wait_ready(timeout=180)
+    session.stop()
+    account = pwd.getpwnam(f"{hub.prefix}forkc")
+    secret = hub.root / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "six.py").write_text("raise ImportError('read through the link')\n")
+    version = next(DEFAULT_ENV.glob("lib/python3*")).name
+    local = Path(account.pw_dir) / ".local/lib" / version
+    local.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(local / "site-packages", ignore_errors=True)
+    (local / "site-packages").symlink_to(secret)
+    for path in (local.parent.parent, local.parent, local, local / "site-packages"):
+        os.lchown(path, account.pw_uid, account.pw_gid)
+    assert session.start().status_code in (201, 202)
+    session.wait_ready(timeout=180)
+    who(session)  # its kernel is forked: the server was forked too
+    log = next((hub.data_dir / "logs").glob("*forkc/default.log")).read_text()
+    assert "starting the server afresh" not in log
+    session.stop()
