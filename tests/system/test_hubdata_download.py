@@ -1,7 +1,13 @@
-"""hubdata's download of S3 objects verified as they come in, against moto's S3 server: the
-bytes land whole, an object sent in one request comes in one GET checked against the
-store's own checksum of it (no MD5 computed), and a multipart one comes in as several
-ranges at once, each hashed apart, checked against its ETag; the file is never read again."""
+"""hubdata's downloads verified as they come in, against moto's S3 server and Azurite.
+
+S3: the bytes land whole, an object sent in one request comes in one GET checked against
+the store's own checksum of it (no MD5 computed), and a multipart one comes in as several
+ranges at once, each hashed apart, checked against its ETag; the file is never read again.
+Azure: a large blob comes in as ranges, several at once, hashed in order even when a later
+range is in first, and verified against its Content-MD5 without a second read; bytes that
+differ from the blob's MD5 and a blob changed since it was listed stop the copy, and no
+file or partial file is left.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import needs_default_env
 from hubtest import DEFAULT_ENV
-from storage_emulators import moto_s3
+from storage_emulators import AZURITE, AZURITE_ACCOUNT, AZURITE_KEY, azurite, moto_s3
 
 pytestmark = [needs_default_env]
 
@@ -89,3 +96,113 @@ def test_objects_are_hashed_as_they_are_written_and_verified_without_a_second_re
             for s in range(0, 130 * mib, 32 * mib)
         ]
     ), "one GET for the object sent whole, ranges of whole parts for the multipart object"
+
+
+# big.bin (10 MiB + 7, with the Content-MD5 hubdata sets on its uploads) comes in as ranges
+# of 2 MiB, up to 4 at once; the first range is written only after three later ones, so its
+# hashing, and every later range's, waits for it. Then: a range whose bytes differ from the
+# blob's (as if corrupted on the way), and a blob changed after it was listed.
+AZURE_CODE = """
+import asyncio, json, os, sys
+from fsspec.implementations.local import LocalFileSystem
+from azure.storage.blob.aio import BlobClient
+from hubstack_data import copy
+from hubstack_data.connection import filesystem
+
+az = filesystem("abfs", {"connection_string": sys.argv[1]})
+az.mkdir("ranged")
+top = sys.argv[2]
+data = os.urandom(10 * 2**20 + 7)
+os.makedirs(top + "/out")
+with open(top + "/out/big.bin", "wb") as f:
+    f.write(data)
+copy.AZURE_SINGLE_PUT = 2**20  # sent in blocks, with the file's MD5 set by hubdata
+copy.AZURE_GET = 2 * 2**20
+out = copy.Side(LocalFileSystem(), top + "/out", top + "/out")
+store = copy.Side(az, "ranged", "ranged")
+copy.run(out, store, copy.plan(out, store, True, False), lambda n: None)
+
+reads = []
+real_sha = copy.sha256_of
+copy.sha256_of = lambda fs, path: reads.append(path) or real_sha(fs, path)
+gets, flowing = [], [0, 0]  # now, most
+real_download = BlobClient.download_blob
+async def download(self, offset=None, length=None, **kwargs):
+    gets.append([offset, length, kwargs.get("etag")])
+    flowing[0] += 1
+    flowing[1] = max(flowing)
+    try:
+        return await real_download(self, offset, length, **kwargs)
+    finally:
+        flowing[0] -= 1
+BlobClient.download_blob = download
+written, corrupt, turn = [], [], []
+real_threaded = copy.threaded
+async def threaded(func, *args):
+    if func is copy.written:
+        fd, block, offset, hasher = args
+        if not turn:
+            turn.append(asyncio.Condition())
+        async with turn[0]:
+            if offset == 0:
+                await turn[0].wait_for(lambda: len(written) >= 3)
+            written.append(offset)
+            turn[0].notify_all()
+        if offset in corrupt:
+            block[0] = bytes([block[0][0] ^ 1]) + block[0][1:]
+    return await real_threaded(func, *args)
+copy.threaded = threaded
+
+back = copy.Side(LocalFileSystem(), top + "/back", top + "/back")
+items = copy.plan(store, back, True, False)
+done = copy.run(store, back, items, lambda n: None)
+same = open(top + "/back/big.bin", "rb").read() == data
+result = {"done": done, "same": same, "reads": reads[:], "written": written[:], "gets": gets[:],
+          "most": flowing[1], "etag": items[0].info["etag"]}
+
+def stopped(items):
+    try:
+        copy.run(store, back, items, lambda n: None)
+    except copy.CopyStopped as stop:
+        return [str(stop), sorted(os.listdir(top + "/back"))]
+    return ["copied", sorted(os.listdir(top + "/back"))]
+
+os.unlink(top + "/back/big.bin")
+corrupt.append(4 * 2**20)
+result["corrupt"] = stopped(copy.plan(store, back, True, False))
+corrupt.clear()
+listed = copy.plan(store, back, True, False)
+az.pipe_file("ranged/big.bin", os.urandom(len(data)))
+result["changed"] = stopped(listed)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(not AZURITE.exists(), reason="run scripts/setup.sh --test (Azurite)")
+def test_a_large_blob_comes_in_as_ranges_at_once_hashed_in_order(tmp_path: Path) -> None:
+    with azurite(tmp_path / "store") as blob:
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={blob.endpoint};"
+        )
+        proc = subprocess.run(
+            [str(DEFAULT_ENV / "bin/python"), "-c", AZURE_CODE, connection, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["done"] == 1 and result["same"], result
+    assert result["reads"] == [], "verified by the MD5 computed on the way in, not read again"
+    mib = 2**20
+    starts = list(range(0, 10 * mib + 7, 2 * mib))
+    assert sorted(result["gets"]) == sorted(
+        [s, min(2 * mib, 10 * mib + 7 - s), result["etag"]] for s in starts
+    ), "ranges of the blob as listed"
+    assert result["most"] == 4, "four ranges at once"
+    assert result["written"][0] != 0 and sorted(result["written"]) == starts
+    message, left = result["corrupt"]
+    assert "checksum mismatch" in message and left == [], result["corrupt"]
+    message, left = result["changed"]
+    assert "changed in the store" in message and left == [], result["changed"]
