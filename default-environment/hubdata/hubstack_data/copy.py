@@ -23,6 +23,7 @@ import hashlib
 import os
 import posixpath
 import threading
+import urllib.request
 from collections.abc import Callable, Coroutine
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
@@ -383,6 +384,15 @@ def created(partial: str) -> int:
     return os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
 
+def made(partial: str, block: list[bytes], hasher: digest.Hasher | None) -> None:
+    """``partial`` made with ``block`` in it, fed to ``hasher``."""
+    fd = created(partial)
+    try:
+        written(fd, block, 0, hasher)
+    finally:
+        os.close(fd)
+
+
 async def s3_get(
     s3: AbstractFileSystem,
     path: str,
@@ -502,6 +512,12 @@ class AzureGet:
                 max_single_get_size=AZURE_GET,
                 max_chunk_get_size=AZURE_GET,
                 connection_data_block_size=AZURE_READ,
+                # With the environment's settings on (the SDK's default), aiohttp looks
+                # for a proxy and reads ~/.netrc in a thread at every request: two
+                # hand-overs per blob, behind the threads writing and hashing. Only a proxy
+                # set in the environment needs them (a .netrc entry for the store would
+                # clash with the SDK's own Authorization header).
+                use_env_settings=bool(urllib.request.getproxies_environment()),
             )
         container, blob, _ = self.abfs.split_path(path)
         client = self.client.get_blob_client(container, blob)
@@ -532,17 +548,23 @@ class AzureGet:
                 raise OSError(
                     errno.EIO, f"{item.src}: the store sent {size} of {length} bytes from {start}"
                 )
-            if before is None or before.done():  # its turn: hashed as it is written
+            if fd is None:  # the whole blob: its file made, written and hashed at once
+                await threaded(made, partial, block, hasher)
+            elif before is None or before.done():  # its turn: hashed as it is written
                 await threaded(written, fd, block, start, hasher)
-                progress(size)
+            else:
+                await threaded(written, fd, block, start, None)
+                progress(size)  # before hashing, which waits for the ranges ahead
+                if hasher is not None:
+                    await before
+                    await threaded(hashed, hasher, block)
                 return
-            await threaded(written, fd, block, start, None)
             progress(size)
-            if hasher is not None:
-                await before
-                await threaded(hashed, hasher, block)
 
-        fd = created(partial)
+        # A file is made in a thread, as it is written: making one on the loop held it up
+        # (a fifth of its time for a thousand blobs, waiting on the file system's journal
+        # while other files were written).
+        fd = await threaded(created, partial) if item.size > AZURE_GET else None
         try:
             async with asyncio.TaskGroup() as group:  # one range failing cancels the others
                 ranges: list[asyncio.Task[None]] = []
@@ -551,11 +573,12 @@ class AzureGet:
                         await asyncio.wait([ranges[-2 * streams]])
                     ranges.append(group.create_task(fetch(start, ranges[-1] if ranges else None)))
         except BaseExceptionGroup as failed:
-            if isinstance(failed.exceptions[0], CopyStopped):
+            if isinstance(failed.exceptions[0], CopyStopped) and os.path.lexists(partial):
                 os.unlink(partial)
             raise failed.exceptions[0] from None
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         return hasher.hexdigest() if hasher is not None else None
 
     async def close(self) -> None:
