@@ -78,3 +78,13 @@ def test_s3fs_part_size_is_tried_first() -> None:
 )
 def test_no_usable_digest_is_none(info: dict) -> None:
     assert digest.of(info) is None
+
+
+def test_uploads_are_sent_in_botocore_parts_and_their_etags_recognised() -> None:
+    assert digest.upload_part(99 * MIB) is None, "sent in one request, as s3fs sends it"
+    assert digest.upload_part(2 * 2**30) == digest.BOTO_PART
+    huge = 100 * 2**30  # more than 10,000 parts of 8 MiB
+    part = digest.upload_part(huge)
+    assert part is not None and part > digest.BOTO_PART and -(-huge // part) <= 10_000
+    etag = f'"{"a" * 32}-{-(-huge // part)}"'
+    assert digest.of({"ETag": etag, "size": huge}).part_size == part

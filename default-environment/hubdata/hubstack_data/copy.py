@@ -214,7 +214,9 @@ async def send(dst: Side, parts: int, progress: Callable[[int], Any], item: Item
         # The file's digest in the store's form (MD5, or the part MD5s of an S3 multipart
         # upload), for the store's of what it received to be checked against: computed
         # in a thread while the file is sent, not read again after all the uploads.
-        part = digest.s3fs_parts(item.size) if "s3" in store.protocol else None
+        part = digest.upload_part(item.size) if "s3" in store.protocol else None
+        if part is not None:
+            options["chunksize"] = part
         hashing = asyncio.ensure_future(asyncio.to_thread(digest.of_file, item.src, part))
     try:
         await store._put_file(  # type: ignore[attr-defined]
