@@ -63,7 +63,8 @@ S3_RANGE = 512 * 1024 * 1024
 # once (rclone's default number of streams for a large file), read from the socket
 # AZURE_READ at a time (the SDK's defaults: 4 MiB a request, one at a time, 4 KiB reads).
 # The SDK holds each range whole; ranges of 32 MiB or more cost a CPU-second more for 2 GiB
-# (the C library maps fresh memory for each, never reusing it), fewer cost Azurite more.
+# (the C library maps fresh memory for each, never reusing it); smaller ones cost Azurite
+# more requests.
 AZURE_GET = 16 * 1024 * 1024
 AZURE_READ = 1024 * 1024
 AZURE_STREAMS = 4
