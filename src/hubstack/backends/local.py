@@ -477,8 +477,8 @@ class LocalBackend:
                     reason="storage",
                 ) from None
             as_user = [
-                *(tool("setpriv"), f"--reuid={account.uid}", f"--regid={account.gid}"),
-                *("--init-groups", "--", tool("env"), f"--chdir={plan.workdir}"),
+                *accounts.switch_to(account, init_groups=True),
+                *(tool("env"), f"--chdir={plan.workdir}"),
             ]
             server = list(plan.argv) if fork is None else self._standin()
             argv, cwd = [*private, *as_user, "--", *server], f"/proc/self/fd/{base}"
