@@ -204,11 +204,13 @@ def add_user_site() -> list[str]:
     return [user_site]
 
 
-def enter_environment(prefix: str, python: str) -> list[str]:
+def enter_environment(prefix: str, python: str, alone: bool = False) -> list[str]:
     """Become a server of the environment at ``prefix``, built on this parent's server layer
     (``envs/server_layer.py``), as its own ``python`` started afresh would be: its
-    site-packages, and what its ``.pth`` files add, ahead of the layer's, and its prefix and
-    interpreter for what asks (kernel specs, Jupyter's search paths). The folders placed."""
+    site-packages, and what its ``.pth`` files add, ahead of the layer's (in place of the
+    layer's, ``alone``: a conda environment of this parent's Python, see
+    ``envs/conda_layer.py``), and its prefix and interpreter for what asks (kernel specs,
+    Jupyter's search paths). The folders placed."""
     layer_site = next(p for p in sys.path if p.endswith("site-packages"))
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     known = list(sys.path)
@@ -217,7 +219,7 @@ def enter_environment(prefix: str, python: str) -> list[str]:
     site.addsitedir(os.path.join(prefix, "lib", version, "site-packages"))
     added = [p for p in sys.path if p not in known]
     at = known.index(layer_site)
-    sys.path[:] = [*known[:at], *added, *known[at:]]
+    sys.path[:] = [*known[:at], *added, *known[at + 1 if alone else at :]]
     # Computed from sys.prefix when the parent imported them.
     paths = sys.modules.get("jupyter_core.paths")
     if paths is not None:

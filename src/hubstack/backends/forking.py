@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubstack.envs.conda_layer import forks_from
 from hubstack.launch.plan import PYTHON
 
 if TYPE_CHECKING:
@@ -95,12 +96,15 @@ def forkable(env: dict[str, str]) -> bool:
 
 def layer_python(built: BuiltRepository) -> Path | None:
     """The Python of the server layer whose fork server may fork servers of ``built``: an
-    environment on a layer and of its interpreter, without a ``start`` script (which wraps
-    the server) or Debian packages (whose libraries the loader looks for only at start).
-    Blocking: resolves the interpreters in the cache (root's)."""
-    if built.layer is None or built.apt:
+    environment on a layer and of its interpreter, or a conda environment with every
+    package of its Python's conda server layer (see envs/conda_layer.py); without a
+    ``start`` script (which wraps the server) or Debian packages (whose libraries the
+    loader looks for only at start). Blocking: reads the cache (root's)."""
+    if built.apt or (built.content is not None and built.content.start is not None):
         return None
-    if built.content is not None and built.content.start is not None:
+    if built.fork_layer is not None:
+        return built.fork_layer / PYTHON if forks_from(built.prefix, built.fork_layer) else None
+    if built.layer is None:
         return None
     python = built.layer / PYTHON
     if (built.prefix / PYTHON).resolve() != python.resolve():

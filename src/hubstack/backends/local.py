@@ -529,8 +529,12 @@ class LocalBackend:
                     "exec": list(plan.argv),  # if the child must start it afresh
                 }
                 if spec.built is not None:
-                    python = str(plan.prefix / PYTHON)
-                    start["environment"] = {"prefix": str(plan.prefix), "python": python}
+                    start["environment"] = {
+                        "prefix": str(plan.prefix),
+                        "python": str(plan.prefix / PYTHON),
+                        # a conda environment holds the server packages itself
+                        "alone": spec.built.fork_layer is not None,
+                    }
                 pid = await self._fork_in(fork, proc, start, fd, log.fileno(), state)
                 state["pid"], state["forked"] = pid, True
                 status = functools.partial(self._status, state)

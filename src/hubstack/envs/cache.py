@@ -67,6 +67,8 @@ class BuiltEnv:
     layer: str | None = None  # the key of the server layer it is built on (or a store
     # entry's: the layer whose interpreter compiled it)
     stores: list[str] = field(default_factory=list)  # the store entries it uses
+    # a conda environment's: the key of the conda server layer of its Python (conda_layer.py)
+    fork_layer: str | None = None
     packages: dict[str, str] = field(default_factory=dict)  # a store entry's: pin: folder
 
     @property
@@ -77,6 +79,11 @@ class BuiltEnv:
     def layer_prefix(self) -> Path | None:
         """The prefix of the server layer it is built on, if any."""
         return None if self.layer is None else self.path.with_name(self.layer) / "env"
+
+    @property
+    def fork_layer_prefix(self) -> Path | None:
+        """The prefix of the conda server layer of its Python, built or not."""
+        return None if self.fork_layer is None else self.path.with_name(self.fork_layer) / "env"
 
     @property
     def home(self) -> Path | None:
@@ -180,6 +187,7 @@ class EnvCache:
             notices=list(meta.get("notices", [])),
             layer=meta.get("layer"),
             stores=list(meta.get("stores", [])),
+            fork_layer=meta.get("fork_layer"),
             packages=dict(meta.get("packages", {})),
         )
 
@@ -250,9 +258,9 @@ class EnvCache:
     ) -> list[BuiltEnv]:
         """Remove the environments nobody launched for ``unused_for`` seconds (a running
         server counts as a launch: the hub marks its environment used while it runs), the
-        mirrors only they came from, the server layers only they used, the package store's
-        entries no environment uses that were not used for as long, and what failed
-        builds left; never those in ``keep`` (the builds running servers and declared
+        mirrors only they came from, the server layers (conda ones too) only they used, the
+        package store's entries no environment uses that were not used for as long, and
+        what failed builds left; never those in ``keep`` (the builds running servers and declared
         environments use). Waits for a build under way, so none is cut short."""
         cutoff = time.time() - unused_for
         old = [env for env in self.list() if env.last_used < cutoff and env.key not in keep]
@@ -262,7 +270,7 @@ class EnvCache:
         try:
             for env in old:
                 self.remove(env.key)
-            used = {env.layer for env in self.list()}
+            used = {key for env in self.list() for key in (env.layer, env.fork_layer)}
             for layer in self.layers():
                 if layer.key not in used:
                     self.remove(layer.key)

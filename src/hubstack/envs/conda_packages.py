@@ -41,20 +41,27 @@ _FILE = re.compile(r"([A-Za-z0-9_.+-]+)\.(conda|tar\.bz2)")
 _SUBDIR = re.compile(r"[a-z0-9-]{1,32}")
 
 
+def open_conda_meta(prefix: Path) -> int | None:
+    """A descriptor of ``prefix/conda-meta``, opened with no link followed; None if absent."""
+    try:
+        top = os.open(prefix, NO_FOLLOW_DIR)
+    except OSError:
+        return None
+    try:
+        return os.open("conda-meta", NO_FOLLOW_DIR, dir_fd=top)
+    except OSError:
+        return None
+    finally:
+        os.close(top)
+
+
 def installed_conda(prefix: Path) -> list[tuple[str, str, str]]:
     """(channel URL, platform folder, file name) of each conda package in ``prefix``, as its
     ``conda-meta`` records name them (checked for shape only: they are the build's words)."""
     found = []
-    try:
-        top = os.open(prefix, NO_FOLLOW_DIR)
-    except OSError:
+    meta = open_conda_meta(prefix)
+    if meta is None:
         return []
-    try:
-        meta = os.open("conda-meta", NO_FOLLOW_DIR, dir_fd=top)
-    except OSError:
-        return []
-    finally:
-        os.close(top)
     try:
         for name in sorted(os.listdir(meta)):
             if not name.endswith(".json"):

@@ -44,6 +44,8 @@ from hubstack.envs.builder import (
     write_files,
 )
 from hubstack.envs.cache import LAYER_KIND, SPEC_ORIGIN, STORE_KIND, BuiltEnv, EnvCache
+from hubstack.envs.conda_layer import layer_key as conda_layer_key
+from hubstack.envs.conda_layer import layer_plan
 from hubstack.envs.git import GitError, export, fetch, resolve_ref
 from hubstack.envs.layout import ENV
 from hubstack.envs.packages import Harvest
@@ -73,6 +75,8 @@ PYTHON_NAME = re.compile(r"python(3\.[0-9]{1,2})")
 PYTHON_DIRS = (Path("/usr/local/bin"), Path("/usr/bin"))
 # What a package store entry's build is given as its spec: nothing of a repository's.
 STORE_SPEC = EnvSpec("", STORE_KIND, None, (), (), False, None, None, (), False, ())
+# A conda server layer's (envs/conda_layer.py), given its conda plan: nothing else.
+CONDA_LAYER_SPEC = EnvSpec("", LAYER_KIND, None, (), (), False, None, None, (), False, ())
 
 
 class PrepareFailed(Explained):
@@ -149,6 +153,9 @@ class Repositories:
         self._resolved: dict[tuple[str, str], tuple[str, float]] = {}  # (url, ref): commit, when
         self._inspected: OrderedDict[tuple[Path, str], tuple[EnvSpec, str, str]] = OrderedDict()
         self._keeping: set[asyncio.Task[None]] = set()
+        # Conda server layers (by key) being built, or whose build failed since the hub
+        # started: a launch asks for a missing one once, a new build of its Python again.
+        self._layers_asked: set[str] = set()
 
     async def prepare(
         self, source: RepoSource, phase: Phase, pin: str | None = None, owner: str | None = None
@@ -179,6 +186,7 @@ class Repositories:
             env = await self._build(job, (source.url, source.ref), python, phase, owner)
         else:
             phase("built", f"Found the environment {key[:12]}, built before")
+            await self._layer_missing(env)
         await asyncio.to_thread(self.cache.touch, key)
         return Prepared(env, source, commit, mirror, spec.start, spec.notices)
 
@@ -203,6 +211,7 @@ class Repositories:
             env = await self._build(job, origin, python, phase, None)
         else:
             phase("built", f"Found the environment {key[:12]}, built before")
+            await self._layer_missing(env)
         return env
 
     def _files_key(self, files: Mapping[str, str]) -> tuple[EnvSpec, str, str]:
@@ -316,8 +325,7 @@ class Repositories:
         the build locks); ``job`` itself when its kind keeps the server packages."""
         if not on_layer(job.spec):
             return job
-        salt = f"{BUILDER_VERSION}\n{_server_requirements()}"
-        key = await asyncio.to_thread(layer_key, job.python, python, salt)
+        key = await asyncio.to_thread(layer_key, job.python, python, _layer_salt())
         if self.cache.get(key) is None:
             build.line(f"Building the shared server layer {key[:12]} for Python {python}")
             spec = dataclasses.replace(job.spec, post_build=None)
@@ -430,6 +438,11 @@ class Repositories:
                     meta["layer"] = job.layer.name
                 if job.store:
                     meta["stores"] = await asyncio.to_thread(self._stores_used, job)
+                if job.spec.conda is not None:
+                    prefix = self.cache.path(job.key) / ENV
+                    plan = await asyncio.to_thread(layer_plan, prefix, self.binder.conda)
+                    if plan is not None:
+                        meta["fork_layer"] = conda_layer_key(plan, self.binder.conda, _layer_salt())
                 env = await asyncio.to_thread(self.cache.complete, job.key, meta)
             finally:
                 lock.close()
@@ -490,24 +503,61 @@ class Repositories:
             await asyncio.to_thread(self.cache.complete, key, meta)
         return f"Package store: {len(names)} packages unpacked and compiled into {key[:12]}"
 
-    def _keep(self, env: BuiltEnv) -> None:
-        """Keep the packages of ``env`` in the package cache, once its launch went on."""
-        task = asyncio.create_task(self._keep_packages(env))
+    async def _conda_layer(self, env: BuiltEnv) -> str | None:
+        """Build the conda server layer of the Python of ``env`` if the cache lacks it (the
+        caller holds the build locks; see :mod:`hubstack.envs.conda_layer`); its line for
+        the build's log, or None."""
+        key = env.fork_layer
+        if key is None or self.cache.get(key) is not None:
+            return None
+        plan = await asyncio.to_thread(layer_plan, env.prefix, self.binder.conda)
+        if plan is None or conda_layer_key(plan, self.binder.conda, _layer_salt()) != key:
+            return None
+        spec = dataclasses.replace(CONDA_LAYER_SPEC, conda=plan)
+        host = self.pythons[_newest(self.pythons)]  # unused by a conda build
+        await self.builder.build(BuildJob(key, spec, host, None, "", files={}), lambda _: None)
+        meta = {
+            "repo": f"conda server layer for {plan.specs[0]}",
+            "ref": "",
+            "commit": "",
+            "python": env.python,
+            "kind": LAYER_KIND,
+        }
+        await asyncio.to_thread(self.cache.complete, key, meta)
+        return f"Conda server layer {key[:12]} built for {plan.specs[0]}"
+
+    async def _layer_missing(self, env: BuiltEnv) -> None:
+        """Build the conda server layer of ``env`` in the background if it lacks one (its
+        build's was cut short by a stop of the hub, or pruned)."""
+        key = env.fork_layer
+        if key is None or key in self._layers_asked:
+            return
+        if await asyncio.to_thread(self.cache.get, key) is None:
+            self._keep(env, packages=False)
+
+    def _keep(self, env: BuiltEnv, packages: bool = True) -> None:
+        """Keep the packages of ``env`` in the package cache, and build the conda server
+        layer of its Python, once its launch went on."""
+        if env.fork_layer is not None:
+            self._layers_asked.add(env.fork_layer)
+        task = asyncio.create_task(self._keep_packages(env, packages))
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
 
-    async def _keep_packages(self, env: BuiltEnv) -> None:
-        """Add a finished build's wheels to the package cache and the package store, after
-        its launch went on and before the next build starts (it holds the build locks), so
-        that build finds them."""
+    async def _keep_packages(self, env: BuiltEnv, packages: bool) -> None:
+        """Add a finished build's wheels to the package cache and the package store, then
+        build the conda server layer it lacks (from the packages just kept), after its launch
+        went on and before the next build starts (it holds the build locks), so that build
+        finds them."""
         async with self._one_build:
             lock = self.cache.try_build_lock()
             while lock is None:
                 await asyncio.sleep(LOCK_POLL)
                 lock = self.cache.try_build_lock()
-            stored = None
+            kept = stored = layered = None
             try:
-                kept = await asyncio.to_thread(self.builder.keep_packages, env)
+                if packages:
+                    kept = await asyncio.to_thread(self.builder.keep_packages, env)
                 if kept is not None:
                     stored = await self._store(env, kept)
             except BuildFailed as exc:
@@ -516,7 +566,14 @@ class Repositories:
                 )
             except Exception:
                 log.exception("Package cache: the wheels of %s were not kept", env.key[:12])
-                return
+            try:
+                layered = await self._conda_layer(env)
+            except BuildFailed as exc:
+                log.warning("Conda server layer of %s not built: %s", env.key[:12], exc)
+            except Exception:
+                log.exception("Conda server layer of %s not built", env.key[:12])
+            else:
+                self._layers_asked.discard(env.fork_layer or "")
             finally:
                 lock.close()
         if kept is not None:
@@ -524,16 +581,24 @@ class Repositories:
                 f"Package cache: {len(kept.added)} wheels added, {len(kept.known)} already "
                 f"kept, not kept: {', '.join(kept.skipped) or 'none'}"
             )
-            for text in (stored, line):  # the cache's line last: what waits for it sees both
+            for text in (stored, line):  # the cache's line after: what waits for it sees both
                 if text is not None:
                     log.info("%s (%s)", text, env.key[:12])
                     await asyncio.to_thread(_append, self.cache.log(env.key), text)
+        if layered is not None:
+            log.info("%s (%s)", layered, env.key[:12])
+            await asyncio.to_thread(_append, self.cache.log(env.key), layered)
 
     async def settled(self) -> None:
         """Wait until the wheels of every finished build are in the package cache (for a
         command that builds and exits, and for tests)."""
         while self._keeping:
             await asyncio.gather(*self._keeping, return_exceptions=True)
+
+
+def _layer_salt() -> str:
+    """What every server layer's key (conda ones too) depends on besides its Python."""
+    return f"{BUILDER_VERSION}\n{_server_requirements()}"
 
 
 def _server_requirements() -> str:

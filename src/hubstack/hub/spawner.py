@@ -344,6 +344,7 @@ class HubstackSpawner(Spawner):
             apt=prepared.env.apt,
             python=prepared.env.python,
             layer=prepared.env.layer_prefix,
+            fork_layer=prepared.env.fork_layer_prefix,
         )
         return request, built
 
@@ -359,7 +360,12 @@ class HubstackSpawner(Spawner):
         self._env_marked = time.monotonic()
         self._save_state()
         return BuiltRepository(
-            env.prefix, None, apt=env.apt, python=env.python, layer=env.layer_prefix
+            env.prefix,
+            None,
+            apt=env.apt,
+            python=env.python,
+            layer=env.layer_prefix,
+            fork_layer=env.fork_layer_prefix,
         )
 
     def _spawn_error(self, message: str, reason: str) -> SpawnException:

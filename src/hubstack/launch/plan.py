@@ -88,6 +88,8 @@ class BuiltRepository:
     apt: bool = False  # Debian packages are unpacked in the environment (envs/layout.py)
     python: str | None = None  # the environment's Python version, X.Y
     layer: Path | None = None  # the prefix of its server layer (envs/server_layer.py)
+    # a conda environment's: the prefix of its Python's conda server layer (envs/conda_layer.py)
+    fork_layer: Path | None = None
 
 
 @dataclass(frozen=True)
