@@ -360,8 +360,12 @@ class Packages:
 
     def empty(self) -> None:
         shutil.rmtree(self.cache.wheels, ignore_errors=True)
-        for layer in self.envs.layers():  # built again, at the same place, by the next build
-            self.envs.remove(layer.key)
+        # Built again, at the same place, by the next build; not the conda server layers,
+        # which no build uses (the hub builds one after a conda build; see conda_layer.py).
+        forked = {env.fork_layer for env in self.envs.list()}
+        for layer in self.envs.layers():
+            if layer.key not in forked:
+                self.envs.remove(layer.key)
         for entry in self.envs.stores():  # the package store's, unpacked from those wheels
             self.envs.remove(entry.key)
 

@@ -31,7 +31,7 @@ from hubtest import Hub, new_test_root, remove_later, wait_for
 pytestmark = [pytest.mark.e2e, needs_root, needs_default_env]
 
 ENVIRONMENT = "channels: [conda-forge]\ndependencies:\n  - python=3.10\n  - hello-conda=1.0\n"
-# Records who runs it in the folder given as the argument of postBuild's expansion.
+# Run by whoever imports it: leaves a file named for its uid in the records folder.
 RECORD = "import os; open(os.path.join({folder!r}, '{what}-%d' % os.getuid()), 'a').close()"
 POST_BUILD = """#!/bin/bash
 set -eu

@@ -56,9 +56,12 @@ PRELOAD = (
 # Imported by every server after the fork, at its start or its first requests (measured:
 # benchmarks/start_cpu.py and the modules a server has that its fork server had not):
 # httpx's transport (JupyterLab's extension manager makes a client at start), the asyncio
-# backend of anyio, and what the enabled extensions import when they load or first answer.
+# backend of anyio, what the enabled extensions import when they load or first answer, and
+# IPython (notebook_shim's link reads every property of its traits, one of which imports
+# IPython.paths: with IPython 8 all of IPython, prompt_toolkit and jedi, 0.3 s).
 LAZY = (
     "httpcore",
+    "IPython.paths",
     "anyio._backends._asyncio",
     "tornado.platform.asyncio",
     "jinja2.ext",
