@@ -97,21 +97,22 @@ def hubdata(session: Session, *args: str, server: str = "") -> tuple[int, str, s
     return rc, out, err
 
 
-class Throttle:
-    """A TCP relay to ``endpoint`` whose answers, over all connections together, come at
-    ``rate`` bytes per second: a store slow enough for a copy to be watched while it runs.
-    A real network path, shaped, not a stand-in for the store."""
+class Relay:
+    """A TCP relay to ``endpoint``: a real network path between a client and the store,
+    whose answers each kind of relay may shape, not a stand-in for the store."""
 
     CHUNK = 16 * 1024
 
-    def __init__(self, endpoint: str, rate: int) -> None:
+    def __init__(self, endpoint: str) -> None:
         self.target = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
-        self.rate = rate
         self.listener = socket.create_server(("127.0.0.1", free_port_block(1)))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.lock = threading.Lock()
-        self.next_free = time.monotonic()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def answer(self, chunk: bytes, before: int) -> bytes:
+        """What the client gets of ``chunk``, which comes ``before`` bytes into the
+        store's answers on its connection."""
+        return chunk
 
     def _accept(self) -> None:
         while True:
@@ -123,15 +124,12 @@ class Throttle:
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, shaped: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        before = 0
         try:
             while chunk := src.recv(self.CHUNK):
-                if shaped:
-                    with self.lock:
-                        start = max(time.monotonic(), self.next_free)
-                        self.next_free = start + len(chunk) / self.rate
-                    time.sleep(max(0.0, start - time.monotonic()))
-                dst.sendall(chunk)
+                dst.sendall(self.answer(chunk, before) if answers else chunk)
+                before += len(chunk)
         except OSError:
             pass
         finally:
@@ -141,3 +139,37 @@ class Throttle:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class Throttle(Relay):
+    """A relay whose answers, over all connections together, come at ``rate`` bytes per
+    second: a store slow enough for a copy to be watched while it runs."""
+
+    def __init__(self, endpoint: str, rate: int) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()
+        super().__init__(endpoint)
+
+    def answer(self, chunk: bytes, before: int) -> bytes:
+        with self.lock:
+            start = max(time.monotonic(), self.next_free)
+            self.next_free = start + len(chunk) / self.rate
+        time.sleep(max(0.0, start - time.monotonic()))
+        return chunk
+
+
+class Corrupting(Relay):
+    """A relay that flips one bit of the byte ``at`` bytes into the answers on each
+    connection: bytes changed on the way, which the store's checksums must catch."""
+
+    def __init__(self, endpoint: str, at: int) -> None:
+        self.at = at
+        super().__init__(endpoint)
+
+    def answer(self, chunk: bytes, before: int) -> bytes:
+        if before <= self.at < before + len(chunk):
+            flipped = bytearray(chunk)
+            flipped[self.at - before] ^= 1
+            return bytes(flipped)
+        return chunk

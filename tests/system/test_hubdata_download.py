@@ -3,6 +3,8 @@
 S3: the bytes land whole, an object sent in one request comes in one GET checked against
 the store's own checksum of it (no MD5 computed), and a multipart one comes in as several
 ranges at once, each hashed apart, checked against its ETag; the file is never read again.
+One bit changed on the network stops either copy (botocore's CRC32, the ETag) and leaves
+no file.
 Azure: a large blob comes in as ranges, several at once, hashed in order even when a later
 range is in first, and verified against its Content-MD5 without a second read; bytes that
 differ from the blob's MD5 and a blob changed since it was listed stop the copy, and no
@@ -18,7 +20,14 @@ from pathlib import Path
 import pytest
 from conftest import needs_default_env
 from hubtest import DEFAULT_ENV
-from storage_emulators import AZURITE, AZURITE_ACCOUNT, AZURITE_KEY, azurite, moto_s3
+from storage_emulators import (
+    AZURITE,
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    Corrupting,
+    azurite,
+    moto_s3,
+)
 
 pytestmark = [needs_default_env]
 
@@ -96,6 +105,74 @@ def test_objects_are_hashed_as_they_are_written_and_verified_without_a_second_re
             for s in range(0, 130 * mib, 32 * mib)
         ]
     ), "one GET for the object sent whole, ranges of whole parts for the multipart object"
+
+
+# whole.bin (sent in one request: botocore's CRC32 with it) and parts.bin (sent in parts of
+# 8 MiB: an ETag of their MD5s, ranges of one part each) read through a relay that changes
+# one bit 2 MiB into the store's answers on each connection, then straight from the store.
+CHANGED_CODE = """
+import json, os, sys
+from fsspec.implementations.local import LocalFileSystem
+from hubstack_data import copy
+from hubstack_data.connection import filesystem
+
+direct, relayed, top = sys.argv[1:]
+s3 = filesystem("s3", {"key": "k", "secret": "x", "endpoint_url": direct})
+s3.mkdir("sent")
+s3.pipe_file("sent/whole/whole.bin", os.urandom(5 * 2**20))
+part = 8 * 2**20
+with s3.open("sent/parts/parts.bin", "wb", block_size=part) as out:
+    for _ in range(3):
+        out.write(os.urandom(part))
+copy.S3_RANGE = part
+etags = [s3.info(f"sent/{n}/{n}.bin")["ETag"] for n in ("whole", "parts")]
+
+def copied(endpoint, name):
+    fs = filesystem("s3", {"key": "k", "secret": "x", "endpoint_url": endpoint})
+    store = copy.Side(fs, f"sent/{name}", f"sent/{name}")
+    local = copy.Side(LocalFileSystem(), f"{top}/{name}", f"{top}/{name}")
+    try:
+        copy.run(store, local, copy.plan(store, local, True, False), lambda n: None)
+        outcome = "copied"
+    except copy.CopyStopped as stop:
+        outcome = str(stop)
+    return [outcome, sorted(os.listdir(local.path)) if os.path.isdir(local.path) else []]
+
+changed = [copied(relayed, name) for name in ("whole", "parts")]
+straight = [copied(direct, name) for name in ("whole", "parts")]
+print(json.dumps([etags, changed, straight]))
+"""
+
+
+def test_bytes_changed_on_the_way_in_stop_the_copy_and_leave_no_file(tmp_path: Path) -> None:
+    """The store's CRC32 (checked by botocore) and a multipart object's ETag (checked by
+    hubdata) each catch one bit changed on the network; the same copies straight from the
+    store go through, so it is the changed bit that stops them."""
+    with moto_s3() as s3:
+        relay = Corrupting(s3.endpoint, at=2 * 2**20)
+        try:
+            proc = subprocess.run(
+                [
+                    str(DEFAULT_ENV / "bin/python"),
+                    "-c",
+                    CHANGED_CODE,
+                    s3.endpoint,
+                    relay.endpoint,
+                    str(tmp_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        finally:
+            relay.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    etags, changed, straight = json.loads(proc.stdout)
+    assert "-" not in etags[0] and etags[1].endswith('-3"'), etags
+    for name, (message, left) in zip(("whole", "parts"), changed, strict=True):
+        assert message.startswith("checksum mismatch: ") and f"{name}.bin" in message, message
+        assert left == [], f"nothing of {name}.bin is left, not even a partial file"
+    assert straight == [["copied", ["whole.bin"]], ["copied", ["parts.bin"]]]
 
 
 # big.bin (10 MiB + 7, with the Content-MD5 hubdata sets on its uploads) comes in as ranges
