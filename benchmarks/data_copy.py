@@ -5,19 +5,22 @@
 
 Two data sets: ``--total`` in ``--files`` files, and one file of ``--total``. Each is copied
 out (disk -> store) and in (store -> disk) by hubdata's copy engine (what ``hubdata cp -r``
-runs: several files at once, out through the library's put_file, in streamed through
-s3fs's client or the Azure SDK's, every file verified against the store's digest of it)
-and by the baseline
-(``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification) and, when it is
-installed (Debian's ``rclone`` package; benchmark setup only, not the test suite's), by
-``rclone copy`` with its default settings (4 transfers, its own checksum checks), taking
-turns so that noise hits them alike. Both stores run on loopback as emulators, so the numbers
-compare the clients, not a network. Each client gets a fresh store (nothing left by another
-client's copy), its process confined to ``--store-memory`` in a cgroup of its own: moto's
-server reads a whole object for every ranged GET, so concurrent ranges of a 2 GiB object
-can take more memory than the machine has, and the kernel then stops the store, not the
-machine's other work (the row says so). The scratch directory (``TMPDIR``) holds the data,
-one copy back and Azurite's objects: give it room for five times ``--total``.
+runs: several files at once, out through the library's put_file, in streamed through s3fs's
+client or the Azure SDK's, every file verified against the store's digest of it) and by the
+baseline (``s3fs``/``adlfs`` ``put``/``get`` with default settings, no verification) and,
+when it is installed (Debian's ``rclone`` package; benchmark setup only, not the test
+suite's), by ``rclone copy`` with its default settings (4 transfers, its own checksum
+checks), taking turns so that noise hits them alike. rclone checks no checksum of a large
+file it downloads in several streams (its default above 250 MiB), so the one file is also
+copied by ``rclone copy --multi-thread-streams 0`` ("rclone md5"): one stream, its MD5
+checked, as hubdata checks every file; with many files both rclone columns would be the same
+copy. Both stores run on loopback as emulators, so the numbers compare the clients, not a
+network. Each client gets a fresh store (nothing left by another client's copy), its process
+confined to ``--store-memory`` in a cgroup of its own: moto's server reads a whole object
+for every ranged GET, so concurrent ranges of a 2 GiB object can take more memory than the
+machine has, and the kernel then stops the store, not the machine's other work (the row says
+so). The scratch directory (``TMPDIR``) holds the data, one copy back and Azurite's objects:
+give it room for five times ``--total``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from hubstack.units import parse_size
 
 WORKER = Path(__file__).with_name("data_copy_worker.py")
 RCLONE = shutil.which("rclone")
+# The rclone columns and their options: its defaults, and one stream for a large file.
+RCLONE_HOWS = {"rclone": [], "rclone-md5": ["--multi-thread-streams", "0"]}
 
 
 def make_data(root: Path, total: int, files: int) -> dict[str, Path]:
@@ -81,9 +86,12 @@ def timed(how: str, direction: str, spec: tuple[str, dict], local: Path, remote:
     return float(json.loads(proc.stdout))
 
 
-def timed_rclone(direction: str, remote_env: dict[str, str], local: Path, remote: str) -> float:
-    """``rclone copy`` of a directory's contents, out or in, with its default settings; the
-    remote ``store:`` is described by environment variables (no rclone.conf)."""
+def timed_rclone(
+    direction: str, remote_env: dict[str, str], local: Path, remote: str, options: list[str]
+) -> float:
+    """``rclone copy`` of a directory's contents, out or in, with its default settings and
+    ``options``; the remote ``store:`` is described by environment variables (no
+    rclone.conf)."""
     src, dst = (
         (str(local), f"store:{remote}") if direction == "out" else (f"store:{remote}", str(local))
     )
@@ -93,7 +101,7 @@ def timed_rclone(direction: str, remote_env: dict[str, str], local: Path, remote
     env |= {**remote_env, "RCLONE_CONFIG": "/dev/null"}
     start = time.perf_counter()
     proc = subprocess.run(
-        [RCLONE, "copy", src, dst], capture_output=True, text=True, timeout=3600, env=env
+        [RCLONE, "copy", *options, src, dst], capture_output=True, text=True, timeout=3600, env=env
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [""])[-1]
@@ -178,7 +186,7 @@ def main() -> None:
     parser.add_argument("--data", default="many,one", help="which of many, one")
     parser.add_argument("--store-memory", default="12G", help="each emulator's memory limit")
     args = parser.parse_args()
-    hows = ("hubdata", "baseline", "rclone") if RCLONE else ("hubdata", "baseline")
+    hows = ("hubdata", "baseline") + (tuple(RCLONE_HOWS) if RCLONE else ())
     total = parse_size(args.total)
     memory = parse_size(args.store_memory)
     work = Path(tempfile.mkdtemp(prefix="hubstack-data-bench-"))
@@ -186,26 +194,33 @@ def main() -> None:
     try:
         data = make_data(work, total, args.files)
         print(f"{total / 1e9:.2f} GB as {args.files} files and as one file; MB/s")
-        print(f"{'store':16} {'data':5} {'dir':4}" + "".join(f" {h:>9}" for h in hows))
+        print(f"{'store':16} {'data':5} {'dir':4}" + "".join(f" {h:>10}" for h in hows))
         for kind in args.stores.split(","):
             for label in args.data.split(","):
                 local = data[label]
                 rates = {}
                 for how in hows:
+                    if how in RCLONE_HOWS and RCLONE_HOWS[how] and label == "many":
+                        rates[how] = (math.nan, math.nan)  # the same copy as rclone's
+                        continue
                     remote = f"bench-{how}/{label}"
                     back = work / f"back-{how}-{label}"
                     with store(kind, work, memory) as spec:
-                        if how == "rclone":
+                        if how in RCLONE_HOWS:
                             remote_env = rclone_remote(*spec)
-                            out = timed_rclone("out", remote_env, local, remote)
-                            inn = timed_rclone("in", remote_env, back, remote)
+                            options = RCLONE_HOWS[how]
+                            out = timed_rclone("out", remote_env, local, remote, options)
+                            inn = timed_rclone("in", remote_env, back, remote, options)
                         else:
                             out = timed(how, "out", spec, local, remote)
                             inn = timed(how, "in", spec, back, remote)
                     rates[how] = (total / out / 1e6, total / inn / 1e6)
                     shutil.rmtree(back, ignore_errors=True)
                 for i, direction in enumerate(("out", "in")):
-                    cells = "".join(f" {rates[h][i]:9.1f}" for h in hows)
+                    cells = "".join(
+                        f" {rates[h][i]:10.1f}" if not math.isnan(rates[h][i]) else f" {'-':>10}"
+                        for h in hows
+                    )
                     print(f"{names[kind]:16} {label:5} {direction:4}{cells}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -214,7 +229,7 @@ def main() -> None:
 MAKE_BUCKETS = """
 import fsspec, json, sys
 fs = fsspec.filesystem(sys.argv[1], **json.loads(sys.argv[2]))
-for name in ("bench-hubdata", "bench-baseline", "bench-rclone"):
+for name in ("bench-hubdata", "bench-baseline", "bench-rclone", "bench-rclone-md5"):
     fs.mkdir(name)
 """
 
