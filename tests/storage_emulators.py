@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +105,14 @@ class Relay:
     CHUNK = 16 * 1024
 
     def __init__(self, endpoint: str) -> None:
-        self.target = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        self.target = ("127.0.0.1", urllib.parse.urlsplit(endpoint).port)
         self.listener = socket.create_server(("127.0.0.1", free_port_block(1)))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def answer(self, chunk: bytes, before: int) -> bytes:
-        """What the client gets of ``chunk``, which comes ``before`` bytes into the
-        store's answers on its connection."""
+    def passed(self, chunk: bytes, before: int, answer: bool) -> bytes:
+        """What the other end gets of ``chunk``, which comes ``before`` bytes into the
+        store's answers (``answer``) or the client's requests on its connection."""
         return chunk
 
     def _accept(self) -> None:
@@ -128,7 +129,7 @@ class Relay:
         before = 0
         try:
             while chunk := src.recv(self.CHUNK):
-                dst.sendall(self.answer(chunk, before) if answers else chunk)
+                dst.sendall(self.passed(chunk, before, answers))
                 before += len(chunk)
         except OSError:
             pass
@@ -151,7 +152,9 @@ class Throttle(Relay):
         self.next_free = time.monotonic()
         super().__init__(endpoint)
 
-    def answer(self, chunk: bytes, before: int) -> bytes:
+    def passed(self, chunk: bytes, before: int, answer: bool) -> bytes:
+        if not answer:
+            return chunk
         with self.lock:
             start = max(time.monotonic(), self.next_free)
             self.next_free = start + len(chunk) / self.rate
@@ -160,15 +163,16 @@ class Throttle(Relay):
 
 
 class Corrupting(Relay):
-    """A relay that flips one bit of the byte ``at`` bytes into the answers on each
-    connection: bytes changed on the way, which the store's checksums must catch."""
+    """A relay that flips one bit of the byte ``at`` bytes into the answers (or, not
+    ``answers``, the requests) on each connection: bytes changed on the way, which the
+    store's checksums must catch."""
 
-    def __init__(self, endpoint: str, at: int) -> None:
-        self.at = at
+    def __init__(self, endpoint: str, at: int, answers: bool = True) -> None:
+        self.at, self.answers = at, answers
         super().__init__(endpoint)
 
-    def answer(self, chunk: bytes, before: int) -> bytes:
-        if before <= self.at < before + len(chunk):
+    def passed(self, chunk: bytes, before: int, answer: bool) -> bytes:
+        if answer == self.answers and before <= self.at < before + len(chunk):
             flipped = bytearray(chunk)
             flipped[self.at - before] ^= 1
             return bytes(flipped)

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Coroutine
@@ -129,11 +130,21 @@ def existing(side: Side, paths: list[str], under: str) -> dict[str, dict[str, An
     return {path: info for path, info in found.items() if path in wanted}
 
 
-def sha256_of(fs: AbstractFileSystem, path: str) -> str:
+def sha256_of(fs: AbstractFileSystem, path: str) -> str | None:
+    """The SHA-256 of a file or object; None if the object's bytes are not those of the
+    store's own checksum of it (an upload changed on the way, which botocore finds as the
+    last byte is read): a digest no file has."""
     hasher = hashlib.sha256()
-    with fs.open(path, "rb", block_size=CHUNK) as src:
-        while chunk := src.read(CHUNK):
-            hasher.update(chunk)
+    try:
+        with fs.open(path, "rb", block_size=CHUNK) as src:
+            while chunk := src.read(CHUNK):
+                hasher.update(chunk)
+    except Exception as exc:
+        # Only an S3 copy has botocore loaded; an Azure one need not import it.
+        errors = sys.modules.get("botocore.exceptions")
+        if errors is None or not isinstance(exc, errors.FlexibleChecksumError):
+            raise
+        return None
     return hasher.hexdigest()
 
 
@@ -223,6 +234,10 @@ async def send(dst: Side, parts: int, progress: Callable[[int], Any], item: Item
         await store._put_file(  # type: ignore[attr-defined]
             item.src, in_library(dst, item.dst), callback=Progress(progress), **options
         )
+    except Exception as exc:
+        if refused_digest(exc):
+            raise mismatch(item.src, item.dst, kept="not kept") from None
+        raise
     finally:
         if hashing is not None:
             await asyncio.wait([hashing])  # the thread is not left reading the file
@@ -618,11 +633,29 @@ def verified(
     return sha256_of(LocalFileSystem(), local_path) == sha256_of(store.fs, remote)
 
 
-def mismatch(src: str, dst: str) -> CopyStopped:
+def mismatch(src: str, dst: str, kept: str = "removed") -> CopyStopped:
     return CopyStopped(
-        f"checksum mismatch: {dst} differs from what was read from {src} (removed); "
+        f"checksum mismatch: {dst} differs from what was read from {src} ({kept}); "
         "run the copy again"
     )
+
+
+# The stores' answers to bytes that differ from the digest sent with them: Azure's to a
+# block (validate_content), S3's to an object or part (its Content-MD5 or checksum).
+REFUSED_DIGEST = {"Md5Mismatch", "BadDigest", "InvalidDigest"}
+
+
+def refused_digest(exc: BaseException) -> bool:
+    """Whether the store refused what it received as not matching its digest: the Azure
+    SDK's error, or botocore's, which s3fs raises as the cause of its own."""
+    for error in (exc, exc.__cause__):
+        code = getattr(error, "error_code", None)  # azure.core's HttpResponseError
+        answer = getattr(error, "response", None)  # botocore's ClientError
+        if isinstance(answer, dict):
+            code = answer.get("Error", {}).get("Code")
+        if code in REFUSED_DIGEST:
+            return True
+    return False
 
 
 def verify_uploads(dst: Side, items: list[Item]) -> None:
