@@ -7,8 +7,9 @@ in the store: a file sent in one request (S3: botocore's CRC32 goes with it, whi
 keeps but does not check; Azure: Azurite's MD5 of what it received) is found by hubdata's
 check after the upload, and a large one, sent in parts (S3: 13 parts, an ETag of their
 MD5s) or blocks (Azure: each with its MD5, which Azurite checks and refuses), by the store
-or that check. The same copies straight to the store go through, so it is the changed bit
-that stops them.
+or that check. The mismatch is said once: no error of the SDK's about the other blocks
+follows it. The same copies straight to the store go through, so it is the changed bit that
+stops them.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def test_bytes_changed_on_the_way_out_stop_the_copy_and_leave_no_object(
             [*argv, str(tmp_path / "files")], capture_output=True, text=True, timeout=300
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "never retrieved" not in proc.stderr, "no error the copy has told printed again"
     changed, straight = json.loads(proc.stdout)
     for name, (message, kept) in zip(("whole", "parts"), changed, strict=True):
         assert message.startswith("checksum mismatch: ") and f"{name}.bin" in message, message
@@ -110,3 +112,32 @@ def test_bytes_changed_on_the_way_out_stop_the_copy_and_leave_no_object(
     assert list(kept_whole) == ["whole.bin"] and list(kept_parts) == ["parts.bin"]
     if protocol == "s3":
         assert "-" not in kept_whole["whole.bin"] and kept_parts["parts.bin"].endswith('-13"')
+
+
+# A real S3 checks what it receives against the Content-MD5 or checksum sent with it and
+# answers BadDigest, which moto does not: botocore's error as s3fs raises it, built here.
+REFUSALS = """
+import json
+from botocore.exceptions import ClientError
+from s3fs.errors import translate_boto_error
+from hubstack_data.copy import refused_digest
+
+def answer(code):
+    return ClientError({"Error": {"Code": code, "Message": "..."}}, "PutObject")
+
+print(json.dumps([
+    [refused_digest(answer(code)), refused_digest(translate_boto_error(answer(code)))]
+    for code in ("BadDigest", "InvalidDigest", "NoSuchBucket", "AccessDenied")
+]))
+"""
+
+
+def test_a_store_refusing_bytes_for_their_digest_is_a_checksum_mismatch() -> None:
+    proc = subprocess.run(
+        [str(DEFAULT_ENV / "bin/python"), "-c", REFUSALS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == [[True, True], [True, True], [False, False], [False, False]]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import posixpath
 import sys
@@ -647,15 +648,31 @@ REFUSED_DIGEST = {"Md5Mismatch", "BadDigest", "InvalidDigest"}
 
 def refused_digest(exc: BaseException) -> bool:
     """Whether the store refused what it received as not matching its digest: the Azure
-    SDK's error, or botocore's, which s3fs raises as the cause of its own."""
+    SDK's error (its code in the answer's headers), or botocore's, which s3fs raises as the
+    cause of its own."""
     for error in (exc, exc.__cause__):
-        code = getattr(error, "error_code", None)  # azure.core's HttpResponseError
-        answer = getattr(error, "response", None)  # botocore's ClientError
-        if isinstance(answer, dict):
+        answer = getattr(error, "response", None)
+        if isinstance(answer, dict):  # botocore's ClientError
             code = answer.get("Error", {}).get("Code")
+        else:  # azure.core's HttpResponseError
+            code = (getattr(answer, "headers", None) or {}).get("x-ms-error-code")
         if code in REFUSED_DIGEST:
             return True
     return False
+
+
+class RefusedSiblings(logging.Filter):
+    """Leaves out asyncio's "Task exception was never retrieved" for a block the store
+    refused for its digest: the Azure SDK sends a file's blocks as tasks side by side and,
+    once one fails, never reads the others' errors, which asyncio then prints whole at
+    exit, after the copy has said what happened (a checksum mismatch)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not refused_digest(exc)
+
+
+logging.getLogger("asyncio").addFilter(RefusedSiblings())
 
 
 def verify_uploads(dst: Side, items: list[Item]) -> None:
