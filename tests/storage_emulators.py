@@ -100,7 +100,7 @@ def hubdata(session: Session, *args: str, server: str = "") -> tuple[int, str, s
 
 class Relay:
     """A TCP relay to ``endpoint``: a real network path between a client and the store,
-    whose answers each kind of relay may shape, not a stand-in for the store."""
+    whose bytes each kind of relay may shape or change, not a stand-in for the store."""
 
     CHUNK = 16 * 1024
 
