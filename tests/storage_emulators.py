@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import requests
 from hubtest import Abort, Session, free_port_block, wait_for
@@ -100,7 +101,8 @@ def hubdata(session: Session, *args: str, server: str = "") -> tuple[int, str, s
 
 class Relay:
     """A TCP relay to ``endpoint``: a real network path between a client and the store,
-    whose bytes each kind of relay may shape or change, not a stand-in for the store."""
+    whose bytes each kind of relay may shape or change, not a stand-in for the store.
+    Closed (no new connection taken) at the end of its ``with`` block."""
 
     CHUNK = 16 * 1024
 
@@ -140,6 +142,12 @@ class Relay:
 
     def close(self) -> None:
         self.listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Throttle(Relay):

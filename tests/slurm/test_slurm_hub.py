@@ -459,11 +459,8 @@ def slow_store() -> Iterator[str]:
             check=True,
             timeout=120,
         )
-        relay = Throttle(s3.endpoint, 2 * 1024 * 1024)
-        try:
+        with Throttle(s3.endpoint, 2 * 1024 * 1024) as relay:
             yield relay.endpoint
-        finally:
-            relay.close()
 
 
 @pytest.fixture(scope="module")

@@ -148,24 +148,9 @@ def test_bytes_changed_on_the_way_in_stop_the_copy_and_leave_no_file(tmp_path: P
     """The store's CRC32 (checked by botocore) and a multipart object's ETag (checked by
     hubdata) each catch one bit changed on the network; the same copies straight from the
     store go through, so it is the changed bit that stops them."""
-    with moto_s3() as s3:
-        relay = Corrupting(s3.endpoint, at=2 * 2**20)
-        try:
-            proc = subprocess.run(
-                [
-                    str(DEFAULT_ENV / "bin/python"),
-                    "-c",
-                    CHANGED_CODE,
-                    s3.endpoint,
-                    relay.endpoint,
-                    str(tmp_path),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        finally:
-            relay.close()
+    with moto_s3() as s3, Corrupting(s3.endpoint, at=2 * 2**20) as relay:
+        argv = [str(DEFAULT_ENV / "bin/python"), "-c", CHANGED_CODE, s3.endpoint, relay.endpoint]
+        proc = subprocess.run([*argv, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     etags, changed, straight = json.loads(proc.stdout)
     assert "-" not in etags[0] and etags[1].endswith('-3"'), etags

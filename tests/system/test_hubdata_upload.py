@@ -81,12 +81,9 @@ def store_and_relay(protocol: str, workdir: Path) -> Iterator[tuple[dict, dict]]
     """The store's options straight and through a relay that changes one bit 2 MiB into
     the requests on each connection."""
     with moto_s3() if protocol == "s3" else azurite(workdir) as store:
-        relay = Corrupting(store.endpoint, at=2 * MIB, answers=False)
         account = urllib.parse.urlsplit(store.endpoint).path  # Azurite's, in its URL
-        try:
+        with Corrupting(store.endpoint, at=2 * MIB, answers=False) as relay:
             yield options(protocol, store.endpoint), options(protocol, relay.endpoint + account)
-        finally:
-            relay.close()
 
 
 @pytest.mark.parametrize("protocol", ["s3", "abfs"])
