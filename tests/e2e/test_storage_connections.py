@@ -3,7 +3,8 @@ fsspec's hub:// against Azurite and moto's S3 server (emulators on loopback).
 
 A user's own S3 connection copies in and out with checksums, resumes after a copy is
 killed, finds corrupted files; a champion's read-only Azure connection for a group reads
-for its members and refuses writes; nobody else gets a connection, through the REST API or
+for its members and refuses writes, its members' servers getting a SAS that the store
+refuses writes with, not the key (and STS credentials for a group's S3 connection); nobody else gets a connection, through the REST API or
 on disk; a revoked connection is refused; no secret is in the log, the database, a process's
 command line or a home."""
 
@@ -324,6 +325,63 @@ def test_group_connection_is_read_only_for_members(
         )
         == 2
     )
+
+
+# In a member's server, as its user could: the credential the hub hands over, used straight
+# with adlfs or s3fs, past hubdata's own checks.
+HANDED = """
+import json, os, requests
+api, user = os.environ['JUPYTERHUB_API_URL'], os.environ['JUPYTERHUB_USER']
+answer = requests.get(f'{api}/storage/users/{user}/credentials/%s',
+    headers={'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']}).json()
+"""
+
+
+def test_members_get_a_token_of_the_mode_never_the_groups_key(alice: Session) -> None:
+    """The read-only group connection's account key stays in the hub: the member's server
+    gets a SAS that Azurite itself refuses to write with."""
+    code = HANDED % "labdata" + (
+        "import adlfs\n"
+        "fs = adlfs.AzureBlobFileSystem(**answer['storage_options'])\n"
+        "read = fs.cat('sc-lab/shared/table.csv').decode()\n"
+        "try:\n"
+        "    fs.pipe_file('sc-lab/shared/planted.csv', b'no')\n"
+        "    wrote = 'written'\n"
+        "except Exception as e:\n"
+        "    wrote = str(e)\n"
+        "print(json.dumps([json.dumps(answer), read, wrote]))\n"
+    )
+    answer, read, wrote = in_server(alice, code)
+    assert AZURITE_KEY not in answer and "AccountKey" not in answer
+    assert "sp=rl&" in answer and read == CSV
+    assert "AuthorizationPermissionMismatch" in wrote, wrote
+
+
+def test_s3_group_members_get_temporary_credentials(
+    alice: Session, carol: Session, stores: dict
+) -> None:
+    """A group's S3 key pair stays in the hub: members get STS credentials (moto's STS; it
+    does not enforce their policy, which tests/unit/test_storage_delegation.py checks), and
+    a group connection to a store without STS is refused with the reason."""
+    body = s3_connection(stores, name="labs3", prefix="lab", group="sclab", mode="rw")
+    resp = carol.api("POST", f"/storage/users/{carol.name}/connections", json=body)
+    assert resp.status_code == 201, resp.text
+    answer = in_server(alice, HANDED % "labs3" + "print(json.dumps(answer))\n")
+    options = answer["storage_options"]
+    assert S3_SECRET not in json.dumps(answer) and options["key"] != S3_KEY_ID
+    assert options["token"], "temporary credentials come with a session token"
+    rc, out, err = hubdata(alice, "cp", "-r", "data", "labs3:in")
+    assert rc == 0 and "copied" in out, err
+    rc, out, err = hubdata(alice, "ls", "labs3:in")
+    assert rc == 0 and "big.bin" in out, err
+
+    # Azurite's blob endpoint speaks no STS (nor S3).
+    body = s3_connection(stores, name="nosts", group="sclab", endpoint=stores["azure"].endpoint)
+    resp = carol.api("POST", f"/storage/users/{carol.name}/connections", json=body)
+    assert resp.status_code == 201, resp.text
+    rc, _, err = hubdata(alice, "ls", "nosts:")
+    assert rc == 2 and "no temporary credentials" in err and "STS" in err, err
+    assert S3_SECRET not in err
 
 
 def test_file_browser_browses_uploads_and_downloads(alice: Session) -> None:

@@ -117,6 +117,11 @@ def test_sizes_read_as_a_person_reads_them(size: int, shown: str) -> None:
         ({"policy": {"idle_timeout": "soon"}}, "policy.idle_timeout", "is not a duration"),
         ({"policy": {"storage": {"home": "lots"}}}, "policy.storage.home", "is not a size"),
         (
+            {"policy": {"storage": {"group_token_lifetime": "2d"}}},
+            "policy.storage.group_token_lifetime",
+            "must be 15m to 36h",
+        ),
+        (
             {"policy": {"named_servers": {"max": -1}}},
             "policy.named_servers.max",
             "greater than or equal to 0",

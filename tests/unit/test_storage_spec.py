@@ -63,6 +63,41 @@ def test_fsspec_options() -> None:
     }
 
 
+def azure_sas_body(sas: str, mode: str = "ro") -> dict[str, Any]:
+    credential = {"account_name": "acct", "sas_token": sas}
+    return body(kind="azure-blob", group="lab", mode=mode, credential=credential)
+
+
+@pytest.mark.parametrize(
+    ("sas", "mode", "refused"),
+    [
+        ("sv=2024-11-04&sp=rl&sr=c&sig=" + SECRET, "ro", None),
+        ("?sv=2024-11-04&sp=r&sr=c&sig=" + SECRET, "ro", None),
+        ("sv=2024-11-04&sp=racwdl&sr=c&sig=" + SECRET, "ro", "not sp=racwdl"),
+        ("sv=2024-11-04&sp=rlw&sr=c&sig=" + SECRET, "ro", "not sp=rlw"),
+        ("sv=2024-11-04&sp=racwdl&sr=c&sig=" + SECRET, "rw", None),
+        ("sv=2024-11-04&sig=" + SECRET, "rw", "no sp="),
+    ],
+)
+def test_a_group_sas_is_handed_to_members_only_if_it_keeps_the_mode(
+    sas: str, mode: str, refused: str | None
+) -> None:
+    """Members get a group connection's SAS as it is: a read-only connection must not
+    carry one that writes."""
+    if refused is None:
+        assert spec.parse(azure_sas_body(sas, mode)).credential.sas_token == sas
+        return
+    with pytest.raises(ValueError) as error:
+        spec.parse(azure_sas_body(sas, mode))
+    assert "credential.sas_token" in str(error.value) and refused in str(error.value)
+    assert SECRET not in str(error.value)
+
+
+def test_session_token_goes_to_s3fs() -> None:
+    temporary = body()["credential"] | {"session_token": "tok"}
+    assert spec.storage_options("s3", None, temporary)["token"] == "tok"
+
+
 def test_key_file_is_the_hub_accounts_alone(tmp_path: Path) -> None:
     box = secretbox.load_key(tmp_path)
     key = tmp_path / secretbox.KEY_FILE

@@ -604,6 +604,18 @@ class NamedServers(Strict):
 class Storage(Strict):
     server_volume: Size = "2G"  # type: ignore[assignment]
     home: Size = "10G"  # type: ignore[assignment]
+    group_token_lifetime: Duration = Field(
+        "12h",
+        description="how long the token a member's server gets for a group's storage "
+        "connection is valid (a SAS or STS credentials, never the group's key)",
+    )  # type: ignore[assignment]
+
+    @field_validator("group_token_lifetime")
+    @classmethod
+    def _sts_allows(cls, seconds: int) -> int:
+        if not 15 * 60 <= seconds <= 36 * 3600:
+            raise ValueError("must be 15m to 36h (what STS gives)")
+        return seconds
 
 
 class SharedFolders(Strict):

@@ -144,7 +144,9 @@ def jupyterhub_config(config: Config, stop_servers: bool = False) -> TraitletsCo
     # Deprecated in JupyterHub but supported; a service could not see spawner state or
     # make accounts.
     c.JupyterHub.extra_handlers = invitations.handlers(config.groups)
-    c.JupyterHub.extra_handlers += storage.handlers(data)
+    c.JupyterHub.extra_handlers += storage.handlers(
+        data, config.policy.storage.group_token_lifetime
+    )
     c.JupyterHub.extra_handlers += storage_jobs.handlers(data, config)
     c.JupyterHub.extra_handlers += usage_api.handlers(config)
     c.JupyterHub.extra_handlers += usage_page.handlers(config)

@@ -5,12 +5,13 @@ Kept in a table of the hub's database (so they survive restarts, ``kill -9`` inc
 the credential encrypted (``hubstack.storage.secretbox``). The API answers never contain a
 credential, except ``/credentials``, which only the owner's own tokens (a server's token
 included: it has ``users:activity`` on its user) get, and only for connections of the user
-or of the user's groups. Handlers in the hub rather than a service: they need the caller's
+(their credential) or of the user's groups (a token made for them, not the group's key). Handlers in the hub rather than a service: they need the caller's
 groups and roles, which only the hub knows first-hand.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from tornado import web
 
 from hubstack.config.groups import CHAMPIONS_SUFFIX
 from hubstack.hub.tables import HubTable, utcnow
-from hubstack.storage import secretbox, spec
+from hubstack.storage import delegation, secretbox, spec
 
 
 class Connection(HubTable):
@@ -251,16 +252,45 @@ class ConnectionAPIHandler(StorageMixin, APIHandler):
         self.set_status(204)
 
 
+# Members' STS tokens of this hub process (JupyterHub copies handlers' arguments, so the
+# cache, with its lock, is not one).
+TOKENS = delegation.Tokens()
+
+
 class CredentialsAPIHandler(StorageMixin, APIHandler):
     """``/hub/api/storage/users/<user>/credentials/<name>``: what a server of ``user``
-    needs to use the connection, credential included. Only the user's own tokens with
-    ``users:activity`` on themselves (servers' tokens have it), never an admin's for another."""
+    needs to use the connection. Only the user's own tokens with ``users:activity`` on
+    themselves (servers' tokens have it), never an admin's for another. A user's own
+    connection comes with its credential; a group's with a token made for the member
+    (``hubstack.storage.delegation``), never the group's key."""
+
+    lifetime: int
+
+    def initialize(self, data_dir: Path, lifetime: int) -> None:  # type: ignore[override]
+        super().initialize(data_dir)
+        self.lifetime = lifetime
 
     @needs_scope("users:activity")
-    def get(self, user_name: str, name: str) -> None:
+    async def get(self, user_name: str, name: str) -> None:
         user = self.acting_user(user_name)
         connection = resolve(self.db, user, name)
         credential = json.loads(secretbox.unseal(self.box, connection.sealed))
+        if connection.group is not None:
+            shared = delegation.GroupConnection(
+                connection.id,
+                connection.kind,
+                connection.container,
+                connection.prefix,
+                connection.endpoint,
+                connection.mode,
+                credential,
+            )
+            try:
+                credential = await asyncio.to_thread(
+                    delegation.for_member, shared, user.name, self.lifetime, TOKENS
+                )
+            except delegation.Refused as exc:
+                raise web.HTTPError(502, str(exc)) from None
         self.set_header("Cache-Control", "no-store")
         self.write(
             {
@@ -350,12 +380,14 @@ class StoragePageHandler(StorageMixin, BaseHandler):
         await self.page(added=added.name)
 
 
-def handlers(data_dir: Path) -> list[tuple[str, type, dict[str, Any]]]:
+def handlers(data_dir: Path, lifetime: int) -> list[tuple[str, type, dict[str, Any]]]:
     """JupyterHub ``extra_handlers`` (paths below /hub/); the page ``/storage`` is
-    ``hubstack.hub.storage_jobs``'s, which adds copy jobs to it."""
-    kwargs = {"data_dir": data_dir}
+    ``hubstack.hub.storage_jobs``'s, which adds copy jobs to it. ``lifetime``: seconds a
+    member's token for a group connection is valid."""
+    kwargs: dict[str, Any] = {"data_dir": data_dir}
+    tokens = {**kwargs, "lifetime": lifetime}
     return [
         (r"/api/storage/users/([^/]+)/connections", ConnectionsAPIHandler, kwargs),
         (r"/api/storage/users/([^/]+)/connections/([^/]+)", ConnectionAPIHandler, kwargs),
-        (r"/api/storage/users/([^/]+)/credentials/([^/]+)", CredentialsAPIHandler, kwargs),
+        (r"/api/storage/users/([^/]+)/credentials/([^/]+)", CredentialsAPIHandler, tokens),
     ]

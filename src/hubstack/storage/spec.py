@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal, Self
+from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 KINDS = ("azure-blob", "s3", "s3-compatible")
+READ_ONLY_SAS = "rl"  # read and list
 NAME = r"^[a-z][a-z0-9_-]{0,39}$"
 # S3 bucket and Azure container names share these characters.
 CONTAINER = r"^[a-z0-9][a-z0-9.-]{1,62}$"
@@ -60,6 +62,16 @@ class ConnectionSpec(BaseModel):
                 )
             if cred.access_key_id or cred.secret_access_key:
                 raise ValueError("credential: access keys are for s3, not azure-blob")
+            if cred.sas_token and not cred.account_key:
+                allowed = sas_permissions(cred.sas_token)
+                if allowed is None:
+                    raise ValueError("credential.sas_token: not a SAS token (it has no sp=)")
+                # Members get a group's SAS as it is: a read-only one must not write.
+                if self.mode == "ro" and set(allowed) - set(READ_ONLY_SAS):
+                    raise ValueError(
+                        "credential.sas_token: a read-only connection needs a SAS that "
+                        f"only reads and lists (sp={READ_ONLY_SAS}), not sp={allowed}"
+                    )
         else:
             if not cred.access_key_id or not cred.secret_access_key:
                 raise ValueError(
@@ -76,6 +88,12 @@ class ConnectionSpec(BaseModel):
         if self.kind == "s3" and self.endpoint:
             raise ValueError("endpoint: s3 uses AWS; choose s3-compatible for another endpoint")
         return self
+
+
+def sas_permissions(token: str) -> str | None:
+    """A SAS token's permissions (its ``sp``), or None if it has none."""
+    found = parse_qs(token.lstrip("?")).get("sp")
+    return found[0] if found else None
 
 
 def parse(body: object) -> ConnectionSpec:
@@ -116,6 +134,8 @@ def storage_options(kind: str, endpoint: str | None, credential: dict[str, Any])
         "key": credential["access_key_id"],
         "secret": credential["secret_access_key"],
     }
+    if credential.get("session_token"):  # a group connection's temporary credentials
+        options["token"] = credential["session_token"]
     if endpoint:
         options["endpoint_url"] = endpoint
     if credential.get("region"):
