@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -72,11 +73,15 @@ def azurite(workdir: Path) -> Iterator[Store]:
 
 
 @contextlib.contextmanager
-def moto_s3() -> Iterator[Store]:
-    """moto's S3 server; it accepts any access key pair."""
+def moto_s3(free_requests: int | None = None) -> Iterator[Store]:
+    """moto's S3 server; it accepts any access key pair, or with ``free_requests`` only
+    that many before it checks every request against its IAM users and their policies."""
     port = free_port_block(1)
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if free_requests is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(free_requests)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         _wait_up(proc, f"http://127.0.0.1:{port}/", "moto's S3 server")
         yield Store(f"http://127.0.0.1:{port}", proc)

@@ -9,8 +9,8 @@ the hub hands members of a group a derived one, as Azure and AWS intend keys to 
   the credential there is nothing to derive: the SAS itself is handed out, and a read-only
   connection takes only a SAS that cannot write (``spec`` checks it when it is added).
 - S3 and S3-compatible stores: temporary credentials from the store's STS
-  (``GetFederationToken``) with a session policy limited to the bucket, the prefix and the
-  connection's mode; a store without STS refuses, and the member is told so.
+  (``GetFederationToken``) with a session policy limited to the connection's objects and
+  mode; a store without STS refuses, and the member is told so.
 
 A user's own connection is theirs: their own credential is handed back to their servers.
 """
@@ -87,27 +87,24 @@ def azure_sas(group: GroupConnection, now: datetime, lifetime: int) -> dict[str,
 
 
 def s3_policy(bucket: str, prefix: str, mode: str) -> dict[str, Any]:
-    """An IAM policy allowing the connection's objects and listing them, no more."""
-    keys = f"{prefix}/*" if prefix else "*"
-    listing: dict[str, Any] = {
-        "Effect": "Allow",
-        "Action": ["s3:ListBucket"],
-        "Resource": f"arn:aws:s3:::{bucket}",
-    }
-    if prefix:
-        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
-    bucket_actions = ["s3:GetBucketLocation"]
+    """An IAM policy allowing the connection's objects, no others.
+
+    Listing is allowed for the whole bucket (names only): without it S3 answers a missing
+    object with 403 rather than 404, which s3fs takes for a refusal, and a folder could not
+    be told from a file. The prefix itself is allowed as an object, as s3fs asks for it
+    first when it looks at the connection's top folder."""
+    objects = [f"arn:aws:s3:::{bucket}/{prefix}", f"arn:aws:s3:::{bucket}/{prefix}/*"]
+    bucket_actions = ["s3:ListBucket", "s3:GetBucketLocation"]
     if mode == "rw":
         bucket_actions.append("s3:ListBucketMultipartUploads")
     return {
         "Version": "2012-10-17",
         "Statement": [
-            listing,
             {"Effect": "Allow", "Action": bucket_actions, "Resource": f"arn:aws:s3:::{bucket}"},
             {
                 "Effect": "Allow",
                 "Action": list(S3_WRITE if mode == "rw" else S3_READ),
-                "Resource": f"arn:aws:s3:::{bucket}/{keys}",
+                "Resource": objects if prefix else f"arn:aws:s3:::{bucket}/*",
             },
         ],
     }
