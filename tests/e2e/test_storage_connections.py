@@ -4,9 +4,9 @@ fsspec's hub:// against Azurite and moto's S3 server (emulators on loopback).
 A user's own S3 connection copies in and out with checksums, resumes after a copy is
 killed, finds corrupted files; a champion's read-only Azure connection for a group reads
 for its members and refuses writes, its members' servers getting a SAS that the store
-refuses writes with, not the key (and STS credentials for a group's S3 connection); nobody else gets a connection, through the REST API or
-on disk; a revoked connection is refused; no secret is in the log, the database, a process's
-command line or a home."""
+refuses writes with, not the key (and STS credentials for a group's S3 connection);
+nobody else gets a connection, through the REST API or on disk; a revoked connection is
+refused; no secret is in the log, the database, a process's command line or a home."""
 
 from __future__ import annotations
 

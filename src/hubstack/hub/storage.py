@@ -5,8 +5,9 @@ Kept in a table of the hub's database (so they survive restarts, ``kill -9`` inc
 the credential encrypted (``hubstack.storage.secretbox``). The API answers never contain a
 credential, except ``/credentials``, which only the owner's own tokens (a server's token
 included: it has ``users:activity`` on its user) get, and only for connections of the user
-(their credential) or of the user's groups (a token made for them, not the group's key). Handlers in the hub rather than a service: they need the caller's
-groups and roles, which only the hub knows first-hand.
+(their credential) or of the user's groups (a token made for them, not the group's key).
+Handlers in the hub rather than a service: they need the caller's groups and roles, which
+only the hub knows first-hand.
 """
 
 from __future__ import annotations
