@@ -4,7 +4,9 @@ That the store refuses a member's write with it: tests/e2e/test_storage_connecti
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -98,6 +100,39 @@ def test_s3_tokens_are_reused_for_half_their_lifetime(monkeypatch: pytest.Monkey
     clock[0] += 2
     assert tokens.get(group, "alice", 3600) == {"access_key_id": "ASIA3"}
     assert calls == [(7, "alice"), (7, "bob"), (7, "alice")]
+
+
+def test_a_refusal_is_remembered_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fetch(group: GroupConnection, user: str, lifetime: int) -> dict[str, Any]:
+        calls.append(user)
+        raise delegation.Refused(f"no STS ({len(calls)})")
+
+    clock = [1000.0]
+    monkeypatch.setattr(delegation.time, "monotonic", lambda: clock[0])
+    tokens = delegation.Tokens(fetch)
+    group = GroupConnection(7, "s3", "bkt", "", None, "ro", {})
+    for _ in range(3):
+        with pytest.raises(delegation.Refused, match=r"no STS \(1\)"):
+            tokens.get(group, "alice", 3600)
+    clock[0] += delegation.REFUSAL_KEPT + 1
+    with pytest.raises(delegation.Refused, match=r"no STS \(2\)"):
+        tokens.get(group, "alice", 3600)
+    assert calls == ["alice", "alice"]
+
+
+def test_s3_tokens_come_from_threads_of_their_own() -> None:
+    threads: list[str] = []
+
+    def fetch(group: GroupConnection, user: str, lifetime: int) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return {"access_key_id": "ASIA1"}
+
+    group = GroupConnection(7, "s3", "bkt", "", None, "ro", {})
+    handed = asyncio.run(delegation.for_member(group, "alice", 3600, delegation.Tokens(fetch)))
+    assert handed == {"access_key_id": "ASIA1"}
+    assert threads[0].startswith("hubstack-sts")
 
 
 def test_an_unreachable_sts_is_named() -> None:

@@ -12,7 +12,6 @@ only the hub knows first-hand.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
@@ -287,9 +286,7 @@ class CredentialsAPIHandler(StorageMixin, APIHandler):
                 credential,
             )
             try:
-                credential = await asyncio.to_thread(
-                    delegation.for_member, shared, user.name, self.lifetime, TOKENS
-                )
+                credential = await delegation.for_member(shared, user.name, self.lifetime, TOKENS)
             except delegation.Refused as exc:
                 raise web.HTTPError(502, str(exc)) from None
         self.set_header("Cache-Control", "no-store")

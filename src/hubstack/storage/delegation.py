@@ -17,11 +17,13 @@ A user's own connection is theirs: their own credential is handed back to their 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -159,32 +161,48 @@ def s3_token(group: GroupConnection, user: str, lifetime: int) -> dict[str, Any]
 
 
 Fetch = Callable[[GroupConnection, str, int], dict[str, Any]]
+# How long a store's refusal is answered from memory: a member asking again and again for
+# a token from a store that is down does not make the hub ask it each time.
+REFUSAL_KEPT = 30.0
 
 
 class Tokens:
     """Members' S3 tokens, reused while more than half their lifetime is left: one STS call
     per member and connection, not one for each ``hubdata`` command. In the hub's memory
-    only; a restarted hub asks again."""
+    only; a restarted hub asks again. The calls run in threads of their own: one may wait
+    40 seconds on a store that is down, and must not hold up the hub's other threaded
+    work."""
 
     def __init__(self, fetch: Fetch = s3_token) -> None:
         self.fetch = fetch
-        self.kept: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
+        self.kept: dict[tuple[int, str], tuple[float, dict[str, Any] | str]] = {}
         self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="hubstack-sts")
 
     def get(self, group: GroupConnection, user: str, lifetime: int) -> dict[str, Any]:
+        """The member's token (blocking); Refused, also if the store refused lately."""
         key = (group.id, user)
         with self.lock:
-            kept = self.kept.get(key)
-        if kept is not None and kept[0] > time.monotonic():
-            return kept[1]
-        token = self.fetch(group, user, lifetime)
+            until, kept = self.kept.get(key, (0.0, ""))
+        if until > time.monotonic():
+            if isinstance(kept, str):
+                raise Refused(kept)
+            return kept
+        try:
+            token = self.fetch(group, user, lifetime)
+        except Refused as exc:
+            with self.lock:
+                self.kept[key] = (time.monotonic() + REFUSAL_KEPT, str(exc))
+            raise
         with self.lock:
             self.kept[key] = (time.monotonic() + lifetime / 2, token)
         return token
 
 
-def for_member(group: GroupConnection, user: str, lifetime: int, tokens: Tokens) -> dict[str, Any]:
-    """The credential a member's server gets (blocking for S3: call it in a thread)."""
+async def for_member(
+    group: GroupConnection, user: str, lifetime: int, tokens: Tokens
+) -> dict[str, Any]:
+    """The credential a member's server gets."""
     if group.kind == "azure-blob":
         return azure_sas(group, datetime.now(UTC), lifetime)
-    return tokens.get(group, user, lifetime)
+    return await asyncio.wrap_future(tokens.pool.submit(tokens.get, group, user, lifetime))
