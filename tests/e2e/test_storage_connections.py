@@ -361,8 +361,9 @@ def test_s3_group_members_get_temporary_credentials(
     alice: Session, carol: Session, stores: dict
 ) -> None:
     """A group's S3 key pair stays in the hub: members get STS credentials (moto's STS; it
-    does not enforce their policy, which tests/unit/test_storage_delegation.py checks), and
-    a group connection to a store without STS is refused with the reason."""
+    does not enforce their policy, which tests/system/test_storage_token_policy.py checks
+    with moto's IAM checks on), and a group connection to a store without STS is refused
+    with the reason."""
     body = s3_connection(stores, name="labs3", prefix="lab", group="sclab", mode="rw")
     resp = carol.api("POST", f"/storage/users/{carol.name}/connections", json=body)
     assert resp.status_code == 201, resp.text

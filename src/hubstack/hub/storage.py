@@ -383,9 +383,9 @@ def handlers(data_dir: Path, lifetime: int) -> list[tuple[str, type, dict[str, A
     ``hubstack.hub.storage_jobs``'s, which adds copy jobs to it. ``lifetime``: seconds a
     member's token for a group connection is valid."""
     kwargs: dict[str, Any] = {"data_dir": data_dir}
-    tokens = {**kwargs, "lifetime": lifetime}
+    credentials = {**kwargs, "lifetime": lifetime}
     return [
         (r"/api/storage/users/([^/]+)/connections", ConnectionsAPIHandler, kwargs),
         (r"/api/storage/users/([^/]+)/connections/([^/]+)", ConnectionAPIHandler, kwargs),
-        (r"/api/storage/users/([^/]+)/credentials/([^/]+)", CredentialsAPIHandler, tokens),
+        (r"/api/storage/users/([^/]+)/credentials/([^/]+)", CredentialsAPIHandler, credentials),
     ]

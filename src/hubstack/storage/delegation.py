@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hubstack.storage.spec import READ_ONLY_SAS, sas_permissions
+from hubstack.storage.spec import READ_ONLY_SAS, reads_only, sas_permissions
 
 # SAS permissions (``sp``) for writing: add, create, write and delete besides read and list.
 SAS_WRITE = "racwdl"
@@ -66,7 +66,7 @@ def azure_sas(group: GroupConnection, now: datetime, lifetime: int) -> dict[str,
     """A container SAS for a member, from the group's account key (or its SAS, as is)."""
     if not group.credential.get("account_key"):
         allowed = sas_permissions(group.credential["sas_token"]) or ""
-        if group.mode == "ro" and set(allowed) - set(READ_ONLY_SAS):
+        if group.mode == "ro" and not reads_only(allowed):
             # Only a connection kept before ``spec`` checked this when it was added.
             raise Refused(
                 f"this read-only group connection's SAS may write (sp={allowed}); its "

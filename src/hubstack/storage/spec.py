@@ -67,7 +67,7 @@ class ConnectionSpec(BaseModel):
                 if allowed is None:
                     raise ValueError("credential.sas_token: not a SAS token (it has no sp=)")
                 # Members get a group's SAS as it is: a read-only one must not write.
-                if self.mode == "ro" and set(allowed) - set(READ_ONLY_SAS):
+                if self.mode == "ro" and not reads_only(allowed):
                     raise ValueError(
                         "credential.sas_token: a read-only connection needs a SAS that "
                         f"only reads and lists (sp={READ_ONLY_SAS}), not sp={allowed}"
@@ -94,6 +94,11 @@ def sas_permissions(token: str) -> str | None:
     """A SAS token's permissions (its ``sp``), or None if it has none."""
     found = parse_qs(token.lstrip("?")).get("sp")
     return found[0] if found else None
+
+
+def reads_only(permissions: str) -> bool:
+    """A SAS's ``sp`` allows reading and listing and nothing else."""
+    return set(permissions) <= set(READ_ONLY_SAS)
 
 
 def parse(body: object) -> ConnectionSpec:
